@@ -1,0 +1,170 @@
+"""FedGMA: Flower's FedAvg with a sign-agreement (AND-) mask on the server step."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from logging import INFO, WARNING
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
+
+from .masking import DEFAULT_TAU, VARIANTS, MaskedAggregator, Variant
+from .validation import InvalidReply, decode_reply
+
+
+class FedGMA(FedAvg):
+    """Gradient-Masked Federated Averaging.
+
+    Implementation based on Tenison et al., "Gradient-Masked Federated
+    Optimization" (https://arxiv.org/abs/2104.10322, variant ``"ws"``) and
+    "Gradient Masked Averaging for Federated Learning"
+    (https://arxiv.org/abs/2201.11986, variant ``"gma"``).
+
+    The server keeps the global weights ``x_t`` it sent, turns each client's
+    returned weights ``y_k`` into a pseudo-gradient ``g_k = x_t - y_k``, and
+    computes the per-coordinate sign agreement ``A = |sum_k w_k sign(g_k)|``.
+    With ``g_bar = sum_k p_k g_k`` (``p_k`` proportional to ``num-examples``):
+
+    - ``"ws"``: ``m = [A >= tau]``, ``x_{t+1} = x_t - g_bar - server_lr * m * g_bar``
+      (FedAvg plus an extra masked step);
+    - ``"gma"``: ``m = 1 if A >= tau else A``, ``x_{t+1} = x_t - server_lr * m * g_bar``.
+
+    Aggregation streams over the replies with O(P) extra memory. Each reply is
+    checked first (array names, shapes, dtypes, finite values, a positive
+    example count); a bad reply is logged with its node id and left out.
+    Arrays that are not floating point (e.g. BatchNorm's
+    ``num_batches_tracked``) are never masked: they take the example-weighted
+    average of the clients' values, rounded back to their dtype.
+
+    Parameters
+    ----------
+    variant : str (default: "ws")
+        ``"ws"`` (workshop paper: binary mask, extra step on top of FedAvg) or
+        ``"gma"`` (journal version: soft mask replacing the average).
+    tau : Optional[float] (default: None)
+        Agreement threshold in ``[0, 1]``. ``None`` means 0.8 for ``"ws"`` and
+        0.4 for ``"gma"``.
+    server_lr : float (default: 1.0)
+        Server step size ``eta_s >= 0``.
+    agreement_weighted : bool (default: False)
+        Weight each client's sign by ``num-examples`` instead of ``1 / K``.
+    **kwargs
+        Every keyword of :class:`flwr.serverapp.strategy.FedAvg`
+        (``fraction_train``, ``min_train_nodes``, ``weighted_by_key``, ...).
+
+    Raises
+    ------
+    ValueError
+        If ``variant`` is unknown, ``tau`` is outside ``[0, 1]`` or ``server_lr`` is
+        negative.
+    """
+
+    def __init__(
+        self,
+        *,
+        variant: Variant = "ws",
+        tau: float | None = None,
+        server_lr: float = 1.0,
+        agreement_weighted: bool = False,
+        **kwargs,
+    ) -> None:
+        if variant not in VARIANTS:
+            raise ValueError(f"FedGMA: variant must be one of {VARIANTS}, got {variant!r}")
+        if tau is None:
+            tau = DEFAULT_TAU[variant]
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 <= tau <= 1.0:
+            raise ValueError(f"FedGMA: tau must be a number in [0, 1], got {tau!r}")
+        if (
+            isinstance(server_lr, bool)
+            or not isinstance(server_lr, (int, float))
+            or not np.isfinite(server_lr)
+            or server_lr < 0
+        ):
+            raise ValueError(f"FedGMA: server_lr must be a finite number >= 0, got {server_lr!r}")
+        super().__init__(**kwargs)
+        self.variant: Variant = variant
+        self.tau = float(tau)
+        self.server_lr = float(server_lr)
+        self.agreement_weighted = bool(agreement_weighted)
+        self.current_arrays: dict[str, np.ndarray] | None = None
+
+    def summary(self) -> None:
+        """Log summary configuration of the strategy."""
+        log(INFO, "\t├──> FedGMA settings:")
+        log(INFO, "\t│\t├── Variant: %s", self.variant)
+        log(INFO, "\t│\t├── Agreement threshold tau: %s", self.tau)
+        log(INFO, "\t│\t├── Server learning rate: %s", self.server_lr)
+        log(INFO, "\t│\t└── Agreement weighted by examples: %s", self.agreement_weighted)
+        super().summary()
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Configure the next round of training and remember the weights sent."""
+        self.current_arrays = {name: array.numpy() for name, array in arrays.items()}
+        return super().configure_train(server_round, arrays, config, grid)
+
+    def aggregate_train(
+        self,
+        server_round: int,
+        replies: Iterable[Message],
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate the replies with the FedGMA mask.
+
+        Returns ``(None, None)`` when no usable reply arrived, so the global
+        model stays as it was.
+        """
+        if self.current_arrays is None:
+            raise RuntimeError(
+                "FedGMA.aggregate_train called before configure_train: "
+                "the global weights of this round are unknown"
+            )
+        replies = list(replies)
+        # Flower's own consistency check would end the run on one malformed
+        # reply; each reply is checked against the global model below instead.
+        valid_replies, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
+        aggregator = MaskedAggregator(
+            self.current_arrays,
+            variant=self.variant,
+            tau=self.tau,
+            server_lr=self.server_lr,
+            agreement_weighted=self.agreement_weighted,
+        )
+        used = []
+        for message in valid_replies:
+            try:
+                arrays, weight = decode_reply(
+                    message.content, self.current_arrays, self.weighted_by_key
+                )
+            except InvalidReply as err:
+                log(
+                    WARNING,
+                    "FedGMA round %s: dropped the reply of node %s: %s",
+                    server_round,
+                    message.metadata.src_node_id,
+                    err,
+                )
+                continue
+            aggregator.add(arrays, weight)
+            used.append(message.content)
+            del arrays
+        dropped = len(valid_replies) - len(used)
+        if not used:
+            log(WARNING, "FedGMA round %s: no usable reply; the global model is unchanged", server_round)
+            return None, None
+
+        new_arrays, stats = aggregator.result()
+        array_record = ArrayRecord(
+            {name: Array(np.ascontiguousarray(value)) for name, value in new_arrays.items()}
+        )
+        metrics = self.train_metrics_aggr_fn(used, self.weighted_by_key)
+        metrics["mask-kept-fraction"] = stats.kept_fraction
+        metrics["mask-mean"] = stats.mask_mean
+        metrics["agreement-mean"] = stats.agreement_mean
+        metrics["replies-used"] = len(used)
+        metrics["replies-dropped"] = dropped
+        metrics["replies-failed"] = len(replies) - len(valid_replies)
+        return array_record, metrics

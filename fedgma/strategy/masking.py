@@ -1,0 +1,206 @@
+"""FedGMA's server-side math as pure NumPy functions (no Flower needed).
+
+Notation follows ``FEDGMA.md``: global weights ``x``, client weights ``y_k``,
+pseudo-gradients ``g_k = x - y_k``, client weights ``p_k = n_k / sum_j n_j``.
+
+Aggregation streams over clients: :class:`MaskedAggregator` keeps, per array,
+only the running sums ``sum_k sign(g_k)`` (or ``sum_k n_k sign(g_k)``) and
+``sum_k n_k g_k``, so its extra memory is O(P), independent of the number of
+clients.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+Variant = Literal["ws", "gma"]
+VARIANTS: tuple[str, ...] = ("ws", "gma")
+DEFAULT_TAU: dict[str, float] = {"ws": 0.8, "gma": 0.4}
+
+
+def agreement_score(sign_sum: np.ndarray, total_weight: float) -> np.ndarray:
+    """Return ``A = |sign_sum| / total_weight``, the per-coordinate sign agreement.
+
+    ``sign_sum`` is ``sum_k sign(g_k)`` with ``total_weight = K`` (the AND-mask
+    paper's definition), or ``sum_k n_k sign(g_k)`` with ``total_weight =
+    sum_k n_k`` (agreement weighted by examples). ``sign(0) = 0``, so a client
+    whose pseudo-gradient is exactly zero lowers the agreement.
+    """
+    return np.abs(sign_sum) / total_weight
+
+
+def mask_from_agreement(agreement: np.ndarray, tau: float, variant: Variant) -> np.ndarray:
+    """Turn agreement scores into the FedGMA mask.
+
+    ``ws``: binary mask, ``1`` where ``A >= tau`` else ``0``.
+    ``gma``: soft mask, ``1`` where ``A >= tau`` else ``A``.
+    """
+    kept = agreement >= tau
+    if variant == "ws":
+        return kept.astype(agreement.dtype)
+    if variant == "gma":
+        return np.where(kept, np.ones_like(agreement), agreement)
+    raise ValueError(f"Unknown FedGMA variant {variant!r}; expected one of {VARIANTS}")
+
+
+def server_update(
+    x: np.ndarray, g_bar: np.ndarray, mask: np.ndarray, server_lr: float, variant: Variant
+) -> np.ndarray:
+    """Return the new global array from the averaged pseudo-gradient and the mask.
+
+    ``ws``:  ``x - g_bar - server_lr * mask * g_bar`` (FedAvg plus a masked extra step).
+    ``gma``: ``x - server_lr * mask * g_bar``.
+    """
+    step = mask * g_bar
+    if server_lr != 1.0:
+        step *= server_lr
+    if variant == "ws":
+        return x - g_bar - step
+    if variant == "gma":
+        return x - step
+    raise ValueError(f"Unknown FedGMA variant {variant!r}; expected one of {VARIANTS}")
+
+
+@dataclass
+class MaskStats:
+    """Summary of one round's mask over all masked (floating-point) coordinates.
+
+    Attributes
+    ----------
+    kept_fraction : float
+        Fraction of coordinates with agreement ``A >= tau`` (mask value 1).
+    mask_mean : float
+        Mean mask value (equals ``kept_fraction`` for the ``ws`` variant).
+    agreement_mean : float
+        Mean agreement score ``A``.
+    num_coordinates : int
+        Number of masked coordinates.
+    """
+
+    kept_fraction: float
+    mask_mean: float
+    agreement_mean: float
+    num_coordinates: int
+
+
+class MaskedAggregator:
+    """Streaming FedGMA aggregation over client replies.
+
+    Parameters
+    ----------
+    global_arrays : dict[str, np.ndarray]
+        The global weights ``x_t`` sent to the clients this round.
+    variant : {"ws", "gma"}
+        FedGMA variant.
+    tau : float
+        Agreement threshold in ``[0, 1]``.
+    server_lr : float
+        Server step size ``eta_s``.
+    agreement_weighted : bool
+        Weight the sign agreement by example counts instead of ``1 / K``.
+
+    Notes
+    -----
+    Floating-point arrays are masked. Arrays of any other dtype (integer
+    counters such as BatchNorm's ``num_batches_tracked``, booleans) are never
+    masked: they take the plain example-weighted average of the clients' values,
+    rounded and cast back to their dtype, so the global model keeps its dtypes.
+    """
+
+    def __init__(
+        self,
+        global_arrays: dict[str, np.ndarray],
+        variant: Variant,
+        tau: float,
+        server_lr: float,
+        agreement_weighted: bool = False,
+    ) -> None:
+        self.global_arrays = global_arrays
+        self.variant = variant
+        self.tau = tau
+        self.server_lr = server_lr
+        self.agreement_weighted = agreement_weighted
+        self.num_clients = 0
+        self.total_examples = 0.0
+        # Running sums, allocated on the first client.
+        self._grad_sum: dict[str, np.ndarray] = {}
+        self._sign_sum: dict[str, np.ndarray] = {}
+        self._value_sum: dict[str, np.ndarray] = {}
+
+    @staticmethod
+    def is_masked(array: np.ndarray) -> bool:
+        """Return True for arrays the mask applies to (floating point)."""
+        return np.issubdtype(array.dtype, np.floating)
+
+    def add(self, client_arrays: dict[str, np.ndarray], num_examples: float) -> None:
+        """Fold one client's returned weights into the running sums.
+
+        The caller guarantees that ``client_arrays`` has the global model's
+        names, shapes and dtypes and finite values (see ``validation``).
+        """
+        weight = float(num_examples)
+        for name, x in self.global_arrays.items():
+            y = client_arrays[name]
+            if not self.is_masked(x):
+                contribution = y.astype(np.float64) * weight
+                self._accumulate(self._value_sum, name, contribution)
+                continue
+            g = x - y
+            # Exact sign sums: int32 counts, or float64 example-weighted counts, so
+            # that ties such as A == tau are decided exactly (0.7 in float32 < 0.7).
+            if self.agreement_weighted:
+                sign = np.sign(g).astype(np.float64) * weight
+            else:
+                sign = np.sign(g).astype(np.int32)
+            self._accumulate(self._sign_sum, name, sign)
+            g *= weight
+            self._accumulate(self._grad_sum, name, g)
+        self.num_clients += 1
+        self.total_examples += weight
+
+    @staticmethod
+    def _accumulate(sums: dict[str, np.ndarray], name: str, value: np.ndarray) -> None:
+        if name in sums:
+            sums[name] += value
+        else:
+            sums[name] = value
+
+    def result(self) -> tuple[dict[str, np.ndarray], MaskStats]:
+        """Return the new global arrays and the mask statistics.
+
+        Raises
+        ------
+        ValueError
+            If no client was added, or the clients' example counts sum to zero.
+        """
+        if self.num_clients == 0 or self.total_examples <= 0:
+            raise ValueError("FedGMA aggregation needs at least one client with examples")
+        sign_total = self.total_examples if self.agreement_weighted else self.num_clients
+        new_arrays: dict[str, np.ndarray] = {}
+        kept = mask_sum = agreement_sum = 0.0
+        count = 0
+        for name, x in self.global_arrays.items():
+            if not self.is_masked(x):
+                mean = self._value_sum[name] / self.total_examples
+                new_arrays[name] = np.rint(mean).astype(x.dtype)
+                continue
+            g_bar = self._grad_sum[name]
+            g_bar /= self.total_examples
+            agreement = agreement_score(self._sign_sum[name], sign_total)
+            mask = mask_from_agreement(agreement, self.tau, self.variant).astype(x.dtype)
+            new_arrays[name] = server_update(x, g_bar, mask, self.server_lr, self.variant)
+            kept += float(np.count_nonzero(agreement >= self.tau))
+            mask_sum += float(mask.sum(dtype=np.float64))
+            agreement_sum += float(agreement.sum(dtype=np.float64))
+            count += agreement.size
+        denominator = max(count, 1)
+        stats = MaskStats(
+            kept_fraction=kept / denominator,
+            mask_mean=mask_sum / denominator,
+            agreement_mean=agreement_sum / denominator,
+            num_coordinates=count,
+        )
+        return new_arrays, stats

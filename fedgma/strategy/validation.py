@@ -1,0 +1,71 @@
+"""Checks a training reply must pass before it may touch the global model."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from flwr.app import RecordDict
+
+
+class InvalidReply(ValueError):
+    """A training reply that must not reach the aggregation; ``str()`` says why."""
+
+
+def decode_reply(
+    content: RecordDict,
+    global_arrays: dict[str, np.ndarray],
+    weighted_by_key: str,
+) -> tuple[dict[str, np.ndarray], float]:
+    """Decode a training reply into ``(arrays, weight)`` after checking it.
+
+    A good reply holds exactly one ArrayRecord whose arrays have the global
+    model's names, shapes and dtypes and only finite values, and exactly one
+    MetricRecord whose ``weighted_by_key`` entry is a positive, finite number.
+
+    Raises
+    ------
+    InvalidReply
+        With the first problem found.
+    """
+    if len(content.array_records) != 1:
+        raise InvalidReply(
+            f"expected exactly one ArrayRecord, found {len(content.array_records)}"
+        )
+    if len(content.metric_records) != 1:
+        raise InvalidReply(
+            f"expected exactly one MetricRecord, found {len(content.metric_records)}"
+        )
+    metrics = next(iter(content.metric_records.values()))
+    weight = metrics.get(weighted_by_key)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise InvalidReply(f"metric {weighted_by_key!r} missing or not a number: {weight!r}")
+    if not math.isfinite(weight) or weight <= 0:
+        raise InvalidReply(
+            f"metric {weighted_by_key!r} must be positive and finite, got {weight!r}"
+        )
+    record = next(iter(content.array_records.values()))
+    missing = sorted(set(global_arrays) - set(record))
+    extra = sorted(set(record) - set(global_arrays))
+    if missing or extra:
+        raise InvalidReply(
+            f"array names differ from the global model: missing {missing}, extra {extra}"
+        )
+    arrays: dict[str, np.ndarray] = {}
+    for name, reference in global_arrays.items():
+        try:
+            value = record[name].numpy()
+        except Exception as err:  # a corrupt buffer must not end the ServerApp
+            raise InvalidReply(f"array {name!r} cannot be decoded: {err}") from err
+        if value.shape != reference.shape:
+            raise InvalidReply(
+                f"array {name!r} has shape {value.shape}, expected {reference.shape}"
+            )
+        if value.dtype != reference.dtype:
+            raise InvalidReply(
+                f"array {name!r} has dtype {value.dtype}, expected {reference.dtype}"
+            )
+        if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
+            raise InvalidReply(f"array {name!r} has non-finite values")
+        arrays[name] = value
+    return arrays, float(weight)

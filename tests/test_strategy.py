@@ -1,0 +1,136 @@
+"""FedGMA.aggregate_train on constructed replies, with no server."""
+
+import numpy as np
+import pytest
+from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.serverapp.strategy import FedAvg
+
+from fedgma.strategy import FedGMA
+from flower_messages import configure, error_reply, raw_reply, train_reply
+
+
+def model_arrays(rng):
+    return {
+        "conv.weight": rng.normal(size=(4, 3, 3, 3)).astype(np.float32),
+        "conv.bias": rng.normal(size=4).astype(np.float32),
+        "fc.weight": rng.normal(size=(2, 16)).astype(np.float32),
+    }
+
+
+def client_replies(rng, global_arrays, k=5):
+    replies = []
+    for node in range(1, k + 1):
+        arrays = {n: v - 0.05 * rng.normal(size=v.shape).astype(np.float32) for n, v in global_arrays.items()}
+        replies.append(train_reply(node, arrays, int(rng.integers(10, 200)), train_loss=float(rng.random())))
+    return replies
+
+
+def as_numpy(record: ArrayRecord):
+    return {k: v.numpy() for k, v in record.items()}
+
+
+def run_both(fedgma, rng):
+    global_arrays = model_arrays(rng)
+    replies = client_replies(rng, global_arrays)
+    configure(fedgma, global_arrays)
+    ours, ours_metrics = fedgma.aggregate_train(1, replies)
+    theirs, theirs_metrics = FedAvg().aggregate_train(1, replies)
+    return ours, ours_metrics, theirs, theirs_metrics
+
+
+@pytest.mark.parametrize(
+    "strategy",
+    [FedGMA(variant="gma", tau=0.0, server_lr=1.0), FedGMA(variant="ws", server_lr=0.0)],
+    ids=["gma-tau0-lr1", "ws-lr0"],
+)
+def test_degenerate_settings_equal_flowers_fedavg(strategy):
+    ours, ours_metrics, theirs, theirs_metrics = run_both(strategy, np.random.default_rng(0))
+    ours_np, theirs_np = as_numpy(ours), as_numpy(theirs)
+    assert ours_np.keys() == theirs_np.keys()
+    for name in ours_np:
+        assert ours_np[name].dtype == theirs_np[name].dtype
+        np.testing.assert_allclose(ours_np[name], theirs_np[name], rtol=1e-5, atol=1e-6)
+    assert ours_metrics["train_loss"] == pytest.approx(theirs_metrics["train_loss"])
+
+
+def test_masked_step_differs_from_fedavg_and_reports_the_mask():
+    ours, metrics, theirs, _ = run_both(FedGMA(variant="ws", tau=0.0, server_lr=1.0), np.random.default_rng(1))
+    # tau = 0 keeps every coordinate: x - 2 g_bar, i.e. twice FedAvg's step.
+    assert metrics["mask-kept-fraction"] == 1.0 and metrics["mask-mean"] == 1.0
+    for name, value in as_numpy(ours).items():
+        assert not np.allclose(value, theirs[name].numpy())
+    for key in ("mask-kept-fraction", "mask-mean", "agreement-mean", "replies-used", "train_loss"):
+        assert key in metrics
+    assert metrics["replies-used"] == 5 and metrics["replies-dropped"] == 0
+
+
+def test_error_replies_are_skipped():
+    rng = np.random.default_rng(2)
+    global_arrays = model_arrays(rng)
+    good = client_replies(rng, global_arrays, k=3)
+    strategy = FedGMA(variant="gma")
+    configure(strategy, global_arrays)
+    with_errors, metrics = strategy.aggregate_train(1, good + [error_reply(9), error_reply(10)])
+    configure(strategy, global_arrays)
+    alone, _ = strategy.aggregate_train(1, good)
+    for name, value in as_numpy(with_errors).items():
+        np.testing.assert_array_equal(value, alone[name].numpy())
+    assert metrics["replies-failed"] == 2 and metrics["replies-used"] == 3
+
+
+def test_malformed_replies_are_dropped_and_never_reach_the_model():
+    rng = np.random.default_rng(3)
+    global_arrays = model_arrays(rng)
+    good = client_replies(rng, global_arrays, k=3)
+    nan = {n: v.copy() for n, v in global_arrays.items()}
+    nan["fc.weight"][0, 0] = np.nan
+    wrong_shape = {**global_arrays, "conv.bias": np.zeros(5, np.float32)}
+    wrong_dtype = {**global_arrays, "conv.bias": np.zeros(4, np.float64)}
+    missing = {k: v for k, v in global_arrays.items() if k != "fc.weight"}
+    bad = [
+        train_reply(11, nan, 10),
+        train_reply(12, wrong_shape, 10),
+        train_reply(13, wrong_dtype, 10),
+        train_reply(14, missing, 10),
+        train_reply(15, global_arrays, 0),
+        train_reply(16, global_arrays, -5),
+        raw_reply(17, RecordDict()),
+        raw_reply(18, RecordDict({"metrics": MetricRecord({"num-examples": 3})})),
+    ]
+    strategy = FedGMA(variant="ws", tau=0.6, server_lr=0.5)
+    configure(strategy, global_arrays)
+    mixed, metrics = strategy.aggregate_train(1, bad[:4] + good + bad[4:])
+    configure(strategy, global_arrays)
+    alone, _ = strategy.aggregate_train(1, good)
+    for name, value in as_numpy(mixed).items():
+        assert np.isfinite(value).all()
+        np.testing.assert_array_equal(value, alone[name].numpy())
+    assert metrics["replies-dropped"] == len(bad)
+
+
+def test_no_usable_reply_keeps_the_model():
+    rng = np.random.default_rng(4)
+    global_arrays = model_arrays(rng)
+    strategy = FedGMA()
+    configure(strategy, global_arrays)
+    assert strategy.aggregate_train(1, [error_reply(1)]) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"variant": "fedsgd"}, "variant"),
+        ({"tau": 1.5}, "tau"),
+        ({"tau": -0.1}, "tau"),
+        ({"server_lr": -1.0}, "server_lr"),
+        ({"server_lr": float("nan")}, "server_lr"),
+    ],
+)
+def test_bad_keywords_are_refused(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        FedGMA(**kwargs)
+
+
+def test_variant_default_thresholds():
+    assert FedGMA(variant="ws").tau == 0.8
+    assert FedGMA(variant="gma").tau == 0.4
