@@ -1,0 +1,226 @@
+"""Drive Flower 1.39's processes and CLI: SuperLink, SuperNodes, ``flwr run``.
+
+Used by the main job (``python -m fedgma.demo``) and the end-to-end tests.
+``flwr run`` exits 0 even when the ServerApp failed, so a run counts as done
+only when ``flwr ls`` reports ``finished:completed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def flower_env(flwr_home: Path, **extra: str) -> dict[str, str]:
+    """Environment for Flower processes: private FLWR_HOME, no telemetry, offline."""
+    env = dict(os.environ)
+    env.update(
+        FLWR_HOME=str(flwr_home),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+def write_connection(
+    flwr_home: Path, name: str, address: str, root_certificates: Path | None = None
+) -> None:
+    """Write ``$FLWR_HOME/config.toml`` with one SuperLink connection."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]", f'address = "{address}"']
+    if root_certificates is None:
+        lines.append("insecure = true")
+    else:
+        lines.append(f'root-certificates = "{root_certificates}"')
+    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+def format_run_config(settings: dict[str, object]) -> str:
+    """``{"tau": 0.8, "variant": "ws"}`` -> ``tau=0.8 variant="ws"`` for ``--run-config``."""
+    parts = []
+    for key, value in settings.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            text = repr(value)
+        else:
+            text = json.dumps(str(value))
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
+    """Poll ``url`` until it answers 200; raise if ``process`` dies or time runs out."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def stop(process: subprocess.Popen, grace: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds (SuperNodes can hang in gRPC clean-up)."""
+    if process.poll() is not None:
+        return
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(5)
+
+
+def start(command: Sequence[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
+    """Start a Flower process in its own process group, output to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            list(command), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+@dataclass
+class RunOutcome:
+    """How a run ended, as ``flwr ls`` reports it."""
+
+    run_id: int
+    status: str
+    details: str
+    record: dict
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "finished:completed"
+
+
+class FlowerCli:
+    """Calls the ``flwr`` CLI against one connection of a private FLWR_HOME."""
+
+    def __init__(self, env: dict[str, str], connection: str) -> None:
+        self.env = env
+        self.connection = connection
+
+    def _json(self, args: list[str], timeout: float = 120) -> dict:
+        result = subprocess.run(
+            [str(BIN / "flwr"), *args, "--format", "json"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        try:
+            return json.loads(result.stdout)
+        except json.JSONDecodeError:
+            raise RuntimeError(
+                f"flwr {' '.join(args)} failed ({result.returncode}): {result.stdout}{result.stderr}"
+            ) from None
+
+    def submit(
+        self,
+        app_dir: Path,
+        run_config: dict[str, object],
+        federation_config: str | None = None,
+    ) -> int:
+        """``flwr run``; returns the run id."""
+        args = ["run", str(app_dir), self.connection, "--run-config", format_run_config(run_config)]
+        if federation_config:
+            args += ["--federation-config", federation_config]
+        answer = self._json(args)
+        if not answer.get("success"):
+            raise RuntimeError(f"flwr run was refused: {answer}")
+        return int(answer["run-id"])
+
+    def status(self, run_id: int) -> dict:
+        """The ``flwr ls --run-id`` record of one run."""
+        answer = self._json(["ls", self.connection, "--run-id", str(run_id)])
+        runs = answer.get("runs") or []
+        if not runs:
+            raise RuntimeError(f"flwr ls knows no run {run_id}: {answer}")
+        return runs[0]
+
+    def wait(
+        self,
+        run_id: int,
+        timeout: float,
+        poll: float = 2.0,
+        on_poll: Callable[[], None] | None = None,
+    ) -> RunOutcome:
+        """Poll until the run is ``finished:*``; raise TimeoutError after ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while True:
+            record = self.status(run_id)
+            if str(record.get("status", "")).startswith("finished:"):
+                return RunOutcome(run_id, record["status"], str(record.get("status-details", "")), record)
+            if on_poll is not None:
+                on_poll()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"run {run_id} still {record.get('status')} after {timeout:.0f} s")
+            time.sleep(poll)
+
+
+class SimulationRuntime:
+    """Flower's local simulation runtime: a ``flower-superlink --simulation`` we own.
+
+    It is what ``flwr run . local`` starts by itself, but on free ports and with a
+    PID we stop on exit, so nothing is left running.
+    """
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.flwr_home = workdir / "flwr-home"
+        self.port = free_port()
+        self.env = flower_env(self.flwr_home)
+        self.process: subprocess.Popen | None = None
+        self.cli = FlowerCli(self.env, "sim")
+
+    def __enter__(self) -> "SimulationRuntime":
+        write_connection(self.flwr_home, "sim", f"127.0.0.1:{self.port}")
+        self.process = start(
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--simulation",
+                "--host", "127.0.0.1",
+                "--port", str(self.port),
+                "--disable-runtime-dependency-installation",
+            ],
+            self.env,
+            self.workdir / "superlink.log",
+        )
+        wait_for_http(f"http://127.0.0.1:{self.port}/health", 60, self.process)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.process is not None:
+            stop(self.process)

@@ -1,0 +1,98 @@
+"""What a run leaves under ``<output-dir>/<run-name>/``.
+
+- ``config.json``: the validated run settings;
+- ``metrics.csv``: one row per round (round 0 is the initial model), appended
+  as the run goes, so an interrupted run keeps its rows;
+- ``final_model.pt``: the final global ``state_dict`` (``torch.load`` it);
+- ``summary.json``: the last row and the best OOD accuracy.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+
+from ..config import RunConfig
+
+METRIC_COLUMNS = (
+    "round",
+    "wall-seconds",
+    "round-seconds",
+    "id-accuracy",
+    "id-loss",
+    "ood-accuracy",
+    "ood-loss",
+    "train-loss",
+    "mask-kept-fraction",
+    "mask-mean",
+    "agreement-mean",
+    "replies-used",
+    "replies-dropped",
+    "replies-failed",
+    "client-eval-loss",
+    "client-eval-accuracy",
+)
+
+
+def _atomic_write(path: Path, write) -> None:
+    with tempfile.NamedTemporaryFile("wb", dir=path.parent, delete=False) as tmp:
+        write(tmp)
+    os.replace(tmp.name, path)
+
+
+class RunOutputs:
+    """Writes one run's files.
+
+    Parameters
+    ----------
+    run_dir : Path
+        The run's own directory; created if missing.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = run_dir / "metrics.csv"
+        self.rows: list[dict[str, float | int | str]] = []
+        with self.metrics_path.open("w", newline="") as handle:
+            csv.writer(handle).writerow(METRIC_COLUMNS)
+
+    def write_config(self, config: RunConfig, extra: dict) -> None:
+        """Save the run settings and facts such as the run id."""
+        payload = json.dumps({**asdict(config), **extra}, indent=2).encode()
+        _atomic_write(self.run_dir / "config.json", lambda f: f.write(payload))
+
+    def add_row(self, row: dict[str, float | int]) -> None:
+        """Append one round's metrics (unknown keys are ignored, missing ones left empty)."""
+        clean = {column: row.get(column, "") for column in METRIC_COLUMNS}
+        self.rows.append(clean)
+        with self.metrics_path.open("a", newline="") as handle:
+            csv.DictWriter(handle, fieldnames=METRIC_COLUMNS).writerow(clean)
+
+    def save_model(self, state_dict: dict[str, torch.Tensor]) -> Path:
+        """Save the final global weights; returns the file's path."""
+        path = self.run_dir / "final_model.pt"
+        _atomic_write(path, lambda f: torch.save(state_dict, f))
+        return path
+
+    def write_summary(self, label: str) -> dict:
+        """Save and return the final row plus the best OOD accuracy."""
+        rounds = [r for r in self.rows if r["round"] != 0] or self.rows
+        last = rounds[-1]
+        summary = {
+            "strategy": label,
+            "rounds": last["round"],
+            "final-id-accuracy": last["id-accuracy"],
+            "final-ood-accuracy": last["ood-accuracy"],
+            "peak-ood-accuracy": max(r["ood-accuracy"] for r in rounds),
+            "wall-seconds": last["wall-seconds"],
+        }
+        payload = json.dumps(summary, indent=2).encode()
+        _atomic_write(self.run_dir / "summary.json", lambda f: f.write(payload))
+        return summary

@@ -1,0 +1,56 @@
+"""Build the strategy named by the run setting ``strategy``.
+
+FedGMA is ours; every baseline is Flower's own class, configured, not rewritten.
+"""
+
+from __future__ import annotations
+
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
+
+from ..config import RunConfig
+from ..strategy import FedGMA
+
+
+def build_strategy(config: RunConfig) -> FedAvg:
+    """Return the configured strategy (all of them are FedAvg subclasses)."""
+    common = {
+        "fraction_train": config.fraction_train,
+        "fraction_evaluate": config.fraction_evaluate,
+        "min_train_nodes": config.min_nodes,
+        "min_evaluate_nodes": config.min_nodes if config.fraction_evaluate > 0 else 0,
+        "min_available_nodes": config.min_nodes,
+    }
+    if config.strategy == "fedgma":
+        return FedGMA(
+            variant=config.variant,
+            tau=config.tau,
+            server_lr=config.server_lr,
+            agreement_weighted=config.agreement_weighted,
+            **common,
+        )
+    if config.strategy == "fedavg":
+        return FedAvg(**common)
+    if config.strategy == "fedavgm":
+        return FedAvgM(
+            server_learning_rate=config.server_lr, server_momentum=config.server_momentum, **common
+        )
+    if config.strategy == "fedprox":
+        return FedProx(proximal_mu=config.proximal_mu, **common)
+    if config.strategy == "fedadam":
+        return FedAdam(
+            eta=config.adam_eta,
+            eta_l=config.client_lr,
+            beta_1=config.adam_beta_1,
+            beta_2=config.adam_beta_2,
+            tau=config.adam_tau,
+            **common,
+        )
+    raise ValueError(f"unknown strategy {config.strategy!r}")
+
+
+def describe(config: RunConfig) -> str:
+    """A short label such as ``fedgma-ws(tau=0.8,lr=1)`` or ``fedavg``."""
+    if config.strategy != "fedgma":
+        return config.strategy
+    tau = "auto" if config.tau is None else f"{config.tau:g}"
+    return f"fedgma-{config.variant}(tau={tau},lr={config.server_lr:g})"

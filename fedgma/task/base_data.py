@@ -1,0 +1,103 @@
+"""Grayscale base images (MNIST or Fashion-MNIST) through torchvision's datasets.
+
+Where the files come from, in order: ``<data-dir>/<MNIST|FashionMNIST>/raw``
+(torchvision's layout); for Fashion-MNIST, the gzipped IDX files of Debian's
+``dataset-fashion-mnist`` package, unpacked into that layout once; torchvision's
+download when ``download`` is true. Anything else is a :class:`DataUnavailable`
+error that says how to get the data.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from torchvision import datasets
+
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+# Debian recompressed the files (their gzip checksums differ from torchvision's), so
+# the unpacked IDX files are checked by size instead: 28x28 images, 60000 + 10000.
+_IDX_SIZES = {
+    "train-images-idx3-ubyte": 16 + 60000 * 28 * 28,
+    "train-labels-idx1-ubyte": 8 + 60000,
+    "t10k-images-idx3-ubyte": 16 + 10000 * 28 * 28,
+    "t10k-labels-idx1-ubyte": 8 + 10000,
+}
+_CLASSES = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
+
+
+class DataUnavailable(FileNotFoundError):
+    """The base data set is not on this machine and cannot be fetched."""
+
+
+def _raw_folder(dataset: str, root: Path) -> Path:
+    return root / _CLASSES[dataset].__name__ / "raw"
+
+
+def _has_raw_files(dataset: str, root: Path) -> bool:
+    raw = _raw_folder(dataset, root)
+    return all((raw / name.removesuffix(".gz")).is_file() for name, _ in _CLASSES[dataset].resources)
+
+
+def _unpack_debian_files(root: Path, source: Path = DEBIAN_FASHION_MNIST) -> bool:
+    """Unpack Debian's Fashion-MNIST into torchvision's layout; False if absent."""
+    cls = _CLASSES["fashion-mnist"]
+    if not all((source / name).is_file() for name, _ in cls.resources):
+        return False
+    raw = _raw_folder("fashion-mnist", root)
+    raw.mkdir(parents=True, exist_ok=True)
+    for name, _ in cls.resources:
+        unpacked = gzip.decompress((source / name).read_bytes())
+        target = name.removesuffix(".gz")
+        if len(unpacked) != _IDX_SIZES[target]:
+            raise DataUnavailable(
+                f"{source / name} unpacks to {len(unpacked)} bytes, expected {_IDX_SIZES[target]}"
+            )
+        # Write then rename: concurrent ClientApp processes may unpack at once.
+        with tempfile.NamedTemporaryFile(dir=raw, delete=False) as tmp:
+            tmp.write(unpacked)
+        os.replace(tmp.name, raw / target)
+    return True
+
+
+def ensure_base_data(dataset: str, root: Path, download: bool) -> None:
+    """Make the base data set's raw files available under ``root``.
+
+    Raises
+    ------
+    DataUnavailable
+        With instructions, when the files are absent and cannot be obtained.
+    """
+    if dataset not in _CLASSES:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(_CLASSES)}")
+    if _has_raw_files(dataset, root):
+        return
+    if dataset == "fashion-mnist" and _unpack_debian_files(root):
+        return
+    hint = (
+        f"put its IDX files in {_raw_folder(dataset, root)}, or set download=true on a "
+        "machine with internet access"
+    )
+    if dataset == "fashion-mnist":
+        hint = f"install Debian's package (apt-get install dataset-fashion-mnist), or {hint}"
+    if not download:
+        raise DataUnavailable(f"{dataset} not found under {root}: {hint}")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _CLASSES[dataset](root=str(root), train=True, download=True)
+    except Exception as err:  # torchvision raises RuntimeError / URLError offline
+        shutil.rmtree(_raw_folder(dataset, root), ignore_errors=True)
+        raise DataUnavailable(f"{dataset} could not be downloaded ({err}); {hint}") from err
+
+
+def load_base_images(
+    dataset: str, root: Path, train: bool, download: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Return ``(images, labels)``: uint8 ``[N, 28, 28]`` and int64 ``[N]``."""
+    ensure_base_data(dataset, root, download)
+    data = _CLASSES[dataset](root=str(root), train=train, download=False)
+    return data.data.numpy(), data.targets.numpy().astype(np.int64)

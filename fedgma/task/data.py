@@ -1,0 +1,134 @@
+"""Client partitions and central test sets of the colored tasks, cached on disk.
+
+Flower 1.39 starts a fresh ClientApp process for every message in deployment, so
+a client's colored partition is built once and then read back from an ``.npz``
+file under ``<data-dir>/cache/`` (a few MB, milliseconds to load). The cache key
+is a hash of every setting the data depends on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from ..config import RunConfig
+from .base_data import load_base_images
+from .coloring import client_flip_probability, color_binary, color_ten_class
+from .partition import partition_indices
+
+CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class ColoredSet:
+    """Colored images (uint8 ``[N, 3, 28, 28]``), labels, base digits and color ids."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    digits: np.ndarray
+    colors: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def loader(self, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+        """A DataLoader of float images in [0, 1] and int64 labels."""
+        images = torch.from_numpy(self.images).float().div_(255.0)
+        dataset = TensorDataset(images, torch.from_numpy(self.labels))
+        generator = torch.Generator().manual_seed(seed) if shuffle else None
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+def _key(config: RunConfig, **extra) -> str:
+    settings = {
+        "version": CACHE_VERSION,
+        "dataset": config.dataset,
+        "task": config.task,
+        "seed": config.seed,
+        **extra,
+    }
+    if config.task == "binary":
+        settings["label_noise"] = config.label_noise
+    blob = json.dumps(settings, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def _cached(path: Path, build) -> ColoredSet:
+    if path.is_file():
+        with np.load(path) as stored:
+            return ColoredSet(**{k: stored[k] for k in ("images", "labels", "digits", "colors")})
+    data: ColoredSet = build()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Write then rename, so that a reader never sees a half-written file.
+    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
+        np.savez(tmp, images=data.images, labels=data.labels, digits=data.digits, colors=data.colors)
+    os.replace(tmp.name, path)
+    return data
+
+
+def _subset(n: int, wanted: int, seed: int) -> np.ndarray:
+    """Sorted random subset of ``range(n)`` of size ``wanted`` (all when 0 or >= n)."""
+    if wanted == 0 or wanted >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=wanted, replace=False))
+
+
+def _color(config: RunConfig, images, digits, flip: float, ood: bool, rng) -> ColoredSet:
+    if config.task == "binary":
+        noise = 0.0 if ood else config.label_noise
+        colored, labels, colors = color_binary(images, digits, flip, rng, noise)
+    else:
+        colored, labels, colors = color_ten_class(images, digits, ood, rng)
+    return ColoredSet(colored, labels, digits, colors)
+
+
+def load_client_partition(config: RunConfig, partition_id: int, num_partitions: int) -> ColoredSet:
+    """Return the colored training data of one client (built once, then cached)."""
+    key = _key(
+        config,
+        split="train",
+        train_images=config.train_images,
+        partitioning=config.partitioning,
+        alpha=config.dirichlet_alpha if config.partitioning == "dirichlet" else None,
+        num_partitions=num_partitions,
+        flip=[config.color_flip_min, config.color_flip_max],
+    )
+    path = config.data_path / "cache" / key / f"partition-{partition_id}-of-{num_partitions}.npz"
+
+    def build() -> ColoredSet:
+        images, digits = load_base_images(config.dataset, config.data_path, True, config.download)
+        rows = _subset(len(digits), config.train_images, config.seed)
+        parts = partition_indices(
+            digits[rows], num_partitions, config.partitioning, config.dirichlet_alpha, config.seed
+        )
+        mine = rows[parts[partition_id]]
+        flip = client_flip_probability(
+            partition_id, num_partitions, config.color_flip_min, config.color_flip_max
+        )
+        rng = np.random.default_rng([config.seed, partition_id, num_partitions])
+        return _color(config, images[mine], digits[mine], flip, ood=False, rng=rng)
+
+    return _cached(path, build)
+
+
+def load_test_set(config: RunConfig, ood: bool) -> ColoredSet:
+    """Return the central in-distribution (``ood=False``) or OOD test set."""
+    flip = config.ood_color_flip if ood else (config.color_flip_min + config.color_flip_max) / 2
+    key = _key(config, split="test", test_images=config.test_images, ood=ood, flip=flip)
+    path = config.data_path / "cache" / key / ("test-ood.npz" if ood else "test-id.npz")
+
+    def build() -> ColoredSet:
+        images, digits = load_base_images(config.dataset, config.data_path, False, config.download)
+        rows = _subset(len(digits), config.test_images, config.seed)
+        rng = np.random.default_rng([config.seed, int(ood), 7919])
+        return _color(config, images[rows], digits[rows], flip, ood=ood, rng=rng)
+
+    return _cached(path, build)

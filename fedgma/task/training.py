@@ -1,0 +1,56 @@
+"""Local SGD training (optionally with FedProx's proximal term) and evaluation."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+
+def train(
+    model: nn.Module,
+    loader: DataLoader,
+    epochs: int,
+    lr: float,
+    proximal_mu: float = 0.0,
+) -> float:
+    """Train ``model`` in place with plain SGD; return the mean training loss.
+
+    With ``proximal_mu > 0`` the loss gains FedProx's ``mu / 2 * ||w - w_global||^2``,
+    ``w_global`` being the weights the model had on entry.
+    """
+    model.train()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    criterion = nn.CrossEntropyLoss()
+    anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
+    total_loss, total_examples = 0.0, 0
+    for _ in range(epochs):
+        for images, labels in loader:
+            optimizer.zero_grad()
+            loss = criterion(model(images), labels)
+            total_loss += loss.item() * len(labels)
+            total_examples += len(labels)
+            if anchor is not None:
+                proximal = sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
+                loss = loss + proximal_mu / 2 * proximal
+            loss.backward()
+            optimizer.step()
+    if total_examples == 0:
+        raise ValueError("local training got no examples")
+    return total_loss / total_examples
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
+    """Return ``(mean cross-entropy loss, accuracy)`` of ``model`` on ``loader``."""
+    model.eval()
+    criterion = nn.CrossEntropyLoss(reduction="sum")
+    loss, correct, seen = 0.0, 0, 0
+    for images, labels in loader:
+        logits = model(images)
+        loss += criterion(logits, labels).item()
+        correct += (logits.argmax(dim=1) == labels).sum().item()
+        seen += len(labels)
+    if seen == 0:
+        raise ValueError("evaluation got no examples")
+    return loss / seen, correct / seen
