@@ -85,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
                 shown[0] = len(rows)
 
             started = time.monotonic()
-            run_id = runtime.cli.submit(APP_DIR, run_config, f"num-supernodes={args.clients}")
+            run_id = runtime.cli.submit(
+                APP_DIR, run_config, f"num-supernodes={args.clients} client-resources-num-cpus=1"
+            )
             print(f"{label}: run {run_id} started", flush=True)
             outcome = runtime.cli.wait(run_id, args.timeout, on_poll=progress)
             progress()

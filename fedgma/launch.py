@@ -38,6 +38,8 @@ def flower_env(flwr_home: Path, **extra: str) -> dict[str, str]:
         FLWR_DISABLE_UPDATE_CHECK="1",
         FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
         PYTHONUNBUFFERED="1",
+        # The SuperLink and SuperNode start flower-superexec / flwr-clientapp by name.
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     )
     env.update(extra)
     return env
@@ -86,19 +88,56 @@ def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = N
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
+def descendants(pid: int) -> list[int]:
+    """All processes below ``pid`` (Linux ``/proc``), children first found first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
 def stop(process: subprocess.Popen, grace: float = 10.0) -> None:
-    """SIGTERM, then SIGKILL after ``grace`` seconds (SuperNodes can hang in gRPC clean-up)."""
+    """Stop ``process`` and everything it started; SIGKILL what outlives ``grace``.
+
+    The tree is collected first: Flower's SuperExec starts the simulation and
+    Ray in a session of their own, which outlive a signal to the SuperLink.
+    SuperNodes can hang in gRPC clean-up after SIGTERM, hence the SIGKILL.
+    """
     if process.poll() is not None:
         return
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(5)
+    tree = [process.pid, *descendants(process.pid)]
+    _signal_all(tree, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(pid) for pid in tree):
+        process.poll()
+        time.sleep(0.1)
+    _signal_all([pid for pid in tree if _alive(pid)], signal.SIGKILL)
+    process.wait(5)
 
 
 def start(command: Sequence[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
@@ -169,6 +208,14 @@ class FlowerCli:
             raise RuntimeError(f"flwr ls knows no run {run_id}: {answer}")
         return runs[0]
 
+    def logs(self, run_id: int) -> str:
+        """Everything the run has logged so far (``flwr log --show``)."""
+        result = subprocess.run(
+            [str(BIN / "flwr"), "log", str(run_id), self.connection, "--show"],
+            env=self.env, capture_output=True, text=True, timeout=120,
+        )
+        return result.stdout + result.stderr
+
     def wait(
         self,
         run_id: int,
@@ -224,3 +271,95 @@ class SimulationRuntime:
     def __exit__(self, *exc) -> None:
         if self.process is not None:
             stop(self.process)
+
+
+class LocalDeployment:
+    """A real deployment on one machine: ``flower-superlink`` and N ``flower-supernode``.
+
+    The SuperNodes reach the SuperLink only through its gRPC Fleet API
+    (``--superlink HOST:FLEET_PORT``); ``flwr`` talks to its HTTP Control API.
+    Every port is picked free; every process is stopped on exit.
+
+    Parameters
+    ----------
+    workdir : Path
+        Logs and FLWR_HOME go here.
+    num_supernodes : int
+        SuperNodes to start, with ``partition-id=i num-partitions=N``.
+    host : str
+        Address the SuperLink listens on and the SuperNodes dial.
+    """
+
+    def __init__(self, workdir: Path, num_supernodes: int, host: str = "127.0.0.1") -> None:
+        self.workdir = workdir
+        self.host = host
+        self.num_supernodes = num_supernodes
+        self.http_port = free_port()
+        self.fleet_port = free_port()
+        self.flwr_home = workdir / "flwr-home"
+        self.env = flower_env(self.flwr_home)
+        self.cli = FlowerCli(self.env, "deployment")
+        self.superlink: subprocess.Popen | None = None
+        self.supernodes: list[subprocess.Popen] = []
+        self.supernode_ports: list[int] = []
+
+    @property
+    def superlink_log(self) -> Path:
+        return self.workdir / "superlink.log"
+
+    def __enter__(self) -> "LocalDeployment":
+        write_connection(self.flwr_home, "deployment", f"{self.host}:{self.http_port}")
+        self.superlink = start(
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--host", self.host,
+                "--port", str(self.http_port),
+                "--fleet-api-address", f"{self.host}:{self.fleet_port}",
+                "--disable-runtime-dependency-installation",
+            ],
+            self.env,
+            self.superlink_log,
+        )
+        try:
+            wait_for_http(f"http://{self.host}:{self.http_port}/health", 60, self.superlink)
+            for i in range(self.num_supernodes):
+                self.start_supernode(i)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def start_supernode(self, partition_id: int) -> subprocess.Popen:
+        """Start one SuperNode holding partition ``partition_id``."""
+        port = free_port()
+        process = start(
+            [
+                str(BIN / "flower-supernode"),
+                "--insecure",
+                "--superlink", f"{self.host}:{self.fleet_port}",
+                "--node-config", f"partition-id={partition_id} num-partitions={self.num_supernodes}",
+                "--port", str(port),
+            ],
+            self.env,
+            self.workdir / f"supernode-{partition_id}.log",
+        )
+        self.supernodes.append(process)
+        self.supernode_ports.append(port)
+        return process
+
+    def wait_for_supernodes(self, timeout: float = 60) -> None:
+        """Wait until the SuperLink has activated every SuperNode."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            activated = self.superlink_log.read_text(errors="replace").count("Activated node_id")
+            if activated >= self.num_supernodes:
+                return
+            time.sleep(0.5)
+        raise TimeoutError(f"not all {self.num_supernodes} SuperNodes connected within {timeout:.0f} s")
+
+    def __exit__(self, *exc) -> None:
+        for process in self.supernodes:
+            stop(process)
+        if self.superlink is not None:
+            stop(self.superlink)

@@ -43,8 +43,9 @@ def _has_raw_files(dataset: str, root: Path) -> bool:
     return all((raw / name.removesuffix(".gz")).is_file() for name, _ in _CLASSES[dataset].resources)
 
 
-def _unpack_debian_files(root: Path, source: Path = DEBIAN_FASHION_MNIST) -> bool:
+def _unpack_debian_files(root: Path, source: Path | None = None) -> bool:
     """Unpack Debian's Fashion-MNIST into torchvision's layout; False if absent."""
+    source = source or DEBIAN_FASHION_MNIST
     cls = _CLASSES["fashion-mnist"]
     if not all((source / name).is_file() for name, _ in cls.resources):
         return False

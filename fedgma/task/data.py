@@ -24,17 +24,22 @@ from .base_data import load_base_images
 from .coloring import client_flip_probability, color_binary, color_ten_class
 from .partition import partition_indices
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
 class ColoredSet:
-    """Colored images (uint8 ``[N, 3, 28, 28]``), labels, base digits and color ids."""
+    """Colored images (uint8 ``[N, 3, 28, 28]``) with their labels.
+
+    ``digits`` are the base data set's classes, ``colors`` the color ids of
+    ``fedgma.task.coloring``, ``rows`` the images' indices in the base set.
+    """
 
     images: np.ndarray
     labels: np.ndarray
     digits: np.ndarray
     colors: np.ndarray
+    rows: np.ndarray
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -45,6 +50,9 @@ class ColoredSet:
         dataset = TensorDataset(images, torch.from_numpy(self.labels))
         generator = torch.Generator().manual_seed(seed) if shuffle else None
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
+
+
+_FIELDS = ("images", "labels", "digits", "colors", "rows")
 
 
 def _key(config: RunConfig, **extra) -> str:
@@ -64,12 +72,12 @@ def _key(config: RunConfig, **extra) -> str:
 def _cached(path: Path, build) -> ColoredSet:
     if path.is_file():
         with np.load(path) as stored:
-            return ColoredSet(**{k: stored[k] for k in ("images", "labels", "digits", "colors")})
+            return ColoredSet(**{k: stored[k] for k in _FIELDS})
     data: ColoredSet = build()
     path.parent.mkdir(parents=True, exist_ok=True)
     # Write then rename, so that a reader never sees a half-written file.
     with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
-        np.savez(tmp, images=data.images, labels=data.labels, digits=data.digits, colors=data.colors)
+        np.savez(tmp, **{k: getattr(data, k) for k in _FIELDS})
     os.replace(tmp.name, path)
     return data
 
@@ -81,13 +89,14 @@ def _subset(n: int, wanted: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=wanted, replace=False))
 
 
-def _color(config: RunConfig, images, digits, flip: float, ood: bool, rng) -> ColoredSet:
+def _color(config: RunConfig, images, digits, rows, flip: float, ood: bool, rng) -> ColoredSet:
+    images, digits = images[rows], digits[rows]
     if config.task == "binary":
         noise = 0.0 if ood else config.label_noise
         colored, labels, colors = color_binary(images, digits, flip, rng, noise)
     else:
         colored, labels, colors = color_ten_class(images, digits, ood, rng)
-    return ColoredSet(colored, labels, digits, colors)
+    return ColoredSet(colored, labels, digits, colors, rows)
 
 
 def load_client_partition(config: RunConfig, partition_id: int, num_partitions: int) -> ColoredSet:
@@ -114,7 +123,7 @@ def load_client_partition(config: RunConfig, partition_id: int, num_partitions: 
             partition_id, num_partitions, config.color_flip_min, config.color_flip_max
         )
         rng = np.random.default_rng([config.seed, partition_id, num_partitions])
-        return _color(config, images[mine], digits[mine], flip, ood=False, rng=rng)
+        return _color(config, images, digits, mine, flip, ood=False, rng=rng)
 
     return _cached(path, build)
 
@@ -129,6 +138,6 @@ def load_test_set(config: RunConfig, ood: bool) -> ColoredSet:
         images, digits = load_base_images(config.dataset, config.data_path, False, config.download)
         rows = _subset(len(digits), config.test_images, config.seed)
         rng = np.random.default_rng([config.seed, int(ood), 7919])
-        return _color(config, images[rows], digits[rows], flip, ood=ood, rng=rng)
+        return _color(config, images, digits, rows, flip, ood=ood, rng=rng)
 
     return _cached(path, build)

@@ -4,7 +4,9 @@
 - ``non-iid``: the paper's split (McMahan et al. 2017): every client holds about
   equally many images of exactly two classes, :class:`PathologicalPartitioner`
   with deterministic assignment (client ``i`` gets classes ``i`` and ``i + 1``
-  modulo the number of classes).
+  modulo the number of classes; a class is split evenly among the clients that
+  hold it, so all clients are equally large when every class is used equally
+  often, e.g. 10 or 20 clients on 10 classes).
 - ``dirichlet``: :class:`DirichletPartitioner` with concentration ``alpha``.
 
 The partitioners work on a Hugging Face ``Dataset``; only the labels and row

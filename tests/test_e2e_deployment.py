@@ -1,0 +1,67 @@
+"""End to end in deployment: flower-superlink + 2 flower-supernode processes on loopback."""
+
+import csv
+import re
+import subprocess
+
+import pytest
+
+from fedgma.launch import LocalDeployment
+from run_settings import ROOT
+
+pytestmark = pytest.mark.e2e
+
+
+def tcp_peers(pids):
+    """(local port, peer port) of the established TCP connections of ``pids``."""
+    out = subprocess.run(["ss", "-tnpH", "state", "established"], capture_output=True, text=True).stdout
+    pairs = set()
+    for line in out.splitlines():
+        owners = {int(p) for p in re.findall(r"pid=(\d+)", line)}
+        if owners & set(pids):
+            local, peer = line.split()[2:4]
+            pairs.add((int(local.rsplit(":", 1)[1]), int(peer.rsplit(":", 1)[1])))
+    return pairs
+
+
+def test_fedgma_run_over_grpc_fleet_api(tmp_path, shared_data_dir):
+    out = tmp_path / "outputs"
+    seen = set()
+    with LocalDeployment(tmp_path / "deployment", num_supernodes=2) as deployment:
+        deployment.wait_for_supernodes()
+        supernode_pids = [p.pid for p in deployment.supernodes]
+
+        def sample_connections():
+            seen.update(tcp_peers(supernode_pids))
+
+        run_id = deployment.cli.submit(
+            ROOT,
+            {
+                "num-server-rounds": 2,
+                "strategy": "fedgma",
+                "variant": "ws",
+                "partitioning": "non-iid",
+                "train-images": 2000,
+                "test-images": 1000,
+                "data-dir": str(shared_data_dir),
+                "download": False,
+                "output-dir": str(out),
+                "run-name": "e2e-deployment",
+            },
+        )
+        outcome = deployment.cli.wait(run_id, timeout=600, poll=1.0, on_poll=sample_connections)
+        superlink_log = deployment.superlink_log.read_text()
+        fleet, own_ports = deployment.fleet_port, set(deployment.supernode_ports)
+
+    assert outcome.completed, f"{outcome.status}: {outcome.details}\n{superlink_log[-3000:]}"
+    assert f"Starting Fleet API (gRPC-rere) on 127.0.0.1:{fleet}" in superlink_log
+    # The SuperNodes talk to the SuperLink only on its Fleet port; any other
+    # connection they hold is inbound, from their own ClientApp processes.
+    outbound = {peer for local, peer in seen if local not in own_ports}
+    assert fleet in outbound
+    assert outbound <= {fleet} | own_ports, f"unexpected peers {outbound}"
+
+    rows = list(csv.DictReader((out / "e2e-deployment" / "metrics.csv").open()))
+    assert [int(r["round"]) for r in rows] == [0, 1, 2]
+    assert all(int(r["replies-used"]) == 2 for r in rows[1:])
+    assert (out / "e2e-deployment" / "final_model.pt").is_file()
