@@ -98,9 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             summary = json.loads((batch_dir / run_name / "summary.json").read_text())
             summary["seconds"] = time.monotonic() - started
             summaries[label] = summary
+            dataset = json.loads((batch_dir / run_name / "config.json").read_text())["dataset"]
 
     print()
-    print(f"Colored {settings.get('dataset', 'fashion-mnist')} (binary task), non-IID, "
+    print(f"Colored {dataset}, {settings['task']} task, {settings['partitioning']} split, "
           f"{args.clients} clients, {args.rounds} rounds")
     print(f"{'strategy':<12} {'final OOD acc':>13} {'peak OOD acc':>12} {'final ID acc':>12} {'wall s':>7}")
     for label, s in summaries.items():

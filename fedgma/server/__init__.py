@@ -1,0 +1,1 @@
+"""The ServerApp and what it needs: strategy selection and output files."""

@@ -1,0 +1,1 @@
+"""The ML task: colored-MNIST data, partitions, the CNN and local training."""
