@@ -49,7 +49,7 @@ def test_fedgma_run_over_grpc_fleet_api(tmp_path, shared_data_dir):
                 "run-name": "e2e-deployment",
             },
         )
-        outcome = deployment.cli.wait(run_id, timeout=600, poll=1.0, on_poll=sample_connections)
+        outcome = deployment.cli.wait(run_id, timeout=600, on_poll=sample_connections)
         superlink_log = deployment.superlink_log.read_text()
         fleet, own_ports = deployment.fleet_port, set(deployment.supernode_ports)
 

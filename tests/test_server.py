@@ -32,6 +32,7 @@ def test_strategy_settings_reach_the_strategy():
     avgm = build_strategy(parse_run_config(settings(strategy="fedavgm", server_momentum=0.7)))
     assert avgm.server_momentum == 0.7
     assert describe(parse_run_config(settings(tau=0.6))) == "fedgma-ws(tau=0.6,lr=1)"
+    assert describe(parse_run_config(settings(variant="gma"))) == "fedgma-gma(tau=0.4,lr=1)"
 
 
 def test_run_outputs(tmp_path):

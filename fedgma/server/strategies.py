@@ -8,7 +8,7 @@ from __future__ import annotations
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
 from ..config import RunConfig
-from ..strategy import FedGMA
+from ..strategy import DEFAULT_TAU, FedGMA
 
 
 def build_strategy(config: RunConfig) -> FedAvg:
@@ -52,5 +52,5 @@ def describe(config: RunConfig) -> str:
     """A short label such as ``fedgma-ws(tau=0.8,lr=1)`` or ``fedavg``."""
     if config.strategy != "fedgma":
         return config.strategy
-    tau = "auto" if config.tau is None else f"{config.tau:g}"
-    return f"fedgma-{config.variant}(tau={tau},lr={config.server_lr:g})"
+    tau = DEFAULT_TAU[config.variant] if config.tau is None else config.tau
+    return f"fedgma-{config.variant}(tau={tau:g},lr={config.server_lr:g})"

@@ -150,7 +150,7 @@ class FedGMA(FedAvg):
                 continue
             aggregator.add(arrays, weight)
             used.append(message.content)
-            del arrays
+            del arrays  # free this reply's decoded arrays before decoding the next
         dropped = len(valid_replies) - len(used)
         if not used:
             log(WARNING, "FedGMA round %s: no usable reply; the global model is unchanged", server_round)

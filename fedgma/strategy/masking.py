@@ -129,6 +129,7 @@ class MaskedAggregator:
         self._grad_sum: dict[str, np.ndarray] = {}
         self._sign_sum: dict[str, np.ndarray] = {}
         self._value_sum: dict[str, np.ndarray] = {}
+        self._finished = False
 
     @staticmethod
     def is_masked(array: np.ndarray) -> bool:
@@ -169,15 +170,21 @@ class MaskedAggregator:
             sums[name] = value
 
     def result(self) -> tuple[dict[str, np.ndarray], MaskStats]:
-        """Return the new global arrays and the mask statistics.
+        """Return the new global arrays and the mask statistics (call once: the
+        running sums are reused in place).
 
         Raises
         ------
         ValueError
             If no client was added, or the clients' example counts sum to zero.
+        RuntimeError
+            If called a second time.
         """
+        if self._finished:
+            raise RuntimeError("MaskedAggregator.result() may be called only once")
         if self.num_clients == 0 or self.total_examples <= 0:
             raise ValueError("FedGMA aggregation needs at least one client with examples")
+        self._finished = True
         sign_total = self.total_examples if self.agreement_weighted else self.num_clients
         new_arrays: dict[str, np.ndarray] = {}
         kept = mask_sum = agreement_sum = 0.0
