@@ -126,3 +126,13 @@ def test_integer_arrays_are_averaged_not_masked():
 def test_result_without_clients_is_an_error():
     with pytest.raises(ValueError, match="at least one client"):
         MaskedAggregator({"w": np.zeros(2)}, "ws", 0.8, 1.0).result()
+
+
+def test_weighted_agreement_counts_examples():
+    # Signs (+, +, -) with 1, 1 and 2 examples: unweighted A = 1/3, weighted A = 0.
+    x = np.zeros(1, dtype=np.float32)
+    clients = [x - 1.0, x - 1.0, x + 1.0]
+    _, plain = aggregate(x, clients, [1, 1, 2], "gma", 1.0, 1.0, weighted=False)
+    _, weighted = aggregate(x, clients, [1, 1, 2], "gma", 1.0, 1.0, weighted=True)
+    assert plain.agreement_mean == pytest.approx(1 / 3)
+    assert weighted.agreement_mean == pytest.approx(0.0)
