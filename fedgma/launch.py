@@ -11,6 +11,7 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -72,14 +73,20 @@ def format_run_config(settings: dict[str, object]) -> str:
     return " ".join(parts)
 
 
-def wait_for_http(url: str, timeout: float, process: subprocess.Popen | None = None) -> None:
-    """Poll ``url`` until it answers 200; raise if ``process`` dies or time runs out."""
+def wait_for_http(
+    url: str, timeout: float, process: subprocess.Popen | None = None, ca_file: Path | None = None
+) -> None:
+    """Poll ``url`` until it answers 200; raise if ``process`` dies or time runs out.
+
+    ``ca_file`` is the CA certificate that ``https://`` URLs are verified against.
+    """
+    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:
             raise RuntimeError(f"{process.args[0]} exited with {process.returncode} before {url} answered")
         try:
-            with urllib.request.urlopen(url, timeout=1) as response:
+            with urllib.request.urlopen(url, timeout=1, context=context) as response:
                 if response.status == 200:
                     return
         except OSError:
@@ -297,11 +304,17 @@ class LocalDeployment:
         SuperNodes to start, with ``partition-id=i num-partitions=N``.
     host : str
         Address the SuperLink listens on and the SuperNodes dial.
+    certs : Path | None
+        A folder with ``ca.crt``, ``server.pem`` and ``server.key`` (as written by
+        ``scripts/make-certs.sh``): TLS on every API. ``None``: ``--insecure``.
     """
 
-    def __init__(self, workdir: Path, num_supernodes: int, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self, workdir: Path, num_supernodes: int, host: str = "127.0.0.1", certs: Path | None = None
+    ) -> None:
         self.workdir = workdir
         self.host = host
+        self.certs = certs
         self.num_supernodes = num_supernodes
         self.http_port = free_port()
         self.fleet_port = free_port()
@@ -317,11 +330,20 @@ class LocalDeployment:
         return self.workdir / "superlink.log"
 
     def __enter__(self) -> "LocalDeployment":
-        write_connection(self.flwr_home, "deployment", f"{self.host}:{self.http_port}")
+        ca = self.certs / "ca.crt" if self.certs else None
+        write_connection(self.flwr_home, "deployment", f"{self.host}:{self.http_port}", ca)
+        if self.certs:
+            security = [
+                "--ssl-ca-certfile", str(ca),
+                "--ssl-certfile", str(self.certs / "server.pem"),
+                "--ssl-keyfile", str(self.certs / "server.key"),
+            ]
+        else:
+            security = ["--insecure"]
         self.superlink = start(
             [
                 str(BIN / "flower-superlink"),
-                "--insecure",
+                *security,
                 "--host", self.host,
                 "--port", str(self.http_port),
                 "--fleet-api-address", f"{self.host}:{self.fleet_port}",
@@ -331,7 +353,8 @@ class LocalDeployment:
             self.superlink_log,
         )
         try:
-            wait_for_http(f"http://{self.host}:{self.http_port}/health", 60, self.superlink)
+            scheme = "https" if self.certs else "http"
+            wait_for_http(f"{scheme}://{self.host}:{self.http_port}/health", 60, self.superlink, ca)
             for i in range(self.num_supernodes):
                 self.start_supernode(i)
         except BaseException:
@@ -342,10 +365,11 @@ class LocalDeployment:
     def start_supernode(self, partition_id: int) -> subprocess.Popen:
         """Start one SuperNode holding partition ``partition_id``."""
         port = free_port()
+        security = ["--root-certificates", str(self.certs / "ca.crt")] if self.certs else ["--insecure"]
         process = start(
             [
                 str(BIN / "flower-supernode"),
-                "--insecure",
+                *security,
                 "--superlink", f"{self.host}:{self.fleet_port}",
                 "--node-config", f"partition-id={partition_id} num-partitions={self.num_supernodes}",
                 "--port", str(port),

@@ -9,6 +9,8 @@ import pytest
 from fedgma.launch import LocalDeployment
 from run_settings import ROOT
 
+SMALL_RUN = {"train-images": 2000, "test-images": 1000, "download": False}
+
 pytestmark = pytest.mark.e2e
 
 
@@ -41,10 +43,8 @@ def test_fedgma_run_over_grpc_fleet_api(tmp_path, shared_data_dir):
                 "strategy": "fedgma",
                 "variant": "ws",
                 "partitioning": "non-iid",
-                "train-images": 2000,
-                "test-images": 1000,
+                **SMALL_RUN,
                 "data-dir": str(shared_data_dir),
-                "download": False,
                 "output-dir": str(out),
                 "run-name": "e2e-deployment",
             },
@@ -65,3 +65,31 @@ def test_fedgma_run_over_grpc_fleet_api(tmp_path, shared_data_dir):
     assert [int(r["round"]) for r in rows] == [0, 1, 2]
     assert all(int(r["replies-used"]) == 2 for r in rows[1:])
     assert (out / "e2e-deployment" / "final_model.pt").is_file()
+
+
+def tls_handshake(port, ca_file):
+    """openssl's verdict on the server certificate presented on ``port``."""
+    result = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(ca_file),
+         "-verify_return_error", "-alpn", "h2"],
+        input="", capture_output=True, text=True, timeout=30,
+    )
+    return result.returncode, result.stdout
+
+
+def test_fedgma_run_with_tls(tmp_path, shared_data_dir):
+    certs = tmp_path / "certs"
+    subprocess.run(["bash", str(ROOT / "scripts" / "make-certs.sh"), str(certs)], check=True)
+    out = tmp_path / "outputs"
+    with LocalDeployment(tmp_path / "deployment", num_supernodes=2, certs=certs) as deployment:
+        deployment.wait_for_supernodes()
+        code, handshake = tls_handshake(deployment.fleet_port, certs / "ca.crt")
+        run_id = deployment.cli.submit(
+            ROOT,
+            {"num-server-rounds": 1, **SMALL_RUN, "data-dir": str(shared_data_dir),
+             "output-dir": str(out), "run-name": "tls"},
+        )
+        outcome = deployment.cli.wait(run_id, timeout=600)
+    assert code == 0 and "Verify return code: 0 (ok)" in handshake, handshake
+    assert outcome.completed, f"{outcome.status}: {outcome.details}"
+    assert (out / "tls" / "final_model.pt").is_file()
