@@ -30,7 +30,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def flower_env(flwr_home: Path, **extra: str) -> dict[str, str]:
+def flower_env(flwr_home: Path) -> dict[str, str]:
     """Environment for Flower processes: private FLWR_HOME, no telemetry, offline."""
     env = dict(os.environ)
     env.update(
@@ -42,7 +42,6 @@ def flower_env(flwr_home: Path, **extra: str) -> dict[str, str]:
         # The SuperLink and SuperNode start flower-superexec / flwr-clientapp by name.
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     )
-    env.update(extra)
     return env
 
 
