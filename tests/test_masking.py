@@ -8,7 +8,7 @@ from fedgma.strategy import MaskedAggregator, agreement_score, mask_from_agreeme
 
 def aggregate(global_x, clients, counts, variant, tau, server_lr, weighted=False):
     agg = MaskedAggregator({"w": global_x}, variant, tau, server_lr, weighted)
-    for y, n in zip(clients, counts):
+    for y, n in zip(clients, counts, strict=True):
         agg.add({"w": y}, n)
     arrays, stats = agg.result()
     return arrays["w"], stats

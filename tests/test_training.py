@@ -18,7 +18,7 @@ def separable_loader(seed=0, n=256):
 
 
 def distance(model, reference):
-    return sum((p - q).pow(2).sum() for p, q in zip(model.parameters(), reference.parameters())).sqrt()
+    return sum((p - q).pow(2).sum() for p, q in zip(model.parameters(), reference.parameters(), strict=True)).sqrt()
 
 
 def test_sgd_learns_a_separable_task():
@@ -42,4 +42,4 @@ def test_model_size_and_seeded_initialisation():
     assert count_parameters(build_model(2)) == 47_010
     assert count_parameters(build_model(10)) == 47_530
     a, b = build_model(2, seed=3), build_model(2, seed=3)
-    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))

@@ -31,7 +31,7 @@ def train(
             total_loss += loss.item() * len(labels)
             total_examples += len(labels)
             if anchor is not None:
-                proximal = sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor))
+                proximal = sum((p - a).pow(2).sum() for p, a in zip(model.parameters(), anchor, strict=True))
                 loss = loss + proximal_mu / 2 * proximal
             loss.backward()
             optimizer.step()
