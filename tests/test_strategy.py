@@ -134,3 +134,38 @@ def test_bad_keywords_are_refused(kwargs, message):
 def test_variant_default_thresholds():
     assert FedGMA(variant="ws").tau == 0.8
     assert FedGMA(variant="gma").tau == 0.4
+
+
+def peak_extra_bytes(strategy, global_arrays, replies):
+    """Peak memory allocated by aggregate_train beyond what the replies already hold."""
+    import tracemalloc
+
+    configure(strategy, global_arrays)
+    tracemalloc.start()
+    try:
+        before, _ = tracemalloc.get_traced_memory()
+        tracemalloc.reset_peak()
+        result = strategy.aggregate_train(1, replies)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result[0] is not None
+    return peak - before
+
+
+@pytest.mark.parametrize("variant", ["ws", "gma"])
+def test_aggregation_memory_does_not_grow_with_the_number_of_clients(variant):
+    rng = np.random.default_rng(5)
+    p = 250_000
+    global_arrays = {"w": rng.normal(size=p).astype(np.float32)}
+
+    def replies(k):
+        return [train_reply(i + 1, {"w": global_arrays["w"] - rng.normal(size=p).astype(np.float32)}, 10)
+                for i in range(k)]
+
+    few = peak_extra_bytes(FedGMA(variant=variant), global_arrays, replies(4))
+    many = peak_extra_bytes(FedGMA(variant=variant), global_arrays, replies(32))
+    model_bytes = p * 4
+    # A stacked (K x P) aggregation would need 8x more for 32 clients than for 4.
+    assert many < 1.1 * few, (few / model_bytes, many / model_bytes)
+    assert many < 12 * model_bytes
