@@ -61,16 +61,27 @@ def test_two_clients_two_rounds_write_metrics_and_model(tmp_path, shared_data_di
     assert config["run-id"] == run_id and config["variant"] == "gma"
 
 
-def test_bad_run_config_fails_before_round_one(tmp_path, shared_data_dir):
+def test_bad_config_or_missing_data_fail_before_round_one(tmp_path, shared_data_dir):
     out = tmp_path / "outputs"
+    empty = tmp_path / "no-data"
+    empty.mkdir()
     with SimulationRuntime(tmp_path / "runtime") as runtime:
-        run_id = runtime.cli.submit(
+        bad_tau = runtime.cli.submit(
             ROOT,
             {"tau": 1.7, "output-dir": str(out), "data-dir": str(shared_data_dir), "run-name": "bad"},
             "num-supernodes=2",
         )
-        outcome = runtime.cli.wait(run_id, timeout=300)
-        log = runtime.cli.logs(run_id)
-    assert outcome.status == "finished:failed"
-    assert "'tau' must be <= 1.0" in log
-    assert not (out / "bad").exists(), "no round may run with a bad config"
+        no_data = runtime.cli.submit(
+            ROOT,
+            {"dataset": "mnist", "download": False, "output-dir": str(out), "data-dir": str(empty),
+             "run-name": "no-data"},
+            "num-supernodes=2",
+        )
+        bad_tau_outcome = runtime.cli.wait(bad_tau, timeout=300)
+        no_data_outcome = runtime.cli.wait(no_data, timeout=300)
+        bad_tau_log = runtime.cli.logs(bad_tau)
+    assert bad_tau_outcome.status == "finished:failed"
+    assert "'tau' must be <= 1.0" in bad_tau_log
+    assert no_data_outcome.status == "finished:failed"
+    assert "mnist not found" in no_data_outcome.details and "download=true" in no_data_outcome.details
+    assert not out.exists(), "nothing may be written before round 1"

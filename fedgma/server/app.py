@@ -13,7 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from ..config import RunConfig, parse_run_config
-from ..task.data import load_test_set
+from ..task.data import ColoredSet, load_test_set
 from ..task.model import build_model, count_parameters
 from ..task.training import evaluate
 from .outputs import RunOutputs
@@ -37,11 +37,13 @@ def run_directory(config: RunConfig, run_id: int) -> Path:
 class RoundLog:
     """Collects each round's strategy metrics and central evaluation into one row."""
 
-    def __init__(self, outputs: RunOutputs, model: torch.nn.Module, config: RunConfig) -> None:
+    def __init__(
+        self, outputs: RunOutputs, model: torch.nn.Module, id_set: ColoredSet, ood_set: ColoredSet
+    ) -> None:
         self.outputs = outputs
         self.model = model
-        self.id_loader = load_test_set(config, ood=False).loader(EVAL_BATCH_SIZE, shuffle=False)
-        self.ood_loader = load_test_set(config, ood=True).loader(EVAL_BATCH_SIZE, shuffle=False)
+        self.id_loader = id_set.loader(EVAL_BATCH_SIZE, shuffle=False)
+        self.ood_loader = ood_set.loader(EVAL_BATCH_SIZE, shuffle=False)
         self.train_metrics: dict[int, MetricRecord] = {}
         self.client_eval_metrics: dict[int, MetricRecord] = {}
         self.start = time.monotonic()
@@ -110,6 +112,8 @@ def main(grid: Grid, context: Context) -> None:
     """Run the federated training described by the run config."""
     config = parse_run_config(dict(context.run_config))  # a bad value stops here
     strategy = build_strategy(config)
+    # Missing data stops the run here too, before anything is written.
+    id_set, ood_set = load_test_set(config, ood=False), load_test_set(config, ood=True)
     model = build_model(config.num_classes, seed=config.seed)
     outputs = RunOutputs(run_directory(config, context.run_id))
     outputs.write_config(
@@ -118,7 +122,7 @@ def main(grid: Grid, context: Context) -> None:
          "model-parameters": count_parameters(model)},
     )
     log(INFO, "FedGMA app: writing outputs to %s", outputs.run_dir)
-    round_log = RoundLog(outputs, build_model(config.num_classes), config)
+    round_log = RoundLog(outputs, build_model(config.num_classes), id_set, ood_set)
     round_log.record_strategy_metrics(strategy)
 
     result = strategy.start(
