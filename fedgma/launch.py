@@ -182,6 +182,7 @@ class FlowerCli:
             env=self.env,
             capture_output=True,
             text=True,
+            errors="replace",
             timeout=timeout,
         )
         try:
@@ -218,7 +219,7 @@ class FlowerCli:
         """Everything the run has logged so far (``flwr log --show``)."""
         result = subprocess.run(
             [str(BIN / "flwr"), "log", str(run_id), self.connection, "--show"],
-            env=self.env, capture_output=True, text=True, timeout=120,
+            env=self.env, capture_output=True, text=True, errors="replace", timeout=120,
         )
         return result.stdout + result.stderr
 

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.e2e
 
 def tcp_peers(pids):
     """(local port, peer port) of the established TCP connections of ``pids``."""
-    out = subprocess.run(["ss", "-tnpH", "state", "established"], capture_output=True, text=True).stdout
+    out = subprocess.run(
+        ["ss", "-tnpH", "state", "established"], capture_output=True, text=True, errors="replace"
+    ).stdout
     pairs = set()
     for line in out.splitlines():
         owners = {int(p) for p in re.findall(r"pid=(\d+)", line)}
@@ -50,7 +52,7 @@ def test_fedgma_run_over_grpc_fleet_api(tmp_path, shared_data_dir):
             },
         )
         outcome = deployment.cli.wait(run_id, timeout=600, on_poll=sample_connections)
-        superlink_log = deployment.superlink_log.read_text()
+        superlink_log = deployment.superlink_log.read_text(errors="replace")
         fleet, own_ports = deployment.fleet_port, set(deployment.supernode_ports)
 
     assert outcome.completed, f"{outcome.status}: {outcome.details}\n{superlink_log[-3000:]}"
@@ -72,7 +74,7 @@ def tls_handshake(port, ca_file):
     result = subprocess.run(
         ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-CAfile", str(ca_file),
          "-verify_return_error", "-alpn", "h2"],
-        input="", capture_output=True, text=True, timeout=30,
+        input="", capture_output=True, text=True, errors="replace", timeout=30,
     )
     return result.returncode, result.stdout
 
