@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
 
+from ..atomic import atomic_write
 from ..config import RunConfig
 
 METRIC_COLUMNS = (
@@ -40,12 +39,6 @@ METRIC_COLUMNS = (
 )
 
 
-def _atomic_write(path: Path, write) -> None:
-    with tempfile.NamedTemporaryFile("wb", dir=path.parent, delete=False) as tmp:
-        write(tmp)
-    os.replace(tmp.name, path)
-
-
 class RunOutputs:
     """Writes one run's files.
 
@@ -66,7 +59,7 @@ class RunOutputs:
     def write_config(self, config: RunConfig, extra: dict) -> None:
         """Save the run settings and facts such as the run id."""
         payload = json.dumps({**asdict(config), **extra}, indent=2).encode()
-        _atomic_write(self.run_dir / "config.json", lambda f: f.write(payload))
+        atomic_write(self.run_dir / "config.json", lambda f: f.write(payload))
 
     def add_row(self, row: dict[str, float | int]) -> None:
         """Append one round's metrics (unknown keys are ignored, missing ones left empty)."""
@@ -78,7 +71,7 @@ class RunOutputs:
     def save_model(self, state_dict: dict[str, torch.Tensor]) -> Path:
         """Save the final global weights; returns the file's path."""
         path = self.run_dir / "final_model.pt"
-        _atomic_write(path, lambda f: torch.save(state_dict, f))
+        atomic_write(path, lambda f: torch.save(state_dict, f))
         return path
 
     def write_summary(self, label: str) -> dict:
@@ -94,5 +87,5 @@ class RunOutputs:
             "wall-seconds": last["wall-seconds"],
         }
         payload = json.dumps(summary, indent=2).encode()
-        _atomic_write(self.run_dir / "summary.json", lambda f: f.write(payload))
+        atomic_write(self.run_dir / "summary.json", lambda f: f.write(payload))
         return summary

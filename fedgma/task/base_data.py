@@ -10,13 +10,13 @@ error that says how to get the data.
 from __future__ import annotations
 
 import gzip
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from torchvision import datasets
+
+from ..atomic import atomic_write
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # Debian recompressed the files (their gzip checksums differ from torchvision's), so
@@ -58,10 +58,8 @@ def _unpack_debian_files(root: Path, source: Path | None = None) -> bool:
             raise DataUnavailable(
                 f"{source / name} unpacks to {len(unpacked)} bytes, expected {_IDX_SIZES[target]}"
             )
-        # Write then rename: concurrent ClientApp processes may unpack at once.
-        with tempfile.NamedTemporaryFile(dir=raw, delete=False) as tmp:
-            tmp.write(unpacked)
-        os.replace(tmp.name, raw / target)
+        # Concurrent ClientApp processes may unpack at once.
+        atomic_write(raw / target, lambda f, data=unpacked: f.write(data))
     return True
 
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +17,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from ..atomic import atomic_write
 from ..config import RunConfig
 from .base_data import load_base_images
 from .coloring import client_flip_probability, color_binary, color_ten_class
@@ -75,10 +74,7 @@ def _cached(path: Path, build) -> ColoredSet:
             return ColoredSet(**{k: stored[k] for k in _FIELDS})
     data: ColoredSet = build()
     path.parent.mkdir(parents=True, exist_ok=True)
-    # Write then rename, so that a reader never sees a half-written file.
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".npz", delete=False) as tmp:
-        np.savez(tmp, **{k: getattr(data, k) for k in _FIELDS})
-    os.replace(tmp.name, path)
+    atomic_write(path, lambda f: np.savez(f, **{k: getattr(data, k) for k in _FIELDS}))
     return data
 
 
