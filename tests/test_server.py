@@ -22,6 +22,9 @@ def test_strategy_setting_selects_flowers_classes(name, cls):
     strategy = build_strategy(parse_run_config(settings(strategy=name, min_nodes=3)))
     assert type(strategy) is cls
     assert strategy.min_train_nodes == 3 and strategy.min_available_nodes == 3
+    assert strategy.min_evaluate_nodes == 0  # the default fraction-evaluate is 0
+    with_eval = build_strategy(parse_run_config(settings(strategy=name, min_nodes=3, fraction_evaluate=0.5)))
+    assert with_eval.min_evaluate_nodes == 3
 
 
 def test_strategy_settings_reach_the_strategy():

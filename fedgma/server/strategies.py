@@ -17,7 +17,7 @@ def build_strategy(config: RunConfig) -> FedAvg:
         "fraction_train": config.fraction_train,
         "fraction_evaluate": config.fraction_evaluate,
         "min_train_nodes": config.min_nodes,
-        "min_evaluate_nodes": config.min_nodes if config.fraction_evaluate > 0 else 0,
+        "min_evaluate_nodes": config.min_nodes,  # FedAvg sets it to 0 when fraction_evaluate is 0
         "min_available_nodes": config.min_nodes,
     }
     if config.strategy == "fedgma":
