@@ -122,17 +122,19 @@ def main(grid: Grid, context: Context) -> None:
          "model-parameters": count_parameters(model)},
     )
     log(INFO, "FedGMA app: writing outputs to %s", outputs.run_dir)
-    round_log = RoundLog(outputs, build_model(config.num_classes), id_set, ood_set)
+    initial_arrays = ArrayRecord(model.state_dict())
+    # The model is only an evaluation buffer from here on: each round loads the global weights into it.
+    round_log = RoundLog(outputs, model, id_set, ood_set)
     round_log.record_strategy_metrics(strategy)
 
     result = strategy.start(
         grid=grid,
-        initial_arrays=ArrayRecord(model.state_dict()),
+        initial_arrays=initial_arrays,
         num_rounds=config.num_server_rounds,
         timeout=config.round_timeout,
         evaluate_fn=round_log.evaluate,
     )
-    final = result.arrays if result.arrays is not None else ArrayRecord(model.state_dict())
+    final = result.arrays if result.arrays is not None else initial_arrays
     model_path = outputs.save_model(final.to_torch_state_dict())
     summary = outputs.write_summary(describe(config))
     log(INFO, "FedGMA app: %s on %s/%s, %s partitioning", describe(config), config.dataset,
