@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-STRATEGIES = ("fedgma", "fedavg", "fedavgm", "fedprox", "fedadam")
+STRATEGIES = ("fedgma", "fedavg", "fedavgm", "fedprox", "fedadam", "fedgma-adam")
 VARIANTS = ("ws", "gma")
 TASKS = ("binary", "ten-class")
 DATASETS = ("fashion-mnist", "mnist")

@@ -10,13 +10,14 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 from fedgma.config import parse_run_config
 from fedgma.server.outputs import METRIC_COLUMNS, RunOutputs
 from fedgma.server.strategies import build_strategy, describe
-from fedgma.strategy import FedGMA
+from fedgma.strategy import FedGMA, FedGMAAdam
 from run_settings import settings
 
 
 @pytest.mark.parametrize(
     ("name", "cls"),
-    [("fedgma", FedGMA), ("fedavg", FedAvg), ("fedavgm", FedAvgM), ("fedprox", FedProx), ("fedadam", FedAdam)],
+    [("fedgma", FedGMA), ("fedavg", FedAvg), ("fedavgm", FedAvgM), ("fedprox", FedProx), ("fedadam", FedAdam),
+     ("fedgma-adam", FedGMAAdam)],
 )
 def test_strategy_setting_selects_flowers_classes(name, cls):
     strategy = build_strategy(parse_run_config(settings(strategy=name, min_nodes=3)))
@@ -36,6 +37,9 @@ def test_strategy_settings_reach_the_strategy():
     assert avgm.server_momentum == 0.7
     assert describe(parse_run_config(settings(tau=0.6))) == "fedgma-ws(tau=0.6,lr=1)"
     assert describe(parse_run_config(settings(variant="gma"))) == "fedgma-gma(tau=0.4,lr=1)"
+    adam = build_strategy(parse_run_config(settings(strategy="fedgma-adam", tau=0.6, adam_eta=0.05, adam_tau=0.01)))
+    assert (adam.mask_threshold, adam.tau, adam.eta, adam.variant) == (0.6, 0.01, 0.05, "gma")
+    assert describe(parse_run_config(settings(strategy="fedgma-adam"))) == "fedgma-gma+fedadam(tau=0.4)"
 
 
 def test_run_outputs(tmp_path):

@@ -8,7 +8,7 @@ from __future__ import annotations
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
 from ..config import RunConfig
-from ..strategy import DEFAULT_TAU, FedGMA
+from ..strategy import DEFAULT_TAU, FedGMA, FedGMAAdam
 
 
 def build_strategy(config: RunConfig) -> FedAvg:
@@ -36,20 +36,28 @@ def build_strategy(config: RunConfig) -> FedAvg:
         )
     if config.strategy == "fedprox":
         return FedProx(proximal_mu=config.proximal_mu, **common)
+    adam = {
+        "eta": config.adam_eta,
+        "eta_l": config.client_lr,
+        "beta_1": config.adam_beta_1,
+        "beta_2": config.adam_beta_2,
+        "tau": config.adam_tau,
+    }
     if config.strategy == "fedadam":
-        return FedAdam(
-            eta=config.adam_eta,
-            eta_l=config.client_lr,
-            beta_1=config.adam_beta_1,
-            beta_2=config.adam_beta_2,
-            tau=config.adam_tau,
-            **common,
+        return FedAdam(**adam, **common)
+    if config.strategy == "fedgma-adam":
+        # The gma mask replaces FedAdam's average; `tau` is the mask's, `adam-tau` Adam's.
+        return FedGMAAdam(
+            mask_tau=config.tau, agreement_weighted=config.agreement_weighted, **adam, **common
         )
     raise ValueError(f"unknown strategy {config.strategy!r}")
 
 
 def describe(config: RunConfig) -> str:
     """A short label such as ``fedgma-ws(tau=0.8,lr=1)`` or ``fedavg``."""
+    if config.strategy == "fedgma-adam":
+        tau = DEFAULT_TAU["gma"] if config.tau is None else config.tau
+        return f"fedgma-gma+fedadam(tau={tau:g})"
     if config.strategy != "fedgma":
         return config.strategy
     tau = DEFAULT_TAU[config.variant] if config.tau is None else config.tau

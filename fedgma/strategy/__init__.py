@@ -1,6 +1,7 @@
 """The FedGMA strategy and its mask math."""
 
 from .fedgma import FedGMA
+from .fedgma_adam import FedGMAAdam
 from .masking import (
     DEFAULT_TAU,
     VARIANTS,
@@ -16,6 +17,7 @@ __all__ = [
     "DEFAULT_TAU",
     "VARIANTS",
     "FedGMA",
+    "FedGMAAdam",
     "InvalidReply",
     "MaskStats",
     "MaskedAggregator",

@@ -95,10 +95,15 @@ class FedGMA(FedAvg):
         """Log summary configuration of the strategy."""
         log(INFO, "\t├──> FedGMA settings:")
         log(INFO, "\t│\t├── Variant: %s", self.variant)
-        log(INFO, "\t│\t├── Agreement threshold tau: %s", self.tau)
+        log(INFO, "\t│\t├── Agreement threshold tau: %s", self.mask_threshold)
         log(INFO, "\t│\t├── Server learning rate: %s", self.server_lr)
         log(INFO, "\t│\t└── Agreement weighted by examples: %s", self.agreement_weighted)
         super().summary()
+
+    @property
+    def mask_threshold(self) -> float:
+        """The agreement threshold of the mask (``tau``)."""
+        return self.tau
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -129,7 +134,7 @@ class FedGMA(FedAvg):
         aggregator = MaskedAggregator(
             self.current_arrays,
             variant=self.variant,
-            tau=self.tau,
+            tau=self.mask_threshold,
             server_lr=self.server_lr,
             agreement_weighted=self.agreement_weighted,
         )
