@@ -6,6 +6,8 @@ Both the ServerApp and the ClientApp call :func:`parse_run_config` on
 
 from __future__ import annotations
 
+import tomllib
+
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -202,3 +204,9 @@ def parse_node_config(raw: dict[str, Any]) -> NodeIdentity:
     num_partitions = _number(raw, "num-partitions", int, 1, where="node config")
     partition_id = _number(raw, "partition-id", int, 0, num_partitions - 1, where="node config")
     return NodeIdentity(partition_id=partition_id, num_partitions=num_partitions)
+
+
+def app_defaults() -> dict[str, Any]:
+    """The default run settings: ``[tool.flwr.app.config]`` of the app's ``pyproject.toml``."""
+    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
+    return dict(tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"])

@@ -215,6 +215,13 @@ class FlowerCli:
             raise RuntimeError(f"flwr ls knows no run {run_id}: {answer}")
         return runs[0]
 
+    def stop_run(self, run_id: int) -> None:
+        """``flwr stop``: ask the SuperLink to end a run."""
+        subprocess.run(
+            [str(BIN / "flwr"), "stop", str(run_id), self.connection],
+            env=self.env, capture_output=True, text=True, errors="replace", timeout=120,
+        )
+
     def logs(self, run_id: int) -> str:
         """Everything the run has logged so far (``flwr log --show``)."""
         result = subprocess.run(
@@ -229,17 +236,19 @@ class FlowerCli:
         timeout: float,
         poll: float = 5.0,
         on_poll: Callable[[], None] | None = None,
+        check_now: Callable[[], bool] | None = None,
     ) -> RunOutcome:
         """Wait until the run is ``finished:*``; raise TimeoutError after ``timeout``.
 
         ``flwr ls`` is asked every ``poll`` seconds (each call costs about 0.8 s of
-        CPU, which a 2-core machine running the clients feels); ``on_poll`` runs
-        every second.
+        CPU, which a 2-core machine running the clients feels), and at once
+        whenever ``check_now()`` is true (e.g. the run's summary file exists);
+        ``on_poll`` runs every second.
         """
         deadline = time.monotonic() + timeout
         next_status = time.monotonic()
         while True:
-            if time.monotonic() >= next_status:
+            if time.monotonic() >= next_status or (check_now is not None and check_now()):
                 record = self.status(run_id)
                 status = str(record.get("status", ""))
                 if status.startswith("finished:"):

@@ -1,0 +1,98 @@
+"""The ``fedgma`` command: experiment grids, their reports and the toy figure.
+
+::
+
+    fedgma grid run full            # run (or resume) a named grid
+    fedgma grid status full         # which runs are finished
+    fedgma report results/full --readme README.md --figures docs/figures
+    fedgma toy docs/figures/sewn-optima.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+from .config import ConfigError, app_defaults, parse_run_config
+from .demo import _parse_override
+
+
+def _grid(args: argparse.Namespace) -> int:
+    from .experiments.grids import grid_by_name
+    from .experiments.runner import GridMismatch, GridRunner
+
+    grid = grid_by_name(args.name)
+    results_dir = args.results_dir or Path("results") / grid.name
+    overrides = dict(args.overrides)
+    runner = GridRunner(grid, results_dir, overrides, run_timeout=args.run_timeout)
+    try:
+        if args.action == "status":
+            status = runner.status()
+            for spec, finished in status:
+                print(f"{'done' if finished else '    '}  {spec.name}")
+            done = sum(finished for _, finished in status)
+            print(f"grid {grid.name}: {done}/{len(status)} runs finished in {runner.results_dir}")
+            return 0
+        # SIGTERM unwinds like Ctrl-C, so the grid's SuperLink and simulation are stopped.
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+        return 1 if runner.run() else 0
+    except (ConfigError, GridMismatch) as err:
+        print(f"fedgma grid: {err}", file=sys.stderr)
+        return 2
+
+
+def _report(args: argparse.Namespace) -> int:
+    from .experiments.report import write_report
+
+    write_report(args.results_dir, figures_dir=args.figures, readme=args.readme, markdown=args.markdown)
+    return 0
+
+
+def _toy(args: argparse.Namespace) -> int:
+    from .experiments.toy import main as toy_main
+
+    return toy_main(args.output)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fedgma", description="FedGMA on Flower: experiments and reports")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    grid = commands.add_parser("grid", help="run or inspect a named experiment grid")
+    grid.add_argument("action", choices=("run", "status"))
+    grid.add_argument("name", help="full | quick | smoke")
+    grid.add_argument("--results-dir", type=Path, help="default: results/<name>")
+    grid.add_argument("--run-timeout", type=float, default=3600.0, help="seconds allowed per run")
+    grid.add_argument("overrides", nargs="*", type=_parse_override, metavar="key=value",
+                      help="run settings for every run, e.g. dataset=mnist data-dir=/data")
+    grid.set_defaults(func=_grid)
+
+    report = commands.add_parser("report", help="tables and plots from a grid's results.csv")
+    report.add_argument("results_dir", type=Path)
+    report.add_argument("--figures", type=Path, help="PNG directory (default: <results_dir>/figures)")
+    report.add_argument("--readme", type=Path, help="replace the results block of this README")
+    report.add_argument("--markdown", type=Path, help="markdown file (default: <results_dir>/report.md)")
+    report.set_defaults(func=_report)
+
+    toy = commands.add_parser("toy", help="the 'sewn optima' toy figure (FedAvg vs FedGMA on 2-D losses)")
+    toy.add_argument("output", type=Path, nargs="?", default=Path("docs/figures/sewn-optima.png"))
+    toy.set_defaults(func=_toy)
+
+    # key=value settings may also follow the options (argparse stops at them otherwise).
+    args, extra = parser.parse_known_args(argv)
+    if extra and (args.command != "grid" or any(e.startswith("-") or "=" not in e for e in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if args.command == "grid":
+        args.overrides = list(args.overrides) + [_parse_override(e) for e in extra]
+        try:  # a bad key=value is reported before anything starts
+            parse_run_config({**app_defaults(), **dict(args.overrides)})
+        except ConfigError as err:
+            print(f"fedgma grid: {err}", file=sys.stderr)
+            return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Experiment grids, their reports and the toy figure (issue 3)."""

@@ -1,0 +1,221 @@
+"""Run a grid through Flower's simulation runtime, resumably.
+
+Each run is a real ``flwr run`` of this app against one simulation SuperLink
+started for the grid. A run counts as finished when its ``summary.json``
+exists (the ServerApp writes it last) and its ``config.json`` agrees with
+the grid's settings; finished runs are never re-run. An interrupted run has no
+summary and is run again from round 0.
+
+Layout under the results directory::
+
+    runs/<run-name>/metrics.csv, config.json, summary.json, final_model.pt
+    results.csv       every round of every finished run, one row each
+    grid.json         the grid's name, scale and run list
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from pathlib import Path
+
+from ..atomic import atomic_write
+from ..config import app_defaults, parse_run_config
+from ..launch import SimulationRuntime
+from ..server.outputs import METRIC_COLUMNS
+from .grids import Grid, RunSpec
+
+APP_DIR = Path(__file__).resolve().parent.parent.parent
+RUN_COLUMNS = ("run", "setting", "strategy", "seed", "studies", "dataset", "local-epochs", "tau", "server-lr")
+# Settings that do not change a run's result, so an existing run may differ in them.
+NOT_COMPARED = {"output_dir", "run_name", "data_dir", "download", "round_timeout"}
+
+
+class GridMismatch(RuntimeError):
+    """An existing run directory holds a run made with other settings."""
+
+
+def read_rows(path: Path) -> list[dict[str, str]]:
+    """The rows of a CSV file, or none if it does not exist yet."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def format_seconds(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+class GridRunner:
+    """Runs the missing runs of a grid and keeps ``results.csv`` up to date.
+
+    Parameters
+    ----------
+    grid : Grid
+        The runs to make.
+    results_dir : Path
+        Where the runs' directories and the combined CSV go.
+    overrides : dict
+        Run settings applied to every run (e.g. ``dataset``, ``data-dir``).
+    run_timeout : float
+        Seconds allowed per run.
+    echo : callable
+        Where progress lines go.
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        results_dir: Path,
+        overrides: dict[str, object] | None = None,
+        run_timeout: float = 3600.0,
+        echo: Callable[[str], None] = print,
+    ) -> None:
+        self.grid = grid
+        self.results_dir = results_dir.resolve()
+        self.runs_dir = self.results_dir / "runs"
+        self.overrides = dict(overrides or {})
+        self.run_timeout = run_timeout
+        self.echo = echo
+
+    def run_config(self, spec: RunSpec) -> dict[str, object]:
+        """The ``--run-config`` of one run (Flower fills in the other defaults)."""
+        return {**spec.run_config, **self.overrides, "output-dir": str(self.runs_dir), "run-name": spec.name}
+
+    def validated(self, spec: RunSpec):
+        """The run's settings as the ServerApp will see them (raises ConfigError)."""
+        return parse_run_config({**app_defaults(), **self.run_config(spec)})
+
+    def is_finished(self, spec: RunSpec) -> bool:
+        """True if the run's summary exists; raises GridMismatch if its settings differ."""
+        run_dir = self.runs_dir / spec.name
+        if not (run_dir / "summary.json").is_file():
+            return False
+        saved = json.loads((run_dir / "config.json").read_text())
+        wanted = asdict(self.validated(spec))
+        differing = sorted(
+            key.replace("_", "-")
+            for key, value in wanted.items()
+            if key not in NOT_COMPARED and saved.get(key) != value
+        )
+        if differing:
+            raise GridMismatch(
+                f"{run_dir} holds a finished run made with other settings ({', '.join(differing)}); "
+                "choose another results directory or remove that run"
+            )
+        return True
+
+    def status(self) -> list[tuple[RunSpec, bool]]:
+        """Every run of the grid and whether it is finished."""
+        return [(spec, self.is_finished(spec)) for spec in self.grid.runs]
+
+    def write_manifest(self) -> None:
+        manifest = {
+            "grid": self.grid.name,
+            "description": self.grid.description,
+            "scale": asdict(self.grid.scale),
+            "overrides": self.overrides,
+            "runs": [
+                {"name": s.name, "setting": s.setting, "strategy": s.label, "seed": s.seed,
+                 "studies": list(s.studies), "run-config": s.run_config}
+                for s in self.grid.runs
+            ],
+        }
+        payload = json.dumps(manifest, indent=2).encode()
+        atomic_write(self.results_dir / "grid.json", lambda f: f.write(payload))
+
+    def write_combined(self) -> Path:
+        """Rewrite ``results.csv`` from the finished runs' metrics files."""
+        path = self.results_dir / "results.csv"
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=RUN_COLUMNS + METRIC_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        for spec in self.grid.runs:
+            run_dir = self.runs_dir / spec.name
+            if not (run_dir / "summary.json").is_file():
+                continue
+            config = json.loads((run_dir / "config.json").read_text())
+            facts = {
+                "run": spec.name, "setting": spec.setting, "strategy": spec.label, "seed": spec.seed,
+                "studies": "+".join(spec.studies), "dataset": config["dataset"],
+                "local-epochs": config["local_epochs"], "tau": "" if config["tau"] is None else config["tau"],
+                "server-lr": config["server_lr"],
+            }
+            for row in read_rows(run_dir / "metrics.csv"):
+                writer.writerow({**facts, **row})
+        payload = buffer.getvalue().encode()
+        atomic_write(path, lambda f: f.write(payload))
+        return path
+
+    def run(self) -> int:
+        """Make every missing run; returns the number of runs that failed."""
+        for spec in self.grid.runs:  # validate every run's settings before starting anything
+            self.validated(spec)
+        todo = [spec for spec, finished in self.status() if not finished]
+        total = len(self.grid.runs)
+        self.results_dir.mkdir(parents=True, exist_ok=True)
+        self.write_manifest()
+        self.echo(f"grid {self.grid.name}: {total} runs, {total - len(todo)} already finished, "
+                  f"{len(todo)} to run; results in {self.results_dir}")
+        if not todo:
+            self.write_combined()
+            return 0
+        rounds_left = sum(int(s.run_config["num-server-rounds"]) for s in todo)
+        started = time.monotonic()
+        rounds_done = 0
+        failures: list[str] = []
+        federation = f"num-supernodes={self.grid.scale.clients} client-resources-num-cpus=1"
+        with SimulationRuntime(self.results_dir / "runtime") as runtime:
+            for index, spec in enumerate(todo, start=total - len(todo) + 1):
+                rounds = int(spec.run_config["num-server-rounds"])
+                metrics_path = self.runs_dir / spec.name / "metrics.csv"
+                if metrics_path.exists():
+                    metrics_path.unlink()  # an interrupted attempt: its rows must not count
+                shown = [0]
+
+                def progress(spec=spec, index=index, rounds=rounds, metrics_path=metrics_path, shown=shown):
+                    rows = [r for r in read_rows(metrics_path) if r["round"] != "0"]
+                    for row in rows[shown[0]:]:
+                        done = rounds_done + int(row["round"])
+                        elapsed = time.monotonic() - started
+                        remaining = elapsed / done * (rounds_left - done)
+                        self.echo(
+                            f"[{index}/{total}] {spec.name} round {row['round']}/{rounds} "
+                            f"OOD {float(row['ood-accuracy']):.4f} ID {float(row['id-accuracy']):.4f} | "
+                            f"elapsed {format_seconds(elapsed)}, remaining ~{format_seconds(remaining)}"
+                        )
+                    shown[0] = len(rows)
+
+                run_id = runtime.cli.submit(APP_DIR, self.run_config(spec), federation)
+                self.echo(f"[{index}/{total}] {spec.name}: run {run_id} started")
+                summary_path = self.runs_dir / spec.name / "summary.json"
+                try:
+                    outcome = runtime.cli.wait(run_id, self.run_timeout, poll=30.0, on_poll=progress,
+                                               check_now=summary_path.exists)
+                    ended = f"{outcome.status} {outcome.details}"
+                    completed = outcome.completed
+                except TimeoutError as err:
+                    runtime.cli.stop_run(run_id)
+                    ended, completed = str(err), False
+                progress()
+                rounds_done += rounds
+                if completed and self.is_finished(spec):
+                    self.write_combined()
+                    continue
+                failures.append(spec.name)
+                self.echo(f"[{index}/{total}] {spec.name}: FAILED ({ended}); "
+                          f"SuperLink log: {runtime.workdir / 'superlink.log'}")
+                if len(failures) >= 3 and len(failures) == index - (total - len(todo)):
+                    self.echo("the first three runs all failed: stopping the grid")
+                    break
+        self.write_combined()
+        elapsed = time.monotonic() - started
+        self.echo(f"grid {self.grid.name}: {len(todo) - len(failures)} runs made in {format_seconds(elapsed)}, "
+                  f"{len(failures)} failed{': ' + ', '.join(failures) if failures else ''}")
+        return len(failures)
