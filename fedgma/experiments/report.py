@@ -1,0 +1,379 @@
+"""Tables and plots from a grid's ``results.csv`` (``fedgma report``).
+
+Nothing here is typed by hand: every number comes from the CSV, every
+hyperparameter from the grid's ``grid.json`` and the runs' ``config.json``.
+Seeds are paired (same data split, colours and initial model per seed), so
+the margin over FedAvg is the mean +- std of the per-seed differences.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from .grids import ABLATION_SETTING, ABLATION_WS, BASELINE, SETTINGS, STRATEGIES
+
+SETTING_TITLES = {
+    "binary-iid": "binary, IID",
+    "binary-non-iid": "binary, non-IID",
+    "ten-class-iid": "10-class, IID",
+    "ten-class-non-iid": "10-class, non-IID",
+}
+FIGURE2_LABELS = (BASELINE, "FedGMA ws, eta_s=0.01", "FedGMA ws, eta_s=0.1", "FedGMA ws, eta_s=1",
+                  "FedGMA gma, tau=0.4")
+BASELINE_LABELS = (BASELINE, "FedGMA ws, eta_s=1", "FedProx, mu=0.01", "FedAdam", "FedGMA gma + FedAdam")
+BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+@dataclass
+class Run:
+    """One finished run: its facts and its per-round metrics."""
+
+    name: str
+    setting: str
+    strategy: str
+    seed: int
+    studies: tuple[str, ...]
+    local_epochs: int
+    tau: float | None
+    rounds: list[dict[str, float]]
+
+    def series(self, key: str) -> list[float]:
+        return [r[key] for r in self.rounds]
+
+    @property
+    def trained(self) -> list[dict[str, float]]:
+        return [r for r in self.rounds if r["round"] >= 1]
+
+    @property
+    def peak_ood(self) -> float:
+        return max(r["ood-accuracy"] for r in self.trained)
+
+    @property
+    def final_ood(self) -> float:
+        return self.trained[-1]["ood-accuracy"]
+
+    @property
+    def final_id(self) -> float:
+        return self.trained[-1]["id-accuracy"]
+
+    @property
+    def seconds_per_round(self) -> float:
+        """Mean round time, leaving out round 1 (it starts the simulation's workers)."""
+        rounds = self.trained[1:] or self.trained
+        return statistics.fmean(r["round-seconds"] for r in rounds)
+
+    @property
+    def mask_kept(self) -> float | None:
+        values = [r["mask-kept-fraction"] for r in self.trained if r.get("mask-kept-fraction") is not None]
+        return statistics.fmean(values) if values else None
+
+
+def _number(text: str) -> float | None:
+    return float(text) if text not in ("", None) else None
+
+
+def load_runs(results_dir: Path) -> list[Run]:
+    """Every run in ``results.csv``, rounds in order."""
+    rows_by_run: dict[str, list[dict[str, str]]] = defaultdict(list)
+    with (results_dir / "results.csv").open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            rows_by_run[row["run"]].append(row)
+    runs = []
+    for name, rows in rows_by_run.items():
+        first = rows[0]
+        metrics = [
+            {k: _number(v) for k, v in row.items()
+             if k not in ("run", "setting", "strategy", "seed", "studies", "dataset")}
+            for row in rows
+        ]
+        metrics.sort(key=lambda r: r["round"])
+        runs.append(Run(
+            name=name, setting=first["setting"], strategy=first["strategy"], seed=int(first["seed"]),
+            studies=tuple(first["studies"].split("+")), local_epochs=int(float(first["local-epochs"])),
+            tau=_number(first["tau"]), rounds=metrics,
+        ))
+    return runs
+
+
+def mean_std(values: list[float]) -> str:
+    """``0.7123 +- 0.0104`` (std over seeds; ``+- 0`` shown as n/a for one seed)."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def margin(runs: list[Run], baseline: list[Run], metric: str) -> str:
+    """Mean +- std of the per-seed differences to the baseline, in accuracy points (%)."""
+    base = {r.seed: getattr(r, metric) for r in baseline}
+    diffs = [100 * (getattr(r, metric) - base[r.seed]) for r in runs if r.seed in base]
+    if not diffs:
+        return "-"
+    if len(diffs) == 1:
+        return f"{diffs[0]:+.1f}"
+    return f"{statistics.fmean(diffs):+.1f} ± {statistics.stdev(diffs):.1f}"
+
+
+def _select(runs: list[Run], setting: str, strategy: str, study: str = "main", **facts) -> list[Run]:
+    chosen = [r for r in runs if r.setting == setting and r.strategy == strategy and study in r.studies]
+    for key, value in facts.items():
+        chosen = [r for r in chosen if getattr(r, key) == value]
+    return sorted(chosen, key=lambda r: r.seed)
+
+
+def settings_table(runs: list[Run], setting: str) -> list[str]:
+    baseline = _select(runs, setting, BASELINE)
+    lines = [
+        "| strategy | seeds | peak OOD acc | final OOD acc | final ID acc | peak OOD vs FedAvg (pts) "
+        "| final OOD vs FedAvg (pts) | s / round |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for label in STRATEGIES:
+        chosen = _select(runs, setting, label)
+        if not chosen:
+            continue
+        lines.append(
+            f"| {label} | {len(chosen)} | {mean_std([r.peak_ood for r in chosen])} "
+            f"| {mean_std([r.final_ood for r in chosen])} | {mean_std([r.final_id for r in chosen])} "
+            f"| {'-' if label == BASELINE else margin(chosen, baseline, 'peak_ood')} "
+            f"| {'-' if label == BASELINE else margin(chosen, baseline, 'final_ood')} "
+            f"| {statistics.fmean(r.seconds_per_round for r in chosen):.2f} |"
+        )
+    return lines
+
+
+def tau_table(runs: list[Run], default_tau: float) -> list[str]:
+    lines = ["| tau | seeds | peak OOD acc | final OOD acc | final ID acc | mask kept (mean over rounds) |",
+             "|---|---|---|---|---|---|"]
+    by_tau: dict[float, list[Run]] = defaultdict(list)
+    for run in _select(runs, ABLATION_SETTING, ABLATION_WS, study="tau"):
+        by_tau[run.tau if run.tau is not None else default_tau].append(run)
+    for tau in sorted(by_tau):
+        chosen = by_tau[tau]
+        kept = [r.mask_kept for r in chosen if r.mask_kept is not None]
+        lines.append(f"| {tau:g} | {len(chosen)} | {mean_std([r.peak_ood for r in chosen])} "
+                     f"| {mean_std([r.final_ood for r in chosen])} | {mean_std([r.final_id for r in chosen])} "
+                     f"| {mean_std(kept)} |")
+    return lines
+
+
+def epochs_table(runs: list[Run]) -> list[str]:
+    lines = ["| local epochs | seeds | FedAvg final OOD | FedGMA ws final OOD | final OOD margin (pts) "
+             "| FedAvg peak OOD | FedGMA ws peak OOD | peak OOD margin (pts) |",
+             "|---|---|---|---|---|---|---|---|"]
+    epochs = sorted({r.local_epochs for r in runs if "epochs" in r.studies})
+    for e in epochs:
+        avg = _select(runs, ABLATION_SETTING, BASELINE, study="epochs", local_epochs=e)
+        gma = _select(runs, ABLATION_SETTING, ABLATION_WS, study="epochs", local_epochs=e)
+        lines.append(f"| {e} | {min(len(avg), len(gma))} | {mean_std([r.final_ood for r in avg])} "
+                     f"| {mean_std([r.final_ood for r in gma])} | {margin(gma, avg, 'final_ood')} "
+                     f"| {mean_std([r.peak_ood for r in avg])} | {mean_std([r.peak_ood for r in gma])} "
+                     f"| {margin(gma, avg, 'peak_ood')} |")
+    return lines
+
+
+def round_time_ratio(runs: list[Run]) -> tuple[float, float, float] | None:
+    """Mean seconds per round of FedGMA (ws and gma) and of FedAvg over the main runs, and their ratio."""
+    fedgma = [r.seconds_per_round for r in runs if "main" in r.studies and r.strategy.startswith("FedGMA ")
+              and "Adam" not in r.strategy]
+    fedavg = [r.seconds_per_round for r in runs if "main" in r.studies and r.strategy == BASELINE]
+    if not fedgma or not fedavg:
+        return None
+    a, b = statistics.fmean(fedgma), statistics.fmean(fedavg)
+    return a, b, a / b
+
+
+def _plot_curves(ax, runs: list[Run], labels, setting: str) -> None:
+    for label in labels:
+        chosen = _select(runs, setting, label)
+        if not chosen:
+            continue
+        length = min(len(r.rounds) for r in chosen)
+        rounds = [r["round"] for r in chosen[0].rounds[:length]]
+        curves = [[row["ood-accuracy"] * 100 for row in r.rounds[:length]] for r in chosen]
+        mean = [statistics.fmean(col) for col in zip(*curves)]
+        low = [min(col) for col in zip(*curves)]
+        high = [max(col) for col in zip(*curves)]
+        style = {"color": "black", "linewidth": 2} if label == BASELINE else {"linewidth": 1.3}
+        (line,) = ax.plot(rounds, mean, label=f"{label} (n={len(chosen)})", **style)
+        ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.set_title(SETTING_TITLES[setting])
+    ax.set_xlabel("round")
+    ax.set_ylabel("OOD accuracy (%)")
+    ax.grid(alpha=0.3)
+
+
+def plot_settings(runs: list[Run], labels, path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
+    for ax, setting in zip(axes.flat, SETTINGS):
+        _plot_curves(ax, runs, labels, setting)
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, [n.rsplit(" (n=", 1)[0] for n in names], loc="lower center", ncol=len(labels),
+               fontsize=8.5)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_ablations(runs: list[Run], default_tau: float, path: Path, dataset: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    by_tau: dict[float, list[Run]] = defaultdict(list)
+    for run in _select(runs, ABLATION_SETTING, ABLATION_WS, study="tau"):
+        by_tau[run.tau if run.tau is not None else default_tau].append(run)
+    taus = sorted(by_tau)
+    for metric, name in (("final_ood", "final"), ("peak_ood", "peak")):
+        means = [100 * statistics.fmean(getattr(r, metric) for r in by_tau[t]) for t in taus]
+        errs = [100 * statistics.stdev(getattr(r, metric) for r in by_tau[t]) if len(by_tau[t]) > 1 else 0
+                for t in taus]
+        left.errorbar(taus, means, yerr=errs, marker="o", capsize=3, label=f"{name} OOD accuracy")
+    baseline = _select(runs, ABLATION_SETTING, BASELINE)
+    if baseline:
+        left.axhline(100 * statistics.fmean(r.final_ood for r in baseline), color="black", linestyle="--",
+                     label="FedAvg final OOD accuracy")
+    left.set_xlabel("tau (FedGMA ws, eta_s = 1)")
+    left.set_ylabel("OOD accuracy (%)")
+    left.set_title("agreement threshold tau")
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    epochs = sorted({r.local_epochs for r in runs if "epochs" in r.studies})
+    for label in (BASELINE, ABLATION_WS):
+        groups = [_select(runs, ABLATION_SETTING, label, study="epochs", local_epochs=e) for e in epochs]
+        points = [(e, g) for e, g in zip(epochs, groups) if g]
+        right.errorbar([e for e, _ in points], [100 * statistics.fmean(r.final_ood for r in g) for _, g in points],
+                       yerr=[100 * statistics.stdev(r.final_ood for r in g) if len(g) > 1 else 0
+                             for _, g in points], marker="o", capsize=3, label=f"{label}: final OOD accuracy")
+    right.set_xlabel("local epochs E")
+    right.set_ylabel("OOD accuracy (%)")
+    right.set_title("local epochs")
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3)
+    fig.suptitle(f"Ablations on binary non-IID colored {dataset}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _hyperparameters(manifest: dict, config: dict) -> list[str]:
+    scale = manifest["scale"]
+    clients = scale["clients"]
+    rows = [
+        ("base data set", f"{config['dataset']} (colored)"),
+        ("clients / sampled per round", f"{clients} / {clients}"),
+        ("training images (per client)", f"{scale['train_images']} ({scale['train_images'] // clients})"),
+        ("central test sets (ID, OOD)", f"{scale['test_images']} images each"),
+        ("rounds (binary / 10-class)", f"{scale['binary_rounds']} / {scale['ten_class_rounds']}"),
+        ("local epochs, batch size, client SGD step", f"{config['local_epochs']} (ablation: 1, 3, 5), "
+                                                      f"{config['batch_size']}, {config['client_lr']}"),
+        ("FedGMA ws: tau, eta_s", "0.8, {0.01, 0.1, 1}"),
+        ("FedGMA gma: tau, eta_s", "0.4, 1"),
+        ("FedProx mu", f"{STRATEGIES['FedProx, mu=0.01'][1]['proximal-mu']}"),
+        ("FedAdam eta, beta_1, beta_2, tau", f"{config['adam_eta']}, {config['adam_beta_1']}, "
+                                             f"{config['adam_beta_2']}, {config['adam_tau']}"),
+        ("binary colours: client flip, OOD flip", f"[{config['color_flip_min']}, {config['color_flip_max']}], "
+                                                  f"{config['ood_color_flip']}"),
+        ("seeds", ", ".join(str(s) for s in scale["seeds"])),
+    ]
+    return ["| hyperparameter | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+
+
+def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> str:
+    """The report as markdown; image links relative to ``relative_to``."""
+    manifest = json.loads((results_dir / "grid.json").read_text())
+    runs = load_runs(results_dir)
+    if not runs:
+        raise ValueError(f"{results_dir / 'results.csv'} holds no finished run yet")
+    reference = next((r for r in runs if "main" in r.studies), runs[0])
+    any_config = json.loads((results_dir / "runs" / reference.name / "config.json").read_text())
+    dataset = any_config["dataset"]
+    planned = len(manifest["runs"])
+    default_tau = float(STRATEGIES[ABLATION_WS][1]["tau"])
+
+    def link(name: str) -> str:
+        return Path(os.path.relpath(figures_dir / name, relative_to)).as_posix()
+
+    out = [
+        f"#### Grid `{manifest['grid']}` on colored {dataset}: {len(runs)} of {planned} runs finished",
+        "",
+        *_hyperparameters(manifest, any_config),
+        "",
+        "```bash",
+        f"fedgma grid run {manifest['grid']}" + "".join(f" {k}={v}" for k, v in manifest["overrides"].items()),
+        f"fedgma report results/{manifest['grid']} --readme README.md --figures docs/figures",
+        "```",
+        "",
+        "Accuracies are fractions (mean ± std over seeds); margins are OOD accuracy points over FedAvg "
+        "(mean ± std of the per-seed differences; seeds share data, colours and initial model).",
+    ]
+    for setting in SETTINGS:
+        if not any(r.setting == setting and "main" in r.studies for r in runs):
+            continue
+        some = _select(runs, setting, BASELINE) or [r for r in runs if r.setting == setting]
+        out += ["", f"**{SETTING_TITLES[setting]}, {len(some[0].trained)} rounds** (colored {dataset})", ""]
+        out += settings_table(runs, setting)
+    ratio = round_time_ratio(runs)
+    if ratio:
+        out += ["", f"Time per round (same runs, mean over rounds 2 and later): FedGMA {ratio[0]:.3f} s, "
+                    f"FedAvg {ratio[1]:.3f} s, ratio {ratio[2]:.3f}."]
+    figure2 = figures_dir / "figure2.png"
+    plot_settings(runs, FIGURE2_LABELS, figure2,
+                  f"OOD accuracy per round, colored {dataset} (mean over seeds, min-max shaded)")
+    plot_settings(runs, BASELINE_LABELS, figures_dir / "baselines.png",
+                  f"FedGMA against Flower's baselines, colored {dataset} (mean over seeds, min-max shaded)")
+    out += ["", f"![OOD accuracy per round, FedAvg and FedGMA]({link('figure2.png')})",
+            "", f"![FedGMA against Flower's baselines]({link('baselines.png')})"]
+    if any("tau" in r.studies for r in runs):
+        out += ["", f"**Ablation: tau** (binary non-IID, FedGMA ws, eta_s = 1, colored {dataset})", ""]
+        out += tau_table(runs, default_tau)
+    if any("epochs" in r.studies for r in runs):
+        out += ["", f"**Ablation: local epochs** (binary non-IID, colored {dataset})", ""]
+        out += epochs_table(runs)
+    if any(s in r.studies for r in runs for s in ("tau", "epochs")):
+        plot_ablations(runs, default_tau, figures_dir / "ablations.png", dataset)
+        out += ["", f"![Ablations: tau and local epochs]({link('ablations.png')})"]
+    return "\n".join(out) + "\n"
+
+
+def replace_block(readme: Path, block: str) -> None:
+    """Put ``block`` between the README's results markers."""
+    text = readme.read_text()
+    if BEGIN not in text or END not in text:
+        raise ValueError(f"{readme} has no {BEGIN} ... {END} block to replace")
+    head, rest = text.split(BEGIN, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{BEGIN}\n{block}{END}{tail}")
+
+
+def write_report(results_dir: Path, figures_dir: Path | None = None, readme: Path | None = None,
+                 markdown: Path | None = None) -> Path:
+    """Write the markdown report (and the README block); returns the markdown path."""
+    results_dir = results_dir.resolve()
+    figures_dir = (figures_dir or results_dir / "figures").resolve()
+    markdown = (markdown or results_dir / "report.md").resolve()
+    text = build_markdown(results_dir, figures_dir, markdown.parent)
+    markdown.write_text(text)
+    print(f"report: {markdown}; figures in {figures_dir}")
+    if readme is not None:
+        readme = readme.resolve()
+        replace_block(readme, build_markdown(results_dir, figures_dir, readme.parent))
+        print(f"report: results block of {readme} replaced")
+    return markdown

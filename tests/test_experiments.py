@@ -1,0 +1,127 @@
+"""Experiment grids, the combined CSV, the report's numbers and the toy figure (no Flower processes)."""
+
+import csv
+import json
+import statistics
+
+import numpy as np
+import pytest
+
+from fedgma.config import app_defaults, parse_run_config
+from fedgma.experiments import report, toy
+from fedgma.experiments.grids import ABLATION_TAUS, SETTINGS, STRATEGIES, grid_by_name
+from fedgma.experiments.runner import GridMismatch, GridRunner
+from fedgma.server.outputs import RunOutputs
+
+
+def test_full_grid_has_every_setting_strategy_and_seed_once():
+    grid = grid_by_name("full")
+    names = [run.name for run in grid.runs]
+    assert len(names) == len(set(names))
+    main = [r for r in grid.runs if "main" in r.studies]
+    assert len(main) == len(SETTINGS) * len(STRATEGIES) * 3
+    for setting in SETTINGS:
+        for label in STRATEGIES:
+            assert sorted(r.seed for r in main if (r.setting, r.label) == (setting, label)) == [0, 1, 2]
+    rounds = {r.setting: r.run_config["num-server-rounds"] for r in main}
+    assert rounds == {"binary-iid": 50, "binary-non-iid": 50, "ten-class-iid": 100, "ten-class-non-iid": 100}
+    taus = sorted({r.run_config["tau"] for r in grid.runs if "tau" in r.studies})
+    assert taus == list(ABLATION_TAUS)
+    # tau = 0.8 and E = 3 are the main runs themselves, not copies.
+    shared = [r for r in grid.runs if set(r.studies) == {"main", "tau", "epochs"}]
+    assert len(shared) == 3 and all(r.label == "FedGMA ws, eta_s=1" for r in shared)
+    epochs = sorted({r.run_config["local-epochs"] for r in grid.runs if "epochs" in r.studies})
+    assert epochs == [1, 3, 5]
+    assert len(grid.runs) == 96 + 3 * (5 + 4)
+
+
+@pytest.mark.parametrize("name", ["full", "quick", "smoke"])
+def test_every_run_of_every_grid_is_a_valid_run_config(name, tmp_path):
+    runner = GridRunner(grid_by_name(name), tmp_path)
+    for spec in runner.grid.runs:
+        config = runner.validated(spec)
+        assert config.run_name == spec.name and config.seed == spec.seed
+
+
+def test_quick_grid_has_the_full_grids_runs_with_fewer_rounds():
+    full, quick = grid_by_name("full"), grid_by_name("quick")
+    assert {r.name for r in quick.runs} == {r.name for r in full.runs if r.seed == 0}
+    assert all(r.run_config["num-server-rounds"] == 3 for r in quick.runs)
+
+
+def fake_run(runner, spec, ood):
+    """A finished run's files as the ServerApp writes them."""
+    outputs = RunOutputs(runner.runs_dir / spec.name)
+    config = runner.validated(spec)
+    outputs.write_config(config, {"run-id": 1})
+    for round_number, acc in enumerate(ood):
+        outputs.add_row({"round": round_number, "wall-seconds": round_number, "round-seconds": 1.0 + round_number,
+                         "id-accuracy": 0.9, "ood-accuracy": acc, "mask-kept-fraction": 0.25})
+    outputs.write_summary(spec.label)
+
+
+def test_combined_csv_and_report_numbers(tmp_path):
+    runner = GridRunner(grid_by_name("smoke"), tmp_path)
+    runner.results_dir.mkdir(parents=True, exist_ok=True)
+    runner.write_manifest()
+    fedavg, fedgma = runner.grid.runs
+    fake_run(runner, fedavg, [0.5, 0.6, 0.55])
+    fake_run(runner, fedgma, [0.5, 0.7, 0.65])
+    assert [finished for _, finished in runner.status()] == [True, True]
+    path = runner.write_combined()
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 6 and {r["run"] for r in rows} == {fedavg.name, fedgma.name}
+    runs = {r.name: r for r in report.load_runs(tmp_path)}
+    assert runs[fedgma.name].peak_ood == 0.7 and runs[fedgma.name].final_ood == 0.65
+    assert runs[fedgma.name].seconds_per_round == 3.0  # rounds 2+ only: round-seconds 3
+    text = report.build_markdown(tmp_path, tmp_path / "fig", tmp_path)
+    line = next(l for l in text.splitlines() if l.startswith("| FedGMA ws, eta_s=1 |"))
+    assert "| 0.7000 | 0.6500 | 0.9000 | +10.0 | +10.0 | 3.00 |" in line
+    assert (tmp_path / "fig" / "figure2.png").stat().st_size > 10_000
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{report.BEGIN}\nold\n{report.END}\nrest\n")
+    report.replace_block(readme, "new table\n")
+    assert readme.read_text() == f"intro\n{report.BEGIN}\nnew table\n{report.END}\nrest\n"
+
+
+def test_margin_is_the_mean_of_paired_seed_differences():
+    def run(seed, final):
+        return report.Run("r", "binary-iid", "x", seed, ("main",), 3, None,
+                          [{"round": 0, "ood-accuracy": 0.5}, {"round": 1, "ood-accuracy": final}])
+    base = [run(0, 0.60), run(1, 0.70), run(2, 0.50)]
+    ours = [run(0, 0.65), run(1, 0.71), run(2, 0.56)]
+    diffs = [5.0, 1.0, 6.0]
+    expected = f"{statistics.fmean(diffs):+.1f} ± {statistics.stdev(diffs):.1f}"
+    assert report.margin(ours, base, "final_ood") == expected == "+4.0 ± 2.6"
+
+
+def test_a_finished_run_with_other_settings_is_refused(tmp_path):
+    runner = GridRunner(grid_by_name("smoke"), tmp_path)
+    spec = runner.grid.runs[0]
+    fake_run(runner, spec, [0.5, 0.6, 0.6])
+    other = GridRunner(grid_by_name("smoke"), tmp_path, overrides={"label-noise": 0.25})
+    with pytest.raises(GridMismatch, match="label-noise"):
+        other.is_finished(spec)
+    unfinished = runner.grid.runs[1]
+    (runner.runs_dir / unfinished.name).mkdir(parents=True)
+    assert not runner.is_finished(unfinished)  # no summary: it will be run again
+
+
+def test_toy_gma_with_tau_zero_is_fedavg_and_fedavg_reaches_a_client_minimum():
+    start = (0.3, -0.9)
+    fedavg = toy.trajectory(start, None)
+    np.testing.assert_allclose(toy.trajectory(start, ("gma", 0.0, 1.0)), fedavg, atol=1e-12)
+    assert toy.nearest_minimum(fedavg[-1]) == "A"
+    # The average is lowest at the client minima, not at the shared one.
+    points = np.array([toy.SHARED, *toy.CLIENT_MINIMA])
+    average = (toy.client_loss(points, 0)[0] + toy.client_loss(points, 1)[0]) / 2
+    assert average[1] < average[0] and average[2] < average[0]
+    # Each client's gradient vanishes at the shared minimum (up to the other wells' tails).
+    for client in (0, 1):
+        assert np.linalg.norm(toy.client_loss(toy.SHARED, client)[1]) < 0.05
+
+
+def test_app_defaults_are_the_pyproject_settings():
+    assert parse_run_config(app_defaults()).strategy == "fedgma"
+    assert json.dumps(app_defaults())  # plain values only
