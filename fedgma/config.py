@@ -33,6 +33,9 @@ class RunConfig:
     fraction_evaluate: float
     min_nodes: int
     round_timeout: float
+    min_train_replies: int
+    max_num_examples: int
+    max_update_norm: float  # 0: no bound
     strategy: str
     variant: str
     tau: float | None  # None: the variant's default
@@ -62,6 +65,7 @@ class RunConfig:
     batch_size: int
     output_dir: str
     run_name: str
+    resume: str  # a run directory (absolute, or relative to output-dir) to continue; "" = new run
 
     @property
     def num_classes(self) -> int:
@@ -151,6 +155,9 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         fraction_evaluate=_number(raw, "fraction-evaluate", float, 0.0, 1.0),
         min_nodes=_number(raw, "min-nodes", int, 1),
         round_timeout=_number(raw, "round-timeout", float, 0.0, low_open=True),
+        min_train_replies=_number(raw, "min-train-replies", int, 0),
+        max_num_examples=_number(raw, "max-num-examples", int, 1),
+        max_update_norm=_number(raw, "max-update-norm", float, 0.0),
         strategy=_choice(raw, "strategy", STRATEGIES),
         variant=_choice(raw, "variant", VARIANTS),
         tau=_tau(raw),
@@ -180,6 +187,7 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         batch_size=_number(raw, "batch-size", int, 1),
         output_dir=_text(raw, "output-dir"),
         run_name=_text(raw, "run-name"),
+        resume=_text(raw, "resume"),
     )
     if config.color_flip_min > config.color_flip_max:
         raise ConfigError(

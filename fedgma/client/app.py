@@ -8,7 +8,7 @@ built only the first time.
 from __future__ import annotations
 
 import torch
-from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from ..config import parse_node_config, parse_run_config
@@ -49,6 +49,8 @@ def train(msg: Message, context: Context) -> Message:
         {
             "arrays": ArrayRecord(model.state_dict()),
             "metrics": MetricRecord({"train-loss": loss, "num-examples": len(data)}),
+            # Lets the server order replies the same way in every run (see fedgma.server.rounds).
+            "node": ConfigRecord({"partition-id": node.partition_id}),
         }
     )
     return Message(content=content, reply_to=msg)

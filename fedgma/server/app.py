@@ -8,15 +8,28 @@ from logging import INFO
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, Context, MetricRecord
+from flwr.app import Array, ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from ..config import RunConfig, parse_run_config
+from ..config import ConfigError, RunConfig, parse_run_config
 from ..task.data import ColoredSet, load_test_set
 from ..task.model import build_model, count_parameters
 from ..task.training import evaluate
+from .checkpoint import (
+    CHECKPOINT_FILE,
+    Checkpoint,
+    check_resumable,
+    load_checkpoint,
+    python_rng_state,
+    restore_python_rng,
+    restore_strategy_state,
+    result_settings,
+    save_checkpoint,
+    strategy_state,
+)
 from .outputs import RunOutputs
+from .rounds import RoundLoop, RoundOutcome
 from .strategies import build_strategy, describe
 
 app = ServerApp()
@@ -35,47 +48,31 @@ def run_directory(config: RunConfig, run_id: int) -> Path:
 
 
 class RoundLog:
-    """Collects each round's strategy metrics and central evaluation into one row."""
+    """Central evaluation of each round, written as one row with the round's reply counts."""
 
     def __init__(
-        self, outputs: RunOutputs, model: torch.nn.Module, id_set: ColoredSet, ood_set: ColoredSet
+        self, outputs: RunOutputs, model: torch.nn.Module, id_set: ColoredSet, ood_set: ColoredSet,
+        elapsed: float = 0.0,
     ) -> None:
         self.outputs = outputs
         self.model = model
         self.id_loader = id_set.loader(EVAL_BATCH_SIZE, shuffle=False)
         self.ood_loader = ood_set.loader(EVAL_BATCH_SIZE, shuffle=False)
-        self.train_metrics: dict[int, MetricRecord] = {}
-        self.client_eval_metrics: dict[int, MetricRecord] = {}
-        self.start = time.monotonic()
-        self.last = self.start
+        self.start = time.monotonic() - elapsed  # a resumed run continues its clock
+        self.last = time.monotonic()
 
-    def record_strategy_metrics(self, strategy) -> None:
-        """Keep the aggregated metrics of every round, whatever the strategy."""
-        aggregate_train = strategy.aggregate_train
-        aggregate_evaluate = strategy.aggregate_evaluate
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
 
-        def train_wrapper(server_round, replies):
-            arrays, metrics = aggregate_train(server_round, replies)
-            if metrics is not None:
-                self.train_metrics[server_round] = metrics
-            return arrays, metrics
-
-        def evaluate_wrapper(server_round, replies):
-            metrics = aggregate_evaluate(server_round, replies)
-            if metrics is not None:
-                self.client_eval_metrics[server_round] = metrics
-            return metrics
-
-        strategy.aggregate_train = train_wrapper
-        strategy.aggregate_evaluate = evaluate_wrapper
-
-    def evaluate(self, server_round: int, arrays: ArrayRecord) -> MetricRecord:
-        """Central evaluation (Flower's ``evaluate_fn``); also writes the round's row."""
+    def record(self, server_round: int, arrays: ArrayRecord, extra: dict | None = None) -> dict:
+        """Evaluate the global model on the ID and OOD test sets and append the row."""
         self.model.load_state_dict(arrays.to_torch_state_dict())
         id_loss, id_acc = evaluate(self.model, self.id_loader)
         ood_loss, ood_acc = evaluate(self.model, self.ood_loader)
         now = time.monotonic()
         row = {
+            **(extra or {}),
             "round": server_round,
             "wall-seconds": round(now - self.start, 3),
             "round-seconds": round(now - self.last, 3),
@@ -85,13 +82,9 @@ class RoundLog:
             "ood-loss": ood_loss,
         }
         self.last = now
-        row.update(self.train_metrics.get(server_round, {}))
-        for key, value in self.client_eval_metrics.get(server_round, {}).items():
-            row[f"client-{key}"] = value
         self.outputs.add_row(row)
-        return MetricRecord(
-            {"id-accuracy": id_acc, "id-loss": id_loss, "ood-accuracy": ood_acc, "ood-loss": ood_loss}
-        )
+        log(INFO, "Round %s: ID accuracy %.4f, OOD accuracy %.4f", server_round, id_acc, ood_acc)
+        return row
 
 
 def format_table(rows: list[dict]) -> str:
@@ -107,34 +100,89 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def resume_directory(config: RunConfig) -> Path:
+    """The run directory named by ``resume`` (absolute, or relative to ``output-dir``)."""
+    path = Path(config.resume).expanduser()
+    if not path.is_absolute():
+        path = Path(config.output_dir).expanduser() / path
+    return path.resolve()
+
+
+def open_run(config: RunConfig, run_id: int) -> tuple[Path, Checkpoint | None]:
+    """The run directory and, when resuming, its checkpoint (checked against the settings)."""
+    if config.resume:
+        run_dir = resume_directory(config)
+        checkpoint = load_checkpoint(run_dir)
+        if checkpoint is None:
+            raise ConfigError(f"run config: 'resume' names {run_dir}, which holds no {CHECKPOINT_FILE}")
+        check_resumable(checkpoint, config)
+        return run_dir, checkpoint
+    run_dir = run_directory(config, run_id)
+    if (run_dir / CHECKPOINT_FILE).exists():
+        raise ConfigError(
+            f"run config: {run_dir} already holds a run with a checkpoint; set resume={run_dir.name!r} "
+            "to continue it, or choose another 'run-name'"
+        )
+    return run_dir, None
+
+
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Run the federated training described by the run config."""
     config = parse_run_config(dict(context.run_config))  # a bad value stops here
     strategy = build_strategy(config)
+    run_dir, checkpoint = open_run(config, context.run_id)
     # Missing data stops the run here too, before anything is written.
     id_set, ood_set = load_test_set(config, ood=False), load_test_set(config, ood=True)
     model = build_model(config.num_classes, seed=config.seed)
-    outputs = RunOutputs(run_directory(config, context.run_id))
+    outputs = RunOutputs(run_dir, keep_rounds=None if checkpoint is None else checkpoint.round)
     outputs.write_config(
         config,
         {"run-id": context.run_id, "strategy-label": describe(config),
          "model-parameters": count_parameters(model)},
     )
     log(INFO, "FedGMA app: writing outputs to %s", outputs.run_dir)
-    initial_arrays = ArrayRecord(model.state_dict())
+    if checkpoint is None:
+        arrays = ArrayRecord(model.state_dict())
+        first_round, elapsed = 1, 0.0
+    else:
+        arrays = ArrayRecord({name: Array(value) for name, value in checkpoint.arrays.items()})
+        restore_strategy_state(strategy, checkpoint.strategy_state)
+        restore_python_rng(checkpoint.rng_state)
+        first_round, elapsed = checkpoint.round + 1, checkpoint.wall_seconds
+        log(INFO, "FedGMA app: resuming after round %s from %s", checkpoint.round, run_dir / CHECKPOINT_FILE)
     # The model is only an evaluation buffer from here on: each round loads the global weights into it.
-    round_log = RoundLog(outputs, model, id_set, ood_set)
-    round_log.record_strategy_metrics(strategy)
+    round_log = RoundLog(outputs, model, id_set, ood_set, elapsed=elapsed)
+    settings = result_settings(config)
 
-    result = strategy.start(
+    def after_round(server_round: int, new_arrays: ArrayRecord, outcome: RoundOutcome) -> None:
+        round_log.record(server_round, new_arrays, outcome.as_row())
+        save_checkpoint(run_dir, Checkpoint(
+            round=server_round,
+            arrays={name: array.numpy() for name, array in new_arrays.items()},
+            strategy_state=strategy_state(strategy),
+            rng_state=python_rng_state(),
+            wall_seconds=round_log.elapsed,
+            settings=settings,
+        ))
+
+    log(INFO, "Starting %s strategy:", strategy.__class__.__name__)
+    strategy.summary()
+    if checkpoint is None:
+        round_log.record(0, arrays)
+        after_round_zero = Checkpoint(0, {n: a.numpy() for n, a in arrays.items()}, strategy_state(strategy),
+                                      python_rng_state(), round_log.elapsed, settings)
+        save_checkpoint(run_dir, after_round_zero)
+    loop = RoundLoop(
+        strategy=strategy,
         grid=grid,
-        initial_arrays=initial_arrays,
-        num_rounds=config.num_server_rounds,
         timeout=config.round_timeout,
-        evaluate_fn=round_log.evaluate,
+        min_train_replies=config.min_train_replies,
+        seed=config.seed,
+        max_num_examples=config.max_num_examples,
+        max_update_norm=config.max_update_norm or None,
     )
-    final = result.arrays if result.arrays is not None else initial_arrays
+    final = loop.run(arrays, first_round, config.num_server_rounds, after_round)
     model_path = outputs.save_model(final.to_torch_state_dict())
     summary = outputs.write_summary(describe(config))
     log(INFO, "FedGMA app: %s on %s/%s, %s partitioning", describe(config), config.dataset,

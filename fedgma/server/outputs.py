@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from dataclasses import asdict
 from pathlib import Path
@@ -31,12 +32,25 @@ METRIC_COLUMNS = (
     "mask-kept-fraction",
     "mask-mean",
     "agreement-mean",
+    "replies-sent",
     "replies-used",
-    "replies-dropped",
     "replies-failed",
+    "replies-timed-out",
+    "replies-dropped",
+    "model-updated",
     "client-eval-loss",
     "client-eval-accuracy",
 )
+
+
+def _parse(text: str) -> float | int | str:
+    """A CSV cell back to the number it was written from."""
+    for convert in (int, float):
+        try:
+            return convert(text)
+        except ValueError:
+            pass
+    return text
 
 
 class RunOutputs:
@@ -46,15 +60,28 @@ class RunOutputs:
     ----------
     run_dir : Path
         The run's own directory; created if missing.
+    keep_rounds : Optional[int]
+        Resuming: keep the rows of rounds ``0 .. keep_rounds`` already in
+        ``metrics.csv`` (rows of later rounds, written after the last
+        checkpoint, are dropped). ``None`` starts a new file.
     """
 
-    def __init__(self, run_dir: Path) -> None:
+    def __init__(self, run_dir: Path, keep_rounds: int | None = None) -> None:
         self.run_dir = run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = run_dir / "metrics.csv"
         self.rows: list[dict[str, float | int | str]] = []
-        with self.metrics_path.open("w", newline="") as handle:
-            csv.writer(handle).writerow(METRIC_COLUMNS)
+        if keep_rounds is not None and self.metrics_path.is_file():
+            with self.metrics_path.open(newline="") as handle:
+                for row in csv.DictReader(handle):
+                    if int(row["round"]) <= keep_rounds:
+                        self.rows.append({k: _parse(v) for k, v in row.items() if k in METRIC_COLUMNS})
+        buffer = io.StringIO()
+        writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({c: r.get(c, "") for c in METRIC_COLUMNS} for r in self.rows)
+        payload = buffer.getvalue().encode()
+        atomic_write(self.metrics_path, lambda f: f.write(payload))
 
     def write_config(self, config: RunConfig, extra: dict) -> None:
         """Save the run settings and facts such as the run id."""
@@ -66,7 +93,7 @@ class RunOutputs:
         clean = {column: row.get(column, "") for column in METRIC_COLUMNS}
         self.rows.append(clean)
         with self.metrics_path.open("a", newline="") as handle:
-            csv.DictWriter(handle, fieldnames=METRIC_COLUMNS).writerow(clean)
+            csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, lineterminator="\n").writerow(clean)
 
     def save_model(self, state_dict: dict[str, torch.Tensor]) -> Path:
         """Save the final global weights; returns the file's path."""

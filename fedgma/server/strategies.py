@@ -26,6 +26,8 @@ def build_strategy(config: RunConfig) -> FedAvg:
             tau=config.tau,
             server_lr=config.server_lr,
             agreement_weighted=config.agreement_weighted,
+            max_num_examples=config.max_num_examples,
+            max_update_norm=config.max_update_norm or None,
             **common,
         )
     if config.strategy == "fedavg":
@@ -48,7 +50,9 @@ def build_strategy(config: RunConfig) -> FedAvg:
     if config.strategy == "fedgma-adam":
         # The gma mask replaces FedAdam's average; `tau` is the mask's, `adam-tau` Adam's.
         return FedGMAAdam(
-            mask_tau=config.tau, agreement_weighted=config.agreement_weighted, **adam, **common
+            mask_tau=config.tau, agreement_weighted=config.agreement_weighted,
+            max_num_examples=config.max_num_examples, max_update_norm=config.max_update_norm or None,
+            **adam, **common,
         )
     raise ValueError(f"unknown strategy {config.strategy!r}")
 

@@ -51,6 +51,10 @@ class FedGMA(FedAvg):
         Server step size ``eta_s >= 0``.
     agreement_weighted : bool (default: False)
         Weight each client's sign by ``num-examples`` instead of ``1 / K``.
+    max_num_examples : Optional[float] (default: None)
+        Replies claiming more examples are dropped (a client cannot inflate its weight).
+    max_update_norm : Optional[float] (default: None)
+        Replies whose pseudo-gradient has a larger L2 norm are dropped.
     **kwargs
         Every keyword of :class:`flwr.serverapp.strategy.FedAvg`
         (``fraction_train``, ``min_train_nodes``, ``weighted_by_key``, ...).
@@ -69,6 +73,8 @@ class FedGMA(FedAvg):
         tau: float | None = None,
         server_lr: float = 1.0,
         agreement_weighted: bool = False,
+        max_num_examples: float | None = None,
+        max_update_norm: float | None = None,
         **kwargs,
     ) -> None:
         if variant not in VARIANTS:
@@ -89,6 +95,8 @@ class FedGMA(FedAvg):
         self.tau = float(tau)
         self.server_lr = float(server_lr)
         self.agreement_weighted = bool(agreement_weighted)
+        self.max_num_examples = max_num_examples
+        self.max_update_norm = max_update_norm
         self.current_arrays: dict[str, np.ndarray] | None = None
 
     def summary(self) -> None:
@@ -142,7 +150,11 @@ class FedGMA(FedAvg):
         for message in valid_replies:
             try:
                 arrays, weight = decode_reply(
-                    message.content, self.current_arrays, self.weighted_by_key
+                    message.content,
+                    self.current_arrays,
+                    self.weighted_by_key,
+                    self.max_num_examples,
+                    self.max_update_norm,
                 )
             except InvalidReply as err:
                 log(

@@ -34,6 +34,8 @@ class FedGMAAdam(FedAdam, FedGMA):
         *,
         mask_tau: float | None = None,
         agreement_weighted: bool = False,
+        max_num_examples: float | None = None,
+        max_update_norm: float | None = None,
         **kwargs,
     ) -> None:
         # Validate the mask settings with FedGMA's own checks before FedAdam's
@@ -44,6 +46,8 @@ class FedGMAAdam(FedAdam, FedGMA):
         self.mask_tau = probe.tau
         self.server_lr = 1.0
         self.agreement_weighted = probe.agreement_weighted
+        self.max_num_examples = max_num_examples
+        self.max_update_norm = max_update_norm
 
     @property
     def mask_threshold(self) -> float:

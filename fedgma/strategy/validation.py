@@ -16,12 +16,17 @@ def decode_reply(
     content: RecordDict,
     global_arrays: dict[str, np.ndarray],
     weighted_by_key: str,
+    max_num_examples: float | None = None,
+    max_update_norm: float | None = None,
 ) -> tuple[dict[str, np.ndarray], float]:
     """Decode a training reply into ``(arrays, weight)`` after checking it.
 
     A good reply holds exactly one ArrayRecord whose arrays have the global
     model's names, shapes and dtypes and only finite values, and exactly one
-    MetricRecord whose ``weighted_by_key`` entry is a positive, finite number.
+    MetricRecord whose ``weighted_by_key`` entry is a positive integer (an
+    ``int``, or a float with an integral value), at most ``max_num_examples``
+    when given. With ``max_update_norm``, the L2 norm of the pseudo-gradient
+    ``x - y`` over all floating-point arrays must not exceed it.
 
     Raises
     ------
@@ -40,9 +45,13 @@ def decode_reply(
     weight = metrics.get(weighted_by_key)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise InvalidReply(f"metric {weighted_by_key!r} missing or not a number: {weight!r}")
-    if not math.isfinite(weight) or weight <= 0:
+    if not math.isfinite(weight) or weight <= 0 or (isinstance(weight, float) and not weight.is_integer()):
         raise InvalidReply(
-            f"metric {weighted_by_key!r} must be positive and finite, got {weight!r}"
+            f"metric {weighted_by_key!r} must be a positive integer, got {weight!r}"
+        )
+    if max_num_examples is not None and weight > max_num_examples:
+        raise InvalidReply(
+            f"metric {weighted_by_key!r} is {weight!r}, above the bound {max_num_examples:g}"
         )
     record = next(iter(content.array_records.values()))
     missing = sorted(set(global_arrays) - set(record))
@@ -68,4 +77,14 @@ def decode_reply(
         if np.issubdtype(value.dtype, np.floating) and not np.isfinite(value).all():
             raise InvalidReply(f"array {name!r} has non-finite values")
         arrays[name] = value
+    if max_update_norm is not None:
+        squared = sum(
+            float(np.square(global_arrays[n].astype(np.float64) - v).sum())
+            for n, v in arrays.items()
+            if np.issubdtype(v.dtype, np.floating)
+        )
+        if math.sqrt(squared) > max_update_norm:
+            raise InvalidReply(
+                f"update norm {math.sqrt(squared):.4g} is above the bound {max_update_norm:g}"
+            )
     return arrays, float(weight)

@@ -1,0 +1,172 @@
+"""The round loop of the ServerApp: Flower's ``Strategy.start`` plus fault handling.
+
+It does what ``Strategy.start`` does (configure, send and receive, aggregate,
+evaluate) and, around it, what Flower leaves to the app:
+
+- it can start at any round (resume from a checkpoint);
+- every training reply is checked against the global model before any
+  strategy sees it (Flower's baselines would otherwise end the run on one
+  malformed reply), and bad ones are dropped with a log line naming the node;
+- replies are put in a fixed order (by the client's partition id) so that
+  floating-point sums, and therefore the weights, do not depend on arrival order;
+- node sampling is seeded per round from the run's seed;
+- a round with fewer usable replies than ``min-train-replies`` keeps the
+  global model and says so;
+- replies that failed, timed out or were dropped are counted per round.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from logging import INFO, WARNING
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import FedAvg
+from flwr.supercore import log
+
+from ..strategy.validation import InvalidReply, decode_reply
+
+NODE_RECORD = "node"  # ConfigRecord a ClientApp adds to its reply: {"partition-id": int}
+
+
+@dataclass
+class RoundOutcome:
+    """What happened in one round (counts of replies, and whether the model moved)."""
+
+    round: int
+    sent: int = 0
+    failed: int = 0
+    timed_out: int = 0
+    dropped: int = 0
+    used: int = 0
+    model_updated: bool = False
+    train_metrics: MetricRecord | None = None
+    evaluate_metrics: MetricRecord | None = None
+    drop_reasons: list[str] = field(default_factory=list)
+
+    def as_row(self) -> dict[str, float | int]:
+        row: dict[str, float | int] = dict(self.train_metrics or {})
+        for key, value in (self.evaluate_metrics or {}).items():
+            row[f"client-{key}"] = value
+        row.update({
+            "replies-sent": self.sent,
+            "replies-failed": self.failed,
+            "replies-timed-out": self.timed_out,
+            "replies-dropped": self.dropped,
+            "replies-used": self.used,
+            "model-updated": int(self.model_updated),
+        })
+        return row
+
+
+def reply_order(message: Message) -> tuple[int, int]:
+    """Sort key: the client's partition id when it sent one, then the node id."""
+    node = message.content.config_records.get(NODE_RECORD) if message.has_content() else None
+    partition = node.get("partition-id") if node is not None else None
+    if not isinstance(partition, int) or isinstance(partition, bool):
+        partition = 2**62
+    return partition, message.metadata.src_node_id
+
+
+def round_seed(seed: int, server_round: int) -> int:
+    return seed * 1_000_003 + server_round
+
+
+@dataclass
+class RoundLoop:
+    """Runs rounds ``first_round .. num_rounds`` of a strategy on a grid.
+
+    Parameters
+    ----------
+    strategy : FedAvg
+        Any of Flower's FedAvg-family strategies (FedGMA included).
+    grid : Grid
+    timeout : float
+        Seconds to wait for one round's replies; a dead node costs at most this.
+    min_train_replies : int
+        Fewer usable training replies than this keep the global model.
+    seed : int
+        Seeds node sampling per round.
+    max_num_examples, max_update_norm : Optional[float]
+        Bounds a reply must respect (see ``decode_reply``).
+    """
+
+    strategy: FedAvg
+    grid: Grid
+    timeout: float
+    min_train_replies: int = 1
+    seed: int = 0
+    max_num_examples: float | None = None
+    max_update_norm: float | None = None
+
+    def check_replies(self, server_round: int, replies: list[Message], arrays: ArrayRecord,
+                      outcome: RoundOutcome) -> list[Message]:
+        global_arrays = {name: array.numpy() for name, array in arrays.items()}
+        good = []
+        for message in replies:
+            try:
+                decode_reply(message.content, global_arrays, self.strategy.weighted_by_key,
+                             self.max_num_examples, self.max_update_norm)
+            except InvalidReply as err:
+                reason = f"node {message.metadata.src_node_id}: {err}"
+                log(WARNING, "Round %s: dropped a training reply (%s)", server_round, reason)
+                outcome.drop_reasons.append(reason)
+                continue
+            good.append(message)
+        return good
+
+    def train_round(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, RoundOutcome]:
+        """One training round; returns the new (or unchanged) global arrays."""
+        outcome = RoundOutcome(server_round)
+        random.seed(round_seed(self.seed, server_round))  # Flower samples nodes with `random`
+        messages = list(self.strategy.configure_train(server_round, arrays, ConfigRecord(), self.grid))
+        outcome.sent = len(messages)
+        replies = list(self.grid.send_and_receive(messages=messages, timeout=self.timeout))
+        outcome.timed_out = max(outcome.sent - len(replies), 0)
+        answered = [m for m in replies if not m.has_error()]
+        outcome.failed = len(replies) - len(answered)
+        for message in replies:
+            if message.has_error():
+                log(WARNING, "Round %s: a node's training failed: %s", server_round, message.error.reason)
+        usable = self.check_replies(server_round, sorted(answered, key=reply_order), arrays, outcome)
+        outcome.dropped = len(answered) - len(usable)
+        outcome.used = len(usable)
+        if outcome.timed_out:
+            log(WARNING, "Round %s: %s of %s nodes did not reply within %.0f s",
+                server_round, outcome.timed_out, outcome.sent, self.timeout)
+        if len(usable) < max(self.min_train_replies, 1):
+            log(WARNING, "Round %s: %s usable replies, fewer than min-train-replies=%s: "
+                "the global model is kept", server_round, len(usable), self.min_train_replies)
+            return arrays, outcome
+        new_arrays, metrics = self.strategy.aggregate_train(server_round, usable)
+        outcome.train_metrics = metrics
+        if new_arrays is None:
+            log(WARNING, "Round %s: the strategy returned no model: the global model is kept", server_round)
+            return arrays, outcome
+        outcome.model_updated = True
+        return new_arrays, outcome
+
+    def evaluate_round(self, server_round: int, arrays: ArrayRecord, outcome: RoundOutcome) -> None:
+        """Client-side evaluation, when the strategy samples any node for it."""
+        messages = list(self.strategy.configure_evaluate(server_round, arrays, ConfigRecord(), self.grid))
+        if not messages:
+            return
+        replies = self.grid.send_and_receive(messages=messages, timeout=self.timeout)
+        try:
+            outcome.evaluate_metrics = self.strategy.aggregate_evaluate(server_round, replies)
+        except Exception as err:  # evaluation replies never touch the model: log and go on
+            log(WARNING, "Round %s: client evaluation replies could not be aggregated: %s", server_round, err)
+
+    def run(self, arrays: ArrayRecord, first_round: int, num_rounds: int,
+            after_round: Callable[[int, ArrayRecord, RoundOutcome], None]) -> ArrayRecord:
+        """Run the rounds; ``after_round`` evaluates, records and checkpoints each one."""
+        for server_round in range(first_round, num_rounds + 1):
+            log(INFO, "")
+            log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
+            arrays, outcome = self.train_round(server_round, arrays)
+            self.evaluate_round(server_round, arrays, outcome)
+            after_round(server_round, arrays, outcome)
+        return arrays
