@@ -175,7 +175,8 @@ class FedGMA(FedAvg):
 
         new_arrays, stats = aggregator.result()
         array_record = ArrayRecord(
-            {name: Array(np.ascontiguousarray(value)) for name, value in new_arrays.items()}
+            # np.require keeps 0-d arrays 0-d (np.ascontiguousarray would make them 1-d)
+            {name: Array(np.require(value, requirements="C")) for name, value in new_arrays.items()}
         )
         metrics = self.train_metrics_aggr_fn(used, self.weighted_by_key)
         metrics["mask-kept-fraction"] = stats.kept_fraction

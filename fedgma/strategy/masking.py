@@ -192,7 +192,7 @@ class MaskedAggregator:
         for name, x in self.global_arrays.items():
             if not self.is_masked(x):
                 mean = self._value_sum[name] / self.total_examples
-                new_arrays[name] = np.rint(mean).astype(x.dtype)
+                new_arrays[name] = np.asarray(np.rint(mean)).astype(x.dtype)
                 continue
             g_bar = self._grad_sum[name]
             g_bar /= self.total_examples

@@ -1,0 +1,159 @@
+"""The ServerApp's round loop (faults, order, min-train-replies) and its checkpoints, without processes."""
+
+import io
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord
+from flwr.serverapp.strategy import FedAdam, FedAvgM
+
+from fedgma.config import ConfigError, parse_run_config
+from fedgma.server import checkpoint as ckpt
+from fedgma.server.rounds import NODE_RECORD, RoundLoop
+from fedgma.strategy import FedGMA
+from flower_messages import error_reply, global_record, set_task_identity, train_reply
+from run_settings import settings
+
+
+class ScriptedGrid:
+    """A grid whose nodes reply as scripted: 'ok', 'error', 'nan', or 'silent' (timed out)."""
+
+    def __init__(self, behaviour, rng, shuffle=False):
+        self.behaviour = behaviour  # node id -> behaviour
+        self.rng = rng
+        self.shuffle = shuffle
+
+    def get_node_ids(self):
+        return list(self.behaviour)
+
+    def send_and_receive(self, messages, timeout):
+        replies = []
+        for message in messages:
+            node = message.metadata.dst_node_id
+            x = {k: v.numpy() for k, v in message.content["arrays"].items()}
+            kind = self.behaviour[node]
+            if kind == "silent":
+                continue
+            if kind == "error":
+                replies.append(error_reply(node))
+                continue
+            # Deterministic per node, like a seeded client.
+            y = {k: v - 0.01 * (node + 1) * np.cos(np.arange(v.size).reshape(v.shape) * node).astype(v.dtype)
+                 for k, v in x.items()}
+            if kind == "nan":
+                y["w"][0, 0] = np.nan
+            reply = train_reply(node, y, 10 * node)
+            reply.content[NODE_RECORD] = ConfigRecord({"partition-id": node})
+            replies.append(reply)
+        if self.shuffle:
+            replies = [replies[i] for i in self.rng.permutation(len(replies))]
+        return replies
+
+
+def initial():
+    rng = np.random.default_rng(0)
+    return global_record({"w": rng.normal(size=(3, 4)).astype(np.float32), "b": np.zeros(4, np.float32)})
+
+
+def test_faults_are_counted_and_never_reach_the_model():
+    set_task_identity()
+    grid = ScriptedGrid({1: "ok", 2: "ok", 3: "error", 4: "nan", 5: "silent"}, np.random.default_rng(1))
+    loop = RoundLoop(FedGMA(min_train_nodes=1, min_available_nodes=1), grid, timeout=5)
+    arrays, outcome = loop.train_round(1, initial())
+    assert (outcome.sent, outcome.failed, outcome.timed_out, outcome.dropped, outcome.used) == (5, 1, 1, 1, 2)
+    assert outcome.model_updated and "non-finite" in outcome.drop_reasons[0]
+    clean = ScriptedGrid({1: "ok", 2: "ok"}, np.random.default_rng(1))
+    expected, _ = RoundLoop(FedGMA(min_train_nodes=1, min_available_nodes=1), clean, timeout=5).train_round(
+        1, initial())
+    for name in ("w", "b"):
+        np.testing.assert_array_equal(arrays[name].numpy(), expected[name].numpy())
+
+
+def test_too_few_replies_keep_the_model():
+    set_task_identity()
+    grid = ScriptedGrid({1: "ok", 2: "error", 3: "silent"}, np.random.default_rng(1))
+    loop = RoundLoop(FedGMA(min_train_nodes=1, min_available_nodes=1), grid, timeout=5, min_train_replies=2)
+    start = initial()
+    arrays, outcome = loop.train_round(1, start)
+    assert arrays is start and not outcome.model_updated and outcome.used == 1
+    assert outcome.as_row()["model-updated"] == 0 and outcome.as_row()["replies-timed-out"] == 1
+
+
+@pytest.mark.parametrize("strategy", [FedGMA, FedAvgM])
+def test_arrival_order_does_not_change_a_single_bit(strategy):
+    set_task_identity()
+    results = []
+    for trial in range(4):
+        grid = ScriptedGrid({n: "ok" for n in range(1, 8)}, np.random.default_rng(trial), shuffle=True)
+        loop = RoundLoop(strategy(min_train_nodes=1, min_available_nodes=1), grid, timeout=5)
+        arrays, _ = loop.train_round(1, initial())
+        results.append(arrays["w"].numpy().tobytes())
+    assert len(set(results)) == 1
+
+
+def test_checkpoint_round_trip_with_fedadam_and_fedavgm_state(tmp_path):
+    set_task_identity()
+    config = parse_run_config(settings(strategy="fedadam"))
+    for strategy in (FedAdam(eta=0.1), FedAvgM(server_momentum=0.9)):
+        grid = ScriptedGrid({1: "ok", 2: "ok"}, np.random.default_rng(0))
+        loop = RoundLoop(strategy, grid, timeout=5)
+        arrays, _ = loop.train_round(1, initial())
+        state = ckpt.strategy_state(strategy)
+        assert any(v is not None for v in state.values())
+        saved = ckpt.Checkpoint(1, {k: v.numpy() for k, v in arrays.items()}, state,
+                                ckpt.python_rng_state(), 12.5, ckpt.result_settings(config))
+        ckpt.save_checkpoint(tmp_path, saved)
+        loaded = ckpt.load_checkpoint(tmp_path)
+        assert loaded.round == 1 and loaded.wall_seconds == 12.5 and loaded.settings_hash == saved.settings_hash
+        assert loaded.rng_state == saved.rng_state
+        for name, value in saved.arrays.items():
+            np.testing.assert_array_equal(loaded.arrays[name], value)
+        for attr, value in state.items():
+            if value is None:
+                assert loaded.strategy_state[attr] is None
+            elif isinstance(value, dict):
+                for k in value:
+                    np.testing.assert_array_equal(loaded.strategy_state[attr][k], value[k])
+            else:
+                for a, b in zip(loaded.strategy_state[attr], value):
+                    np.testing.assert_array_equal(a, b)
+        fresh = type(strategy)()
+        ckpt.restore_strategy_state(fresh, loaded.strategy_state)
+        assert set(ckpt.strategy_state(fresh)) == set(state)
+
+
+def test_resume_refuses_settings_that_change_the_result(tmp_path):
+    config = parse_run_config(settings(tau=0.6, seed=3, num_server_rounds=5))
+    saved = ckpt.Checkpoint(2, {"w": np.zeros(2, np.float32)}, {}, ckpt.python_rng_state(), 1.0,
+                            ckpt.result_settings(config))
+    ckpt.check_resumable(saved, parse_run_config(settings(tau=0.6, seed=3, num_server_rounds=9,
+                                                          round_timeout=30.0, run_name="x")))
+    with pytest.raises(ConfigError, match=r"seed: 3 -> 4.*tau: 0.6 -> 0.7"):
+        ckpt.check_resumable(saved, parse_run_config(settings(tau=0.7, seed=4, num_server_rounds=5)))
+    with pytest.raises(ConfigError, match="num-server-rounds"):
+        ckpt.check_resumable(saved, parse_run_config(settings(tau=0.6, seed=3, num_server_rounds=1)))
+
+
+def test_a_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
+    config = parse_run_config(settings())
+    good = ckpt.Checkpoint(3, {"w": np.ones(2, np.float32)}, {}, ckpt.python_rng_state(), 1.0,
+                           ckpt.result_settings(config))
+    ckpt.save_checkpoint(tmp_path, good)
+
+    real_atomic_write = ckpt.atomic_write
+
+    def half_then_crash(path, write):
+        def partial(handle):
+            buffer = io.BytesIO()
+            write(buffer)
+            handle.write(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+            raise OSError("disk full")
+        real_atomic_write(path, partial)
+
+    monkeypatch.setattr(ckpt, "atomic_write", half_then_crash)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(tmp_path, ckpt.Checkpoint(4, {"w": np.zeros(2, np.float32)}, {},
+                                                       ckpt.python_rng_state(), 2.0, good.settings))
+    monkeypatch.undo()
+    assert ckpt.load_checkpoint(tmp_path).round == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.CHECKPOINT_FILE]
