@@ -111,6 +111,24 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
+def processes_named(root: int, fragment: str) -> list[int]:
+    """Processes below ``root`` whose command line contains ``fragment``."""
+    found = []
+    for pid in descendants(root):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if fragment in command:
+            found.append(pid)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and everything below it at once, as a crash of its machine would."""
+    _signal_all([pid, *descendants(pid)], signal.SIGKILL)
+
+
 def _signal_all(pids: list[int], sig: int) -> None:
     for pid in pids:
         try:

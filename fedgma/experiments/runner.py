@@ -4,7 +4,7 @@ Each run is a real ``flwr run`` of this app against one simulation SuperLink
 started for the grid. A run counts as finished when its ``summary.json``
 exists (the ServerApp writes it last) and its ``config.json`` agrees with
 the grid's settings; finished runs are never re-run. An interrupted run has no
-summary and is run again from round 0.
+summary; it continues from its last round checkpoint (``resume``).
 
 Layout under the results directory::
 
@@ -26,13 +26,14 @@ from pathlib import Path
 from ..atomic import atomic_write
 from ..config import app_defaults, parse_run_config
 from ..launch import SimulationRuntime
+from ..server.checkpoint import CHECKPOINT_FILE, NOT_RESULT_SETTINGS
 from ..server.outputs import METRIC_COLUMNS
 from .grids import Grid, RunSpec
 
 APP_DIR = Path(__file__).resolve().parent.parent.parent
 RUN_COLUMNS = ("run", "setting", "strategy", "seed", "studies", "dataset", "local-epochs", "tau", "server-lr")
 # Settings that do not change a run's result, so an existing run may differ in them.
-NOT_COMPARED = {"output_dir", "run_name", "data_dir", "download", "round_timeout"}
+NOT_COMPARED = NOT_RESULT_SETTINGS - {"num_server_rounds"}
 
 
 class GridMismatch(RuntimeError):
@@ -84,9 +85,12 @@ class GridRunner:
         self.run_timeout = run_timeout
         self.echo = echo
 
-    def run_config(self, spec: RunSpec) -> dict[str, object]:
+    def run_config(self, spec: RunSpec, resume: bool = False) -> dict[str, object]:
         """The ``--run-config`` of one run (Flower fills in the other defaults)."""
-        return {**spec.run_config, **self.overrides, "output-dir": str(self.runs_dir), "run-name": spec.name}
+        config = {**spec.run_config, **self.overrides, "output-dir": str(self.runs_dir), "run-name": spec.name}
+        if resume:
+            config["resume"] = spec.name
+        return config
 
     def validated(self, spec: RunSpec):
         """The run's settings as the ServerApp will see them (raises ConfigError)."""
@@ -175,9 +179,11 @@ class GridRunner:
             for index, spec in enumerate(todo, start=total - len(todo) + 1):
                 rounds = int(spec.run_config["num-server-rounds"])
                 metrics_path = self.runs_dir / spec.name / "metrics.csv"
-                if metrics_path.exists():
-                    metrics_path.unlink()  # an interrupted attempt: its rows must not count
-                shown = [0]
+                # An interrupted run continues from its last checkpoint.
+                resume = (self.runs_dir / spec.name / CHECKPOINT_FILE).is_file()
+                if not resume and metrics_path.exists():
+                    metrics_path.unlink()  # an attempt that never finished a round
+                shown = [len([r for r in read_rows(metrics_path) if r["round"] != "0"])]
 
                 def progress(spec=spec, index=index, rounds=rounds, metrics_path=metrics_path, shown=shown):
                     rows = [r for r in read_rows(metrics_path) if r["round"] != "0"]
@@ -192,8 +198,9 @@ class GridRunner:
                         )
                     shown[0] = len(rows)
 
-                run_id = runtime.cli.submit(APP_DIR, self.run_config(spec), federation)
-                self.echo(f"[{index}/{total}] {spec.name}: run {run_id} started")
+                run_id = runtime.cli.submit(APP_DIR, self.run_config(spec, resume), federation)
+                self.echo(f"[{index}/{total}] {spec.name}: run {run_id} "
+                          f"{'resumed after round ' + str(shown[0]) if resume else 'started'}")
                 summary_path = self.runs_dir / spec.name / "summary.json"
                 try:
                     outcome = runtime.cli.wait(run_id, self.run_timeout, poll=30.0, on_poll=progress,
