@@ -103,10 +103,12 @@ class GridRunner:
             return False
         saved = json.loads((run_dir / "config.json").read_text())
         wanted = asdict(self.validated(spec))
+        # A setting added after the run was made had its default value then.
+        defaults = asdict(parse_run_config(app_defaults()))
         differing = sorted(
             key.replace("_", "-")
             for key, value in wanted.items()
-            if key not in NOT_COMPARED and saved.get(key) != value
+            if key not in NOT_COMPARED and saved.get(key, defaults[key]) != value
         )
         if differing:
             raise GridMismatch(
