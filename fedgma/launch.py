@@ -190,13 +190,18 @@ class RunOutcome:
 class FlowerCli:
     """Calls the ``flwr`` CLI against one connection of a private FLWR_HOME."""
 
-    def __init__(self, env: dict[str, str], connection: str) -> None:
+    def __init__(self, env: dict[str, str], connection: str, prefix: Sequence[str] = ()) -> None:
         self.env = env
         self.connection = connection
+        self.prefix = list(prefix)  # e.g. ["ip", "netns", "exec", "server"]
+
+    def command(self, *args: str) -> list[str]:
+        """A ``flwr`` command line (with the prefix)."""
+        return [*self.prefix, str(BIN / "flwr"), *args]
 
     def _json(self, args: list[str], timeout: float = 120) -> dict:
         result = subprocess.run(
-            [str(BIN / "flwr"), *args, "--format", "json"],
+            self.command(*args, "--format", "json"),
             env=self.env,
             capture_output=True,
             text=True,
@@ -236,14 +241,14 @@ class FlowerCli:
     def stop_run(self, run_id: int) -> None:
         """``flwr stop``: ask the SuperLink to end a run."""
         subprocess.run(
-            [str(BIN / "flwr"), "stop", str(run_id), self.connection],
+            self.command("stop", str(run_id), self.connection),
             env=self.env, capture_output=True, text=True, errors="replace", timeout=120,
         )
 
     def logs(self, run_id: int) -> str:
         """Everything the run has logged so far (``flwr log --show``)."""
         result = subprocess.run(
-            [str(BIN / "flwr"), "log", str(run_id), self.connection, "--show"],
+            self.command("log", str(run_id), self.connection, "--show"),
             env=self.env, capture_output=True, text=True, errors="replace", timeout=120,
         )
         return result.stdout + result.stderr

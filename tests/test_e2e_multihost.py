@@ -1,0 +1,124 @@
+"""A deployment across separate hosts (network namespaces): one server host, three client
+hosts, TLS and SuperNode authentication on, a 3-round FedGMA run; an unregistered SuperNode is
+refused and one trusting the wrong CA fails with a clear error."""
+
+import csv
+import re
+import subprocess
+import time
+
+import pytest
+
+from fedgma.launch import BIN, FlowerCli, flower_env, start, stop, write_connection
+from netns_hosts import VirtualHosts, netns_available
+from run_settings import ROOT
+
+pytestmark = pytest.mark.e2e
+
+CONTROL_PORT, FLEET_PORT = 8000, 9092  # fresh namespaces: no other program holds these ports
+
+
+def wait_for_line(path, pattern, count=1, timeout=90, process=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        text = path.read_text(errors="replace") if path.exists() else ""
+        if len(re.findall(pattern, text)) >= count:
+            return text
+        if process is not None and process.poll() is not None:
+            raise AssertionError(f"process exited ({process.returncode}):\n{text[-3000:]}")
+        time.sleep(0.5)
+    raise TimeoutError(f"{pattern!r} x{count} not in {path} after {timeout} s:\n{text[-3000:]}")
+
+
+def peers(hosts, name, pid):
+    """Remote ip:port of the established TCP connections of ``pid`` on host ``name``."""
+    out = subprocess.run([*hosts.prefix(name), "ss", "-tnpH", "state", "established"],
+                         capture_output=True, text=True, errors="replace").stdout
+    found = {line.split()[3] for line in out.splitlines() if f"pid={pid}," in line}
+    return {re.sub(r"^\[::ffff:([0-9.]+)\]", r"\1", peer) for peer in found}  # IPv4-mapped form
+
+
+@pytest.mark.skipif(netns_available() is not None, reason=str(netns_available()))
+def test_three_client_hosts_with_tls_and_supernode_auth(tmp_path, shared_data_dir):
+    names = ["server", "client1", "client2", "client3"]
+    processes = []
+    with VirtualHosts(names) as hosts:
+        server = hosts.address("server")
+        certs, wrong = tmp_path / "certs", tmp_path / "wrong-ca"
+        subprocess.run(["bash", str(ROOT / "scripts/make-certs.sh"), str(certs), server], check=True,
+                       capture_output=True)
+        subprocess.run(["bash", str(ROOT / "scripts/make-certs.sh"), str(wrong), server], check=True,
+                       capture_output=True)
+        keys = tmp_path / "keys"
+        subprocess.run(["bash", str(ROOT / "scripts/make-supernode-keys.sh"), str(keys), "3"], check=True,
+                       capture_output=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f",
+                        str(keys / "intruder")], check=True)
+        env = flower_env(tmp_path / "flwr-home")
+        write_connection(tmp_path / "flwr-home", "fleet", f"{server}:{CONTROL_PORT}", certs / "ca.crt")
+        cli = FlowerCli(env, "fleet", prefix=hosts.prefix("server"))
+        try:
+            superlink_log = tmp_path / "superlink.log"
+            superlink = start([
+                *hosts.prefix("server"), str(BIN / "flower-superlink"),
+                "--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile", str(certs / "server.pem"),
+                "--ssl-keyfile", str(certs / "server.key"), "--enable-supernode-auth",
+                "--host", server, "--port", str(CONTROL_PORT), "--fleet-api-address", f"{server}:{FLEET_PORT}",
+                "--disable-runtime-dependency-installation",
+            ], env, superlink_log)
+            processes.append(superlink)
+            wait_for_line(superlink_log, r"Starting Fleet API \(gRPC-rere\)", process=superlink)
+            for i in range(3):
+                register = subprocess.run(cli.command("supernode", "register", str(keys / f"supernode-{i}.pub"),
+                                                      "fleet"), env=env, capture_output=True, text=True)
+                assert "registered successfully" in register.stdout, register.stdout + register.stderr
+
+            def supernode(host, key, ca, partition, log, port=9094):
+                process = start([
+                    *hosts.prefix(host), str(BIN / "flower-supernode"), "--root-certificates", str(ca),
+                    "--superlink", f"{server}:{FLEET_PORT}", "--auth-supernode-private-key", str(key),
+                    "--node-config", f"partition-id={partition} num-partitions=3", "--max-retries", "3",
+                    "--port", str(port),  # two SuperNodes on one host need their own ClientApp ports
+                ], env, tmp_path / log)
+                processes.append(process)
+                return process
+
+            clients = [supernode(f"client{i + 1}", keys / f"supernode-{i}", certs / "ca.crt", i, f"node{i}.log")
+                       for i in range(3)]
+            wait_for_line(superlink_log, "Activated node_id", count=3)
+            intruder = supernode("client3", keys / "intruder", certs / "ca.crt", 0, "intruder.log", port=9095)
+            misled = supernode("client2", keys / "supernode-1", wrong / "ca.crt", 1, "wrong-ca.log", port=9095)
+            assert intruder.wait(90) != 0 and misled.wait(90) != 0
+
+            run_id = cli.submit(ROOT, {
+                "num-server-rounds": 3, "min-nodes": 3, "train-images": 1500, "test-images": 500,
+                "local-epochs": 1, "download": False, "data-dir": str(shared_data_dir),
+                "output-dir": str(tmp_path / "outputs"), "run-name": "multihost",
+            })
+            seen = {}
+
+            def sample():
+                for i, client in enumerate(clients):
+                    seen.setdefault(i, set()).update(peers(hosts, f"client{i + 1}", client.pid))
+
+            outcome = cli.wait(run_id, timeout=900, on_poll=sample)
+            superlink_text = superlink_log.read_text(errors="replace")
+        finally:
+            for process in processes:
+                stop(process)
+
+    assert outcome.completed, f"{outcome.status}: {outcome.details}\n{superlink_text[-3000:]}"
+    rows = list(csv.DictReader((tmp_path / "outputs" / "multihost" / "metrics.csv").open()))
+    assert [int(r["round"]) for r in rows] == [0, 1, 2, 3]
+    assert all(int(r["replies-used"]) == 3 for r in rows[1:])
+    assert superlink_text.count("Activated node_id") == 3  # never the intruder
+    assert "No SuperNode found with the given public key" in superlink_text
+    intruder_log = (tmp_path / "intruder.log").read_text(errors="replace")
+    assert "Failed to activate SuperNode" in intruder_log
+    wrong_log = (tmp_path / "wrong-ca.log").read_text(errors="replace")
+    assert "CERTIFICATE_VERIFY_FAILED" in wrong_log
+    # Each client host's SuperNode talked to the SuperLink's Fleet API and to nothing else
+    # off-host (its other connections come from its own ClientApp processes over loopback).
+    for i in range(3):
+        off_host = {peer for peer in seen[i] if not peer.startswith("127.0.0.1:")}
+        assert off_host == {f"{server}:{FLEET_PORT}"}, seen[i]
