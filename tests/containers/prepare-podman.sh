@@ -24,6 +24,7 @@ for tool in podman podman-compose debootstrap runc catatonit; do
     command -v "$tool" >/dev/null || [ -x "/usr/libexec/podman/$tool" ] || missing+=("$tool")
 done
 if [ ${#missing[@]} -gt 0 ]; then
+    apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman podman-compose runc debootstrap catatonit >/dev/null
 fi
 
