@@ -56,6 +56,12 @@ def _toy(args: argparse.Namespace) -> int:
     return toy_main(args.output)
 
 
+def _bench(args: argparse.Namespace) -> int:
+    from .benchmarks import main as bench_main
+
+    return bench_main(None if args.no_write else args.output, quick=args.quick)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="fedgma", description="FedGMA on Flower: experiments and reports")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -81,6 +87,12 @@ def main(argv: list[str] | None = None) -> int:
     toy.set_defaults(func=_toy)
 
     # key=value settings may also follow the options (argparse stops at them otherwise).
+    bench = commands.add_parser("bench", help="aggregation time, throughput and memory against FedAvg")
+    bench.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    bench.add_argument("--no-write", action="store_true", help="print only")
+    bench.add_argument("--quick", action="store_true", help="P = 1M, K in {10, 50} only")
+    bench.set_defaults(func=_bench)
+
     args, extra = parser.parse_known_args(argv)
     if extra and (args.command != "grid" or any(e.startswith("-") or "=" not in e for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")

@@ -129,6 +129,7 @@ class MaskedAggregator:
         self._grad_sum: dict[str, np.ndarray] = {}
         self._sign_sum: dict[str, np.ndarray] = {}
         self._value_sum: dict[str, np.ndarray] = {}
+        self._scratch: dict[str, tuple[np.ndarray, np.ndarray]] = {}
         self._finished = False
 
     @staticmethod
@@ -140,7 +141,10 @@ class MaskedAggregator:
         """Fold one client's returned weights into the running sums.
 
         The caller guarantees that ``client_arrays`` has the global model's
-        names, shapes and dtypes and finite values (see ``validation``).
+        names, shapes and dtypes and finite values (see ``validation``). The
+        client's arrays are only read (they may be read-only views of the
+        reply's bytes); two scratch buffers per array are reused across
+        clients, so adding a client allocates nothing.
         """
         weight = float(num_examples)
         for name, x in self.global_arrays.items():
@@ -149,18 +153,35 @@ class MaskedAggregator:
                 contribution = y.astype(np.float64) * weight
                 self._accumulate(self._value_sum, name, contribution)
                 continue
-            g = x - y
-            # Exact sign sums: int32 counts, or float64 example-weighted counts, so
-            # that ties such as A == tau are decided exactly (0.7 in float32 < 0.7).
+            g, sign = self._scratch_buffers(name, x)
+            np.subtract(x, y, out=g)
+            np.sign(g, out=sign)
             if self.agreement_weighted:
-                sign = np.sign(g).astype(np.float64) * weight
+                # Example-weighted counts in float64, so ties such as A == tau are decided exactly.
+                self._accumulate_into(self._sign_sum, name, sign, np.float64, weight)
             else:
-                sign = np.sign(g).astype(np.int32)
-            self._accumulate(self._sign_sum, name, sign)
-            g *= weight
-            self._accumulate(self._grad_sum, name, g)
+                # Counts of +-1 are exact integers in float32 up to 2**24 clients.
+                self._accumulate_into(self._sign_sum, name, sign, x.dtype)
+            np.multiply(g, weight, out=g)
+            self._accumulate_into(self._grad_sum, name, g, x.dtype)
         self.num_clients += 1
         self.total_examples += weight
+
+    def _scratch_buffers(self, name: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if name not in self._scratch:
+            self._scratch[name] = (np.empty_like(x), np.empty_like(x))
+        return self._scratch[name]
+
+    @staticmethod
+    def _accumulate_into(sums: dict[str, np.ndarray], name: str, value: np.ndarray, dtype,
+                         scale: float | None = None) -> None:
+        total = sums.get(name)
+        if total is None:
+            total = sums[name] = np.zeros(value.shape, dtype=dtype)
+        if scale is None:
+            np.add(total, value, out=total)
+        else:
+            total += value * scale
 
     @staticmethod
     def _accumulate(sums: dict[str, np.ndarray], name: str, value: np.ndarray) -> None:
@@ -185,6 +206,7 @@ class MaskedAggregator:
         if self.num_clients == 0 or self.total_examples <= 0:
             raise ValueError("FedGMA aggregation needs at least one client with examples")
         self._finished = True
+        self._scratch.clear()
         sign_total = self.total_examples if self.agreement_weighted else self.num_clients
         new_arrays: dict[str, np.ndarray] = {}
         kept = mask_sum = agreement_sum = 0.0
@@ -196,7 +218,7 @@ class MaskedAggregator:
                 continue
             g_bar = self._grad_sum[name]
             g_bar /= self.total_examples
-            agreement = agreement_score(self._sign_sum[name], sign_total)
+            agreement = agreement_score(self._sign_sum[name].astype(np.float64), sign_total)
             mask = mask_from_agreement(agreement, self.tau, self.variant).astype(x.dtype)
             new_arrays[name] = server_update(x, g_bar, mask, self.server_lr, self.variant)
             kept += float(np.count_nonzero(agreement >= self.tau))
