@@ -157,3 +157,18 @@ def test_a_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch
     monkeypatch.undo()
     assert ckpt.load_checkpoint(tmp_path).round == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.CHECKPOINT_FILE]
+
+
+def test_update_norm_and_example_bounds():
+    from fedgma.strategy.validation import InvalidReply, decode_reply
+
+    x = {"w": np.zeros((2, 2), np.float32)}
+    y = {"w": np.full((2, 2), 0.5, np.float32)}  # ||x - y|| = 1.0
+    content = train_reply(1, y, 10).content
+    decode_reply(content, x, "num-examples", max_num_examples=10, max_update_norm=1.0)
+    with pytest.raises(InvalidReply, match="update norm 1 is above the bound 0.99"):
+        decode_reply(content, x, "num-examples", max_update_norm=0.99)
+    with pytest.raises(InvalidReply, match="above the bound 9"):
+        decode_reply(content, x, "num-examples", max_num_examples=9)
+    with pytest.raises(InvalidReply, match="positive integer"):
+        decode_reply(train_reply(1, y, 2.5).content, x, "num-examples")
