@@ -10,8 +10,8 @@ only if the run completed.
 from __future__ import annotations
 
 import argparse
-import json
 import ssl
+import subprocess
 import sys
 import time
 import urllib.request
@@ -31,7 +31,9 @@ def wait_for_superlink(address: str, ca: Path, timeout: float) -> None:
                 return
         except OSError as err:
             if time.monotonic() > deadline:
-                raise TimeoutError(f"the SuperLink at {address} did not answer within {timeout:.0f} s: {err}")
+                raise TimeoutError(
+                    f"the SuperLink at {address} did not answer within {timeout:.0f} s: {err}"
+                ) from err
             time.sleep(1)
 
 
@@ -68,8 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     write_connection(args.flwr_home, "deployment", args.superlink, args.ca)
     cli = FlowerCli(env, "deployment")
     wait_for_superlink(args.superlink, args.ca, timeout=300)
-    import subprocess
-
     for i in range(args.supernodes):
         key = args.keys / f"supernode-{i}.pub"
         result = subprocess.run(cli.command("supernode", "register", str(key), "deployment"),

@@ -39,7 +39,7 @@ def test_serverapp_killed_after_round_two_resumes_to_identical_weights(tmp_path,
         whole = runtime.cli.submit(ROOT, {**settings, "run-name": "whole"}, federation)
         assert runtime.cli.wait(whole, timeout=600).completed
 
-        broken = runtime.cli.submit(ROOT, {**settings, "run-name": "broken"}, federation)
+        runtime.cli.submit(ROOT, {**settings, "run-name": "broken"}, federation)
         deadline = time.monotonic() + 600
         while checkpoint_round(out / "broken") < 2:
             assert time.monotonic() < deadline, "round 2 never completed"

@@ -14,7 +14,7 @@ def setup(seed=0, k=5):
     x = {"w": rng.normal(size=(6, 4)).astype(np.float32), "b": rng.normal(size=4).astype(np.float32)}
     replies = []
     counts = []
-    for node in range(1, k + 1):
+    for _ in range(k):
         y = {n: v - 0.05 * rng.normal(size=v.shape).astype(np.float32) for n, v in x.items()}
         counts.append(int(rng.integers(10, 100)))
         replies.append((y, counts[-1]))

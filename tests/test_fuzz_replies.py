@@ -87,7 +87,7 @@ KINDS = ["nan", "inf", "wrong-shape", "transposed", "wrong-dtype", "missing-arra
 def test_malformed_replies_never_reach_the_global_model(variant):
     rng = np.random.default_rng(20261124)
     tried, kinds_seen, corrupted = 0, set(), 0
-    for batch in range(110):
+    for _ in range(110):
         x = global_model(rng)
         good, bad = [], []
         for node in range(1, int(rng.integers(2, 6)) + 1):

@@ -187,10 +187,11 @@ class GridRunner:
                     metrics_path.unlink()  # an attempt that never finished a round
                 shown = [len([r for r in read_rows(metrics_path) if r["round"] != "0"])]
 
-                def progress(spec=spec, index=index, rounds=rounds, metrics_path=metrics_path, shown=shown):
+                def progress(spec=spec, index=index, rounds=rounds, metrics_path=metrics_path, shown=shown,
+                             before=rounds_done):
                     rows = [r for r in read_rows(metrics_path) if r["round"] != "0"]
                     for row in rows[shown[0]:]:
-                        done = rounds_done + int(row["round"])
+                        done = before + int(row["round"])
                         elapsed = time.monotonic() - started
                         remaining = elapsed / done * (rounds_left - done)
                         self.echo(
