@@ -10,7 +10,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvgM
 from fedgma.config import ConfigError, parse_run_config
 from fedgma.server import checkpoint as ckpt
 from fedgma.server.rounds import NODE_RECORD, RoundLoop
-from fedgma.strategy import FedGMA
+from fedgma.strategy import FedGMA, FedGMAAdam
 from flower_messages import error_reply, global_record, set_task_identity, train_reply
 from run_settings import settings
 
@@ -172,3 +172,19 @@ def test_update_norm_and_example_bounds():
         decode_reply(content, x, "num-examples", max_num_examples=9)
     with pytest.raises(InvalidReply, match="positive integer"):
         decode_reply(train_reply(1, y, 2.5).content, x, "num-examples")
+
+
+@pytest.mark.parametrize("strategy", [FedAdam, FedGMAAdam])
+def test_fedadam_keeps_the_models_dtypes_so_later_rounds_use_the_replies(strategy):
+    """Flower's FedAdam returns float64 arrays for a float32 model; without a cast back, every
+    later float32 reply would fail the dtype check and the model would freeze."""
+    set_task_identity()
+    grid = ScriptedGrid({1: "ok", 2: "ok"}, np.random.default_rng(0))
+    loop = RoundLoop(strategy(eta=0.01, min_train_nodes=1, min_available_nodes=1), grid, timeout=5)
+    arrays = initial()
+    for server_round in (1, 2, 3):
+        new, outcome = loop.train_round(server_round, arrays)
+        assert outcome.used == 2 and outcome.dropped == 0 and outcome.model_updated
+        assert {a.dtype for a in new.values()} == {"float32"}
+        assert not np.array_equal(new["w"].numpy(), arrays["w"].numpy())
+        arrays = new

@@ -22,7 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
@@ -69,6 +70,22 @@ def reply_order(message: Message) -> tuple[int, int]:
     if not isinstance(partition, int) or isinstance(partition, bool):
         partition = 2**62
     return partition, message.metadata.src_node_id
+
+
+def keep_dtypes(new: ArrayRecord, old: ArrayRecord) -> ArrayRecord:
+    """Cast the new global arrays back to the dtypes of the old ones where they differ.
+
+    Flower's FedOpt strategies (FedAdam, FedYogi, FedAdagrad) return float64 arrays for a
+    float32 model (a float64 step size times float32 arrays). The clients' replies stay
+    float32, so from the next round every reply would fail the dtype check against the
+    global model: the model's dtypes are the contract, and they are kept here.
+    """
+    if all(new[name].dtype == old[name].dtype for name in new if name in old):
+        return new
+    return ArrayRecord({
+        name: Array(np.asarray(array.numpy(), dtype=old[name].numpy().dtype)) if name in old else array
+        for name, array in new.items()
+    })
 
 
 def round_seed(seed: int, server_round: int) -> int:
@@ -147,7 +164,7 @@ class RoundLoop:
             log(WARNING, "Round %s: the strategy returned no model: the global model is kept", server_round)
             return arrays, outcome
         outcome.model_updated = True
-        return new_arrays, outcome
+        return keep_dtypes(new_arrays, arrays), outcome
 
     def evaluate_round(self, server_round: int, arrays: ArrayRecord, outcome: RoundOutcome) -> None:
         """Client-side evaluation, when the strategy samples any node for it."""
