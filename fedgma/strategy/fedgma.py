@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from logging import INFO, WARNING
+from logging import ERROR, INFO, WARNING
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -11,8 +11,8 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from .masking import DEFAULT_TAU, VARIANTS, MaskedAggregator, Variant
-from .validation import InvalidReply, decode_reply
+from .masking import DEFAULT_TAU, VARIANTS, MaskedAggregator, MaskStats, Variant
+from .validation import InvalidReply, all_finite, decode_reply
 
 
 class FedGMA(FedAvg):
@@ -139,6 +139,43 @@ class FedGMA(FedAvg):
         # Flower's own consistency check would end the run on one malformed
         # reply; each reply is checked against the global model below instead.
         valid_replies, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
+        # Fast path: replies are checked for structure and example counts, their values are
+        # folded in without a separate finiteness pass; a NaN or Inf in any reply makes the
+        # result non-finite, which one pass over the result detects. Only then are the replies
+        # folded again, each checked value by value, so that the bad ones are dropped.
+        with np.errstate(all="ignore"):  # NaN/Inf from a bad reply are expected here, and caught
+            new_arrays, stats, used = self._fold(server_round, valid_replies, check_values=False)
+        if used and not _all_finite(new_arrays):
+            log(WARNING, "FedGMA round %s: non-finite values in the replies; checking each one", server_round)
+            new_arrays, stats, used = self._fold(server_round, valid_replies, check_values=True)
+            if used and not _all_finite(new_arrays):
+                log(ERROR, "FedGMA round %s: the aggregate of finite replies overflowed; "
+                    "the global model is unchanged", server_round)
+                return None, None
+        dropped = len(valid_replies) - len(used)
+        if not used:
+            log(WARNING, "FedGMA round %s: no usable reply; the global model is unchanged", server_round)
+            return None, None
+
+        array_record = ArrayRecord(
+            # np.require keeps 0-d arrays 0-d (np.ascontiguousarray would make them 1-d)
+            {name: Array(np.require(value, requirements="C")) for name, value in new_arrays.items()}
+        )
+        metrics = self.train_metrics_aggr_fn(used, self.weighted_by_key)
+        assert stats is not None
+        metrics["mask-kept-fraction"] = stats.kept_fraction
+        metrics["mask-mean"] = stats.mask_mean
+        metrics["agreement-mean"] = stats.agreement_mean
+        metrics["replies-used"] = len(used)
+        metrics["replies-dropped"] = dropped
+        metrics["replies-failed"] = len(replies) - len(valid_replies)
+        return array_record, metrics
+
+    def _fold(
+        self, server_round: int, replies: list[Message], check_values: bool
+    ) -> tuple[dict[str, np.ndarray], MaskStats | None, list]:
+        """Fold every acceptable reply into a fresh aggregator; returns (arrays, stats, used)."""
+        assert self.current_arrays is not None
         aggregator = MaskedAggregator(
             self.current_arrays,
             variant=self.variant,
@@ -147,7 +184,7 @@ class FedGMA(FedAvg):
             agreement_weighted=self.agreement_weighted,
         )
         used = []
-        for message in valid_replies:
+        for message in replies:
             try:
                 arrays, weight = decode_reply(
                     message.content,
@@ -155,6 +192,7 @@ class FedGMA(FedAvg):
                     self.weighted_by_key,
                     self.max_num_examples,
                     self.max_update_norm,
+                    check_values=check_values,
                 )
             except InvalidReply as err:
                 log(
@@ -167,22 +205,12 @@ class FedGMA(FedAvg):
                 continue
             aggregator.add(arrays, weight)
             used.append(message.content)
-            del arrays  # free this reply's decoded arrays before decoding the next
-        dropped = len(valid_replies) - len(used)
+            del arrays  # views into the reply; nothing to keep
         if not used:
-            log(WARNING, "FedGMA round %s: no usable reply; the global model is unchanged", server_round)
-            return None, None
-
+            return {}, None, used
         new_arrays, stats = aggregator.result()
-        array_record = ArrayRecord(
-            # np.require keeps 0-d arrays 0-d (np.ascontiguousarray would make them 1-d)
-            {name: Array(np.require(value, requirements="C")) for name, value in new_arrays.items()}
-        )
-        metrics = self.train_metrics_aggr_fn(used, self.weighted_by_key)
-        metrics["mask-kept-fraction"] = stats.kept_fraction
-        metrics["mask-mean"] = stats.mask_mean
-        metrics["agreement-mean"] = stats.agreement_mean
-        metrics["replies-used"] = len(used)
-        metrics["replies-dropped"] = dropped
-        metrics["replies-failed"] = len(replies) - len(valid_replies)
-        return array_record, metrics
+        return new_arrays, stats, used
+
+
+def _all_finite(arrays: dict[str, np.ndarray]) -> bool:
+    return all(all_finite(value) for value in arrays.values())

@@ -57,6 +57,7 @@ def decode_reply(
     weighted_by_key: str,
     max_num_examples: float | None = None,
     max_update_norm: float | None = None,
+    check_values: bool = True,
 ) -> tuple[dict[str, np.ndarray], float]:
     """Decode a training reply into ``(arrays, weight)`` after checking it.
 
@@ -65,7 +66,9 @@ def decode_reply(
     MetricRecord whose ``weighted_by_key`` entry is a positive integer (an
     ``int``, or a float with an integral value), at most ``max_num_examples``
     when given. With ``max_update_norm``, the L2 norm of the pseudo-gradient
-    ``x - y`` over all floating-point arrays must not exceed it.
+    ``x - y`` over all floating-point arrays must not exceed it. With
+    ``check_values=False`` the values are not read (no finiteness check): the
+    caller must then check its result (see ``FedGMA.aggregate_train``).
 
     Raises
     ------
@@ -113,7 +116,7 @@ def decode_reply(
             raise InvalidReply(
                 f"array {name!r} has dtype {value.dtype}, expected {reference.dtype}"
             )
-        if not all_finite(value):
+        if check_values and not all_finite(value):
             raise InvalidReply(f"array {name!r} has non-finite values")
         arrays[name] = value
     if max_update_norm is not None:
