@@ -160,8 +160,9 @@ class MaskedAggregator:
                 # Example-weighted counts in float64, so ties such as A == tau are decided exactly.
                 self._accumulate_into(self._sign_sum, name, sign, np.float64, weight)
             else:
-                # Counts of +-1 are exact integers in float32 up to 2**24 clients.
-                self._accumulate_into(self._sign_sum, name, sign, x.dtype)
+                # Counts of +-1 are exact integers in float32 up to 2**24 clients
+                # (float16 models count in float32 too: float16 is exact only up to 2048).
+                self._accumulate_into(self._sign_sum, name, sign, np.result_type(x.dtype, np.float32))
             np.multiply(g, weight, out=g)
             self._accumulate_into(self._grad_sum, name, g, x.dtype)
         self.num_clients += 1
@@ -189,6 +190,26 @@ class MaskedAggregator:
             sums[name] += value
         else:
             sums[name] = value
+
+    def _count_mask(self, sign_sum: np.ndarray, dtype) -> tuple[np.ndarray, float, float]:
+        """Mask from unweighted sign counts, in place and in the model's dtype.
+
+        ``sign_sum`` holds exact integers (counts of +-1), so ``A >= tau`` is
+        ``|sum| >= m`` for the smallest integer ``m`` with ``m / K >= tau``
+        (decided in float64, exactly as ``agreement_score(...) >= tau``).
+        Returns the mask, the number of kept coordinates and the sum of ``A``.
+        """
+        k = self.num_clients
+        threshold = next(m for m in range(k + 1) if m / k >= self.tau)
+        counts = np.abs(sign_sum, out=sign_sum)
+        kept = counts >= threshold
+        kept_count = float(np.count_nonzero(kept))
+        agreement_sum = float(counts.sum(dtype=np.float64)) / k
+        if self.variant == "ws":
+            return kept.astype(dtype), kept_count, agreement_sum
+        agreement = np.divide(counts, k, out=counts)  # A, in float32 (or float64 for float64 models)
+        np.copyto(agreement, 1, where=kept)
+        return agreement.astype(dtype, copy=False), kept_count, agreement_sum
 
     def result(self) -> tuple[dict[str, np.ndarray], MaskStats]:
         """Return the new global arrays and the mask statistics (call once: the
@@ -218,13 +239,18 @@ class MaskedAggregator:
                 continue
             g_bar = self._grad_sum[name]
             g_bar /= self.total_examples
-            agreement = agreement_score(self._sign_sum[name].astype(np.float64), sign_total)
-            mask = mask_from_agreement(agreement, self.tau, self.variant).astype(x.dtype)
+            if self.agreement_weighted:
+                agreement = agreement_score(self._sign_sum[name], sign_total)
+                mask = mask_from_agreement(agreement, self.tau, self.variant).astype(x.dtype)
+                kept += float(np.count_nonzero(agreement >= self.tau))
+                agreement_sum += float(agreement.sum(dtype=np.float64))
+            else:
+                mask, kept_here, agreement_here = self._count_mask(self._sign_sum[name], x.dtype)
+                kept += kept_here
+                agreement_sum += agreement_here
             new_arrays[name] = server_update(x, g_bar, mask, self.server_lr, self.variant)
-            kept += float(np.count_nonzero(agreement >= self.tau))
             mask_sum += float(mask.sum(dtype=np.float64))
-            agreement_sum += float(agreement.sum(dtype=np.float64))
-            count += agreement.size
+            count += mask.size
         denominator = max(count, 1)
         stats = MaskStats(
             kept_fraction=kept / denominator,
