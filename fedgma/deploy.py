@@ -72,17 +72,28 @@ def main(argv: list[str] | None = None) -> int:
     wait_for_superlink(args.superlink, args.ca, timeout=300)
     for i in range(args.supernodes):
         key = args.keys / f"supernode-{i}.pub"
-        result = subprocess.run(cli.command("supernode", "register", str(key), "deployment"),
-                                env=env, capture_output=True, text=True, errors="replace")
-        output = (result.stdout + result.stderr).strip()
-        if "registered successfully" in output:
-            print(f"control: registered {key}", flush=True)
-        elif "already" in output.lower():
-            print(f"control: {key} was already registered", flush=True)
+        for attempt in range(1, 7):  # the Control API may answer /health before it takes requests
+            result = subprocess.run(cli.command("supernode", "register", str(key), "deployment"),
+                                    env=env, capture_output=True, text=True, errors="replace")
+            output = (result.stdout + result.stderr).strip()
+            if "registered successfully" in output or "already" in output.lower():
+                print(f"control: registered {key}", flush=True)
+                break
+            print(f"control: registering {key} failed (attempt {attempt}): {output}", flush=True)
+            time.sleep(5)
         else:
-            print(f"control: could not register {key}: {output}", file=sys.stderr)
+            print(f"control: could not register {key}", flush=True)
             return 1
-    run_id = cli.submit(APP_DIR, settings)
+    run_id = None
+    for attempt in range(1, 7):
+        try:
+            run_id = cli.submit(APP_DIR, settings)
+            break
+        except RuntimeError as err:
+            print(f"control: submitting the run failed (attempt {attempt}): {err}", flush=True)
+            time.sleep(5)
+    if run_id is None:
+        return 1
     print(f"control: run {run_id} submitted with {settings}", flush=True)
     outcome = cli.wait(run_id, args.timeout, poll=5.0)
     print(f"control: run {run_id} {outcome.status} {outcome.details}", flush=True)

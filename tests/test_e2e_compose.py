@@ -33,6 +33,12 @@ def run(command, env, timeout=900):
                           cwd=ROOT)
 
 
+def container_logs(name, env, tail=None):
+    """Both streams of a container's output (podman logs keeps them apart)."""
+    result = run(["podman", "logs", *(["--tail", str(tail)] if tail else []), name], env)
+    return result.stdout + result.stderr
+
+
 @pytest.mark.skipif(podman_unavailable() is not None, reason=str(podman_unavailable()))
 def test_compose_file_runs_fedgma_with_podman(tmp_path):
     prepared = run(["bash", str(ROOT / "tests/containers/prepare-podman.sh")], dict(os.environ), timeout=1800)
@@ -57,11 +63,9 @@ def test_compose_file_runs_fedgma_with_podman(tmp_path):
         up = run([*compose, "up", "-d", "--build"], env)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         waited = run(["podman", "wait", f"{project}_control_1"], env, timeout=900)
-        control_logs = run(["podman", "logs", f"{project}_control_1"], env).stdout
-        logs = "\n".join(
-            run(["podman", "logs", "--tail", "40", f"{project}_{service}_1"], env).stdout
-            for service in ("superlink", "supernode-0")
-        )
+        control_logs = container_logs(f"{project}_control_1", env)
+        logs = "\n".join(container_logs(f"{project}_{service}_1", env, tail=40)
+                          for service in ("superlink", "supernode-0"))
         assert waited.stdout.strip() == "0", control_logs + logs
     finally:
         down = run([*compose, "down", "-v"], env)
