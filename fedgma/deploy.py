@@ -29,12 +29,13 @@ def wait_for_superlink(address: str, ca: Path, timeout: float) -> None:
         try:
             with urllib.request.urlopen(f"https://{address}/health", context=context, timeout=5):
                 return
-        except OSError as err:
+        except Exception as err:  # not up yet, name not resolvable yet, TLS not ready: try again
             if time.monotonic() > deadline:
                 raise TimeoutError(
                     f"the SuperLink at {address} did not answer within {timeout:.0f} s: {err}"
                 ) from err
-            time.sleep(1)
+            print(f"control: waiting for the SuperLink at {address} ({err})", flush=True)
+            time.sleep(2)
 
 
 def parse_run_config(text: str) -> dict[str, object]:
