@@ -17,6 +17,9 @@ from typing import Literal
 import numpy as np
 
 Variant = Literal["ws", "gma"]
+# Elements per block of the streaming fold: two float32 scratch blocks of 256 KiB
+# stay in the CPU cache with the slices they work on.
+BLOCK = 1 << 16
 VARIANTS: tuple[str, ...] = ("ws", "gma")
 DEFAULT_TAU: dict[str, float] = {"ws": 0.8, "gma": 0.4}
 
@@ -129,7 +132,7 @@ class MaskedAggregator:
         self._grad_sum: dict[str, np.ndarray] = {}
         self._sign_sum: dict[str, np.ndarray] = {}
         self._value_sum: dict[str, np.ndarray] = {}
-        self._scratch: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        self._scratch: tuple[np.ndarray, np.ndarray] | None = None
         self._finished = False
 
     @staticmethod
@@ -143,8 +146,8 @@ class MaskedAggregator:
         The caller guarantees that ``client_arrays`` has the global model's
         names, shapes and dtypes and finite values (see ``validation``). The
         client's arrays are only read (they may be read-only views of the
-        reply's bytes); two scratch buffers per array are reused across
-        clients, so adding a client allocates nothing.
+        reply's bytes); two small scratch blocks are reused, so adding a client
+        allocates nothing after the first.
         """
         weight = float(num_examples)
         for name, x in self.global_arrays.items():
@@ -153,36 +156,47 @@ class MaskedAggregator:
                 contribution = y.astype(np.float64) * weight
                 self._accumulate(self._value_sum, name, contribution)
                 continue
-            g, sign = self._scratch_buffers(name, x)
-            np.subtract(x, y, out=g)
-            np.sign(g, out=sign)
             if self.agreement_weighted:
-                # Example-weighted counts in float64, so ties such as A == tau are decided exactly.
-                self._accumulate_into(self._sign_sum, name, sign, np.float64, weight)
+                sign_sum = self._sums(self._sign_sum, name, x.shape, np.float64)
             else:
                 # Counts of +-1 are exact integers in float32 up to 2**24 clients
                 # (float16 models count in float32 too: float16 is exact only up to 2048).
-                self._accumulate_into(self._sign_sum, name, sign, np.result_type(x.dtype, np.float32))
-            np.multiply(g, weight, out=g)
-            self._accumulate_into(self._grad_sum, name, g, x.dtype)
+                sign_sum = self._sums(self._sign_sum, name, x.shape, np.result_type(x.dtype, np.float32))
+            grad_sum = self._sums(self._grad_sum, name, x.shape, x.dtype)
+            self._fold_blocks(x, np.ascontiguousarray(y), sign_sum, grad_sum, weight)
         self.num_clients += 1
         self.total_examples += weight
 
-    def _scratch_buffers(self, name: str, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        if name not in self._scratch:
-            self._scratch[name] = (np.empty_like(x), np.empty_like(x))
-        return self._scratch[name]
-
     @staticmethod
-    def _accumulate_into(sums: dict[str, np.ndarray], name: str, value: np.ndarray, dtype,
-                         scale: float | None = None) -> None:
-        total = sums.get(name)
-        if total is None:
-            total = sums[name] = np.zeros(value.shape, dtype=dtype)
-        if scale is None:
-            np.add(total, value, out=total)
-        else:
-            total += value * scale
+    def _sums(sums: dict[str, np.ndarray], name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        if name not in sums:
+            sums[name] = np.zeros(shape, dtype=dtype)
+        return sums[name]
+
+    def _fold_blocks(self, x: np.ndarray, y: np.ndarray, sign_sum: np.ndarray, grad_sum: np.ndarray,
+                     weight: float) -> None:
+        """``sign_sum += sign(x - y)`` (times ``weight`` if weighted) and ``grad_sum += weight * (x - y)``.
+
+        Done block by block, so the five elementwise passes run on data in the CPU
+        cache and each reply is read from memory once (two scratch blocks, reused).
+        """
+        xf, yf, sf, gf = x.reshape(-1), y.reshape(-1), sign_sum.reshape(-1), grad_sum.reshape(-1)
+        size = xf.size
+        block = min(BLOCK, size)
+        if self._scratch is None or self._scratch[0].size < block or self._scratch[0].dtype != x.dtype:
+            self._scratch = (np.empty(block, dtype=x.dtype), np.empty(block, dtype=x.dtype))
+        g_block, sign_block = self._scratch
+        for start in range(0, size, block):
+            stop = min(start + block, size)
+            g, sign = g_block[: stop - start], sign_block[: stop - start]
+            np.subtract(xf[start:stop], yf[start:stop], out=g)
+            np.sign(g, out=sign)
+            if self.agreement_weighted:  # float64: example counts are not exact in float32
+                sf[start:stop] += sign.astype(np.float64) * weight
+            else:
+                np.add(sf[start:stop], sign, out=sf[start:stop], casting="unsafe")
+            np.multiply(g, weight, out=g)
+            np.add(gf[start:stop], g, out=gf[start:stop])
 
     @staticmethod
     def _accumulate(sums: dict[str, np.ndarray], name: str, value: np.ndarray) -> None:
@@ -191,25 +205,40 @@ class MaskedAggregator:
         else:
             sums[name] = value
 
-    def _count_mask(self, sign_sum: np.ndarray, dtype) -> tuple[np.ndarray, float, float]:
-        """Mask from unweighted sign counts, in place and in the model's dtype.
+    def _masked_update_blocks(self, x: np.ndarray, sign_sum: np.ndarray, grad_sum: np.ndarray
+                              ) -> tuple[np.ndarray, float, float, float]:
+        """The new array from unweighted sign counts, block by block (cache-resident passes).
 
         ``sign_sum`` holds exact integers (counts of +-1), so ``A >= tau`` is
         ``|sum| >= m`` for the smallest integer ``m`` with ``m / K >= tau``
         (decided in float64, exactly as ``agreement_score(...) >= tau``).
-        Returns the mask, the number of kept coordinates and the sum of ``A``.
+        The sums are consumed in place. Returns the new array and the sums of
+        the kept indicator, the mask and ``A`` over its coordinates.
         """
         k = self.num_clients
         threshold = next(m for m in range(k + 1) if m / k >= self.tau)
-        counts = np.abs(sign_sum, out=sign_sum)
-        kept = counts >= threshold
-        kept_count = float(np.count_nonzero(kept))
-        agreement_sum = float(counts.sum(dtype=np.float64)) / k
-        if self.variant == "ws":
-            return kept.astype(dtype), kept_count, agreement_sum
-        agreement = np.divide(counts, k, out=counts)  # A, in float32 (or float64 for float64 models)
-        np.copyto(agreement, 1, where=kept)
-        return agreement.astype(dtype, copy=False), kept_count, agreement_sum
+        new = np.empty(x.shape, dtype=x.dtype)
+        xf, sf, gf, nf = x.reshape(-1), sign_sum.reshape(-1), grad_sum.reshape(-1), new.reshape(-1)
+        kept_total = mask_total = agreement_total = 0.0
+        for start in range(0, xf.size, BLOCK):
+            stop = min(start + BLOCK, xf.size)
+            g_bar = gf[start:stop]
+            g_bar /= self.total_examples
+            counts = np.abs(sf[start:stop], out=sf[start:stop])
+            kept = counts >= threshold
+            kept_here = float(np.count_nonzero(kept))
+            kept_total += kept_here
+            agreement_total += float(counts.sum(dtype=np.float64)) / k
+            if self.variant == "ws":
+                mask = kept.astype(x.dtype)
+                mask_total += kept_here
+            else:
+                mask = np.divide(counts, k, out=counts)  # A, in [0, 1]
+                np.maximum(mask, kept, out=mask)  # 1 where kept, else A
+                mask_total += float(mask.sum(dtype=np.float64))
+                mask = mask.astype(x.dtype, copy=False)
+            nf[start:stop] = server_update(xf[start:stop], g_bar, mask, self.server_lr, self.variant)
+        return new, kept_total, mask_total, agreement_total
 
     def result(self) -> tuple[dict[str, np.ndarray], MaskStats]:
         """Return the new global arrays and the mask statistics (call once: the
@@ -227,7 +256,7 @@ class MaskedAggregator:
         if self.num_clients == 0 or self.total_examples <= 0:
             raise ValueError("FedGMA aggregation needs at least one client with examples")
         self._finished = True
-        self._scratch.clear()
+        self._scratch = None
         sign_total = self.total_examples if self.agreement_weighted else self.num_clients
         new_arrays: dict[str, np.ndarray] = {}
         kept = mask_sum = agreement_sum = 0.0
@@ -237,18 +266,23 @@ class MaskedAggregator:
                 mean = self._value_sum[name] / self.total_examples
                 new_arrays[name] = np.asarray(np.rint(mean)).astype(x.dtype)
                 continue
+            if not self.agreement_weighted:
+                new, kept_here, mask_here, agreement_here = self._masked_update_blocks(
+                    x, self._sign_sum[name], self._grad_sum[name]
+                )
+                new_arrays[name] = new
+                kept += kept_here
+                mask_sum += mask_here
+                agreement_sum += agreement_here
+                count += x.size
+                continue
             g_bar = self._grad_sum[name]
             g_bar /= self.total_examples
-            if self.agreement_weighted:
-                agreement = agreement_score(self._sign_sum[name], sign_total)
-                mask = mask_from_agreement(agreement, self.tau, self.variant).astype(x.dtype)
-                kept += float(np.count_nonzero(agreement >= self.tau))
-                agreement_sum += float(agreement.sum(dtype=np.float64))
-            else:
-                mask, kept_here, agreement_here = self._count_mask(self._sign_sum[name], x.dtype)
-                kept += kept_here
-                agreement_sum += agreement_here
+            agreement = agreement_score(self._sign_sum[name], sign_total)
+            mask = mask_from_agreement(agreement, self.tau, self.variant).astype(x.dtype)
             new_arrays[name] = server_update(x, g_bar, mask, self.server_lr, self.variant)
+            kept += float(np.count_nonzero(agreement >= self.tau))
+            agreement_sum += float(agreement.sum(dtype=np.float64))
             mask_sum += float(mask.sum(dtype=np.float64))
             count += mask.size
         denominator = max(count, 1)
