@@ -184,6 +184,7 @@ class FedGMA(FedAvg):
             agreement_weighted=self.agreement_weighted,
         )
         used = []
+        pending: list[tuple[dict[str, np.ndarray], float]] = []  # views into the replies' bytes
         for message in replies:
             try:
                 arrays, weight = decode_reply(
@@ -203,9 +204,13 @@ class FedGMA(FedAvg):
                     err,
                 )
                 continue
-            aggregator.add(arrays, weight)
             used.append(message.content)
-            del arrays  # views into the reply; nothing to keep
+            if all(value.base is not None for value in arrays.values()):
+                pending.append((arrays, weight))  # folded together below, block by block
+            else:
+                aggregator.add(arrays, weight)  # a decoded copy: fold now, do not keep it
+        aggregator.add_many(pending)
+        del pending
         if not used:
             return {}, None, used
         new_arrays, stats = aggregator.result()

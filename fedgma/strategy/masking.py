@@ -141,20 +141,27 @@ class MaskedAggregator:
         return np.issubdtype(array.dtype, np.floating)
 
     def add(self, client_arrays: dict[str, np.ndarray], num_examples: float) -> None:
-        """Fold one client's returned weights into the running sums.
+        """Fold one client's returned weights into the running sums (see :meth:`add_many`)."""
+        self.add_many([(client_arrays, num_examples)])
 
-        The caller guarantees that ``client_arrays`` has the global model's
-        names, shapes and dtypes and finite values (see ``validation``). The
-        client's arrays are only read (they may be read-only views of the
-        reply's bytes); two small scratch blocks are reused, so adding a client
-        allocates nothing after the first.
+    def add_many(self, clients: list[tuple[dict[str, np.ndarray], float]]) -> None:
+        """Fold several clients' returned weights into the running sums.
+
+        The caller guarantees that every client's arrays have the global
+        model's names, shapes and dtypes (see ``validation``). They are only
+        read (they may be read-only views of the replies' bytes). The fold runs
+        block by block, every client's block in turn, so the global weights and
+        the running sums of a block stay in the CPU cache while the clients'
+        blocks stream past: each reply is read from memory once, and the only
+        scratch memory is two blocks.
         """
-        weight = float(num_examples)
+        if not clients:
+            return
+        weights = [float(w) for _, w in clients]
         for name, x in self.global_arrays.items():
-            y = client_arrays[name]
             if not self.is_masked(x):
-                contribution = y.astype(np.float64) * weight
-                self._accumulate(self._value_sum, name, contribution)
+                for (arrays, _), weight in zip(clients, weights, strict=True):
+                    self._accumulate(self._value_sum, name, arrays[name].astype(np.float64) * weight)
                 continue
             if self.agreement_weighted:
                 sign_sum = self._sums(self._sign_sum, name, x.shape, np.float64)
@@ -163,9 +170,10 @@ class MaskedAggregator:
                 # (float16 models count in float32 too: float16 is exact only up to 2048).
                 sign_sum = self._sums(self._sign_sum, name, x.shape, np.result_type(x.dtype, np.float32))
             grad_sum = self._sums(self._grad_sum, name, x.shape, x.dtype)
-            self._fold_blocks(x, np.ascontiguousarray(y), sign_sum, grad_sum, weight)
-        self.num_clients += 1
-        self.total_examples += weight
+            ys = [np.ascontiguousarray(arrays[name]).reshape(-1) for arrays, _ in clients]
+            self._fold_blocks(x, ys, weights, sign_sum, grad_sum)
+        self.num_clients += len(clients)
+        self.total_examples += sum(weights)
 
     @staticmethod
     def _sums(sums: dict[str, np.ndarray], name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
@@ -173,14 +181,11 @@ class MaskedAggregator:
             sums[name] = np.zeros(shape, dtype=dtype)
         return sums[name]
 
-    def _fold_blocks(self, x: np.ndarray, y: np.ndarray, sign_sum: np.ndarray, grad_sum: np.ndarray,
-                     weight: float) -> None:
-        """``sign_sum += sign(x - y)`` (times ``weight`` if weighted) and ``grad_sum += weight * (x - y)``.
-
-        Done block by block, so the five elementwise passes run on data in the CPU
-        cache and each reply is read from memory once (two scratch blocks, reused).
-        """
-        xf, yf, sf, gf = x.reshape(-1), y.reshape(-1), sign_sum.reshape(-1), grad_sum.reshape(-1)
+    def _fold_blocks(self, x: np.ndarray, ys: list[np.ndarray], weights: list[float],
+                     sign_sum: np.ndarray, grad_sum: np.ndarray) -> None:
+        """For each client: ``sign_sum += sign(x - y)`` (times its weight if weighted) and
+        ``grad_sum += weight * (x - y)``, block by block."""
+        xf, sf, gf = x.reshape(-1), sign_sum.reshape(-1), grad_sum.reshape(-1)
         size = xf.size
         block = min(BLOCK, size)
         if self._scratch is None or self._scratch[0].size < block or self._scratch[0].dtype != x.dtype:
@@ -188,15 +193,17 @@ class MaskedAggregator:
         g_block, sign_block = self._scratch
         for start in range(0, size, block):
             stop = min(start + block, size)
+            xs, ss, gs = xf[start:stop], sf[start:stop], gf[start:stop]
             g, sign = g_block[: stop - start], sign_block[: stop - start]
-            np.subtract(xf[start:stop], yf[start:stop], out=g)
-            np.sign(g, out=sign)
-            if self.agreement_weighted:  # float64: example counts are not exact in float32
-                sf[start:stop] += sign.astype(np.float64) * weight
-            else:
-                np.add(sf[start:stop], sign, out=sf[start:stop], casting="unsafe")
-            np.multiply(g, weight, out=g)
-            np.add(gf[start:stop], g, out=gf[start:stop])
+            for y, weight in zip(ys, weights, strict=True):
+                np.subtract(xs, y[start:stop], out=g)
+                np.sign(g, out=sign)
+                if self.agreement_weighted:  # float64: example counts are not exact in float32
+                    ss += sign.astype(np.float64) * weight
+                else:
+                    np.add(ss, sign, out=ss, casting="unsafe")
+                np.multiply(g, weight, out=g)
+                np.add(gs, g, out=gs)
 
     @staticmethod
     def _accumulate(sums: dict[str, np.ndarray], name: str, value: np.ndarray) -> None:
