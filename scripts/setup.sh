@@ -12,6 +12,7 @@ if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     [ -d "$DEBIAN_DATA" ] || missing+=(dataset-fashion-mnist)
     command -v ss >/dev/null || missing+=(iproute2)
     command -v openssl >/dev/null || missing+=(openssl)
+    command -v ssh-keygen >/dev/null || missing+=(openssh-client)   # SuperNode keys (auth tests)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "setup: apt-get install ${missing[*]}"
         apt-get update -qq
