@@ -155,8 +155,8 @@ def main(grid: Grid, context: Context) -> None:
     round_log = RoundLog(outputs, model, id_set, ood_set, elapsed=elapsed)
     settings = result_settings(config)
 
-    def after_round(server_round: int, new_arrays: ArrayRecord, outcome: RoundOutcome) -> None:
-        round_log.record(server_round, new_arrays, outcome.as_row())
+    def record_and_checkpoint(server_round: int, new_arrays: ArrayRecord, row: dict | None = None) -> None:
+        round_log.record(server_round, new_arrays, row)
         save_checkpoint(run_dir, Checkpoint(
             round=server_round,
             arrays={name: array.numpy() for name, array in new_arrays.items()},
@@ -166,13 +166,13 @@ def main(grid: Grid, context: Context) -> None:
             settings=settings,
         ))
 
+    def after_round(server_round: int, new_arrays: ArrayRecord, outcome: RoundOutcome) -> None:
+        record_and_checkpoint(server_round, new_arrays, outcome.as_row())
+
     log(INFO, "Starting %s strategy:", strategy.__class__.__name__)
     strategy.summary()
     if checkpoint is None:
-        round_log.record(0, arrays)
-        after_round_zero = Checkpoint(0, {n: a.numpy() for n, a in arrays.items()}, strategy_state(strategy),
-                                      python_rng_state(), round_log.elapsed, settings)
-        save_checkpoint(run_dir, after_round_zero)
+        record_and_checkpoint(0, arrays)  # a run killed in round 1 can resume too
     loop = RoundLoop(
         strategy=strategy,
         grid=grid,
