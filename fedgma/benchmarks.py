@@ -7,7 +7,8 @@ Measured in one process, side by side, on identical replies:
 - throughput: the reply bytes an aggregation must read (K * P * 4) per second,
   as a share of a plain NumPy copy's read bandwidth on the same machine;
 - peak extra memory of one aggregation (tracemalloc), as a function of K;
-- payload bytes a client receives per round (ratio FedGMA / FedAvg).
+- payload bytes a client receives per round (ratio FedGMA / FedAvg);
+- seconds per round of FedGMA and FedAvg in the same simulation settings (not with ``--quick``).
 
 Writes the tables to ``docs/benchmarks.md`` (between markers) and prints them.
 """
@@ -187,6 +188,35 @@ def payload_bytes(parameters: int) -> list[str]:
     return [f"| {name} | {size:,.0f} | {size / base:.2f} |" for name, size in sizes.items()]
 
 
+def round_times(rounds: int = 8, repeats: int = 2) -> list[str]:
+    """Seconds per round of FedGMA (ws) and FedAvg in the same simulation settings, alternating runs."""
+    import csv
+    import tempfile
+
+    from .launch import SimulationRuntime
+
+    app_dir = Path(__file__).resolve().parent.parent
+    settings = {"num-server-rounds": rounds, "min-nodes": 10, "train-images": 5000, "test-images": 2000,
+                "partitioning": "iid", "download": False}
+    federation = "num-supernodes=10 client-resources-num-cpus=1"
+    seconds: dict[str, list[float]] = {"FedAvg (Flower)": [], "FedGMA ws": []}
+    strategies = {"FedAvg (Flower)": {"strategy": "fedavg"}, "FedGMA ws": {"strategy": "fedgma", "variant": "ws"}}
+    with tempfile.TemporaryDirectory() as tmp, SimulationRuntime(Path(tmp) / "runtime") as runtime:
+        for repeat in range(repeats):
+            for name, strategy in strategies.items():
+                run_name = f"{strategy['strategy']}-{repeat}"
+                config = {**settings, **strategy, "output-dir": tmp, "run-name": run_name}
+                outcome = runtime.cli.wait(runtime.cli.submit(app_dir, config, federation), timeout=1800)
+                if not outcome.completed:
+                    raise RuntimeError(f"benchmark run {run_name} ended {outcome.status}")
+                with (Path(tmp) / run_name / "metrics.csv").open() as handle:
+                    rows = [r for r in csv.DictReader(handle) if int(r["round"]) >= 2]  # round 1 starts workers
+                seconds[name] += [float(r["round-seconds"]) for r in rows]
+    base = statistics.fmean(seconds["FedAvg (Flower)"])
+    return [f"| {name} | {len(values)} | {statistics.fmean(values):.3f} | {statistics.median(values):.3f} "
+            f"| {statistics.fmean(values) / base:.3f} |" for name, values in seconds.items()]
+
+
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -223,6 +253,12 @@ def main(output: Path | None, quick: bool = False) -> int:
     lines += ["**Bytes a client receives per round** (P = 1M; arrays plus config):", "",
               "| strategy | bytes | ratio to FedAvg |", "|---|---|---|", *payload, ""]
     print("\n".join(payload), flush=True)
+    if not quick:
+        rounds = round_times()
+        lines += ["**Seconds per round in simulation** (10 clients x 500 images x 3 local epochs, IID binary task, "
+                  "central evaluation on 2 x 2,000 images; runs alternate FedAvg, FedGMA, FedAvg, FedGMA; rounds 2+):",
+                  "", "| strategy | rounds | mean s | median s | mean / FedAvg |", "|---|---|---|---|---|", *rounds, ""]
+        print("\n".join(rounds), flush=True)
     lines.append(f"Command: `fedgma bench{' --quick' if quick else ''}`; {time.perf_counter() - started:.0f} s.")
     if output is not None:
         block = "\n".join(lines) + "\n"
