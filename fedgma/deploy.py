@@ -10,32 +10,14 @@ only if the run completed.
 from __future__ import annotations
 
 import argparse
-import ssl
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
-from .launch import FlowerCli, flower_env, write_connection
+from .launch import FlowerCli, flower_env, wait_for_http, write_connection
 
 APP_DIR = Path(__file__).resolve().parent.parent
-
-
-def wait_for_superlink(address: str, ca: Path, timeout: float) -> None:
-    context = ssl.create_default_context(cafile=str(ca))
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(f"https://{address}/health", context=context, timeout=5):
-                return
-        except Exception as err:  # not up yet, name not resolvable yet, TLS not ready: try again
-            if time.monotonic() > deadline:
-                raise TimeoutError(
-                    f"the SuperLink at {address} did not answer within {timeout:.0f} s: {err}"
-                ) from err
-            print(f"control: waiting for the SuperLink at {address} ({err})", flush=True)
-            time.sleep(2)
 
 
 def parse_run_config(text: str) -> dict[str, object]:
@@ -70,7 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     env = flower_env(args.flwr_home)
     write_connection(args.flwr_home, "deployment", args.superlink, args.ca)
     cli = FlowerCli(env, "deployment")
-    wait_for_superlink(args.superlink, args.ca, timeout=300)
+    print(f"control: waiting for the SuperLink at {args.superlink}", flush=True)
+    wait_for_http(f"https://{args.superlink}/health", 300, ca_file=args.ca)
     for i in range(args.supernodes):
         key = args.keys / f"supernode-{i}.pub"
         for attempt in range(1, 7):  # the Control API may answer /health before it takes requests

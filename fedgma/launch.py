@@ -7,6 +7,7 @@ only when ``flwr ls`` reports ``finished:completed``.
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import signal
@@ -88,7 +89,7 @@ def wait_for_http(
             with urllib.request.urlopen(url, timeout=1, context=context) as response:
                 if response.status == 200:
                     return
-        except OSError:
+        except (OSError, http.client.HTTPException):  # not up yet, or cut off while starting
             pass
         time.sleep(0.2)
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
