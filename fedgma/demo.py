@@ -9,13 +9,13 @@ Extra ``key=value`` arguments override run settings of ``pyproject.toml``.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from .experiments.runner import read_rows
 from .launch import SimulationRuntime
 
 APP_DIR = Path(__file__).resolve().parent.parent
@@ -38,13 +38,6 @@ def _parse_override(text: str) -> tuple[str, object]:
     if value in ("true", "false"):
         return key, value == "true"
     return key, value
-
-
-def _read_rows(path: Path) -> list[dict[str, str]]:
-    if not path.is_file():
-        return []
-    with path.open() as handle:
-        return list(csv.DictReader(handle))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             shown = [0]
 
             def progress(label=label, metrics_path=metrics_path, shown=shown) -> None:
-                rows = _read_rows(metrics_path)
+                rows = read_rows(metrics_path)
                 for row in rows[shown[0]:]:
                     print(f"  {label:<12} round {row['round']:>3}/{args.rounds}: "
                           f"OOD acc {float(row['ood-accuracy']):.4f}  ID acc {float(row['id-accuracy']):.4f}  "
