@@ -66,6 +66,12 @@ def test_fedgma_run_over_grpc_fleet_api(tmp_path, shared_data_dir):
     rows = list(csv.DictReader((out / "e2e-deployment" / "metrics.csv").open()))
     assert [int(r["round"]) for r in rows] == [0, 1, 2]
     assert all(int(r["replies-used"]) == 2 for r in rows[1:])
+    for row in rows[1:]:
+        # Each message started a flwr-clientapp process; its start-up, set-up and training
+        # all happen while the server waits for the replies.
+        client = sum(float(row[k]) for k in ("clientapp-start-seconds", "setup-seconds", "train-seconds"))
+        assert float(row["clientapp-start-seconds"]) > 0 and float(row["train-seconds"]) > 0
+        assert client < float(row["train-wait-seconds"]) < float(row["round-seconds"])
     assert (out / "e2e-deployment" / "final_model.pt").is_file()
 
 

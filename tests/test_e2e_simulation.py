@@ -49,6 +49,13 @@ def test_two_clients_two_rounds_write_metrics_and_model(tmp_path, shared_data_di
         assert int(row["replies-used"]) == 2
         assert row["client-eval-accuracy"] != ""
         assert 0.0 <= float(row["ood-accuracy"]) <= 1.0
+        # The round's parts are timed; a simulated ClientApp has no process of its own.
+        assert float(row["train-seconds"]) > 0 and float(row["setup-seconds"]) >= 0
+        assert float(row["train-wait-seconds"]) >= float(row["train-seconds"])
+        assert 0 < float(row["aggregate-seconds"]) < float(row["round-seconds"])
+        assert 0 < float(row["central-eval-seconds"]) < float(row["round-seconds"])
+        assert float(row["client-eval-wait-seconds"]) > 0  # fraction-evaluate=1
+        assert row["clientapp-start-seconds"] == ""
     # Two rounds of SGD on an IID split must beat chance in distribution.
     assert float(rows[-1]["id-accuracy"]) > 0.6
 

@@ -7,6 +7,11 @@ built only the first time.
 
 from __future__ import annotations
 
+import os
+import sys
+import time
+from pathlib import Path
+
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -20,6 +25,24 @@ from ..task.training import train as train_model
 app = ClientApp()
 
 
+def clientapp_start_seconds() -> float | None:
+    """Seconds since this process started, if it is a ``flwr-clientapp`` process.
+
+    In deployment the SuperNode starts one such process per message, so this is
+    the process start-up (interpreter, imports) the message paid for. In
+    simulation the ClientApp runs in a long-lived worker: ``None``. Linux only
+    (``/proc``); ``None`` elsewhere.
+    """
+    if Path(sys.argv[0]).name != "flwr-clientapp":
+        return None
+    try:
+        start_ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
+    return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+
+
 def _setup(msg: Message, context: Context):
     config = parse_run_config(dict(context.run_config))
     node = parse_node_config(dict(context.node_config))
@@ -31,8 +54,16 @@ def _setup(msg: Message, context: Context):
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    """Train from the received global weights; reply with the new weights."""
+    """Train from the received global weights; reply with the new weights.
+
+    Besides the loss, the reply's metrics time the message's parts (seconds):
+    ``setup-seconds`` (settings, partition, model), ``train-seconds`` and, in
+    deployment, ``clientapp-start-seconds``.
+    """
+    started = clientapp_start_seconds()
+    setup_start = time.perf_counter()
     config, node, data, model = _setup(msg, context)
+    train_start = time.perf_counter()
     server_round = int(msg.content["config"].get("server-round", 0))
     proximal_mu = float(msg.content["config"].get("proximal-mu", 0.0))  # sent by FedProx
     # Shuffling differs per round and client but is reproducible from the seed.
@@ -45,10 +76,18 @@ def train(msg: Message, context: Context) -> Message:
         lr=config.client_lr,
         proximal_mu=proximal_mu,
     )
+    metrics = {
+        "train-loss": loss,
+        "num-examples": len(data),
+        "setup-seconds": train_start - setup_start,
+        "train-seconds": time.perf_counter() - train_start,
+    }
+    if started is not None:
+        metrics["clientapp-start-seconds"] = started
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.state_dict()),
-            "metrics": MetricRecord({"train-loss": loss, "num-examples": len(data)}),
+            "metrics": MetricRecord(metrics),
             # Lets the server order replies the same way in every run (see fedgma.server.rounds).
             "node": ConfigRecord({"partition-id": node.partition_id}),
         }

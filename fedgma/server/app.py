@@ -67,12 +67,14 @@ class RoundLog:
 
     def record(self, server_round: int, arrays: ArrayRecord, extra: dict | None = None) -> dict:
         """Evaluate the global model on the ID and OOD test sets and append the row."""
+        evaluate_start = time.monotonic()
         self.model.load_state_dict(arrays.to_torch_state_dict())
         id_loss, id_acc = evaluate(self.model, self.id_loader)
         ood_loss, ood_acc = evaluate(self.model, self.ood_loader)
         now = time.monotonic()
         row = {
             **(extra or {}),
+            "central-eval-seconds": round(now - evaluate_start, 4),
             "round": server_round,
             "wall-seconds": round(now - self.start, 3),
             "round-seconds": round(now - self.last, 3),

@@ -40,6 +40,17 @@ METRIC_COLUMNS = (
     "model-updated",
     "client-eval-loss",
     "client-eval-accuracy",
+    # Where a round's time goes (seconds). Server: waiting for the training replies,
+    # aggregation, waiting for client evaluation replies, central evaluation.
+    "train-wait-seconds",
+    "aggregate-seconds",
+    "client-eval-wait-seconds",
+    "central-eval-seconds",
+    # Clients (mean over the used replies): ClientApp process start-up (deployment
+    # only), settings + partition + model, local training.
+    "clientapp-start-seconds",
+    "setup-seconds",
+    "train-seconds",
 )
 
 

@@ -12,12 +12,15 @@ evaluate) and, around it, what Flower leaves to the app:
 - node sampling is seeded per round from the run's seed;
 - a round with fewer usable replies than ``min-train-replies`` keeps the
   global model and says so;
-- replies that failed, timed out or were dropped are counted per round.
+- replies that failed, timed out or were dropped are counted per round;
+- the round's parts are timed: waiting for training replies, aggregation,
+  waiting for client evaluation replies.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
@@ -44,6 +47,9 @@ class RoundOutcome:
     dropped: int = 0
     used: int = 0
     model_updated: bool = False
+    train_wait_seconds: float = 0.0
+    aggregate_seconds: float = 0.0
+    evaluate_wait_seconds: float = 0.0
     train_metrics: MetricRecord | None = None
     evaluate_metrics: MetricRecord | None = None
     drop_reasons: list[str] = field(default_factory=list)
@@ -59,6 +65,9 @@ class RoundOutcome:
             "replies-dropped": self.dropped,
             "replies-used": self.used,
             "model-updated": int(self.model_updated),
+            "train-wait-seconds": round(self.train_wait_seconds, 4),
+            "aggregate-seconds": round(self.aggregate_seconds, 4),
+            "client-eval-wait-seconds": round(self.evaluate_wait_seconds, 4),
         })
         return row
 
@@ -141,7 +150,9 @@ class RoundLoop:
         random.seed(round_seed(self.seed, server_round))  # Flower samples nodes with `random`
         messages = list(self.strategy.configure_train(server_round, arrays, ConfigRecord(), self.grid))
         outcome.sent = len(messages)
+        sent_at = time.perf_counter()
         replies = list(self.grid.send_and_receive(messages=messages, timeout=self.timeout))
+        outcome.train_wait_seconds = time.perf_counter() - sent_at
         outcome.timed_out = max(outcome.sent - len(replies), 0)
         answered = [m for m in replies if not m.has_error()]
         outcome.failed = len(replies) - len(answered)
@@ -158,7 +169,9 @@ class RoundLoop:
             log(WARNING, "Round %s: %s usable replies, fewer than min-train-replies=%s: "
                 "the global model is kept", server_round, len(usable), self.min_train_replies)
             return arrays, outcome
+        aggregate_start = time.perf_counter()
         new_arrays, metrics = self.strategy.aggregate_train(server_round, usable)
+        outcome.aggregate_seconds = time.perf_counter() - aggregate_start
         outcome.train_metrics = metrics
         if new_arrays is None:
             log(WARNING, "Round %s: the strategy returned no model: the global model is kept", server_round)
@@ -171,7 +184,9 @@ class RoundLoop:
         messages = list(self.strategy.configure_evaluate(server_round, arrays, ConfigRecord(), self.grid))
         if not messages:
             return
+        sent_at = time.perf_counter()
         replies = self.grid.send_and_receive(messages=messages, timeout=self.timeout)
+        outcome.evaluate_wait_seconds = time.perf_counter() - sent_at
         try:
             outcome.evaluate_metrics = self.strategy.aggregate_evaluate(server_round, replies)
         except Exception as err:  # evaluation replies never touch the model: log and go on
