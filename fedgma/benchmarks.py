@@ -32,7 +32,7 @@ from .strategy import FedGMA
 
 SHARES = (0.5, 0.3, 0.15, 0.05)  # a model of four arrays
 DISTINCT_REPLIES = 10  # replies cycle through this many distinct weight sets (all larger than the caches)
-BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
+APP_DIR = Path(__file__).resolve().parent.parent
 
 
 class _Grid:
@@ -188,14 +188,83 @@ def payload_bytes(parameters: int) -> list[str]:
     return [f"| {name} | {size:,.0f} | {size / base:.2f} |" for name, size in sizes.items()]
 
 
-def round_times(rounds: int = 8, repeats: int = 2) -> list[str]:
-    """Seconds per round of FedGMA (ws) and FedAvg in the same simulation settings, alternating runs."""
+def _metrics_rows(path: Path, first_round: int) -> list[dict[str, str]]:
     import csv
+
+    with path.open() as handle:
+        return [r for r in csv.DictReader(handle) if int(r["round"]) >= first_round]
+
+
+def _mean(rows: list[dict[str, str]], key: str) -> float:
+    values = [float(r[key]) for r in rows if r.get(key)]
+    return statistics.fmean(values) if values else 0.0
+
+
+def ratio_interval(values: list[float], base: list[float], draws: int = 2000) -> tuple[float, float]:
+    """95 % bootstrap interval of ``mean(values) / mean(base)`` (seeded, so reproducible)."""
+    rng = np.random.default_rng(0)
+    v, b = np.asarray(values), np.asarray(base)
+    ratios = np.sort([rng.choice(v, v.size).mean() / rng.choice(b, b.size).mean() for _ in range(draws)])
+    return float(ratios[int(0.025 * draws)]), float(ratios[int(0.975 * draws) - 1])
+
+
+class TreeMemory:
+    """Peak proportional set size (PSS) of a process and all its descendants, sampled.
+
+    PSS splits shared pages between the processes that map them, so the sum over
+    a tree is the memory the tree uses (RSS would count torch's libraries once per
+    process). Linux only; a sample every ``interval`` seconds on a thread.
+    """
+
+    def __init__(self, root: int, interval: float = 0.5) -> None:
+        import threading
+
+        self.root = root
+        self.interval = interval
+        self.peak_bytes = 0
+        self.peak_processes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    @staticmethod
+    def pss(pid: int) -> int:
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    return int(line.split()[1]) * 1024
+        except (OSError, ValueError):
+            pass
+        return 0
+
+    def sample(self) -> int:
+        from .launch import descendants
+
+        pids = [self.root, *descendants(self.root)]
+        total = sum(self.pss(pid) for pid in pids)
+        if total > self.peak_bytes:
+            self.peak_bytes, self.peak_processes = total, len(pids)
+        return total
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sample()
+
+    def __enter__(self) -> "TreeMemory":
+        self.sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def round_times(rounds: int = 16, repeats: int = 3) -> list[str]:
+    """Seconds per round of FedGMA (ws) and FedAvg in the same simulation settings, alternating runs."""
     import tempfile
 
     from .launch import SimulationRuntime
 
-    app_dir = Path(__file__).resolve().parent.parent
     settings = {"num-server-rounds": rounds, "min-nodes": 10, "train-images": 5000, "test-images": 2000,
                 "partitioning": "iid", "download": False}
     federation = "num-supernodes=10 client-resources-num-cpus=1"
@@ -206,15 +275,94 @@ def round_times(rounds: int = 8, repeats: int = 2) -> list[str]:
             for name, strategy in strategies.items():
                 run_name = f"{strategy['strategy']}-{repeat}"
                 config = {**settings, **strategy, "output-dir": tmp, "run-name": run_name}
-                outcome = runtime.cli.wait(runtime.cli.submit(app_dir, config, federation), timeout=1800)
+                outcome = runtime.cli.wait(runtime.cli.submit(APP_DIR, config, federation), timeout=1800)
                 if not outcome.completed:
                     raise RuntimeError(f"benchmark run {run_name} ended {outcome.status}")
-                with (Path(tmp) / run_name / "metrics.csv").open() as handle:
-                    rows = [r for r in csv.DictReader(handle) if int(r["round"]) >= 2]  # round 1 starts workers
+                rows = _metrics_rows(Path(tmp) / run_name / "metrics.csv", 2)  # round 1 starts workers
                 seconds[name] += [float(r["round-seconds"]) for r in rows]
-    base = statistics.fmean(seconds["FedAvg (Flower)"])
-    return [f"| {name} | {len(values)} | {statistics.fmean(values):.3f} | {statistics.median(values):.3f} "
-            f"| {statistics.fmean(values) / base:.3f} |" for name, values in seconds.items()]
+    base = seconds["FedAvg (Flower)"]
+    lines = []
+    for name, values in seconds.items():
+        low, high = ratio_interval(values, base)
+        lines.append(f"| {name} | {len(values)} | {statistics.fmean(values):.3f} | {statistics.median(values):.3f} "
+                     f"| {statistics.fmean(values) / statistics.fmean(base):.3f} | {low:.3f} - {high:.3f} |")
+    return lines
+
+
+def simulation_scale(clients: int = 1000, sampled: int = 100, rounds: int = 3) -> list[str]:
+    """FedGMA ws in simulation with many virtual clients: seconds per round and peak memory."""
+    import tempfile
+
+    from .launch import SimulationRuntime
+
+    config = {"num-server-rounds": rounds, "strategy": "fedgma", "variant": "ws", "min-nodes": sampled,
+              "fraction-train": sampled / clients, "train-images": 0, "test-images": 2000,
+              "partitioning": "iid", "download": False, "run-name": "scale"}
+    federation = f"num-supernodes={clients} client-resources-num-cpus=1"
+    with tempfile.TemporaryDirectory() as tmp, SimulationRuntime(Path(tmp) / "runtime") as runtime:
+        assert runtime.process is not None
+        with TreeMemory(runtime.process.pid) as memory:
+            run_id = runtime.cli.submit(APP_DIR, {**config, "output-dir": tmp}, federation)
+            outcome = runtime.cli.wait(run_id, timeout=3600)
+        if not outcome.completed:
+            raise RuntimeError(f"scale run ended {outcome.status}: {outcome.details}")
+        rows = _metrics_rows(Path(tmp) / "scale" / "metrics.csv", 1)
+    lines = [f"| {r['round']} | {r['replies-used']} | {float(r['round-seconds']):.1f} "
+             f"| {float(r['train-wait-seconds']):.1f} | {float(r['aggregate-seconds']):.3f} "
+             f"| {float(r['central-eval-seconds']):.2f} |" for r in rows]
+    lines += ["", f"Peak memory of the whole simulation (SuperLink, ServerApp, Ray and its workers; PSS summed "
+              f"over {memory.peak_processes} processes): {memory.peak_bytes / 2**30:.2f} GiB."]
+    return lines
+
+
+BREAKDOWN = (
+    ("ClientApp process start-up", "clientapp-start-seconds"),
+    ("settings, partition, model", "setup-seconds"),
+    ("local training", "train-seconds"),
+)
+
+
+def deployment_rounds(supernodes: int = 20, rounds: int = 4) -> list[str]:
+    """FedGMA ws deployed on loopback with ``supernodes`` SuperNode processes: where a round's time goes."""
+    import tempfile
+
+    from .launch import LocalDeployment
+
+    config = {"num-server-rounds": rounds, "strategy": "fedgma", "variant": "ws", "min-nodes": supernodes,
+              "train-images": 500 * supernodes, "test-images": 2000, "partitioning": "iid",
+              "download": False, "run-name": "deployed"}
+    with tempfile.TemporaryDirectory() as tmp:
+        with LocalDeployment(Path(tmp) / "deployment", supernodes) as deployment:
+            deployment.wait_for_supernodes(timeout=300)
+            run_id = deployment.cli.submit(APP_DIR, {**config, "output-dir": tmp})
+            outcome = deployment.cli.wait(run_id, timeout=3600)
+        if not outcome.completed:
+            raise RuntimeError(f"deployment run ended {outcome.status}: {outcome.details}")
+        rows = _metrics_rows(Path(tmp) / "deployed" / "metrics.csv", 2)  # round 1 builds the partitions
+    return deployment_breakdown(rows)
+
+
+def deployment_breakdown(rows: list[dict[str, str]]) -> list[str]:
+    """A table of where a deployed round's seconds go, from the rows of ``metrics.csv``.
+
+    The server times its wait for the training replies, the aggregation and the
+    central evaluation; the clients time their process start-up, set-up and
+    training (means over clients). What the wait holds beyond the clients' own
+    work is Flower's: polling intervals (SuperNode, SuperExec, the ServerApp's
+    grid) and message transport.
+    """
+    round_s = _mean(rows, "round-seconds")
+    wait = _mean(rows, "train-wait-seconds")
+    parts = [(label, _mean(rows, key)) for label, key in BREAKDOWN]
+    flower = wait - sum(seconds for _, seconds in parts)
+    server = [("aggregation (FedGMA)", _mean(rows, "aggregate-seconds")),
+              ("central evaluation (2 x 2,000 images)", _mean(rows, "central-eval-seconds"))]
+    other = round_s - wait - sum(seconds for _, seconds in server)
+    table = [*parts, ("Flower: polling and transport (the rest of the wait)", flower), *server,
+             ("other (client evaluation, checkpoint, logging)", other)]
+    lines = [f"| {label} | {seconds:.2f} | {100 * seconds / round_s:.0f} % |" for label, seconds in table]
+    lines.append(f"| **round** ({len(rows)} rounds, mean) | **{round_s:.2f}** | 100 % |")
+    return lines
 
 
 def machine() -> str:
@@ -231,41 +379,80 @@ def machine() -> str:
             f"NumPy {np.__version__}")
 
 
-def main(output: Path | None, quick: bool = False) -> int:
+PARTS = ("aggregation", "memory", "payload", "rounds", "scale", "deployment")
+QUICK_PARTS = ("aggregation", "memory", "payload")
+
+
+def replace_block(text: str, name: str, block: str) -> str:
+    """``text`` with the block between ``<!-- bench:NAME:begin -->`` and its end marker replaced
+    (appended when the markers are missing)."""
+    begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
+    if begin not in text:
+        return f"{text.rstrip()}\n\n{begin}\n{block}{end}\n"
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    return f"{head}{begin}\n{block}{end}{tail}"
+
+
+def main(output: Path | None, quick: bool = False, parts: tuple[str, ...] | None = None) -> int:
     import logging
 
+    import torch
+
     logging.getLogger("flwr").setLevel(logging.WARNING)  # Flower logs every sampling and aggregation
+    # Flower's FedAvg runs NumPy on one thread; FedGMA's torch kernels get one thread too
+    # (a ServerApp in simulation shares the cores with the clients).
+    torch.set_num_threads(1)
     _identity()
+    parts = parts or (QUICK_PARTS if quick else PARTS)
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        raise SystemExit(f"fedgma bench: unknown part(s) {', '.join(unknown)}; expected some of {', '.join(PARTS)}")
     sizes = [1_000_000] if quick else [1_000_000, 10_000_000]
     clients = [10, 50] if quick else [10, 50, 100]
-    started = time.perf_counter()
-    lines = [f"Machine: {machine()}.", ""]
-    print(lines[0], flush=True)
-    table, _ = time_table(sizes, clients, repeats=5)
-    lines += ["**aggregate_train time** (median of 5, interleaved; identical replies for every strategy):", "",
-              *table, ""]
-    print("\n".join(table), flush=True)
-    memory = memory_table(1_000_000, clients)
-    lines += ["**Peak extra memory of one aggregate_train** (tracemalloc, P = 1M float32; the replies "
-              "themselves are not counted: Flower holds them before the strategy runs):", "", *memory, ""]
-    print("\n".join(memory), flush=True)
-    payload = payload_bytes(1_000_000)
-    lines += ["**Bytes a client receives per round** (P = 1M; arrays plus config):", "",
-              "| strategy | bytes | ratio to FedAvg |", "|---|---|---|", *payload, ""]
-    print("\n".join(payload), flush=True)
-    if not quick:
-        rounds = round_times()
-        lines += ["**Seconds per round in simulation** (10 clients x 500 images x 3 local epochs, IID binary task, "
-                  "central evaluation on 2 x 2,000 images; runs alternate FedAvg, FedGMA, FedAvg, FedGMA; rounds 2+):",
-                  "", "| strategy | rounds | mean s | median s | mean / FedAvg |", "|---|---|---|---|---|", *rounds, ""]
-        print("\n".join(rounds), flush=True)
-    lines.append(f"Command: `fedgma bench{' --quick' if quick else ''}`; {time.perf_counter() - started:.0f} s.")
+    blocks: dict[str, list[str]] = {"machine": [f"Machine: {machine()}."]}
+    print(blocks["machine"][0], flush=True)
+
+    def emit(name: str, header: list[str], rows: list[str], seconds: float) -> None:
+        blocks[name] = [*header, *rows, "", f"Measured in {seconds:.0f} s."]
+        print("\n".join(blocks[name]), flush=True)
+
+    for part in parts:
+        started = time.perf_counter()
+        if part == "aggregation":
+            table, _ = time_table(sizes, clients, repeats=5)
+            emit(part, ["**aggregate_train time** (median of 5, interleaved; identical replies for every "
+                        "strategy; one thread each):", ""], table, time.perf_counter() - started)
+        elif part == "memory":
+            emit(part, ["**Peak extra memory of one aggregate_train** (tracemalloc, P = 1M float32; the replies "
+                        "themselves are not counted: Flower holds them before the strategy runs):", ""],
+                 memory_table(1_000_000, clients), time.perf_counter() - started)
+        elif part == "payload":
+            emit(part, ["**Bytes a client receives per round** (P = 1M; arrays plus config):", "",
+                        "| strategy | bytes | ratio to FedAvg |", "|---|---|---|"],
+                 payload_bytes(1_000_000), time.perf_counter() - started)
+        elif part == "rounds":
+            emit(part, ["**Seconds per round in simulation** (10 clients x 500 images x 3 local epochs, IID "
+                        "binary task, central evaluation on 2 x 2,000 images; 3 runs of 16 rounds each, "
+                        "alternating FedAvg and FedGMA; rounds 2+):", "",
+                        "| strategy | rounds | mean s | median s | mean / FedAvg | 95 % interval (bootstrap) |",
+                        "|---|---|---|---|---|---|"], round_times(), time.perf_counter() - started)
+        elif part == "scale":
+            emit(part, ["**Simulation at scale**: 1,000 virtual clients (all 60,000 training images, 60 each), "
+                        "100 sampled per round, FedGMA ws, 3 local epochs, 2 Ray workers:", "",
+                        "| round | replies | round s | waiting for replies s | aggregation s | central eval s |",
+                        "|---|---|---|---|---|---|"], simulation_scale(), time.perf_counter() - started)
+        elif part == "deployment":
+            emit(part, ["**A deployed round on loopback**: SuperLink + 20 `flower-supernode` processes over "
+                        "gRPC, FedGMA ws, 500 images x 3 local epochs per client, rounds 2-4 (round 1 also "
+                        "builds each client's partition cache):", "",
+                        "| part of the round | seconds | share |", "|---|---|---|"],
+                 deployment_rounds(), time.perf_counter() - started)
     if output is not None:
-        block = "\n".join(lines) + "\n"
-        text = output.read_text() if output.exists() else f"# Benchmarks\n\n{BEGIN}\n{END}\n"
-        head, rest = text.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
+        text = output.read_text() if output.exists() else "# Benchmarks\n"
+        for name, lines in blocks.items():
+            text = replace_block(text, name, "\n".join(lines) + "\n")
         output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(f"{head}{BEGIN}\n{block}{END}{tail}")
+        output.write_text(text)
         print(f"written to {output}")
     return 0

@@ -59,7 +59,8 @@ def _toy(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     from .benchmarks import main as bench_main
 
-    return bench_main(None if args.no_write else args.output, quick=args.quick)
+    parts = tuple(p.strip() for p in args.parts.split(",")) if args.parts else None
+    return bench_main(None if args.no_write else args.output, quick=args.quick, parts=parts)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -90,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     bench = commands.add_parser("bench", help="aggregation time, throughput and memory against FedAvg")
     bench.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     bench.add_argument("--no-write", action="store_true", help="print only")
-    bench.add_argument("--quick", action="store_true", help="P = 1M, K in {10, 50} only")
+    bench.add_argument("--quick", action="store_true", help="aggregation, memory, payload; P = 1M, K in {10, 50}")
+    bench.add_argument("--parts", help="comma-separated subset of: aggregation, memory, payload, rounds, "
+                                       "scale, deployment (default: all; only their tables are rewritten)")
     bench.set_defaults(func=_bench)
 
     args, extra = parser.parse_known_args(argv)
