@@ -136,3 +136,14 @@ def test_weighted_agreement_counts_examples():
     _, weighted = aggregate(x, clients, [1, 1, 2], "gma", 1.0, 1.0, weighted=True)
     assert plain.agreement_mean == pytest.approx(1 / 3)
     assert weighted.agreement_mean == pytest.approx(0.0)
+
+
+def test_read_only_replies_are_folded_and_left_unchanged():
+    x = np.array([1.0, 2.0, 3.0], dtype=np.float32)
+    y = np.frombuffer(np.array([0.5, 2.5, 3.0], dtype=np.float32).tobytes(), dtype=np.float32)
+    assert not y.flags.writeable  # as a reply's bytes are
+    new, stats = aggregate(x, [y, y], [1, 1], "ws", 0.8, 1.0)
+    # g = x - y = [0.5, -0.5, 0]: both clients agree on the first two coordinates, A = 0 on the third.
+    np.testing.assert_allclose(new, [0.0, 3.0, 3.0])
+    assert stats.kept_fraction == pytest.approx(2 / 3)
+    np.testing.assert_array_equal(y, [0.5, 2.5, 3.0])
