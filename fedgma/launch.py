@@ -10,6 +10,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import random
 import signal
 import socket
 import ssl
@@ -24,11 +25,40 @@ from pathlib import Path
 BIN = Path(sys.executable).parent
 
 
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that was free a moment ago, never the same one twice.
+
+    Taken below the kernel's ephemeral range: a port from that range (what binding
+    to port 0 returns) can be given to an outgoing connection, e.g. one of many
+    SuperNodes dialling the SuperLink, before the process it was picked for binds
+    it (seen with 20 SuperNodes: "address already in use").
+    """
+    low = _ephemeral_range()[0]
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, low) if low > 10001 else 0
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = sock.getsockname()[1]
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free TCP port found on 127.0.0.1")
 
 
 def flower_env(flwr_home: Path) -> dict[str, str]:
@@ -357,6 +387,7 @@ class LocalDeployment:
         self.superlink: subprocess.Popen | None = None
         self.supernodes: list[subprocess.Popen] = []
         self.supernode_ports: list[int] = []
+        self.supernode_logs: list[Path] = []
 
     @property
     def superlink_log(self) -> Path:
@@ -398,6 +429,7 @@ class LocalDeployment:
     def start_supernode(self, partition_id: int) -> subprocess.Popen:
         """Start one SuperNode holding partition ``partition_id``."""
         port = free_port()
+        log = self.workdir / f"supernode-{partition_id}.log"
         security = ["--root-certificates", str(self.certs / "ca.crt")] if self.certs else ["--insecure"]
         process = start(
             [
@@ -408,16 +440,22 @@ class LocalDeployment:
                 "--port", str(port),
             ],
             self.env,
-            self.workdir / f"supernode-{partition_id}.log",
+            log,
         )
         self.supernodes.append(process)
+        self.supernode_logs.append(log)
         self.supernode_ports.append(port)
         return process
 
     def wait_for_supernodes(self, timeout: float = 60) -> None:
-        """Wait until the SuperLink has activated every SuperNode."""
+        """Wait until the SuperLink has activated every SuperNode; raise if one exits."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
+            for process, log in zip(self.supernodes, self.supernode_logs, strict=True):
+                if process.poll() is not None:
+                    tail = log.read_text(errors="replace").splitlines()[-5:]
+                    raise RuntimeError(f"a SuperNode exited with status {process.returncode} ({log}):\n"
+                                       + "\n".join(tail))
             activated = self.superlink_log.read_text(errors="replace").count("Activated node_id")
             if activated >= self.num_supernodes:
                 return
