@@ -175,3 +175,20 @@ def test_missing_data_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setattr(base_data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
     with pytest.raises(DataUnavailable, match="apt-get install dataset-fashion-mnist"):
         load_base_images("fashion-mnist", tmp_path / "empty", train=True, download=False)
+
+
+def test_a_process_splits_the_training_set_once_for_all_its_clients(data_dir, monkeypatch):
+    from fedgma.task import data as data_module
+
+    calls = []
+    real = data_module.partition_indices
+    monkeypatch.setattr(data_module, "partition_indices", lambda *a: calls.append(a) or real(*a))
+    data_module._training_split.cache_clear()
+    config = config_for(data_dir, train_images=3000, partitioning="non-iid", seed=5)
+    clients = [load_client_partition(config, i, 6) for i in range(6)]
+    assert len(calls) == 1  # not once per client
+    labels = load_base_images("fashion-mnist", data_dir, train=True, download=False)[1]
+    rows = np.sort(np.random.default_rng(5).choice(60000, size=3000, replace=False))
+    expected = real(labels[rows], 6, "non-iid", 0.5, 5)  # the split, computed on its own
+    for client, part in zip(clients, expected, strict=True):
+        assert np.array_equal(client.rows, rows[part])

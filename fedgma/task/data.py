@@ -8,6 +8,7 @@ is a hash of every setting the data depends on.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -95,6 +96,23 @@ def _color(config: RunConfig, images, digits, rows, flip: float, ood: bool, rng)
     return ColoredSet(colored, labels, digits, colors, rows)
 
 
+@functools.lru_cache(maxsize=2)
+def _training_split(
+    dataset: str, data_path: Path, download: bool, train_images: int,
+    num_partitions: int, partitioning: str, alpha: float, seed: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The base training set, the drawn rows and every partition's rows, once per process.
+
+    The partitioner splits all partitions at once; a simulation worker runs many
+    clients, so it reads and splits once instead of once per client (3.1 s per
+    client at 1,000 clients before). The arrays are shared: only read them.
+    """
+    images, digits = load_base_images(dataset, data_path, True, download)
+    rows = _subset(len(digits), train_images, seed)
+    parts = partition_indices(digits[rows], num_partitions, partitioning, alpha, seed)
+    return images, digits, rows, parts
+
+
 def load_client_partition(config: RunConfig, partition_id: int, num_partitions: int) -> ColoredSet:
     """Return the colored training data of one client (built once, then cached)."""
     key = _key(
@@ -109,10 +127,9 @@ def load_client_partition(config: RunConfig, partition_id: int, num_partitions: 
     path = config.data_path / "cache" / key / f"partition-{partition_id}-of-{num_partitions}.npz"
 
     def build() -> ColoredSet:
-        images, digits = load_base_images(config.dataset, config.data_path, True, config.download)
-        rows = _subset(len(digits), config.train_images, config.seed)
-        parts = partition_indices(
-            digits[rows], num_partitions, config.partitioning, config.dirichlet_alpha, config.seed
+        images, digits, rows, parts = _training_split(
+            config.dataset, config.data_path, config.download, config.train_images,
+            num_partitions, config.partitioning, config.dirichlet_alpha, config.seed,
         )
         mine = rows[parts[partition_id]]
         flip = client_flip_probability(
