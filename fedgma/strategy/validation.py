@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 
@@ -14,6 +15,41 @@ class InvalidReply(ValueError):
     """A training reply that must not reach the aggregation; ``str()`` says why."""
 
 
+@functools.lru_cache(maxsize=4096)
+def _npy_header(header: bytes) -> tuple[tuple[int, ...], bool, np.dtype] | None:
+    """``(shape, fortran_order, dtype)`` of a ``.npy`` header, or None if it is not one.
+
+    Cached by the header's bytes: every reply repeats the global model's headers,
+    and parsing one (``ast.literal_eval``) costs more than reading a small array.
+    """
+    handle = io.BytesIO(header)
+    try:
+        version = np.lib.format.read_magic(handle)
+        if version == (1, 0):
+            parsed = np.lib.format.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            parsed = np.lib.format.read_array_header_2_0(handle)
+        else:
+            return None
+    except (ValueError, OSError):
+        return None
+    return parsed if handle.tell() == len(header) else None
+
+
+def _npy_header_bytes(data: bytes | bytearray | memoryview) -> bytes | None:
+    """The header of a ``.npy`` buffer (magic, version, length and text), or None."""
+    prefix = bytes(data[:12])
+    if len(prefix) < 10 or not prefix.startswith(b"\x93NUMPY"):
+        return None
+    if prefix[6] == 1:
+        end = 10 + int.from_bytes(prefix[8:10], "little")
+    elif prefix[6] == 2 and len(prefix) == 12:
+        end = 12 + int.from_bytes(prefix[8:12], "little")
+    else:
+        return None
+    return bytes(data[:end]) if end <= len(data) else None
+
+
 def array_view(array: Array) -> np.ndarray:
     """A read-only NumPy view of a Flower ``Array``'s bytes, without copying them.
 
@@ -24,20 +60,14 @@ def array_view(array: Array) -> np.ndarray:
     """
     data = array.data
     if array.stype == SType.NUMPY and isinstance(data, (bytes, bytearray, memoryview)):
-        handle = io.BytesIO(data)
-        try:
-            version = np.lib.format.read_magic(handle)
-            if version == (1, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(handle)
-            elif version == (2, 0):
-                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(handle)
-            else:
-                return array.numpy()
-        except (ValueError, OSError):
+        header = _npy_header_bytes(data)
+        parsed = _npy_header(header) if header is not None else None
+        if parsed is None:
             return array.numpy()
+        shape, fortran_order, dtype = parsed
         if not dtype.hasobject:
             count = int(np.prod(shape, dtype=np.int64))
-            view = np.frombuffer(data, dtype=dtype, count=count, offset=handle.tell())
+            view = np.frombuffer(data, dtype=dtype, count=count, offset=len(header))
             return view.reshape(shape, order="F" if fortran_order else "C")
     return array.numpy()
 
