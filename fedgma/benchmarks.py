@@ -309,7 +309,8 @@ def simulation_scale(clients: int = 1000, sampled: int = 100, rounds: int = 3) -
         rows = _metrics_rows(Path(tmp) / "scale" / "metrics.csv", 1)
     lines = [f"| {r['round']} | {r['replies-used']} | {float(r['round-seconds']):.1f} "
              f"| {float(r['train-wait-seconds']):.1f} | {float(r['aggregate-seconds']):.3f} "
-             f"| {float(r['central-eval-seconds']):.2f} |" for r in rows]
+             f"| {float(r['central-eval-seconds']):.2f} | {float(r['setup-seconds']):.3f} "
+             f"| {float(r['train-seconds']):.3f} |" for r in rows]
     lines += ["", f"Peak memory of the whole simulation (SuperLink, ServerApp, Ray and its workers; PSS summed "
               f"over {memory.peak_processes} processes): {memory.peak_bytes / 2**30:.2f} GiB."]
     return lines
@@ -440,8 +441,9 @@ def main(output: Path | None, quick: bool = False, parts: tuple[str, ...] | None
         elif part == "scale":
             emit(part, ["**Simulation at scale**: 1,000 virtual clients (all 60,000 training images, 60 each), "
                         "100 sampled per round, FedGMA ws, 3 local epochs, 2 Ray workers:", "",
-                        "| round | replies | round s | waiting for replies s | aggregation s | central eval s |",
-                        "|---|---|---|---|---|---|"], simulation_scale(), time.perf_counter() - started)
+                        "| round | replies | round s | waiting for replies s | aggregation s | central eval s "
+                        "| client set-up s (mean) | client training s (mean) |",
+                        "|---|---|---|---|---|---|---|---|"], simulation_scale(), time.perf_counter() - started)
         elif part == "deployment":
             emit(part, ["**A deployed round on loopback**: SuperLink + 20 `flower-supernode` processes over "
                         "gRPC, FedGMA ws, 500 images x 3 local epochs per client, rounds 2-4 (round 1 also "

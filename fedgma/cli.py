@@ -35,8 +35,6 @@ def _grid(args: argparse.Namespace) -> int:
             done = sum(finished for _, finished in status)
             print(f"grid {grid.name}: {done}/{len(status)} runs finished in {runner.results_dir}")
             return 0
-        # SIGTERM unwinds like Ctrl-C, so the grid's SuperLink and simulation are stopped.
-        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
         return 1 if runner.run() else 0
     except (ConfigError, GridMismatch) as err:
         print(f"fedgma grid: {err}", file=sys.stderr)
@@ -106,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as err:
             print(f"fedgma grid: {err}", file=sys.stderr)
             return 2
+    # SIGTERM unwinds like Ctrl-C, so the SuperLinks, SuperNodes and simulations a grid or a
+    # benchmark started are stopped by their context managers.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     return args.func(args)
 
 
