@@ -177,22 +177,30 @@ def _alive(pid: int) -> bool:
 
 
 def stop(process: subprocess.Popen, grace: float = 10.0) -> None:
-    """Stop ``process`` and everything it started; SIGKILL what outlives ``grace``.
+    """Stop ``process`` and everything it started (see :func:`stop_all`)."""
+    stop_all([process], grace)
 
-    The tree is collected first: Flower's SuperExec starts the simulation and
+
+def stop_all(processes: Sequence[subprocess.Popen], grace: float = 10.0) -> None:
+    """Stop the processes and everything they started; SIGKILL what outlives ``grace``.
+
+    The trees are collected first: Flower's SuperExec starts the simulation and
     Ray in a session of their own, which outlive a signal to the SuperLink.
-    SuperNodes can hang in gRPC clean-up after SIGTERM, hence the SIGKILL.
+    SuperNodes can hang in gRPC clean-up after SIGTERM, hence the SIGKILL. All
+    trees are signalled at once and share one grace period (20 SuperNodes
+    stopped one by one took minutes).
     """
-    if process.poll() is not None:
-        return
-    tree = [process.pid, *descendants(process.pid)]
+    running = [p for p in processes if p.poll() is None]
+    tree = [pid for p in running for pid in (p.pid, *descendants(p.pid))]
     _signal_all(tree, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while time.monotonic() < deadline and any(_alive(pid) for pid in tree):
-        process.poll()
+        for p in running:
+            p.poll()
         time.sleep(0.1)
     _signal_all([pid for pid in tree if _alive(pid)], signal.SIGKILL)
-    process.wait(5)
+    for p in running:
+        p.wait(5)
 
 
 def start(command: Sequence[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
@@ -463,7 +471,6 @@ class LocalDeployment:
         raise TimeoutError(f"not all {self.num_supernodes} SuperNodes connected within {timeout:.0f} s")
 
     def __exit__(self, *exc) -> None:
-        for process in self.supernodes:
-            stop(process)
+        stop_all(self.supernodes)
         if self.superlink is not None:
             stop(self.superlink)
