@@ -14,8 +14,6 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from torchvision import datasets
-
 from ..atomic import atomic_write
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
@@ -27,7 +25,16 @@ _IDX_SIZES = {
     "t10k-images-idx3-ubyte": 16 + 10000 * 28 * 28,
     "t10k-labels-idx1-ubyte": 8 + 10000,
 }
-_CLASSES = {"mnist": datasets.MNIST, "fashion-mnist": datasets.FashionMNIST}
+# torchvision's dataset class of each data set. torchvision is imported only when
+# the base images are read (about 2 s of CPU): a ClientApp process, started anew for
+# every message in deployment, reads its partition from the cache and never needs it.
+_CLASS_NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+
+
+def _dataset_class(dataset: str):
+    from torchvision import datasets
+
+    return getattr(datasets, _CLASS_NAMES[dataset])
 
 
 class DataUnavailable(FileNotFoundError):
@@ -35,18 +42,18 @@ class DataUnavailable(FileNotFoundError):
 
 
 def _raw_folder(dataset: str, root: Path) -> Path:
-    return root / _CLASSES[dataset].__name__ / "raw"
+    return root / _CLASS_NAMES[dataset] / "raw"
 
 
 def _has_raw_files(dataset: str, root: Path) -> bool:
     raw = _raw_folder(dataset, root)
-    return all((raw / name.removesuffix(".gz")).is_file() for name, _ in _CLASSES[dataset].resources)
+    return all((raw / name.removesuffix(".gz")).is_file() for name, _ in _dataset_class(dataset).resources)
 
 
 def _unpack_debian_files(root: Path, source: Path | None = None) -> bool:
     """Unpack Debian's Fashion-MNIST into torchvision's layout; False if absent."""
     source = source or DEBIAN_FASHION_MNIST
-    cls = _CLASSES["fashion-mnist"]
+    cls = _dataset_class("fashion-mnist")
     if not all((source / name).is_file() for name, _ in cls.resources):
         return False
     raw = _raw_folder("fashion-mnist", root)
@@ -71,8 +78,8 @@ def ensure_base_data(dataset: str, root: Path, download: bool) -> None:
     DataUnavailable
         With instructions, when the files are absent and cannot be obtained.
     """
-    if dataset not in _CLASSES:
-        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(_CLASSES)}")
+    if dataset not in _CLASS_NAMES:
+        raise ValueError(f"unknown dataset {dataset!r}; expected one of {sorted(_CLASS_NAMES)}")
     if _has_raw_files(dataset, root):
         return
     if dataset == "fashion-mnist" and _unpack_debian_files(root):
@@ -87,7 +94,7 @@ def ensure_base_data(dataset: str, root: Path, download: bool) -> None:
         raise DataUnavailable(f"{dataset} not found under {root}: {hint}")
     try:
         root.mkdir(parents=True, exist_ok=True)
-        _CLASSES[dataset](root=str(root), train=True, download=True)
+        _dataset_class(dataset)(root=str(root), train=True, download=True)
     except Exception as err:  # torchvision raises RuntimeError / URLError offline
         shutil.rmtree(_raw_folder(dataset, root), ignore_errors=True)
         raise DataUnavailable(f"{dataset} could not be downloaded ({err}); {hint}") from err
@@ -98,5 +105,5 @@ def load_base_images(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Return ``(images, labels)``: uint8 ``[N, 28, 28]`` and int64 ``[N]``."""
     ensure_base_data(dataset, root, download)
-    data = _CLASSES[dataset](root=str(root), train=train, download=False)
+    data = _dataset_class(dataset)(root=str(root), train=train, download=False)
     return data.data.numpy(), data.targets.numpy().astype(np.int64)
