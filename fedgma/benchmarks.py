@@ -124,7 +124,7 @@ def time_table(sizes: list[int], clients: list[int], repeats: int) -> tuple[list
             # how the allocator's state happens to be (fresh pages or recycled ones).
             best = {name: statistics.median(t) for name, t in times.items()}
             read = k * parameters * 4
-            results.append({"P": parameters, "K": k, **best, "bytes": read})
+            results.append({"P": parameters, "K": k, **best, "bytes": read, "bandwidth": bandwidth})
             del msgs
             gc.collect()
     lines = [
@@ -144,16 +144,18 @@ def time_table(sizes: list[int], clients: list[int], repeats: int) -> tuple[list
     return lines, results
 
 
-def memory_table(parameters: int, clients: list[int]) -> list[str]:
+def memory_table(parameters: int, clients: list[int]) -> tuple[list[str], dict[str, list[float]]]:
+    """Peak extra memory of one aggregation per K, as multiples of the model (and per strategy)."""
     rng = np.random.default_rng(1)
     x = model(parameters, rng)
     model_bytes = parameters * 4
     lines = ["| K | " + " | ".join(f"{name} peak extra (x model)" for name in _strategies()) + " |",
              "|---|" + "---|" * len(_strategies())]
+    peaks: dict[str, list[float]] = {name: [] for name in _strategies()}
     for k in clients:
         msgs = replies(x, k, rng)
         cells = []
-        for make in _strategies().values():
+        for name, make in _strategies().items():
             strategy = make()
             list(strategy.configure_train(1, ArrayRecord({n: Array(v) for n, v in x.items()}), ConfigRecord(),
                                           _Grid(k)))
@@ -163,13 +165,14 @@ def memory_table(parameters: int, clients: list[int]) -> list[str]:
             strategy.aggregate_train(1, msgs)
             peak = tracemalloc.get_traced_memory()[1] - base
             tracemalloc.stop()
+            peaks[name].append(peak / model_bytes)
             cells.append(f"{peak / model_bytes:.2f}")
         lines.append(f"| {k} | " + " | ".join(cells) + " |")
-    return lines
+    return lines, peaks
 
 
-def payload_bytes(parameters: int) -> list[str]:
-    """What a client receives per round: the ArrayRecord plus the ConfigRecord."""
+def payload_bytes(parameters: int) -> tuple[list[str], dict[str, float]]:
+    """What a client receives per round: the ArrayRecord plus the ConfigRecord (and the ratios)."""
     rng = np.random.default_rng(2)
     x = ArrayRecord({k: Array(v) for k, v in model(parameters, rng).items()})
     sizes = {}
@@ -185,7 +188,8 @@ def payload_bytes(parameters: int) -> list[str]:
             per_client.append(total)
         sizes[name] = statistics.fmean(per_client)
     base = sizes["FedAvg (Flower)"]
-    return [f"| {name} | {size:,.0f} | {size / base:.2f} |" for name, size in sizes.items()]
+    ratios = {name: size / base for name, size in sizes.items()}
+    return [f"| {name} | {size:,.0f} | {ratios[name]:.2f} |" for name, size in sizes.items()], ratios
 
 
 def _metrics_rows(path: Path, first_round: int) -> list[dict[str, str]]:
@@ -259,7 +263,7 @@ class TreeMemory:
         self._thread.join()
 
 
-def round_times(rounds: int = 16, repeats: int = 3) -> list[str]:
+def round_times(rounds: int = 16, repeats: int = 3) -> tuple[list[str], tuple[float, float, float]]:
     """Seconds per round of FedGMA (ws) and FedAvg in the same simulation settings, alternating runs."""
     import tempfile
 
@@ -284,9 +288,10 @@ def round_times(rounds: int = 16, repeats: int = 3) -> list[str]:
     lines = []
     for name, values in seconds.items():
         low, high = ratio_interval(values, base)
+        ratio = statistics.fmean(values) / statistics.fmean(base)
         lines.append(f"| {name} | {len(values)} | {statistics.fmean(values):.3f} | {statistics.median(values):.3f} "
-                     f"| {statistics.fmean(values) / statistics.fmean(base):.3f} | {low:.3f} - {high:.3f} |")
-    return lines
+                     f"| {ratio:.3f} | {low:.3f} - {high:.3f} |")
+    return lines, (ratio, low, high)  # the last row's: FedGMA's
 
 
 def simulation_scale(clients: int = 1000, sampled: int = 100, rounds: int = 3) -> list[str]:
@@ -339,12 +344,28 @@ def deployment_rounds(supernodes: int = 20, rounds: int = 4) -> list[str]:
         deployment.env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         with deployment:
             deployment.wait_for_supernodes(timeout=300)
+            cpu_before = cpu_times()
             run_id = deployment.cli.submit(APP_DIR, {**config, "output-dir": tmp})
             outcome = deployment.cli.wait(run_id, timeout=3600)
+            busy = cpu_busy_share(cpu_before, cpu_times())
         if not outcome.completed:
             raise RuntimeError(f"deployment run ended {outcome.status}: {outcome.details}")
         rows = _metrics_rows(Path(tmp) / "deployed" / "metrics.csv", 2)  # round 1 builds the partitions
-    return deployment_breakdown(rows)
+    return [*deployment_breakdown(rows), "",
+            f"The machine's cores were busy {100 * busy:.0f} % of the run's wall time (all processes, /proc/stat)."]
+
+
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores since boot, from ``/proc/stat``."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def cpu_busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """Share of the cores' time spent busy between two :func:`cpu_times` readings."""
+    total = after[1] - before[1]
+    return (after[0] - before[0]) / total if total else 0.0
 
 
 def deployment_breakdown(rows: list[dict[str, str]]) -> list[str]:
@@ -384,8 +405,43 @@ def machine() -> str:
             f"NumPy {np.__version__}")
 
 
+def target_lines(times: list[dict], peaks: dict[str, list[float]], payload: dict[str, float],
+                 rounds: tuple[float, float, float]) -> list[str]:
+    """Issue 6's targets against this run's figures, one row each."""
+    gma_names = ("FedGMA ws", "FedGMA gma")
+    ratios = [(r[n] / r["FedAvg (Flower)"], n, r) for r in times for n in gma_names]
+    worst, worst_name, worst_row = max(ratios, key=lambda item: item[0])
+    shares = [100 * r["bytes"] / r[n] / r["bandwidth"] for r in times for n in gma_names]
+    flat = {n: max(v) / min(v) for n, v in peaks.items() if n in gma_names}
+    payload_ratio = max(abs(payload[n] - 1.0) for n in gma_names) + 1.0
+    ratio, low, high = rounds
+
+    def verdict(ok: bool) -> str:
+        return "met" if ok else "**missed**"
+
+    return [
+        "| target | measured | |",
+        "|---|---|---|",
+        f"| aggregate_train FedGMA / FedAvg <= 1.3 at every K and P | worst {worst:.2f} ({worst_name}, "
+        f"P = {worst_row['P'] / 1e6:g}M, K = {worst_row['K']}) | {verdict(worst <= 1.3)} |",
+        f"| aggregation throughput >= 50 % of the copy bound | FedGMA {min(shares):.0f} - {max(shares):.0f} % "
+        f"| {verdict(min(shares) >= 50)} |",
+        f"| extra memory flat in K | largest / smallest over K: "
+        + ", ".join(f"{n} {v:.3f}" for n, v in flat.items()) + f" | {verdict(max(flat.values()) <= 1.05)} |",
+        f"| round time FedGMA / FedAvg <= 1.02 | {ratio:.3f} (95 % interval {low:.3f} - {high:.3f}) "
+        f"| {verdict(ratio <= 1.02)} |",
+        f"| bytes per client per round, ratio 1.00 | {payload_ratio:.2f} | {verdict(round(payload_ratio, 2) == 1.0)} |",
+    ]
+
+
 PARTS = ("aggregation", "memory", "payload", "rounds", "scale", "deployment")
 QUICK_PARTS = ("aggregation", "memory", "payload")
+
+
+def _keep(figures: dict, key: str, result: tuple[list[str], object]) -> list[str]:
+    """Store a part's figures under ``key``; return its table lines."""
+    lines, figures[key] = result
+    return lines
 
 
 def replace_block(text: str, name: str, block: str) -> str:
@@ -416,6 +472,7 @@ def main(output: Path | None, quick: bool = False, parts: tuple[str, ...] | None
     sizes = [1_000_000] if quick else [1_000_000, 10_000_000]
     clients = [10, 50] if quick else [10, 50, 100]
     blocks: dict[str, list[str]] = {"machine": [f"Machine: {machine()}."]}
+    figures: dict = {}  # what the targets are checked against
     print(blocks["machine"][0], flush=True)
 
     def emit(name: str, header: list[str], rows: list[str], seconds: float) -> None:
@@ -425,23 +482,24 @@ def main(output: Path | None, quick: bool = False, parts: tuple[str, ...] | None
     for part in parts:
         started = time.perf_counter()
         if part == "aggregation":
-            table, _ = time_table(sizes, clients, repeats=5)
+            table, figures["times"] = time_table(sizes, clients, repeats=5)
             emit(part, ["**aggregate_train time** (median of 5, interleaved; identical replies for every "
                         "strategy; one thread each):", ""], table, time.perf_counter() - started)
         elif part == "memory":
             emit(part, ["**Peak extra memory of one aggregate_train** (tracemalloc, P = 1M float32; the replies "
                         "themselves are not counted: Flower holds them before the strategy runs):", ""],
-                 memory_table(1_000_000, clients), time.perf_counter() - started)
+                 _keep(figures, "peaks", memory_table(1_000_000, clients)), time.perf_counter() - started)
         elif part == "payload":
             emit(part, ["**Bytes a client receives per round** (P = 1M; arrays plus config):", "",
                         "| strategy | bytes | ratio to FedAvg |", "|---|---|---|"],
-                 payload_bytes(1_000_000), time.perf_counter() - started)
+                 _keep(figures, "payload", payload_bytes(1_000_000)), time.perf_counter() - started)
         elif part == "rounds":
             emit(part, ["**Seconds per round in simulation** (10 clients x 500 images x 3 local epochs, IID "
                         "binary task, central evaluation on 2 x 2,000 images; 3 runs of 16 rounds each, "
                         "alternating FedAvg and FedGMA; rounds 2+):", "",
                         "| strategy | rounds | mean s | median s | mean / FedAvg | 95 % interval (bootstrap) |",
-                        "|---|---|---|---|---|---|"], round_times(), time.perf_counter() - started)
+                        "|---|---|---|---|---|---|"], _keep(figures, "rounds", round_times()),
+                 time.perf_counter() - started)
         elif part == "scale":
             emit(part, ["**Simulation at scale**: 1,000 virtual clients (all 60,000 training images, 60 each), "
                         "100 sampled per round, FedGMA ws, 3 local epochs, 2 Ray workers:", "",
@@ -454,6 +512,9 @@ def main(output: Path | None, quick: bool = False, parts: tuple[str, ...] | None
                         "rounds 2-4 (round 1 also builds each client's partition cache):", "",
                         "| part of the round | seconds | share |", "|---|---|---|"],
                  deployment_rounds(), time.perf_counter() - started)
+    if {"times", "peaks", "payload", "rounds"} <= figures.keys():
+        blocks["targets"] = ["**Targets** (from the tables below, this run):", "", *target_lines(**figures)]
+        print("\n".join(blocks["targets"]), flush=True)
     if output is not None:
         text = output.read_text() if output.exists() else "# Benchmarks\n"
         for name, lines in blocks.items():

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from fedgma.benchmarks import TreeMemory, deployment_breakdown, ratio_interval, replace_block
+from fedgma.benchmarks import TreeMemory, deployment_breakdown, ratio_interval, replace_block, target_lines
 
 
 def test_deployment_breakdown_splits_the_round_and_sums_to_it():
@@ -61,3 +61,28 @@ def test_tree_memory_counts_the_memory_of_child_processes():
         parent.wait(30)
     assert memory.peak_bytes >= size  # the grandchild's buffer
     assert memory.peak_processes >= 2
+
+
+def test_targets_name_the_worst_case_and_say_missed():
+    times = [
+        {"P": 1e6, "K": 10, "FedAvg (Flower)": 0.010, "FedGMA ws": 0.014, "FedGMA gma": 0.012,
+         "bytes": 4e7, "bandwidth": 8e9},  # ws: 1.4x FedAvg; 4e7 / 0.014 / 8e9 = 36 % of copy
+        {"P": 1e7, "K": 100, "FedAvg (Flower)": 1.0, "FedGMA ws": 0.5, "FedGMA gma": 0.5,
+         "bytes": 4e9, "bandwidth": 8e9},  # 100 % of copy
+    ]
+    peaks = {"FedAvg (Flower)": [2.0, 2.0], "FedGMA ws": [3.0, 3.3], "FedGMA gma": [3.0, 3.0]}
+    payload = {"FedAvg (Flower)": 1.0, "FedGMA ws": 1.0, "FedGMA gma": 1.0}
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in target_lines(times, peaks, payload, (1.01, 0.9, 1.1))}
+    time_row = rows["aggregate_train FedGMA / FedAvg <= 1.3 at every K and P"]
+    assert "worst 1.40 (FedGMA ws, P = 1M, K = 10)" in time_row and time_row.endswith("**missed** |")
+    assert "FedGMA 36 - 100 %" in rows["aggregation throughput >= 50 % of the copy bound"]
+    assert "FedGMA ws 1.100" in rows["extra memory flat in K"] and rows["extra memory flat in K"].endswith("**missed** |")
+    assert rows["round time FedGMA / FedAvg <= 1.02"].endswith("| met |")
+    assert rows["bytes per client per round, ratio 1.00"].endswith("| met |")
+
+
+def test_cpu_busy_share_is_busy_over_total_jiffies():
+    from fedgma.benchmarks import cpu_busy_share
+
+    assert cpu_busy_share((100, 1000), (250, 1200)) == pytest.approx(0.75)
+    assert cpu_busy_share((5, 10), (5, 10)) == 0.0
