@@ -426,7 +426,7 @@ def target_lines(times: list[dict], peaks: dict[str, list[float]], payload: dict
         f"P = {worst_row['P'] / 1e6:g}M, K = {worst_row['K']}) | {verdict(worst <= 1.3)} |",
         f"| aggregation throughput >= 50 % of the copy bound | FedGMA {min(shares):.0f} - {max(shares):.0f} % "
         f"| {verdict(min(shares) >= 50)} |",
-        f"| extra memory flat in K | largest / smallest over K: "
+        "| extra memory flat in K | largest / smallest over K: "
         + ", ".join(f"{n} {v:.3f}" for n, v in flat.items()) + f" | {verdict(max(flat.values()) <= 1.05)} |",
         f"| round time FedGMA / FedAvg <= 1.02 | {ratio:.3f} (95 % interval {low:.3f} - {high:.3f}) "
         f"| {verdict(ratio <= 1.02)} |",

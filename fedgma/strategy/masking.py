@@ -67,6 +67,12 @@ def server_update(
     raise ValueError(f"Unknown FedGMA variant {variant!r}; expected one of {VARIANTS}")
 
 
+def _add_weighted(total: np.ndarray, g: np.ndarray, weight: float) -> None:
+    """``total += weight * g`` in place (``g`` is overwritten)."""
+    np.multiply(g, weight, out=g)
+    np.add(total, g, out=total)
+
+
 @dataclass
 class MaskStats:
     """Summary of one round's mask over all masked (floating-point) coordinates.
@@ -201,15 +207,11 @@ class MaskedAggregator:
             xs, ss, gs = xf[start:stop], sf[start:stop], gf[start:stop]
             g, sign, flag, positive, negative = (a[: stop - start] for a in scratch)
 
-            def fold_gradient(y: np.ndarray, weight: float) -> None:
-                np.multiply(g, weight, out=g)
-                np.add(gs, g, out=gs)
-
             if self.agreement_weighted:  # float64: example counts are not exact in float32
                 for y, weight in zip(ys, weights, strict=True):
                     np.subtract(xs, y[start:stop], out=g)
                     ss += np.sign(g, out=sign).astype(np.float64) * weight
-                    fold_gradient(y, weight)
+                    _add_weighted(gs, g, weight)
                 continue
             for first in range(0, len(ys), 255):
                 positive.fill(0)
@@ -218,7 +220,7 @@ class MaskedAggregator:
                     np.subtract(xs, y[start:stop], out=g)
                     np.add(positive, np.greater(g, 0, out=flag).view(np.uint8), out=positive)
                     np.add(negative, np.less(g, 0, out=flag).view(np.uint8), out=negative)
-                    fold_gradient(y, weight)
+                    _add_weighted(gs, g, weight)
                 np.add(ss, positive, out=ss)
                 np.subtract(ss, negative, out=ss)
 
