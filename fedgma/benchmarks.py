@@ -458,12 +458,7 @@ def replace_block(text: str, name: str, block: str) -> str:
 def main(output: Path | None, quick: bool = False, parts: tuple[str, ...] | None = None) -> int:
     import logging
 
-    import torch
-
     logging.getLogger("flwr").setLevel(logging.WARNING)  # Flower logs every sampling and aggregation
-    # Flower's FedAvg runs NumPy on one thread; FedGMA's torch kernels get one thread too
-    # (a ServerApp in simulation shares the cores with the clients).
-    torch.set_num_threads(1)
     _identity()
     parts = parts or (QUICK_PARTS if quick else PARTS)
     unknown = [p for p in parts if p not in PARTS]
