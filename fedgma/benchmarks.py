@@ -193,10 +193,9 @@ def payload_bytes(parameters: int) -> tuple[list[str], dict[str, float]]:
 
 
 def _metrics_rows(path: Path, first_round: int) -> list[dict[str, str]]:
-    import csv
+    from .experiments.runner import read_rows
 
-    with path.open() as handle:
-        return [r for r in csv.DictReader(handle) if int(r["round"]) >= first_round]
+    return [r for r in read_rows(path) if int(r["round"]) >= first_round]
 
 
 def _mean(rows: list[dict[str, str]], key: str) -> float:
