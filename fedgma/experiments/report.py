@@ -333,7 +333,9 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
     ratio = round_time_ratio(runs)
     if ratio:
         out += ["", f"Time per round (same runs, mean over rounds 2 and later): FedGMA {ratio[0]:.3f} s, "
-                    f"FedAvg {ratio[1]:.3f} s, ratio {ratio[2]:.3f}."]
+                    f"FedAvg {ratio[1]:.3f} s, ratio {ratio[2]:.3f}. Grid runs may share the machine with other "
+                    "work, which this ratio then carries; `fedgma bench --parts rounds` measures it with "
+                    "both strategies alternating on an idle machine (docs/benchmarks.md)."]
     figure2 = figures_dir / "figure2.png"
     plot_settings(runs, FIGURE2_LABELS, figure2,
                   f"OOD accuracy per round, colored {dataset} (mean over seeds, min-max shaded)")

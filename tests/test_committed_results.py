@@ -1,0 +1,65 @@
+"""The committed full-grid results: complete, made with the grid's settings, and what the README shows.
+
+These read ``results/full`` (committed CSVs and JSON, no weights) and rebuild the combined CSV and
+the README's results block from them with the documented code, so a hand edit or a stale report fails.
+"""
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fedgma.experiments import report
+from fedgma.experiments.grids import grid_by_name
+from fedgma.experiments.runner import GridRunner
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "results" / "full"
+
+
+def finished_runs() -> list[Path]:
+    return sorted(p.parent for p in (RESULTS / "runs").glob("*/summary.json"))
+
+
+def test_some_full_grid_runs_are_committed():
+    assert len(finished_runs()) >= 57  # stop 9 committed 57 of 123; runs are only ever added
+
+
+@pytest.mark.parametrize("run_dir", finished_runs(), ids=lambda p: p.name)
+def test_a_committed_run_matches_its_grid_settings_and_its_metrics(run_dir):
+    runner = GridRunner(grid_by_name("full"), RESULTS)
+    spec = next(s for s in runner.grid.runs if s.name == run_dir.name)
+    assert runner.is_finished(spec)  # raises GridMismatch if made with other settings
+    with (run_dir / "metrics.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    rounds = [int(r["round"]) for r in rows]
+    planned = int(spec.run_config["num-server-rounds"])
+    assert rounds == list(range(planned + 1)), "every round once, round 0 being the initial model"
+    trained = rows[1:]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["rounds"] == planned
+    assert summary["final-ood-accuracy"] == pytest.approx(float(trained[-1]["ood-accuracy"]))
+    assert summary["final-id-accuracy"] == pytest.approx(float(trained[-1]["id-accuracy"]))
+    assert summary["peak-ood-accuracy"] == pytest.approx(max(float(r["ood-accuracy"]) for r in trained))
+    assert not list(run_dir.glob("*.pt")) and not list(run_dir.glob("*.npz")), "no weights are committed"
+
+
+def test_the_combined_csv_is_rebuilt_from_the_runs(tmp_path):
+    copy = tmp_path / "full"
+    shutil.copytree(RESULTS, copy)
+    (copy / "results.csv").unlink()
+    rebuilt = GridRunner(grid_by_name("full"), copy).write_combined()
+    assert rebuilt.read_text() == (RESULTS / "results.csv").read_text()
+
+
+def test_the_readme_results_block_is_the_reports_output(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    block = readme.split(report.BEGIN, 1)[1].split(report.END, 1)[0].strip("\n")
+    # Figures go to a scratch copy of docs/figures so the committed PNGs are left alone;
+    # links are relative to the README either way.
+    expected = report.build_markdown(RESULTS, tmp_path / "docs" / "figures", tmp_path).strip("\n")
+    assert block == expected, "README results block is stale: run the `fedgma report` command it shows"
+    for name in ("figure2.png", "baselines.png", "ablations.png"):
+        assert (ROOT / "docs" / "figures" / name).is_file()
