@@ -266,18 +266,20 @@ def round_times(rounds: int = 16, repeats: int = 3) -> tuple[list[str], tuple[fl
     """Seconds per round of FedGMA (ws) and FedAvg in the same simulation settings, alternating runs."""
     import tempfile
 
-    from .launch import SimulationRuntime
+    from .launch import HostSettings, SimulationRuntime
 
     settings = {"num-server-rounds": rounds, "min-nodes": 10, "train-images": 5000, "test-images": 2000,
-                "partitioning": "iid", "download": False}
+                "partitioning": "iid"}
     federation = "num-supernodes=10 client-resources-num-cpus=1"
     seconds: dict[str, list[float]] = {"FedAvg (Flower)": [], "FedGMA ws": []}
     strategies = {"FedAvg (Flower)": {"strategy": "fedavg"}, "FedGMA ws": {"strategy": "fedgma", "variant": "ws"}}
-    with tempfile.TemporaryDirectory() as tmp, SimulationRuntime(Path(tmp) / "runtime") as runtime:
+    with tempfile.TemporaryDirectory() as tmp, SimulationRuntime(
+        Path(tmp) / "runtime", HostSettings(output_root=Path(tmp), download=False)
+    ) as runtime:
         for repeat in range(repeats):
             for name, strategy in strategies.items():
                 run_name = f"{strategy['strategy']}-{repeat}"
-                config = {**settings, **strategy, "output-dir": tmp, "run-name": run_name}
+                config = {**settings, **strategy, "run-name": run_name}
                 outcome = runtime.cli.wait(runtime.cli.submit(APP_DIR, config, federation), timeout=1800)
                 if not outcome.completed:
                     raise RuntimeError(f"benchmark run {run_name} ended {outcome.status}")
@@ -297,16 +299,18 @@ def simulation_scale(clients: int = 1000, sampled: int = 100, rounds: int = 3) -
     """FedGMA ws in simulation with many virtual clients: seconds per round and peak memory."""
     import tempfile
 
-    from .launch import SimulationRuntime
+    from .launch import HostSettings, SimulationRuntime
 
     config = {"num-server-rounds": rounds, "strategy": "fedgma", "variant": "ws", "min-nodes": sampled,
               "fraction-train": sampled / clients, "train-images": 0, "test-images": 2000,
-              "partitioning": "iid", "download": False, "run-name": "scale"}
+              "partitioning": "iid", "run-name": "scale"}
     federation = f"num-supernodes={clients} client-resources-num-cpus=1"
-    with tempfile.TemporaryDirectory() as tmp, SimulationRuntime(Path(tmp) / "runtime") as runtime:
+    with tempfile.TemporaryDirectory() as tmp, SimulationRuntime(
+        Path(tmp) / "runtime", HostSettings(output_root=Path(tmp), download=False)
+    ) as runtime:
         assert runtime.process is not None
         with TreeMemory(runtime.process.pid) as memory:
-            run_id = runtime.cli.submit(APP_DIR, {**config, "output-dir": tmp}, federation)
+            run_id = runtime.cli.submit(APP_DIR, config, federation)
             outcome = runtime.cli.wait(run_id, timeout=3600)
         if not outcome.completed:
             raise RuntimeError(f"scale run ended {outcome.status}: {outcome.details}")
@@ -331,20 +335,21 @@ def deployment_rounds(supernodes: int = 20, rounds: int = 4) -> list[str]:
     """FedGMA ws deployed on loopback with ``supernodes`` SuperNode processes: where a round's time goes."""
     import tempfile
 
-    from .launch import LocalDeployment
+    from .launch import HostSettings, LocalDeployment
 
     config = {"num-server-rounds": rounds, "strategy": "fedgma", "variant": "ws", "min-nodes": supernodes,
-              "train-images": 500 * supernodes, "test-images": 2000, "partitioning": "iid",
-              "download": False, "run-name": "deployed"}
+              "num-partitions": supernodes, "train-images": 500 * supernodes, "test-images": 2000,
+              "partitioning": "iid", "run-name": "deployed"}
     with tempfile.TemporaryDirectory() as tmp:
-        deployment = LocalDeployment(Path(tmp) / "deployment", supernodes)
+        deployment = LocalDeployment(Path(tmp) / "deployment", supernodes,
+                                     settings=HostSettings(output_root=Path(tmp), download=False))
         # 20 "machines" share 2 cores here: one torch thread per ClientApp, as Flower's
         # simulation gives each client (2 threads each thrashed: 80 s of training per client).
         deployment.env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
         with deployment:
             deployment.wait_for_supernodes(timeout=300)
             cpu_before = cpu_times()
-            run_id = deployment.cli.submit(APP_DIR, {**config, "output-dir": tmp})
+            run_id = deployment.cli.submit(APP_DIR, config)
             outcome = deployment.cli.wait(run_id, timeout=3600)
             busy = cpu_busy_share(cpu_before, cpu_times())
         if not outcome.completed:

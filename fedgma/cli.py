@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .config import ConfigError, app_defaults, parse_run_config
 from .demo import _parse_override
+from .launch import HostSettings
 
 
 def _grid(args: argparse.Namespace) -> int:
@@ -26,7 +27,8 @@ def _grid(args: argparse.Namespace) -> int:
     grid = grid_by_name(args.name)
     results_dir = args.results_dir or Path("results") / grid.name
     overrides = dict(args.overrides)
-    runner = GridRunner(grid, results_dir, overrides, run_timeout=args.run_timeout)
+    data = HostSettings(data_dir=args.data_dir, download=False if args.no_download else None)
+    runner = GridRunner(grid, results_dir, overrides, run_timeout=args.run_timeout, data=data)
     try:
         if args.action == "status":
             status = runner.status()
@@ -70,8 +72,11 @@ def main(argv: list[str] | None = None) -> int:
     grid.add_argument("name", help="full | quick | smoke")
     grid.add_argument("--results-dir", type=Path, help="default: results/<name>")
     grid.add_argument("--run-timeout", type=float, default=3600.0, help="seconds allowed per run")
+    grid.add_argument("--data-dir", type=Path, help="data sets and cached partitions "
+                      "(default: $FEDGMA_DATA_DIR, else ~/.cache/fedgma)")
+    grid.add_argument("--no-download", action="store_true", help="never download a missing data set")
     grid.add_argument("overrides", nargs="*", type=_parse_override, metavar="key=value",
-                      help="run settings for every run, e.g. dataset=mnist data-dir=/data")
+                      help="run settings for every run, e.g. dataset=mnist")
     grid.set_defaults(func=_grid)
 
     report = commands.add_parser("report", help="tables and plots from a grid's results.csv")

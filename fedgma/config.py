@@ -1,16 +1,23 @@
-"""The run settings of ``[tool.flwr.app.config]``, parsed and validated once.
+"""The run settings of ``[tool.flwr.app.config]``, parsed and validated once, and what
+each process takes from its own host: the node's data, the server's output root.
 
 Both the ServerApp and the ClientApp call :func:`parse_run_config` on
 ``context.run_config``; every other module receives a :class:`RunConfig`.
+
+Whoever submits a run chooses its settings, so nothing in them may reach outside
+the places the hosts' operators chose: where data lives and whether it may be
+downloaded come from the node (:func:`node_data_source`, the server's from its
+environment), and output paths are names under the server's output root
+(:func:`output_root`, :func:`run_path`).
 """
 
 from __future__ import annotations
 
-import tomllib
-
 import os
+import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 STRATEGIES = ("fedgma", "fedavg", "fedavgm", "fedprox", "fedadam", "fedgma-adam")
@@ -18,6 +25,11 @@ VARIANTS = ("ws", "gma")
 TASKS = ("binary", "ten-class")
 DATASETS = ("fashion-mnist", "mnist")
 PARTITIONINGS = ("iid", "non-iid", "dirichlet")
+
+# Set by the operator of each host, never by a run.
+OUTPUT_ROOT_ENV = "FEDGMA_OUTPUT_ROOT"  # server: every run's outputs go below it
+DATA_DIR_ENV = "FEDGMA_DATA_DIR"  # server and nodes: data sets and cached partitions
+DOWNLOAD_ENV = "FEDGMA_DOWNLOAD"  # server and nodes: may torchvision download a missing data set
 
 
 class ConfigError(ValueError):
@@ -35,7 +47,9 @@ class RunConfig:
     round_timeout: float
     min_train_replies: int
     max_num_examples: int
+    max_weight_ratio: float  # 0: no bound
     max_update_norm: float  # 0: no bound
+    num_partitions: int  # 0: each reply's own declaration bounds its partition-id
     strategy: str
     variant: str
     tau: float | None  # None: the variant's default
@@ -49,8 +63,6 @@ class RunConfig:
     adam_tau: float
     task: str
     dataset: str
-    data_dir: str
-    download: bool
     partitioning: str
     dirichlet_alpha: float
     train_images: int
@@ -63,24 +75,14 @@ class RunConfig:
     local_epochs: int
     client_lr: float
     batch_size: int
-    output_dir: str
+    output_dir: str  # relative to the server's output root
     run_name: str
-    resume: str  # a run directory (absolute, or relative to output-dir) to continue; "" = new run
+    resume: str  # a run directory (relative to output-dir) to continue; "" = new run
 
     @property
     def num_classes(self) -> int:
         """Number of labels of the task."""
         return 2 if self.task == "binary" else 10
-
-    @property
-    def data_path(self) -> Path:
-        """Where data sets and cached partitions live."""
-        if self.data_dir:
-            return Path(self.data_dir).expanduser()
-        env = os.environ.get("FEDGMA_DATA_DIR")
-        if env:
-            return Path(env).expanduser()
-        return Path.home() / ".cache" / "fedgma"
 
 
 def _number(
@@ -128,6 +130,18 @@ def _text(raw: dict[str, Any], key: str) -> str:
     return value
 
 
+def _relative_path(raw: dict[str, Any], key: str) -> str:
+    """A path that stays below the folder it is relative to: no absolute path, ``~`` or ``..``."""
+    value = _text(raw, key)
+    path = PurePosixPath(value)
+    if path.is_absolute() or value.startswith("~") or ".." in path.parts or "\\" in value:
+        raise ConfigError(
+            f"run config: {key!r} must be a relative path below the server's output root "
+            f"(no absolute path, '~' or '..'), got {value!r}"
+        )
+    return value
+
+
 def _tau(raw: dict[str, Any]) -> float | None:
     if raw.get("tau") == "auto":
         return None
@@ -157,7 +171,9 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         round_timeout=_number(raw, "round-timeout", float, 0.0, low_open=True),
         min_train_replies=_number(raw, "min-train-replies", int, 0),
         max_num_examples=_number(raw, "max-num-examples", int, 1),
+        max_weight_ratio=_number(raw, "max-weight-ratio", float, 0.0),
         max_update_norm=_number(raw, "max-update-norm", float, 0.0),
+        num_partitions=_number(raw, "num-partitions", int, 0),
         strategy=_choice(raw, "strategy", STRATEGIES),
         variant=_choice(raw, "variant", VARIANTS),
         tau=_tau(raw),
@@ -171,8 +187,6 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         adam_tau=_number(raw, "adam-tau", float, 0.0, low_open=True),
         task=_choice(raw, "task", TASKS),
         dataset=_choice(raw, "dataset", DATASETS),
-        data_dir=_text(raw, "data-dir"),
-        download=_flag(raw, "download"),
         partitioning=_choice(raw, "partitioning", PARTITIONINGS),
         dirichlet_alpha=_number(raw, "dirichlet-alpha", float, 0.0, low_open=True),
         train_images=_number(raw, "train-images", int, 0),
@@ -185,33 +199,112 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         local_epochs=_number(raw, "local-epochs", int, 1),
         client_lr=_number(raw, "client-lr", float, 0.0, low_open=True),
         batch_size=_number(raw, "batch-size", int, 1),
-        output_dir=_text(raw, "output-dir"),
+        output_dir=_relative_path(raw, "output-dir"),
         run_name=_text(raw, "run-name"),
-        resume=_text(raw, "resume"),
+        resume=_relative_path(raw, "resume"),
     )
     if config.color_flip_min > config.color_flip_max:
         raise ConfigError(
             "run config: 'color-flip-min' must be <= 'color-flip-max', got "
             f"{config.color_flip_min} > {config.color_flip_max}"
         )
-    if "/" in config.run_name or config.run_name in (".", ".."):
+    if "/" in config.run_name or "\\" in config.run_name or config.run_name in (".", ".."):
         raise ConfigError(f"run config: 'run-name' must be a plain name, got {config.run_name!r}")
+    if 0 < config.max_weight_ratio < 1:
+        raise ConfigError(
+            f"run config: 'max-weight-ratio' must be 0 (no bound) or >= 1, got {config.max_weight_ratio}"
+        )
     return config
+
+
+def output_root(environ: Mapping[str, str] | None = None) -> Path:
+    """The folder every run's outputs go below: ``$FEDGMA_OUTPUT_ROOT``, else ``./outputs``.
+
+    Set by whoever runs the ServerApp's process (the SuperLink's operator), never by a run.
+    """
+    value = (os.environ if environ is None else environ).get(OUTPUT_ROOT_ENV, "")
+    return Path(value).expanduser().resolve() if value else (Path.cwd() / "outputs").resolve()
+
+
+def run_path(root: Path, key: str, *parts: str) -> Path:
+    """``root / parts``, refused with a message naming ``key`` if it leaves ``root``.
+
+    The settings are checked when parsed; this also catches a symbolic link below the
+    root that points elsewhere.
+    """
+    root = root.resolve()
+    path = root.joinpath(*parts).resolve()
+    if not path.is_relative_to(root):
+        raise ConfigError(f"run config: {key!r} leads to {path}, outside the output root {root}")
+    return path
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """Where a host keeps its data sets, and whether a missing one may be downloaded."""
+
+    path: Path
+    download: bool
+
+
+def _environment_flag(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    value = environ.get(name, "").strip().lower()
+    if not value:
+        return default
+    if value in ("1", "true", "yes"):
+        return True
+    if value in ("0", "false", "no"):
+        return False
+    raise ConfigError(f"environment: {name} must be true or false, got {value!r}")
+
+
+def data_source(
+    node_config: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None
+) -> DataSource:
+    """This host's :class:`DataSource`: node config, else environment, else defaults.
+
+    ``data-dir`` / ``download`` in ``--node-config``, else ``$FEDGMA_DATA_DIR`` /
+    ``$FEDGMA_DOWNLOAD``, else ``~/.cache/fedgma`` and ``true``. The ServerApp has no
+    node config: its central test sets come from its environment.
+    """
+    node_config = node_config or {}
+    environ = os.environ if environ is None else environ
+    folder = node_config["data-dir"] if "data-dir" in node_config else environ.get(DATA_DIR_ENV, "")
+    if not isinstance(folder, str):
+        raise ConfigError(f"node config: 'data-dir' must be a string, got {folder!r}")
+    if "download" in node_config:
+        download = node_config["download"]
+        if not isinstance(download, bool):
+            raise ConfigError(f"node config: 'download' must be true or false, got {download!r}")
+    else:
+        download = _environment_flag(environ, DOWNLOAD_ENV, True)
+    path = Path(folder).expanduser() if folder else Path.home() / ".cache" / "fedgma"
+    return DataSource(path=path, download=download)
 
 
 @dataclass(frozen=True)
 class NodeIdentity:
-    """A client's place in the federation, from ``--node-config``."""
+    """A client's place in the federation and its data, from ``--node-config``."""
 
     partition_id: int
     num_partitions: int
+    data: DataSource
 
 
-def parse_node_config(raw: dict[str, Any]) -> NodeIdentity:
-    """Validate ``context.node_config`` (``partition-id``, ``num-partitions``)."""
+NODE_KEYS = ("partition-id", "num-partitions", "data-dir", "download")
+
+
+def parse_node_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> NodeIdentity:
+    """Validate ``context.node_config``: ``partition-id``, ``num-partitions`` and,
+    optionally, ``data-dir`` and ``download`` (see :func:`data_source`)."""
+    unknown = sorted(set(raw) - set(NODE_KEYS))
+    if unknown:
+        raise ConfigError(f"node config: unknown key(s) {unknown}; known: {', '.join(NODE_KEYS)}")
     num_partitions = _number(raw, "num-partitions", int, 1, where="node config")
     partition_id = _number(raw, "partition-id", int, 0, num_partitions - 1, where="node config")
-    return NodeIdentity(partition_id=partition_id, num_partitions=num_partitions)
+    return NodeIdentity(
+        partition_id=partition_id, num_partitions=num_partitions, data=data_source(raw, environ)
+    )
 
 
 def app_defaults() -> dict[str, Any]:

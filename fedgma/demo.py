@@ -3,7 +3,9 @@
 ``python -m fedgma.demo`` runs each strategy as a real ``flwr run`` of this app
 (binary colored task, non-IID, 10 clients, 5 rounds by default) and prints the
 out-of-distribution (OOD) and in-distribution (ID) accuracy per strategy.
-Extra ``key=value`` arguments override run settings of ``pyproject.toml``.
+Extra ``key=value`` arguments override run settings of ``pyproject.toml``; where the
+data lives (``--data-dir``, ``--no-download``) and where outputs go (``--output-dir``)
+are this machine's settings, given to the runtime, not run settings.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .experiments.runner import read_rows
-from .launch import SimulationRuntime
+from .launch import HostSettings, SimulationRuntime
 
 APP_DIR = Path(__file__).resolve().parent.parent
 
@@ -45,6 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=10, help="simulated SuperNodes (default 10)")
     parser.add_argument("--rounds", type=int, default=5, help="server rounds (default 5)")
     parser.add_argument("--output-dir", type=Path, default=APP_DIR / "outputs")
+    parser.add_argument("--data-dir", type=Path, help="data sets and cached partitions "
+                        "(default: $FEDGMA_DATA_DIR, else ~/.cache/fedgma)")
+    parser.add_argument("--no-download", action="store_true", help="never download a missing data set")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per run")
     parser.add_argument("overrides", nargs="*", type=_parse_override, metavar="key=value")
     args = parser.parse_args(argv)
@@ -56,13 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         "min-nodes": min(2, args.clients),
         "task": "binary",
         "partitioning": "non-iid",
-        "output-dir": str(batch_dir),
         **dict(args.overrides),
     }
+    host = HostSettings(output_root=batch_dir, data_dir=args.data_dir,
+                        download=False if args.no_download else None)
     print(f"FedGMA vs FedAvg: {args.clients} simulated clients, {args.rounds} rounds; "
           f"outputs in {batch_dir}", flush=True)
     summaries = {}
-    with SimulationRuntime(batch_dir / "runtime") as runtime:
+    with SimulationRuntime(batch_dir / "runtime", host) as runtime:
         for label, strategy in STRATEGIES.items():
             run_name = strategy["strategy"] + (f"-{strategy['variant']}" if "variant" in strategy else "")
             run_config = {**settings, **strategy, "run-name": run_name}

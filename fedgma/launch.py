@@ -22,6 +22,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from .config import DATA_DIR_ENV, DOWNLOAD_ENV, OUTPUT_ROOT_ENV
+
 BIN = Path(sys.executable).parent
 
 
@@ -61,8 +63,29 @@ def free_port() -> int:
     raise RuntimeError("no free TCP port found on 127.0.0.1")
 
 
-def flower_env(flwr_home: Path) -> dict[str, str]:
-    """Environment for Flower processes: private FLWR_HOME, no telemetry, offline."""
+@dataclass(frozen=True)
+class HostSettings:
+    """What a host's operator sets for the app's processes there, as environment variables:
+    the output root (ServerApp) and the data directory and download permission (all)."""
+
+    output_root: Path | None = None
+    data_dir: Path | None = None
+    download: bool | None = None
+
+    def environment(self) -> dict[str, str]:
+        env = {}
+        if self.output_root is not None:
+            env[OUTPUT_ROOT_ENV] = str(Path(self.output_root).resolve())
+        if self.data_dir is not None:
+            env[DATA_DIR_ENV] = str(Path(self.data_dir).resolve())
+        if self.download is not None:
+            env[DOWNLOAD_ENV] = "true" if self.download else "false"
+        return env
+
+
+def flower_env(flwr_home: Path, host: HostSettings | None = None) -> dict[str, str]:
+    """Environment for Flower processes: private FLWR_HOME, no telemetry, offline, and
+    the host's own settings (``host``) for the app processes they start."""
     env = dict(os.environ)
     env.update(
         FLWR_HOME=str(flwr_home),
@@ -73,6 +96,7 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
         # The SuperLink and SuperNode start flower-superexec / flwr-clientapp by name.
         PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
     )
+    env.update((host or HostSettings()).environment())
     return env
 
 
@@ -330,11 +354,11 @@ class SimulationRuntime:
     PID we stop on exit, so nothing is left running.
     """
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, settings: HostSettings | None = None) -> None:
         self.workdir = workdir
         self.flwr_home = workdir / "flwr-home"
         self.port = free_port()
-        self.env = flower_env(self.flwr_home)
+        self.env = flower_env(self.flwr_home, settings)
         self.process: subprocess.Popen | None = None
         self.cli = FlowerCli(self.env, "sim")
 
@@ -378,10 +402,13 @@ class LocalDeployment:
     certs : Path | None
         A folder with ``ca.crt``, ``server.pem`` and ``server.key`` (as written by
         ``scripts/make-certs.sh``): TLS on every API. ``None``: ``--insecure``.
+    settings : HostSettings | None
+        The output root and data settings of every process (one machine, one operator).
     """
 
     def __init__(
-        self, workdir: Path, num_supernodes: int, host: str = "127.0.0.1", certs: Path | None = None
+        self, workdir: Path, num_supernodes: int, host: str = "127.0.0.1", certs: Path | None = None,
+        settings: HostSettings | None = None,
     ) -> None:
         self.workdir = workdir
         self.host = host
@@ -390,7 +417,7 @@ class LocalDeployment:
         self.http_port = free_port()
         self.fleet_port = free_port()
         self.flwr_home = workdir / "flwr-home"
-        self.env = flower_env(self.flwr_home)
+        self.env = flower_env(self.flwr_home, settings)
         self.cli = FlowerCli(self.env, "deployment")
         self.superlink: subprocess.Popen | None = None
         self.supernodes: list[subprocess.Popen] = []

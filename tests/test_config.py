@@ -2,7 +2,17 @@
 
 import pytest
 
-from fedgma.config import ConfigError, parse_node_config, parse_run_config
+from pathlib import Path
+
+from fedgma.config import (
+    ConfigError,
+    DataSource,
+    data_source,
+    output_root,
+    parse_node_config,
+    parse_run_config,
+    run_path,
+)
 from run_settings import DEFAULTS, settings
 
 
@@ -30,6 +40,11 @@ def test_defaults_are_valid():
         ({"color-flip-min": 0.3}, "color-flip-min"),
         ({"run-name": "../escape"}, "run-name"),
         ({"tua": 0.5}, "tua"),
+        ({"max-weight-ratio": 0.5}, "max-weight-ratio"),
+        ({"num-partitions": -1}, "num-partitions"),
+        # Where data lives and whether it may be downloaded is each host's setting, not the run's.
+        ({"data-dir": "/etc"}, "data-dir"),
+        ({"download": True}, "download"),
     ],
 )
 def test_bad_values_name_their_key(override, key):
@@ -57,3 +72,45 @@ def test_node_config():
         parse_node_config({"partition-id": 4, "num-partitions": 4})
     with pytest.raises(ConfigError, match="num-partitions"):
         parse_node_config({"partition-id": 0})
+
+
+@pytest.mark.parametrize("key", ["output-dir", "resume"])
+@pytest.mark.parametrize("value", ["/etc", "/tmp/x", "~", "~/runs", "~root/x", "..", "runs/../../x", "a/..", "..\\x"])
+def test_output_paths_must_stay_below_the_output_root(key, value):
+    with pytest.raises(ConfigError, match=f"'{key}' must be a relative path below the server's output root"):
+        parse_run_config(settings(**{key.replace("-", "_"): value}))
+
+
+def test_relative_output_paths_are_accepted():
+    config = parse_run_config(settings(output_dir="study/a", resume="run-1", run_name="run-2"))
+    assert (config.output_dir, config.resume) == ("study/a", "run-1")
+
+
+def test_run_path_refuses_a_link_that_leaves_the_root(tmp_path):
+    root = tmp_path / "root"
+    (root / "inside").mkdir(parents=True)
+    (root / "link").symlink_to(tmp_path)
+    assert run_path(root, "output-dir", "inside", "run") == (root / "inside" / "run").resolve()
+    with pytest.raises(ConfigError, match="'output-dir' leads to .* outside the output root"):
+        run_path(root, "output-dir", "link", "run")
+
+
+def test_output_root_is_the_operators_setting(tmp_path, monkeypatch):
+    assert output_root({"FEDGMA_OUTPUT_ROOT": str(tmp_path)}) == tmp_path.resolve()
+    monkeypatch.chdir(tmp_path)
+    assert output_root({}) == (tmp_path / "outputs").resolve()
+
+
+def test_data_source_comes_from_the_node_then_the_environment():
+    environ = {"FEDGMA_DATA_DIR": "/srv/env-data", "FEDGMA_DOWNLOAD": "false"}
+    assert data_source({}, environ) == DataSource(Path("/srv/env-data"), False)
+    assert data_source({"data-dir": "/srv/node", "download": True}, environ) == DataSource(Path("/srv/node"), True)
+    assert data_source({}, {}) == DataSource(Path.home() / ".cache" / "fedgma", True)
+    with pytest.raises(ConfigError, match="FEDGMA_DOWNLOAD"):
+        data_source({}, {"FEDGMA_DOWNLOAD": "maybe"})
+    with pytest.raises(ConfigError, match="node config: 'download'"):
+        data_source({"download": "yes"}, {})
+    node = parse_node_config({"partition-id": 0, "num-partitions": 2, "data-dir": "/srv/n"}, {})
+    assert node.data == DataSource(Path("/srv/n"), True)
+    with pytest.raises(ConfigError, match="node config: unknown key"):
+        parse_node_config({"partition-id": 0, "num-partitions": 2, "output-dir": "/"}, {})

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from fedgma.config import parse_run_config
+from fedgma.config import DataSource, parse_run_config
 from fedgma.task import base_data
 from fedgma.task.base_data import DataUnavailable, load_base_images
 from fedgma.task.coloring import OOD_COLORS, TRAIN_BACKGROUND, TRAIN_FOREGROUND
@@ -23,7 +23,11 @@ def base_train(data_dir):
 
 
 def config_for(data_dir, **overrides):
-    return parse_run_config(settings(data_dir=str(data_dir), download=False, **overrides))
+    return parse_run_config(settings(**overrides))
+
+
+def offline(data_dir):
+    return DataSource(data_dir, download=False)
 
 
 def test_base_data_comes_from_debians_files(base_train):
@@ -68,7 +72,7 @@ def test_iid_clients_see_every_class(base_train):
 
 def test_client_partitions_cover_the_training_subset(data_dir):
     config = config_for(data_dir, train_images=3000, partitioning="dirichlet")
-    rows = [load_client_partition(config, i, 4).rows for i in range(4)]
+    rows = [load_client_partition(config, i, 4, offline(data_dir)).rows for i in range(4)]
     joined = np.concatenate(rows)
     assert len(joined) == len(np.unique(joined)) == 3000
 
@@ -94,14 +98,15 @@ def binomial_bound(p, n):
 def test_binary_training_colors_follow_the_label_with_client_flip_rates(data_dir, base_train):
     config = config_for(data_dir, train_images=20000, partitioning="iid")
     for client, expected in [(0, 0.1), (4, 0.2)]:
-        data = load_client_partition(config, client, 5)
+        data = load_client_partition(config, client, 5, offline(data_dir))
         assert abs(flip_rate(data, base_train[1]) - expected) < binomial_bound(expected, len(data))
 
 
 def test_binary_test_sets_flip_as_configured(data_dir):
     config = config_for(data_dir, test_images=0)
     test_labels = load_base_images("fashion-mnist", data_dir, train=False, download=False)[1]
-    in_dist, ood = load_test_set(config, ood=False), load_test_set(config, ood=True)
+    source = offline(data_dir)
+    in_dist, ood = load_test_set(config, source, ood=False), load_test_set(config, source, ood=True)
     assert len(ood) == 10000
     assert abs(flip_rate(in_dist, test_labels) - 0.15) < binomial_bound(0.15, 10000)
     assert abs(flip_rate(ood, test_labels) - 0.9) < binomial_bound(0.9, 10000)
@@ -109,7 +114,7 @@ def test_binary_test_sets_flip_as_configured(data_dir):
 
 def test_colored_pixels_are_the_grayscale_image_painted(data_dir, base_train):
     config = config_for(data_dir, train_images=2000, partitioning="iid")
-    data = load_client_partition(config, 1, 2)
+    data = load_client_partition(config, 1, 2, offline(data_dir))
     gray = base_train[0][data.rows].astype(np.float64) / 255
     green = is_green(data.images)
     expected_green = np.rint(255 * gray * green[:, None, None])
@@ -136,7 +141,7 @@ def recovered_colors(dataset, base_images):
 
 def test_ten_class_training_colors_belong_to_the_class(data_dir, base_train):
     config = config_for(data_dir, task="ten-class", train_images=3000, partitioning="iid")
-    data = load_client_partition(config, 0, 1)
+    data = load_client_partition(config, 0, 1, offline(data_dir))
     assert np.array_equal(data.labels, base_train[1][data.rows])
     fg, bg = recovered_colors(data, base_train[0])
     fg_id = nearest(fg, TRAIN_FOREGROUND.reshape(20, 3))
@@ -150,7 +155,7 @@ def test_ten_class_training_colors_belong_to_the_class(data_dir, base_train):
 def test_ten_class_ood_colors_are_random_and_unseen(data_dir):
     config = config_for(data_dir, task="ten-class", test_images=5000)
     test_images = load_base_images("fashion-mnist", data_dir, train=False, download=False)[0]
-    ood = load_test_set(config, ood=True)
+    ood = load_test_set(config, offline(data_dir), ood=True)
     fg, bg = recovered_colors(ood, test_images)
     train_palette = np.concatenate([TRAIN_FOREGROUND.reshape(20, 3), TRAIN_BACKGROUND.reshape(20, 3)])
     palette = np.concatenate([train_palette, OOD_COLORS])
@@ -163,8 +168,8 @@ def test_ten_class_ood_colors_are_random_and_unseen(data_dir):
 
 def test_partition_cache_returns_identical_data(data_dir):
     config = config_for(data_dir, train_images=2000)
-    first = load_client_partition(config, 0, 3)
-    second = load_client_partition(config, 0, 3)
+    first = load_client_partition(config, 0, 3, offline(data_dir))
+    second = load_client_partition(config, 0, 3, offline(data_dir))
     for field in ("images", "labels", "rows"):
         assert np.array_equal(getattr(first, field), getattr(second, field))
 
@@ -185,7 +190,7 @@ def test_a_process_splits_the_training_set_once_for_all_its_clients(data_dir, mo
     monkeypatch.setattr(data_module, "partition_indices", lambda *a: calls.append(a) or real(*a))
     data_module._training_split.cache_clear()
     config = config_for(data_dir, train_images=3000, partitioning="non-iid", seed=5)
-    clients = [load_client_partition(config, i, 6) for i in range(6)]
+    clients = [load_client_partition(config, i, 6, offline(data_dir)) for i in range(6)]
     assert len(calls) == 1  # not once per client
     labels = load_base_images("fashion-mnist", data_dir, train=True, download=False)[1]
     rows = np.sort(np.random.default_rng(5).choice(60000, size=3000, replace=False))

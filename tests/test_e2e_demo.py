@@ -12,8 +12,8 @@ pytestmark = pytest.mark.e2e
 def test_main_job_compares_fedgma_and_fedavg(tmp_path, shared_data_dir, capsys):
     status = demo.main([
         "--clients", "2", "--rounds", "1", "--output-dir", str(tmp_path),
+        "--data-dir", str(shared_data_dir), "--no-download",
         "train-images=2000", "test-images=1000", "partitioning=iid", "local-epochs=1",
-        f"data-dir={shared_data_dir}", "download=false",
     ])
     printed = capsys.readouterr().out
     assert status == 0, printed

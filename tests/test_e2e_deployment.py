@@ -9,7 +9,7 @@ import pytest
 from fedgma.launch import LocalDeployment
 from run_settings import ROOT
 
-SMALL_RUN = {"train-images": 2000, "test-images": 1000, "download": False}
+SMALL_RUN = {"train-images": 2000, "test-images": 1000}
 
 pytestmark = pytest.mark.e2e
 
@@ -28,10 +28,10 @@ def tcp_peers(pids):
     return pairs
 
 
-def test_fedgma_run_over_grpc_fleet_api(tmp_path, shared_data_dir):
-    out = tmp_path / "outputs"
+def test_fedgma_run_over_grpc_fleet_api(tmp_path, host_settings):
+    out = host_settings.output_root
     seen = set()
-    with LocalDeployment(tmp_path / "deployment", num_supernodes=2) as deployment:
+    with LocalDeployment(tmp_path / "deployment", num_supernodes=2, settings=host_settings) as deployment:
         deployment.wait_for_supernodes()
         supernode_pids = [p.pid for p in deployment.supernodes]
 
@@ -46,8 +46,7 @@ def test_fedgma_run_over_grpc_fleet_api(tmp_path, shared_data_dir):
                 "variant": "ws",
                 "partitioning": "non-iid",
                 **SMALL_RUN,
-                "data-dir": str(shared_data_dir),
-                "output-dir": str(out),
+                "num-partitions": 2,
                 "run-name": "e2e-deployment",
             },
         )
@@ -85,17 +84,17 @@ def tls_handshake(port, ca_file):
     return result.returncode, result.stdout
 
 
-def test_fedgma_run_with_tls(tmp_path, shared_data_dir):
+def test_fedgma_run_with_tls(tmp_path, host_settings):
     certs = tmp_path / "certs"
     subprocess.run(["bash", str(ROOT / "scripts" / "make-certs.sh"), str(certs)], check=True)
-    out = tmp_path / "outputs"
-    with LocalDeployment(tmp_path / "deployment", num_supernodes=2, certs=certs) as deployment:
+    out = host_settings.output_root
+    with LocalDeployment(tmp_path / "deployment", num_supernodes=2, certs=certs,
+                         settings=host_settings) as deployment:
         deployment.wait_for_supernodes()
         code, handshake = tls_handshake(deployment.fleet_port, certs / "ca.crt")
         run_id = deployment.cli.submit(
             ROOT,
-            {"num-server-rounds": 1, **SMALL_RUN, "data-dir": str(shared_data_dir),
-             "output-dir": str(out), "run-name": "tls"},
+            {"num-server-rounds": 1, **SMALL_RUN, "run-name": "tls"},
         )
         outcome = deployment.cli.wait(run_id, timeout=600)
     assert code == 0 and "Verify return code: 0 (ok)" in handshake, handshake

@@ -14,7 +14,7 @@ from run_settings import ROOT
 
 pytestmark = pytest.mark.e2e
 
-SMALL = {"train-images": 1000, "test-images": 500, "download": False, "local-epochs": 1}
+SMALL = {"train-images": 1000, "test-images": 500, "local-epochs": 1}
 
 
 def checkpoint_round(run_dir):
@@ -30,12 +30,12 @@ def rows(run_dir):
         return list(csv.DictReader(handle))
 
 
-def test_serverapp_killed_after_round_two_resumes_to_identical_weights(tmp_path, shared_data_dir):
-    out = tmp_path / "outputs"
+def test_serverapp_killed_after_round_two_resumes_to_identical_weights(tmp_path, host_settings):
+    out = host_settings.output_root
     settings = {**SMALL, "num-server-rounds": 4, "strategy": "fedgma", "variant": "ws", "seed": 5,
-                "partitioning": "iid", "data-dir": str(shared_data_dir), "output-dir": str(out)}
+                "partitioning": "iid", "num-partitions": 2}
     federation = "num-supernodes=2 client-resources-num-cpus=1"
-    with SimulationRuntime(tmp_path / "runtime") as runtime:
+    with SimulationRuntime(tmp_path / "runtime", host_settings) as runtime:
         whole = runtime.cli.submit(ROOT, {**settings, "run-name": "whole"}, federation)
         assert runtime.cli.wait(whole, timeout=600).completed
 
@@ -65,15 +65,14 @@ def test_serverapp_killed_after_round_two_resumes_to_identical_weights(tmp_path,
         assert a["ood-accuracy"] == b["ood-accuracy"] and a["train-loss"] == b["train-loss"]
 
 
-def test_supernode_killed_mid_round_costs_at_most_the_round_timeout(tmp_path, shared_data_dir):
-    out = tmp_path / "outputs"
+def test_supernode_killed_mid_round_costs_at_most_the_round_timeout(tmp_path, host_settings):
+    out = host_settings.output_root
     timeout = 30.0
-    with LocalDeployment(tmp_path / "deployment", num_supernodes=3) as deployment:
+    with LocalDeployment(tmp_path / "deployment", num_supernodes=3, settings=host_settings) as deployment:
         deployment.wait_for_supernodes()
         run_id = deployment.cli.submit(ROOT, {
             **SMALL, "num-server-rounds": 3, "min-nodes": 2, "round-timeout": timeout,
-            "partitioning": "iid", "data-dir": str(shared_data_dir), "output-dir": str(out),
-            "run-name": "dead-node",
+            "partitioning": "iid", "num-partitions": 3, "run-name": "dead-node",
         })
         deadline = time.monotonic() + 600
         while checkpoint_round(out / "dead-node") < 1:

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.e2e
 
 def test_smoke_grid_runs_resumes_and_reports(tmp_path, shared_data_dir, capsys):
     results = tmp_path / "smoke"
-    data = [f"data-dir={shared_data_dir}", "download=false"]
+    data = ["--data-dir", str(shared_data_dir), "--no-download"]
     assert cli.main(["grid", "run", "smoke", "--results-dir", str(results), *data]) == 0
     printed = capsys.readouterr().out
     assert "2 to run" in printed and "round 2/2" in printed and "remaining ~" in printed

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from fedgma.launch import SimulationRuntime
+from fedgma.launch import HostSettings, SimulationRuntime
 from fedgma.task.model import build_model
 from run_settings import ROOT
 
@@ -18,9 +18,9 @@ def read_rows(path):
         return list(csv.DictReader(handle))
 
 
-def test_two_clients_two_rounds_write_metrics_and_model(tmp_path, shared_data_dir):
-    out = tmp_path / "outputs"
-    with SimulationRuntime(tmp_path / "runtime") as runtime:
+def test_two_clients_two_rounds_write_metrics_and_model(tmp_path, host_settings):
+    out = host_settings.output_root
+    with SimulationRuntime(tmp_path / "runtime", host_settings) as runtime:
         run_id = runtime.cli.submit(
             ROOT,
             {
@@ -31,9 +31,6 @@ def test_two_clients_two_rounds_write_metrics_and_model(tmp_path, shared_data_di
                 "train-images": 2000,
                 "test-images": 1000,
                 "fraction-evaluate": 1.0,
-                "data-dir": str(shared_data_dir),
-                "download": False,
-                "output-dir": str(out),
                 "run-name": "e2e-sim",
             },
             "num-supernodes=2",
@@ -68,27 +65,31 @@ def test_two_clients_two_rounds_write_metrics_and_model(tmp_path, shared_data_di
     assert config["run-id"] == run_id and config["variant"] == "gma"
 
 
-def test_bad_config_or_missing_data_fail_before_round_one(tmp_path, shared_data_dir):
+def test_bad_config_or_missing_data_fail_before_round_one(tmp_path):
     out = tmp_path / "outputs"
     empty = tmp_path / "no-data"
     empty.mkdir()
-    with SimulationRuntime(tmp_path / "runtime") as runtime:
-        bad_tau = runtime.cli.submit(
-            ROOT,
-            {"tau": 1.7, "output-dir": str(out), "data-dir": str(shared_data_dir), "run-name": "bad"},
-            "num-supernodes=2",
-        )
-        no_data = runtime.cli.submit(
-            ROOT,
-            {"dataset": "mnist", "download": False, "output-dir": str(out), "data-dir": str(empty),
-             "run-name": "no-data"},
-            "num-supernodes=2",
-        )
-        bad_tau_outcome = runtime.cli.wait(bad_tau, timeout=300)
-        no_data_outcome = runtime.cli.wait(no_data, timeout=300)
-        bad_tau_log = runtime.cli.logs(bad_tau)
-    assert bad_tau_outcome.status == "finished:failed"
+    host = HostSettings(output_root=out, data_dir=empty, download=False)
+    runs = {
+        "bad-tau": {"tau": 1.7},
+        "no-data": {"dataset": "mnist"},
+        # A run may not write outside the server's output root.
+        "absolute": {"output-dir": str(tmp_path / "elsewhere")},
+        "dotdot": {"resume": "../../etc"},
+    }
+    with SimulationRuntime(tmp_path / "runtime", host) as runtime:
+        ids = {name: runtime.cli.submit(ROOT, {**config, "run-name": name}, "num-supernodes=2")
+               for name, config in runs.items()}
+        outcomes = {name: runtime.cli.wait(run_id, timeout=300) for name, run_id in ids.items()}
+        bad_tau_log = runtime.cli.logs(ids["bad-tau"])
+        # Where a node keeps its data is the node's setting: Flower refuses a key the app does not have.
+        with pytest.raises(RuntimeError, match="Invalid run configuration"):
+            runtime.cli.submit(ROOT, {"data-dir": "/etc", "run-name": "data-dir"}, "num-supernodes=2")
+    assert all(outcome.status == "finished:failed" for outcome in outcomes.values()), outcomes
     assert "'tau' must be <= 1.0" in bad_tau_log
-    assert no_data_outcome.status == "finished:failed"
-    assert "mnist not found" in no_data_outcome.details and "download=true" in no_data_outcome.details
+    details = {name: outcome.details for name, outcome in outcomes.items()}
+    assert "mnist not found" in details["no-data"] and "download=true" in details["no-data"]
+    for name, key in (("absolute", "output-dir"), ("dotdot", "resume")):
+        assert f"'{key}' must be a relative path below the server's output root" in details[name], details[name]
     assert not out.exists(), "nothing may be written before round 1"
+    assert not (tmp_path / "elsewhere").exists()

@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 from flwr.app import ConfigRecord
-from flwr.serverapp.strategy import FedAdam, FedAvgM
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
 
 from fedgma.config import ConfigError, parse_run_config
 from fedgma.server import checkpoint as ckpt
@@ -16,12 +16,15 @@ from run_settings import settings
 
 
 class ScriptedGrid:
-    """A grid whose nodes reply as scripted: 'ok', 'error', 'nan', or 'silent' (timed out)."""
+    """A grid whose nodes reply as scripted: 'ok', 'error', 'nan', 'silent' (timed out), or lie:
+    'huge' / 'many' (claim 10^15 examples / 50 x the others' count, with weights far away),
+    'claims-N' (declares partition N), 'undeclared' (declares none). A node's partition is its id."""
 
-    def __init__(self, behaviour, rng, shuffle=False):
+    def __init__(self, behaviour, rng, shuffle=False, num_partitions=None):
         self.behaviour = behaviour  # node id -> behaviour
         self.rng = rng
         self.shuffle = shuffle
+        self.num_partitions = num_partitions or max(behaviour) + 1  # what the nodes declare
 
     def get_node_ids(self):
         return list(self.behaviour)
@@ -42,8 +45,15 @@ class ScriptedGrid:
                  for k, v in x.items()}
             if kind == "nan":
                 y["w"][0, 0] = np.nan
-            reply = train_reply(node, y, 10 * node)
-            reply.content[NODE_RECORD] = ConfigRecord({"partition-id": node})
+            examples = 10 * node
+            if kind in ("huge", "many"):
+                y = {k: v + 100.0 for k, v in x.items()}
+                examples = 10**15 if kind == "huge" else 50 * 10 * max(self.behaviour)
+            reply = train_reply(node, y, examples)
+            partition = int(kind.removeprefix("claims-")) if kind.startswith("claims-") else node
+            if kind != "undeclared":
+                reply.content[NODE_RECORD] = ConfigRecord(
+                    {"partition-id": partition, "num-partitions": self.num_partitions})
             replies.append(reply)
         if self.shuffle:
             replies = [replies[i] for i in self.rng.permutation(len(replies))]
@@ -188,3 +198,61 @@ def test_fedadam_keeps_the_models_dtypes_so_later_rounds_use_the_replies(strateg
         assert {a.dtype for a in new.values()} == {"float32"}
         assert not np.array_equal(new["w"].numpy(), arrays["w"].numpy())
         arrays = new
+
+
+@pytest.mark.parametrize("liar", ["huge", "many"])
+@pytest.mark.parametrize("strategy", [FedGMA, FedAvg])
+def test_a_reply_claiming_too_many_examples_does_not_move_the_model(liar, strategy):
+    set_task_identity()
+    honest = {n: "ok" for n in range(1, 5)}
+    attacked = RoundLoop(strategy(min_train_nodes=1, min_available_nodes=1),
+                         ScriptedGrid({**honest, 5: liar}, np.random.default_rng(1)), timeout=5)
+    arrays, outcome = attacked.train_round(1, initial())
+    assert outcome.dropped == 1 and outcome.used == 4 and "median" in outcome.drop_reasons[0]
+    clean = RoundLoop(strategy(min_train_nodes=1, min_available_nodes=1),
+                      ScriptedGrid(honest, np.random.default_rng(1)), timeout=5)
+    expected, _ = clean.train_round(1, initial())
+    for name in ("w", "b"):
+        np.testing.assert_array_equal(arrays[name].numpy(), expected[name].numpy())
+    # With the bound off, the same reply takes the model (the attack is real).
+    unbounded = RoundLoop(strategy(min_train_nodes=1, min_available_nodes=1),
+                          ScriptedGrid({**honest, 5: liar}, np.random.default_rng(1)), timeout=5,
+                          max_weight_ratio=None)
+    if strategy is FedAvg:
+        taken, _ = unbounded.train_round(1, initial())
+        assert np.abs(taken["w"].numpy() - initial()["w"].numpy()).min() > 10
+
+
+def test_partition_claims_out_of_range_or_taken_are_refused_and_counted():
+    set_task_identity()
+    # Nodes 1-4 hold partitions 1-4 (of 5); node 6 claims 99, node 7 claims 2 (node 2's).
+    grid = ScriptedGrid({1: "ok", 2: "ok", 3: "ok", 4: "ok", 6: "claims-99", 7: "claims-2"},
+                        np.random.default_rng(0), num_partitions=5)
+    loop = RoundLoop(FedGMA(min_train_nodes=1, min_available_nodes=1), grid, timeout=5, num_partitions=5)
+    _, outcome = loop.train_round(1, initial())
+    # Round 1: node 7's claim on partition 2 collides with node 2's, and neither held it: both refused.
+    assert outcome.dropped == 3 and outcome.used == 3
+    reasons = " | ".join(outcome.drop_reasons)
+    assert "node 6: partition-id 99 is out of range [0, 5)" in reasons
+    assert "node 7: partition 2 is claimed by 2 nodes" in reasons and "node 2: partition 2 is claimed" in reasons
+    assert outcome.as_row()["replies-dropped"] == 3
+    # Round 2 without the intruder: node 2 takes partition 2; then node 7's claim is refused alone.
+    grid.behaviour = {1: "ok", 2: "ok", 3: "ok", 4: "ok"}
+    _, outcome = loop.train_round(2, initial())
+    assert outcome.dropped == 0 and outcome.used == 4
+    grid.behaviour = {1: "ok", 2: "ok", 3: "ok", 4: "ok", 7: "claims-2"}
+    _, outcome = loop.train_round(3, initial())
+    assert outcome.used == 4 and outcome.drop_reasons == ["node 7: partition 2 belongs to node 2"]
+    # A node cannot move to another partition either.
+    grid.behaviour = {1: "ok", 2: "claims-0", 3: "ok", 4: "ok"}
+    _, outcome = loop.train_round(4, initial())
+    assert outcome.drop_reasons == ["node 2: node 2 holds partition 2 and now claims 0"]
+
+
+def test_partition_claims_against_their_own_declaration_when_the_run_sets_none():
+    set_task_identity()
+    # Node 3 declares partition 99 of (max node id + 1) = 5.
+    grid = ScriptedGrid({1: "ok", 2: "ok", 3: "claims-99", 4: "undeclared"}, np.random.default_rng(0))
+    loop = RoundLoop(FedGMA(min_train_nodes=1, min_available_nodes=1), grid, timeout=5)
+    _, outcome = loop.train_round(1, initial())
+    assert outcome.used == 3 and outcome.drop_reasons == ["node 3: partition-id 99 is out of range [0, 5)"]

@@ -169,3 +169,56 @@ def test_aggregation_memory_does_not_grow_with_the_number_of_clients(variant):
     # A stacked (K x P) aggregation would need 8x more for 32 clients than for 4.
     assert many < 1.1 * few, (few / model_bytes, many / model_bytes)
     assert many < 12 * model_bytes
+
+
+@pytest.mark.parametrize("variant", ["ws", "gma"])
+@pytest.mark.parametrize("claim", [10**15, 50 * 150], ids=["claims-1e15", "claims-50x-median"])
+def test_a_client_lying_about_its_example_count_does_not_move_the_model(variant, claim):
+    """The strategy on its own (default settings) drops a reply claiming far more than the
+    round's median number of examples; Flower's FedAvg is taken by it."""
+    rng = np.random.default_rng(7)
+    global_arrays = model_arrays(rng)
+    honest = [train_reply(node, {n: v - 0.01 * rng.normal(size=v.shape).astype(np.float32)
+                                 for n, v in global_arrays.items()}, 150 + node)
+              for node in range(1, 6)]
+    target = {n: v + 100.0 for n, v in global_arrays.items()}  # where the liar pulls the model
+    liar = train_reply(66, target, claim)
+    strategy = FedGMA(variant=variant)
+    configure(strategy, global_arrays)
+    attacked, metrics = strategy.aggregate_train(1, honest[:2] + [liar] + honest[2:])
+    configure(strategy, global_arrays)
+    alone, _ = strategy.aggregate_train(1, honest)
+    for name, value in as_numpy(attacked).items():
+        np.testing.assert_array_equal(value, alone[name].numpy())
+    assert metrics["replies-used"] == 5 and metrics["replies-dropped"] == 1
+    # Without the bound the liar takes the average: the attack is real.
+    taken, _ = FedAvg().aggregate_train(1, honest + [liar])
+    assert np.abs(taken["fc.weight"].numpy() - global_arrays["fc.weight"]).min() > 10
+
+
+def test_weight_bound_keeps_honest_spread_and_can_be_switched_off():
+    rng = np.random.default_rng(8)
+    global_arrays = model_arrays(rng)
+    counts = [40, 100, 120, 400]  # 10x the lower median (100) is 1000: all kept
+    replies = [train_reply(i + 1, {n: v - 0.01 for n, v in global_arrays.items()}, c) for i, c in enumerate(counts)]
+    strategy = FedGMA()
+    configure(strategy, global_arrays)
+    _, metrics = strategy.aggregate_train(1, replies)
+    assert metrics["replies-used"] == 4
+    replies.append(train_reply(9, global_arrays, 100 * 1001))
+    configure(strategy, global_arrays)
+    assert strategy.aggregate_train(1, replies)[1]["replies-used"] == 4
+    unbounded = FedGMA(max_weight_ratio=None)
+    configure(unbounded, global_arrays)
+    assert unbounded.aggregate_train(1, replies)[1]["replies-used"] == 5
+    with pytest.raises(ValueError, match="max_weight_ratio"):
+        FedGMA(max_weight_ratio=0.5)
+
+
+def test_weight_outliers_use_the_lower_median():
+    from fedgma.strategy.validation import weight_outliers
+
+    assert list(weight_outliers([500, 10**15], 10)) == [1]  # measured against 500, not their mean
+    assert list(weight_outliers([500, 4999, 5001], 10)) == []  # median 4999
+    assert list(weight_outliers([500, 500, 5001], 10)) == [2]
+    assert weight_outliers([1, 10**9], None) == {} and weight_outliers([10**9], 10) == {}

@@ -17,6 +17,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from ..config import parse_node_config, parse_run_config
+from ..server.partitions import NODE_RECORD
 from ..task.data import load_client_partition
 from ..task.model import build_model
 from ..task.training import evaluate as evaluate_model
@@ -46,7 +47,7 @@ def clientapp_start_seconds() -> float | None:
 def _setup(msg: Message, context: Context):
     config = parse_run_config(dict(context.run_config))
     node = parse_node_config(dict(context.node_config))
-    data = load_client_partition(config, node.partition_id, node.num_partitions)
+    data = load_client_partition(config, node.partition_id, node.num_partitions, node.data)
     model = build_model(config.num_classes)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
     return config, node, data, model
@@ -88,8 +89,8 @@ def train(msg: Message, context: Context) -> Message:
         {
             "arrays": ArrayRecord(model.state_dict()),
             "metrics": MetricRecord(metrics),
-            # Lets the server order replies the same way in every run (see fedgma.server.rounds).
-            "node": ConfigRecord({"partition-id": node.partition_id}),
+            # Lets the server order replies the same way in every run (fedgma.server.partitions).
+            NODE_RECORD: ConfigRecord({"partition-id": node.partition_id, "num-partitions": node.num_partitions}),
         }
     )
     return Message(content=content, reply_to=msg)

@@ -20,12 +20,12 @@ import io
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from ..atomic import atomic_write
 from ..config import app_defaults, parse_run_config
-from ..launch import SimulationRuntime
+from ..launch import HostSettings, SimulationRuntime
 from ..server.checkpoint import CHECKPOINT_FILE, NOT_RESULT_SETTINGS
 from ..server.outputs import METRIC_COLUMNS
 from .grids import Grid, RunSpec
@@ -63,7 +63,10 @@ class GridRunner:
     results_dir : Path
         Where the runs' directories and the combined CSV go.
     overrides : dict
-        Run settings applied to every run (e.g. ``dataset``, ``data-dir``).
+        Run settings applied to every run (e.g. ``dataset``).
+    data : HostSettings | None
+        Where this machine keeps the data sets, and whether it may download them (the
+        output root is always the grid's ``runs`` folder).
     run_timeout : float
         Seconds allowed per run.
     echo : callable
@@ -77,17 +80,19 @@ class GridRunner:
         overrides: dict[str, object] | None = None,
         run_timeout: float = 3600.0,
         echo: Callable[[str], None] = print,
+        data: HostSettings | None = None,
     ) -> None:
         self.grid = grid
         self.results_dir = results_dir.resolve()
         self.runs_dir = self.results_dir / "runs"
         self.overrides = dict(overrides or {})
+        self.host = replace(data or HostSettings(), output_root=self.runs_dir)
         self.run_timeout = run_timeout
         self.echo = echo
 
     def run_config(self, spec: RunSpec, resume: bool = False) -> dict[str, object]:
         """The ``--run-config`` of one run (Flower fills in the other defaults)."""
-        config = {**spec.run_config, **self.overrides, "output-dir": str(self.runs_dir), "run-name": spec.name}
+        config = {**spec.run_config, **self.overrides, "run-name": spec.name}  # below the runs folder
         if resume:
             config["resume"] = spec.name
         return config
@@ -177,7 +182,7 @@ class GridRunner:
         rounds_done = 0
         failures: list[str] = []
         federation = f"num-supernodes={self.grid.scale.clients} client-resources-num-cpus=1"
-        with SimulationRuntime(self.results_dir / "runtime") as runtime:
+        with SimulationRuntime(self.results_dir / "runtime", self.host) as runtime:
             for index, spec in enumerate(todo, start=total - len(todo) + 1):
                 rounds = int(spec.run_config["num-server-rounds"])
                 metrics_path = self.runs_dir / spec.name / "metrics.csv"

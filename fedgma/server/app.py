@@ -12,7 +12,7 @@ from flwr.app import Array, ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from ..config import ConfigError, RunConfig, parse_run_config
+from ..config import ConfigError, RunConfig, data_source, output_root, parse_run_config, run_path
 from ..task.data import ColoredSet, load_test_set
 from ..task.model import build_model, count_parameters
 from ..task.training import evaluate
@@ -37,14 +37,14 @@ app = ServerApp()
 EVAL_BATCH_SIZE = 512
 
 
-def run_directory(config: RunConfig, run_id: int) -> Path:
-    """``<output-dir>/<run-name>``; the name defaults to strategy, time and run id."""
+def run_directory(config: RunConfig, run_id: int, root: Path) -> Path:
+    """``<root>/<output-dir>/<run-name>``; the name defaults to strategy, time and run id."""
     name = config.run_name
     if not name:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
         label = config.strategy if config.strategy != "fedgma" else f"fedgma-{config.variant}"
         name = f"{label}-{stamp}-run{run_id}"
-    return Path(config.output_dir).expanduser().resolve() / name
+    return run_path(root, "output-dir", config.output_dir, name)
 
 
 class RoundLog:
@@ -102,24 +102,24 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def resume_directory(config: RunConfig) -> Path:
-    """The run directory named by ``resume`` (absolute, or relative to ``output-dir``)."""
-    path = Path(config.resume).expanduser()
-    if not path.is_absolute():
-        path = Path(config.output_dir).expanduser() / path
-    return path.resolve()
+def resume_directory(config: RunConfig, root: Path) -> Path:
+    """The run directory named by ``resume`` (relative to ``<root>/<output-dir>``)."""
+    return run_path(root, "resume", config.output_dir, config.resume)
 
 
-def open_run(config: RunConfig, run_id: int) -> tuple[Path, Checkpoint | None]:
-    """The run directory and, when resuming, its checkpoint (checked against the settings)."""
+def open_run(config: RunConfig, run_id: int, root: Path) -> tuple[Path, Checkpoint | None]:
+    """The run directory and, when resuming, its checkpoint (checked against the settings).
+
+    Both stay below ``root``, the output root that the server's operator sets.
+    """
     if config.resume:
-        run_dir = resume_directory(config)
+        run_dir = resume_directory(config, root)
         checkpoint = load_checkpoint(run_dir)
         if checkpoint is None:
             raise ConfigError(f"run config: 'resume' names {run_dir}, which holds no {CHECKPOINT_FILE}")
         check_resumable(checkpoint, config)
         return run_dir, checkpoint
-    run_dir = run_directory(config, run_id)
+    run_dir = run_directory(config, run_id, root)
     if (run_dir / CHECKPOINT_FILE).exists():
         raise ConfigError(
             f"run config: {run_dir} already holds a run with a checkpoint; set resume={run_dir.name!r} "
@@ -133,9 +133,10 @@ def main(grid: Grid, context: Context) -> None:
     """Run the federated training described by the run config."""
     config = parse_run_config(dict(context.run_config))  # a bad value stops here
     strategy = build_strategy(config)
-    run_dir, checkpoint = open_run(config, context.run_id)
+    run_dir, checkpoint = open_run(config, context.run_id, output_root())
     # Missing data stops the run here too, before anything is written.
-    id_set, ood_set = load_test_set(config, ood=False), load_test_set(config, ood=True)
+    source = data_source()  # the server's own: its environment, never the run config
+    id_set, ood_set = load_test_set(config, source, ood=False), load_test_set(config, source, ood=True)
     model = build_model(config.num_classes, seed=config.seed)
     outputs = RunOutputs(run_dir, keep_rounds=None if checkpoint is None else checkpoint.round)
     outputs.write_config(
@@ -183,6 +184,8 @@ def main(grid: Grid, context: Context) -> None:
         seed=config.seed,
         max_num_examples=config.max_num_examples,
         max_update_norm=config.max_update_norm or None,
+        max_weight_ratio=config.max_weight_ratio or None,
+        num_partitions=config.num_partitions or None,
     )
     final = loop.run(arrays, first_round, config.num_server_rounds, after_round)
     model_path = outputs.save_model(final.to_torch_state_dict())

@@ -27,7 +27,7 @@ from ..config import ConfigError, RunConfig
 CHECKPOINT_FILE = "checkpoint.npz"
 # Settings that do not change the result of the rounds already made.
 NOT_RESULT_SETTINGS = frozenset(
-    {"output_dir", "run_name", "data_dir", "download", "round_timeout", "num_server_rounds", "resume"}
+    {"output_dir", "run_name", "round_timeout", "num_server_rounds", "resume"}
 )
 # Strategy attributes that carry state from one round to the next (Flower's FedAvgM, FedOpt family).
 STATE_ATTRIBUTES = ("momentum_vector", "m_t", "v_t")

@@ -7,6 +7,10 @@ evaluate) and, around it, what Flower leaves to the app:
 - every training reply is checked against the global model before any
   strategy sees it (Flower's baselines would otherwise end the run on one
   malformed reply), and bad ones are dropped with a log line naming the node;
+- a reply whose declared partition is out of range, claimed by another node, or
+  not the one its node held before is refused (``fedgma.server.partitions``);
+- a reply claiming more than ``max-weight-ratio`` times the round's median number
+  of examples is dropped, so one client cannot take the average by lying;
 - replies are put in a fixed order (by the client's partition id) so that
   floating-point sums, and therefore the weights, do not depend on arrival order;
 - node sampling is seeded per round from the run's seed;
@@ -31,9 +35,11 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from ..strategy.validation import InvalidReply, decode_reply
+from ..strategy.fedgma import DEFAULT_MAX_WEIGHT_RATIO
+from ..strategy.validation import InvalidReply, decode_reply, weight_outliers
+from .partitions import NODE_RECORD, PartitionClaims
 
-NODE_RECORD = "node"  # ConfigRecord a ClientApp adds to its reply: {"partition-id": int}
+__all__ = ["NODE_RECORD", "RoundLoop", "RoundOutcome"]
 
 
 @dataclass
@@ -70,15 +76,6 @@ class RoundOutcome:
             "client-eval-wait-seconds": round(self.evaluate_wait_seconds, 4),
         })
         return row
-
-
-def reply_order(message: Message) -> tuple[int, int]:
-    """Sort key: the client's partition id when it sent one, then the node id."""
-    node = message.content.config_records.get(NODE_RECORD) if message.has_content() else None
-    partition = node.get("partition-id") if node is not None else None
-    if not isinstance(partition, int) or isinstance(partition, bool):
-        partition = 2**62
-    return partition, message.metadata.src_node_id
 
 
 def keep_dtypes(new: ArrayRecord, old: ArrayRecord) -> ArrayRecord:
@@ -118,6 +115,12 @@ class RoundLoop:
         Seeds node sampling per round.
     max_num_examples, max_update_norm : Optional[float]
         Bounds a reply must respect (see ``decode_reply``).
+    max_weight_ratio : Optional[float]
+        Replies claiming more than this many times the round's median weight are
+        dropped (see ``weight_outliers``); None: no bound.
+    num_partitions : Optional[int]
+        Partitions in the federation, bounding the ``partition-id`` a reply may
+        declare; None: each reply's own ``num-partitions``.
     """
 
     strategy: FedAvg
@@ -127,22 +130,38 @@ class RoundLoop:
     seed: int = 0
     max_num_examples: float | None = None
     max_update_norm: float | None = None
+    max_weight_ratio: float | None = DEFAULT_MAX_WEIGHT_RATIO
+    num_partitions: int | None = None
+
+    def __post_init__(self) -> None:
+        self.claims = PartitionClaims(self.num_partitions)
+
+    def _drop(self, server_round: int, message: Message, problem: str, outcome: RoundOutcome) -> None:
+        reason = f"node {message.metadata.src_node_id}: {problem}"
+        log(WARNING, "Round %s: dropped a training reply (%s)", server_round, reason)
+        outcome.drop_reasons.append(reason)
 
     def check_replies(self, server_round: int, replies: list[Message], arrays: ArrayRecord,
                       outcome: RoundOutcome) -> list[Message]:
+        """The replies that may reach the strategy, in a fixed order; the others are logged."""
+        accepted, refused = self.claims.check(replies)
+        for message, problem in refused:
+            self._drop(server_round, message, problem, outcome)
         global_arrays = {name: array.numpy() for name, array in arrays.items()}
-        good = []
-        for message in replies:
+        good, weights = [], []
+        for message in sorted(accepted, key=self.claims.order):
             try:
-                decode_reply(message.content, global_arrays, self.strategy.weighted_by_key,
-                             self.max_num_examples, self.max_update_norm)
+                _, weight = decode_reply(message.content, global_arrays, self.strategy.weighted_by_key,
+                                         self.max_num_examples, self.max_update_norm)
             except InvalidReply as err:
-                reason = f"node {message.metadata.src_node_id}: {err}"
-                log(WARNING, "Round %s: dropped a training reply (%s)", server_round, reason)
-                outcome.drop_reasons.append(reason)
+                self._drop(server_round, message, str(err), outcome)
                 continue
             good.append(message)
-        return good
+            weights.append(weight)
+        outliers = weight_outliers(weights, self.max_weight_ratio)
+        for index, problem in outliers.items():
+            self._drop(server_round, good[index], problem, outcome)
+        return [message for index, message in enumerate(good) if index not in outliers]
 
     def train_round(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, RoundOutcome]:
         """One training round; returns the new (or unchanged) global arrays."""
@@ -159,7 +178,7 @@ class RoundLoop:
         for message in replies:
             if message.has_error():
                 log(WARNING, "Round %s: a node's training failed: %s", server_round, message.error.reason)
-        usable = self.check_replies(server_round, sorted(answered, key=reply_order), arrays, outcome)
+        usable = self.check_replies(server_round, answered, arrays, outcome)
         outcome.dropped = len(answered) - len(usable)
         outcome.used = len(usable)
         if outcome.timed_out:

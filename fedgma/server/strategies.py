@@ -12,7 +12,12 @@ from ..strategy import DEFAULT_TAU, FedGMA, FedGMAAdam
 
 
 def build_strategy(config: RunConfig) -> FedAvg:
-    """Return the configured strategy (all of them are FedAvg subclasses)."""
+    """Return the configured strategy (all of them are FedAvg subclasses).
+
+    The round loop bounds each reply's weight against the round's median for every
+    strategy (``max-weight-ratio``), so FedGMA's own bound is switched off here: the
+    replies are measured once, against the same median.
+    """
     common = {
         "fraction_train": config.fraction_train,
         "fraction_evaluate": config.fraction_evaluate,
@@ -27,6 +32,7 @@ def build_strategy(config: RunConfig) -> FedAvg:
             server_lr=config.server_lr,
             agreement_weighted=config.agreement_weighted,
             max_num_examples=config.max_num_examples,
+            max_weight_ratio=None,
             max_update_norm=config.max_update_norm or None,
             **common,
         )
@@ -51,8 +57,8 @@ def build_strategy(config: RunConfig) -> FedAvg:
         # The gma mask replaces FedAdam's average; `tau` is the mask's, `adam-tau` Adam's.
         return FedGMAAdam(
             mask_tau=config.tau, agreement_weighted=config.agreement_weighted,
-            max_num_examples=config.max_num_examples, max_update_norm=config.max_update_norm or None,
-            **adam, **common,
+            max_num_examples=config.max_num_examples, max_weight_ratio=None,
+            max_update_norm=config.max_update_norm or None, **adam, **common,
         )
     raise ValueError(f"unknown strategy {config.strategy!r}")
 

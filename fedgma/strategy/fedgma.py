@@ -12,7 +12,9 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from .masking import DEFAULT_TAU, VARIANTS, MaskedAggregator, MaskStats, Variant
-from .validation import InvalidReply, all_finite, decode_reply
+from .validation import InvalidReply, all_finite, decode_reply, weight_outliers
+
+DEFAULT_MAX_WEIGHT_RATIO = 10.0
 
 
 class FedGMA(FedAvg):
@@ -34,7 +36,10 @@ class FedGMA(FedAvg):
 
     Aggregation streams over the replies with O(P) extra memory. Each reply is
     checked first (array names, shapes, dtypes, finite values, a positive
-    example count); a bad reply is logged with its node id and left out.
+    example count, at most ``max_weight_ratio`` times the round's median count);
+    a bad reply is logged with its node id and left out. Like FedAvg's, this
+    average is not Byzantine-robust: a client may still send any weights, and
+    claim up to the bound.
     Arrays that are not floating point (e.g. BatchNorm's
     ``num_batches_tracked``) are never masked: they take the example-weighted
     average of the clients' values, rounded back to their dtype.
@@ -52,7 +57,11 @@ class FedGMA(FedAvg):
     agreement_weighted : bool (default: False)
         Weight each client's sign by ``num-examples`` instead of ``1 / K``.
     max_num_examples : Optional[float] (default: None)
-        Replies claiming more examples are dropped (a client cannot inflate its weight).
+        Replies claiming more examples are dropped.
+    max_weight_ratio : Optional[float] (default: 10.0)
+        Replies claiming more than this many times the round's (lower) median
+        number of examples are dropped, so one client cannot take the average by
+        claiming a huge count. ``None`` means no bound.
     max_update_norm : Optional[float] (default: None)
         Replies whose pseudo-gradient has a larger L2 norm are dropped.
     **kwargs
@@ -74,9 +83,11 @@ class FedGMA(FedAvg):
         server_lr: float = 1.0,
         agreement_weighted: bool = False,
         max_num_examples: float | None = None,
+        max_weight_ratio: float | None = DEFAULT_MAX_WEIGHT_RATIO,
         max_update_norm: float | None = None,
         **kwargs,
     ) -> None:
+        check_max_weight_ratio(max_weight_ratio)
         if variant not in VARIANTS:
             raise ValueError(f"FedGMA: variant must be one of {VARIANTS}, got {variant!r}")
         if tau is None:
@@ -96,6 +107,7 @@ class FedGMA(FedAvg):
         self.server_lr = float(server_lr)
         self.agreement_weighted = bool(agreement_weighted)
         self.max_num_examples = max_num_examples
+        self.max_weight_ratio = max_weight_ratio
         self.max_update_norm = max_update_norm
         self.current_arrays: dict[str, np.ndarray] | None = None
 
@@ -139,6 +151,7 @@ class FedGMA(FedAvg):
         # Flower's own consistency check would end the run on one malformed
         # reply; each reply is checked against the global model below instead.
         valid_replies, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
+        valid_replies, outliers = self._drop_weight_outliers(server_round, valid_replies)
         # Fast path: replies are checked for structure and example counts, their values are
         # folded in without a separate finiteness pass; a NaN or Inf in any reply makes the
         # result non-finite, which one pass over the result detects. Only then are the replies
@@ -152,7 +165,7 @@ class FedGMA(FedAvg):
                 log(ERROR, "FedGMA round %s: the aggregate of finite replies overflowed; "
                     "the global model is unchanged", server_round)
                 return None, None
-        dropped = len(valid_replies) - len(used)
+        dropped = len(valid_replies) - len(used) + outliers
         if not used:
             log(WARNING, "FedGMA round %s: no usable reply; the global model is unchanged", server_round)
             return None, None
@@ -170,6 +183,30 @@ class FedGMA(FedAvg):
         metrics["replies-dropped"] = dropped
         metrics["replies-failed"] = len(replies) - len(valid_replies)
         return array_record, metrics
+
+    def _drop_weight_outliers(self, server_round: int, replies: list[Message]) -> tuple[list[Message], int]:
+        """Leave out replies claiming more than ``max_weight_ratio`` x the median weight.
+
+        The median is taken over the replies that are well-formed (their values are
+        not read here), so malformed replies cannot pull it down.
+        """
+        if not self.max_weight_ratio:
+            return replies, 0
+        assert self.current_arrays is not None
+        readable: list[tuple[int, float]] = []
+        for index, message in enumerate(replies):
+            try:
+                _, weight = decode_reply(message.content, self.current_arrays, self.weighted_by_key,
+                                         self.max_num_examples, check_values=False)
+            except InvalidReply:
+                continue  # dropped, with its reason, by the fold
+            readable.append((index, weight))
+        outliers = weight_outliers([w for _, w in readable], self.max_weight_ratio)
+        dropped = {readable[i][0] for i in outliers}
+        for i, reason in outliers.items():
+            log(WARNING, "FedGMA round %s: dropped the reply of node %s: %s", server_round,
+                replies[readable[i][0]].metadata.src_node_id, reason)
+        return [m for index, m in enumerate(replies) if index not in dropped], len(dropped)
 
     def _fold(
         self, server_round: int, replies: list[Message], check_values: bool
@@ -215,6 +252,14 @@ class FedGMA(FedAvg):
             return {}, None, used
         new_arrays, stats = aggregator.result()
         return new_arrays, stats, used
+
+
+def check_max_weight_ratio(value: float | None) -> None:
+    """Raise ValueError unless ``value`` is None or a finite number >= 1."""
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 1:
+        raise ValueError(f"FedGMA: max_weight_ratio must be None or a finite number >= 1, got {value!r}")
 
 
 def _all_finite(arrays: dict[str, np.ndarray]) -> bool:

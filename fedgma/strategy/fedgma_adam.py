@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flwr.serverapp.strategy import FedAdam
 
-from .fedgma import FedGMA
+from .fedgma import DEFAULT_MAX_WEIGHT_RATIO, FedGMA, check_max_weight_ratio
 
 
 class FedGMAAdam(FedAdam, FedGMA):
@@ -35,9 +35,11 @@ class FedGMAAdam(FedAdam, FedGMA):
         mask_tau: float | None = None,
         agreement_weighted: bool = False,
         max_num_examples: float | None = None,
+        max_weight_ratio: float | None = DEFAULT_MAX_WEIGHT_RATIO,
         max_update_norm: float | None = None,
         **kwargs,
     ) -> None:
+        check_max_weight_ratio(max_weight_ratio)
         # Validate the mask settings with FedGMA's own checks before FedAdam's
         # constructor chain (which reaches FedGMA.__init__ with its defaults).
         probe = FedGMA(variant="gma", tau=mask_tau, agreement_weighted=agreement_weighted)
@@ -47,6 +49,7 @@ class FedGMAAdam(FedAdam, FedGMA):
         self.server_lr = 1.0
         self.agreement_weighted = probe.agreement_weighted
         self.max_num_examples = max_num_examples
+        self.max_weight_ratio = max_weight_ratio
         self.max_update_norm = max_update_norm
 
     @property

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import io
 import math
+import statistics
 
 import numpy as np
 from flwr.app import Array, RecordDict
@@ -81,6 +82,59 @@ def all_finite(value: np.ndarray) -> bool:
     return bool(np.isfinite(value).all())  # an overflowing sum of finite values
 
 
+def reply_weight(
+    content: RecordDict, weighted_by_key: str, max_num_examples: float | None = None
+) -> float:
+    """The reply's aggregation weight: its one MetricRecord's ``weighted_by_key`` entry.
+
+    It must be a positive integer (an ``int``, or a float with an integral value), at
+    most ``max_num_examples`` when given.
+
+    Raises
+    ------
+    InvalidReply
+        If the reply has not exactly one MetricRecord or the weight is not as above.
+    """
+    if len(content.metric_records) != 1:
+        raise InvalidReply(
+            f"expected exactly one MetricRecord, found {len(content.metric_records)}"
+        )
+    metrics = next(iter(content.metric_records.values()))
+    weight = metrics.get(weighted_by_key)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise InvalidReply(f"metric {weighted_by_key!r} missing or not a number: {weight!r}")
+    if not math.isfinite(weight) or weight <= 0 or (isinstance(weight, float) and not weight.is_integer()):
+        raise InvalidReply(
+            f"metric {weighted_by_key!r} must be a positive integer, got {weight!r}"
+        )
+    if max_num_examples is not None and weight > max_num_examples:
+        raise InvalidReply(
+            f"metric {weighted_by_key!r} is {weight!r}, above the bound {max_num_examples:g}"
+        )
+    return float(weight)
+
+
+def weight_outliers(weights: list[float], max_ratio: float | None) -> dict[int, str]:
+    """Which replies claim too much weight: ``{index: reason}`` for each weight above
+    ``max_ratio`` times the round's median weight.
+
+    The median is the lower median (``statistics.median_low``), so a single client
+    claiming an enormous count cannot raise the bound it is measured against: with two
+    replies, the larger is measured against the smaller. ``None`` (or 0) means no bound.
+    A client can still claim up to ``max_ratio`` times the median: this bounds a lie,
+    it does not make the average Byzantine-robust.
+    """
+    if not max_ratio or len(weights) < 2:
+        return {}
+    median = statistics.median_low(weights)
+    bound = max_ratio * median
+    return {
+        i: f"claims weight {w:g}, above {max_ratio:g} x the round's median {median:g}"
+        for i, w in enumerate(weights)
+        if w > bound
+    }
+
+
 def decode_reply(
     content: RecordDict,
     global_arrays: dict[str, np.ndarray],
@@ -109,22 +163,7 @@ def decode_reply(
         raise InvalidReply(
             f"expected exactly one ArrayRecord, found {len(content.array_records)}"
         )
-    if len(content.metric_records) != 1:
-        raise InvalidReply(
-            f"expected exactly one MetricRecord, found {len(content.metric_records)}"
-        )
-    metrics = next(iter(content.metric_records.values()))
-    weight = metrics.get(weighted_by_key)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
-        raise InvalidReply(f"metric {weighted_by_key!r} missing or not a number: {weight!r}")
-    if not math.isfinite(weight) or weight <= 0 or (isinstance(weight, float) and not weight.is_integer()):
-        raise InvalidReply(
-            f"metric {weighted_by_key!r} must be a positive integer, got {weight!r}"
-        )
-    if max_num_examples is not None and weight > max_num_examples:
-        raise InvalidReply(
-            f"metric {weighted_by_key!r} is {weight!r}, above the bound {max_num_examples:g}"
-        )
+    weight = reply_weight(content, weighted_by_key, max_num_examples)
     record = next(iter(content.array_records.values()))
     missing = sorted(set(global_arrays) - set(record))
     extra = sorted(set(record) - set(global_arrays))

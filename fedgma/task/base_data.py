@@ -85,8 +85,8 @@ def ensure_base_data(dataset: str, root: Path, download: bool) -> None:
     if dataset == "fashion-mnist" and _unpack_debian_files(root):
         return
     hint = (
-        f"put its IDX files in {_raw_folder(dataset, root)}, or set download=true on a "
-        "machine with internet access"
+        f"put its IDX files in {_raw_folder(dataset, root)}, or allow downloads on a machine with "
+        "internet access (FEDGMA_DOWNLOAD=true, or download=true in the node config)"
     )
     if dataset == "fashion-mnist":
         hint = f"install Debian's package (apt-get install dataset-fashion-mnist), or {hint}"

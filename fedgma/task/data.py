@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from ..atomic import atomic_write
-from ..config import RunConfig
+from ..config import DataSource, RunConfig
 from .base_data import load_base_images
 from .coloring import client_flip_probability, color_binary, color_ten_class
 from .partition import partition_indices
@@ -113,8 +113,10 @@ def _training_split(
     return images, digits, rows, parts
 
 
-def load_client_partition(config: RunConfig, partition_id: int, num_partitions: int) -> ColoredSet:
-    """Return the colored training data of one client (built once, then cached)."""
+def load_client_partition(
+    config: RunConfig, partition_id: int, num_partitions: int, source: DataSource
+) -> ColoredSet:
+    """Return the colored training data of one client (built once, then cached under ``source``)."""
     key = _key(
         config,
         split="train",
@@ -124,11 +126,11 @@ def load_client_partition(config: RunConfig, partition_id: int, num_partitions: 
         num_partitions=num_partitions,
         flip=[config.color_flip_min, config.color_flip_max],
     )
-    path = config.data_path / "cache" / key / f"partition-{partition_id}-of-{num_partitions}.npz"
+    path = source.path / "cache" / key / f"partition-{partition_id}-of-{num_partitions}.npz"
 
     def build() -> ColoredSet:
         images, digits, rows, parts = _training_split(
-            config.dataset, config.data_path, config.download, config.train_images,
+            config.dataset, source.path, source.download, config.train_images,
             num_partitions, config.partitioning, config.dirichlet_alpha, config.seed,
         )
         mine = rows[parts[partition_id]]
@@ -141,14 +143,14 @@ def load_client_partition(config: RunConfig, partition_id: int, num_partitions: 
     return _cached(path, build)
 
 
-def load_test_set(config: RunConfig, ood: bool) -> ColoredSet:
+def load_test_set(config: RunConfig, source: DataSource, ood: bool) -> ColoredSet:
     """Return the central in-distribution (``ood=False``) or OOD test set."""
     flip = config.ood_color_flip if ood else (config.color_flip_min + config.color_flip_max) / 2
     key = _key(config, split="test", test_images=config.test_images, ood=ood, flip=flip)
-    path = config.data_path / "cache" / key / ("test-ood.npz" if ood else "test-id.npz")
+    path = source.path / "cache" / key / ("test-ood.npz" if ood else "test-id.npz")
 
     def build() -> ColoredSet:
-        images, digits = load_base_images(config.dataset, config.data_path, False, config.download)
+        images, digits = load_base_images(config.dataset, source.path, False, source.download)
         rows = _subset(len(digits), config.test_images, config.seed)
         rng = np.random.default_rng([config.seed, int(ood), 7919])
         return _color(config, images, digits, rows, flip, ood=ood, rng=rng)

@@ -1,0 +1,110 @@
+"""Which node holds which data partition, as the replies declare it, checked by the server.
+
+A ClientApp declares its place in the federation in its reply (``NODE_RECORD``:
+``partition-id`` and ``num-partitions`` from its ``--node-config``). The server uses
+it only to put the replies in a fixed order (so sums, and the weights, do not depend
+on arrival order), but a client is free to declare anything. So a declaration is
+accepted only if
+
+- ``partition-id`` is an integer in ``[0, N)``, where ``N`` is the run's
+  ``num-partitions`` when set, else the reply's own ``num-partitions``;
+- no other reply of the round claims the same partition, unless that partition
+  already belongs to this node (then the others are refused); a partition claimed by
+  several nodes of which none holds it yet is refused to all of them, since the
+  server cannot tell which one is lying;
+- the node claims the partition it claimed before: a node is bound to the first
+  partition it was accepted with, for the rest of the run.
+
+A reply without a declaration is not refused: it is put after the declared ones, in
+node-id order.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from flwr.app import Message
+
+NODE_RECORD = "node"  # ConfigRecord a ClientApp adds to its reply: {"partition-id", "num-partitions"}
+UNDECLARED = 2**62  # sort key of a reply that declares no partition: after every real one
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+@dataclass
+class PartitionClaims:
+    """The partitions the nodes of one run hold, and the checks of each round's claims.
+
+    Parameters
+    ----------
+    num_partitions : Optional[int]
+        Partitions in the federation; ``None`` bounds each claim by its own
+        ``num-partitions``.
+    """
+
+    num_partitions: int | None = None
+    holder: dict[int, int] = field(default_factory=dict)  # partition -> node id
+    held: dict[int, int] = field(default_factory=dict)  # node id -> partition
+
+    def declared(self, message: Message) -> tuple[object, object] | None:
+        """``(partition-id, num-partitions)`` as the reply declares them, or None."""
+        record = message.content.config_records.get(NODE_RECORD) if message.has_content() else None
+        if record is None:
+            return None
+        return record.get("partition-id"), record.get("num-partitions")
+
+    def _range_problem(self, partition: object, declared_total: object) -> str | None:
+        if not _integer(partition):
+            return f"partition-id {partition!r} is not an integer"
+        if declared_total is not None and not _integer(declared_total):
+            return f"num-partitions {declared_total!r} is not an integer"
+        if self.num_partitions is not None:
+            if declared_total is not None and declared_total != self.num_partitions:
+                return f"declares num-partitions={declared_total}, the run has {self.num_partitions}"
+            total = self.num_partitions
+        else:
+            total = declared_total
+        if partition < 0 or (total is not None and partition >= total):
+            return f"partition-id {partition} is out of range [0, {total})"
+        return None
+
+    def check(self, replies: list[Message]) -> tuple[list[Message], list[tuple[Message, str]]]:
+        """Split one round's replies into accepted ones and ``(reply, reason)`` refusals."""
+        refused: list[tuple[Message, str]] = []
+        claims: dict[int, int] = {}  # index in replies -> claimed partition
+        for index, message in enumerate(replies):
+            declaration = self.declared(message)
+            if declaration is None:
+                continue
+            partition, total = declaration
+            node = message.metadata.src_node_id
+            problem = self._range_problem(partition, total)
+            if problem is None and node in self.held and self.held[node] != partition:
+                problem = f"node {node} holds partition {self.held[node]} and now claims {partition}"
+            if problem is None and self.holder.get(partition, node) != node:
+                problem = f"partition {partition} belongs to node {self.holder[partition]}"
+            if problem is not None:
+                refused.append((message, problem))
+                continue
+            claims[index] = partition
+        counts = Counter(claims.values())
+        for index, partition in list(claims.items()):
+            if counts[partition] > 1 and self.holder.get(partition) is None:
+                refused.append((replies[index], f"partition {partition} is claimed by {counts[partition]} "
+                                                "nodes in this round"))
+                del claims[index]
+        for index, partition in claims.items():
+            node = replies[index].metadata.src_node_id
+            self.holder[partition] = node
+            self.held[node] = partition
+        refused_ids = {id(message) for message, _ in refused}
+        accepted = [m for m in replies if id(m) not in refused_ids]
+        return accepted, refused
+
+    def order(self, message: Message) -> tuple[int, int]:
+        """Sort key of an accepted reply: its partition, then its node id."""
+        partition = self.held.get(message.metadata.src_node_id)
+        return (UNDECLARED if partition is None else partition), message.metadata.src_node_id
