@@ -1,15 +1,18 @@
 """A deployment across separate hosts (network namespaces): one server host, three client
 hosts, TLS and SuperNode authentication on, a 3-round FedGMA run; an unregistered SuperNode is
-refused and one trusting the wrong CA fails with a clear error."""
+refused and one trusting the wrong CA fails with a clear error. The SuperLink runs as the README
+says (Control API on the server's loopback): from a client host, the Control port is unreachable
+and submitting another app or registering a key fails, while the operator's run completes."""
 
 import csv
 import re
 import subprocess
+import sys
 import time
 
 import pytest
 
-from fedgma.launch import BIN, FlowerCli, flower_env, start, stop, write_connection
+from fedgma.launch import BIN, FlowerCli, HostSettings, flower_env, start, stop, write_connection
 from netns_hosts import VirtualHosts, netns_available
 from run_settings import ROOT
 
@@ -39,6 +42,23 @@ def peers(hosts, name, pid):
 
 
 @pytest.mark.skipif(netns_available() is not None, reason=str(netns_available()))
+def other_app(folder):
+    """A different Flower app, as an attacker would submit it: its ServerApp would run on the
+    SuperLink and its ClientApp on every SuperNode."""
+    (folder / "intruder").mkdir(parents=True)
+    (folder / "intruder" / "__init__.py").write_text("")
+    (folder / "intruder" / "apps.py").write_text(
+        "from flwr.clientapp import ClientApp\nfrom flwr.serverapp import ServerApp\n"
+        "server = ServerApp()\nclient = ClientApp()\n")
+    (folder / "pyproject.toml").write_text(
+        '[build-system]\nrequires = ["hatchling"]\nbuild-backend = "hatchling.build"\n'
+        '[project]\nname = "intruder"\nversion = "1.0.0"\ndependencies = []\n'
+        '[tool.flwr.app]\npublisher = "intruder"\n'
+        '[tool.flwr.app.components]\nserverapp = "intruder.apps:server"\nclientapp = "intruder.apps:client"\n'
+        '[tool.flwr.app.config]\n')
+    return folder
+
+
 def test_three_client_hosts_with_tls_and_supernode_auth(tmp_path, shared_data_dir):
     names = ["server", "client1", "client2", "client3"]
     processes = []
@@ -54,16 +74,22 @@ def test_three_client_hosts_with_tls_and_supernode_auth(tmp_path, shared_data_di
                        capture_output=True)
         subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f",
                         str(keys / "intruder")], check=True)
-        env = flower_env(tmp_path / "flwr-home")
-        write_connection(tmp_path / "flwr-home", "fleet", f"{server}:{CONTROL_PORT}", certs / "ca.crt")
+        host = HostSettings(output_root=tmp_path / "outputs", data_dir=shared_data_dir, download=False)
+        env = flower_env(tmp_path / "flwr-home", host)
+        # The operator submits on the server host, to the Control API on its loopback.
+        write_connection(tmp_path / "flwr-home", "fleet", f"127.0.0.1:{CONTROL_PORT}", certs / "ca.crt")
         cli = FlowerCli(env, "fleet", prefix=hosts.prefix("server"))
+        # An attacker on a client host holds the CA certificate (every client host does).
+        attacker_env = flower_env(tmp_path / "attacker-home")
+        write_connection(tmp_path / "attacker-home", "stolen", f"{server}:{CONTROL_PORT}", certs / "ca.crt")
+        attacker = FlowerCli(attacker_env, "stolen", prefix=hosts.prefix("client3"))
         try:
             superlink_log = tmp_path / "superlink.log"
             superlink = start([
                 *hosts.prefix("server"), str(BIN / "flower-superlink"),
                 "--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile", str(certs / "server.pem"),
                 "--ssl-keyfile", str(certs / "server.key"), "--enable-supernode-auth",
-                "--host", server, "--port", str(CONTROL_PORT), "--fleet-api-address", f"{server}:{FLEET_PORT}",
+                "--host", "127.0.0.1", "--port", str(CONTROL_PORT), "--fleet-api-address", f"{server}:{FLEET_PORT}",
                 "--disable-runtime-dependency-installation",
             ], env, superlink_log)
             processes.append(superlink)
@@ -90,10 +116,21 @@ def test_three_client_hosts_with_tls_and_supernode_auth(tmp_path, shared_data_di
             misled = supernode("client2", keys / "supernode-1", wrong / "ca.crt", 1, "wrong-ca.log", port=9095)
             assert intruder.wait(90) != 0 and misled.wait(90) != 0
 
+            # From a client host: the Control port does not answer, and neither a run of another app
+            # nor a key registration gets through.
+            probe = subprocess.run([*hosts.prefix("client3"), sys.executable, "-c",
+                                    "import socket, sys; socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)",
+                                    server, str(CONTROL_PORT)], capture_output=True, text=True)
+            with pytest.raises(RuntimeError, match="flwr run"):
+                attacker.submit(other_app(tmp_path / "intruder-app"), {})
+            rogue = subprocess.run(attacker.command("supernode", "register", str(keys / "intruder.pub"), "stolen"),
+                                   env=attacker_env, capture_output=True, text=True, timeout=120)
+            listing = subprocess.run(attacker.command("ls", "stolen"), env=attacker_env, capture_output=True,
+                                     text=True, timeout=120)
+
             run_id = cli.submit(ROOT, {
-                "num-server-rounds": 3, "min-nodes": 3, "train-images": 1500, "test-images": 500,
-                "local-epochs": 1, "download": False, "data-dir": str(shared_data_dir),
-                "output-dir": str(tmp_path / "outputs"), "run-name": "multihost",
+                "num-server-rounds": 3, "min-nodes": 3, "num-partitions": 3, "train-images": 1500,
+                "test-images": 500, "local-epochs": 1, "run-name": "multihost",
             })
             seen = {}
 
@@ -103,11 +140,18 @@ def test_three_client_hosts_with_tls_and_supernode_auth(tmp_path, shared_data_di
 
             outcome = cli.wait(run_id, timeout=900, on_poll=sample)
             superlink_text = superlink_log.read_text(errors="replace")
+            runs = cli._json(["ls", "fleet"]).get("runs", [])
         finally:
             for process in processes:
                 stop(process)
 
     assert outcome.completed, f"{outcome.status}: {outcome.details}\n{superlink_text[-3000:]}"
+    print("from a client host:", *[(r.stdout + r.stderr).strip().splitlines()[-1] for r in (probe, rogue, listing)],
+          sep="\n  ")
+    assert probe.returncode != 0 and "ConnectionRefusedError" in probe.stderr, probe.stderr
+    assert rogue.returncode != 0 and "registered successfully" not in rogue.stdout, rogue.stdout + rogue.stderr
+    assert listing.returncode != 0, listing.stdout
+    assert [int(r["run-id"]) for r in runs] == [run_id], runs  # the other app never became a run
     rows = list(csv.DictReader((tmp_path / "outputs" / "multihost" / "metrics.csv").open()))
     assert [int(r["round"]) for r in rows] == [0, 1, 2, 3]
     assert all(int(r["replies-used"]) == 3 for r in rows[1:])
