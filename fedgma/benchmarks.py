@@ -359,6 +359,73 @@ def deployment_rounds(supernodes: int = 20, rounds: int = 4) -> list[str]:
             f"The machine's cores were busy {100 * busy:.0f} % of the run's wall time (all processes, /proc/stat)."]
 
 
+def send_raw(address: str, nbytes: int, timeout: float = 60.0) -> str:
+    """Send one unauthenticated gRPC message of ``nbytes`` to the Fleet API; the status code's name."""
+    import grpc
+
+    with grpc.insecure_channel(address, options=[("grpc.max_send_message_length", -1)]) as channel:
+        call = channel.unary_unary("/flwr.proto.Fleet/CreateNode",
+                                   request_serializer=lambda data: data, response_deserializer=lambda data: data)
+        try:
+            call(b"\0" * nbytes, timeout=timeout)
+        except grpc.RpcError as err:
+            return err.code().name
+    return "OK"
+
+
+def _rss(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) << 10
+    return 0
+
+
+def fleet_messages(sizes_mb: tuple[int, ...] = (10, 100, 300)) -> list[str]:
+    """One unauthenticated message of each size to the Fleet API of flower-superlink and of
+    fedgma-superlink: the answer, the SuperLink's peak extra memory, and what it keeps."""
+    import tempfile
+    import threading
+
+    from .launch import BIN, flower_env, free_port, start, stop
+
+    lines = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for launcher in ("flower-superlink", "fedgma-superlink"):
+            fleet = free_port()
+            process = start([str(BIN / launcher), "--insecure", "--host", "127.0.0.1", "--port", str(free_port()),
+                             "--fleet-api-address", f"127.0.0.1:{fleet}", "--disable-runtime-dependency-installation"],
+                            flower_env(Path(tmp) / launcher), Path(tmp) / f"{launcher}.log")
+            try:
+                deadline = time.monotonic() + 60
+                while "Starting Fleet API" not in (Path(tmp) / f"{launcher}.log").read_text(errors="replace"):
+                    if time.monotonic() > deadline or process.poll() is not None:
+                        raise RuntimeError(f"{launcher} did not start")
+                    time.sleep(0.2)
+                time.sleep(2.0)  # the SuperExec it starts settles
+                for size in sizes_mb:
+                    base = peak = _rss(process.pid)
+                    done = threading.Event()
+
+                    def sample() -> None:
+                        nonlocal peak
+                        while not done.is_set():
+                            peak = max(peak, _rss(process.pid))
+                            time.sleep(0.01)
+
+                    sampler = threading.Thread(target=sample)
+                    sampler.start()
+                    answer = send_raw(f"127.0.0.1:{fleet}", size << 20)
+                    time.sleep(1.0)
+                    done.set()
+                    sampler.join()
+                    kept = _rss(process.pid) - base
+                    lines.append(f"| `{launcher}` | {size} MB | {answer} | {(peak - base) / 2**20:.0f} MiB "
+                                 f"| {kept / 2**20:.0f} MiB |")
+            finally:
+                stop(process)
+    return lines
+
+
 def cpu_times() -> tuple[int, int]:
     """(busy, total) jiffies of all cores since boot, from ``/proc/stat``."""
     fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
@@ -438,7 +505,7 @@ def target_lines(times: list[dict], peaks: dict[str, list[float]], payload: dict
     ]
 
 
-PARTS = ("aggregation", "memory", "payload", "rounds", "scale", "deployment")
+PARTS = ("aggregation", "memory", "payload", "rounds", "scale", "deployment", "fleet")
 QUICK_PARTS = ("aggregation", "memory", "payload")
 
 
@@ -511,6 +578,12 @@ def main(output: Path | None, quick: bool = False, parts: tuple[str, ...] | None
                         "rounds 2-4 (round 1 also builds each client's partition cache):", "",
                         "| part of the round | seconds | share |", "|---|---|---|"],
                  deployment_rounds(), time.perf_counter() - started)
+        elif part == "fleet":
+            emit(part, ["**One unauthenticated message to the Fleet API** (gRPC, no TLS, loopback; sizes in "
+                        "order, one SuperLink per launcher; memory is the SuperLink process's resident set, "
+                        "sampled every 10 ms; `fedgma-superlink` at its default bound of 32 MiB):", "",
+                        "| launcher | message | answer | peak extra memory | kept after 1 s |",
+                        "|---|---|---|---|---|"], fleet_messages(), time.perf_counter() - started)
     if {"times", "peaks", "payload", "rounds"} <= figures.keys():
         blocks["targets"] = ["**Targets** (from the tables below, this run):", "", *target_lines(**figures)]
         print("\n".join(blocks["targets"]), flush=True)

@@ -385,7 +385,7 @@ class SimulationRuntime:
 
 
 class LocalDeployment:
-    """A real deployment on one machine: ``flower-superlink`` and N ``flower-supernode``.
+    """A real deployment on one machine: ``fedgma-superlink`` and N ``flower-supernode``.
 
     The SuperNodes reach the SuperLink only through its gRPC Fleet API
     (``--superlink HOST:FLEET_PORT``); ``flwr`` talks to its HTTP Control API.
@@ -441,7 +441,7 @@ class LocalDeployment:
             security = ["--insecure"]
         self.superlink = start(
             [
-                str(BIN / "flower-superlink"),
+                str(BIN / "fedgma-superlink"),  # flower-superlink, Fleet messages bounded (fedgma.superlink)
                 *security,
                 "--host", self.host,
                 "--port", str(self.http_port),

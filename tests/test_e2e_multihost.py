@@ -86,7 +86,7 @@ def test_three_client_hosts_with_tls_and_supernode_auth(tmp_path, shared_data_di
         try:
             superlink_log = tmp_path / "superlink.log"
             superlink = start([
-                *hosts.prefix("server"), str(BIN / "flower-superlink"),
+                *hosts.prefix("server"), str(BIN / "fedgma-superlink"),
                 "--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile", str(certs / "server.pem"),
                 "--ssl-keyfile", str(certs / "server.key"), "--enable-supernode-auth",
                 "--host", "127.0.0.1", "--port", str(CONTROL_PORT), "--fleet-api-address", f"{server}:{FLEET_PORT}",
