@@ -74,8 +74,8 @@ def test_three_client_hosts_with_tls_and_supernode_auth(tmp_path, shared_data_di
                        capture_output=True)
         subprocess.run(["ssh-keygen", "-q", "-t", "ecdsa", "-b", "384", "-N", "", "-f",
                         str(keys / "intruder")], check=True)
-        host = HostSettings(output_root=tmp_path / "outputs", data_dir=shared_data_dir, download=False)
-        env = flower_env(tmp_path / "flwr-home", host)
+        server_settings = HostSettings(output_root=tmp_path / "outputs", data_dir=shared_data_dir, download=False)
+        env = flower_env(tmp_path / "flwr-home", server_settings)
         # The operator submits on the server host, to the Control API on its loopback.
         write_connection(tmp_path / "flwr-home", "fleet", f"127.0.0.1:{CONTROL_PORT}", certs / "ca.crt")
         cli = FlowerCli(env, "fleet", prefix=hosts.prefix("server"))
@@ -99,13 +99,18 @@ def test_three_client_hosts_with_tls_and_supernode_auth(tmp_path, shared_data_di
                                                       "fleet"), env=env, capture_output=True, text=True)
                 assert "registered successfully" in register.stdout, register.stdout + register.stderr
 
+            # Each client host says where its data lives in its own node config.
+            node_env = flower_env(tmp_path / "flwr-home")
+
             def supernode(host, key, ca, partition, log, port=9094):
                 process = start([
                     *hosts.prefix(host), str(BIN / "flower-supernode"), "--root-certificates", str(ca),
                     "--superlink", f"{server}:{FLEET_PORT}", "--auth-supernode-private-key", str(key),
-                    "--node-config", f"partition-id={partition} num-partitions=3", "--max-retries", "3",
+                    "--node-config", f"partition-id={partition} num-partitions=3 data-dir='{shared_data_dir}' "
+                                     "download=false",
+                    "--max-retries", "3",
                     "--port", str(port),  # two SuperNodes on one host need their own ClientApp ports
-                ], env, tmp_path / log)
+                ], node_env, tmp_path / log)
                 processes.append(process)
                 return process
 
@@ -146,8 +151,11 @@ def test_three_client_hosts_with_tls_and_supernode_auth(tmp_path, shared_data_di
                 stop(process)
 
     assert outcome.completed, f"{outcome.status}: {outcome.details}\n{superlink_text[-3000:]}"
-    print("from a client host:", *[(r.stdout + r.stderr).strip().splitlines()[-1] for r in (probe, rogue, listing)],
-          sep="\n  ")
+    def said(result):  # the last line with words in it (flwr draws its errors in boxes)
+        lines = [line.strip("│╭╮╰╯─ ") for line in (result.stdout + result.stderr).splitlines()]
+        return [line for line in lines if any(c.isalpha() for c in line)][-1]
+
+    print("from a client host:", *[said(r) for r in (probe, rogue, listing)], sep="\n  ")
     assert probe.returncode != 0 and "ConnectionRefusedError" in probe.stderr, probe.stderr
     assert rogue.returncode != 0 and "registered successfully" not in rogue.stdout, rogue.stdout + rogue.stderr
     assert listing.returncode != 0, listing.stdout
