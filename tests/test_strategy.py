@@ -172,7 +172,8 @@ def test_aggregation_memory_does_not_grow_with_the_number_of_clients(variant):
 
 
 @pytest.mark.parametrize("variant", ["ws", "gma"])
-@pytest.mark.parametrize("claim", [10**15, 50 * 150], ids=["claims-1e15", "claims-50x-median"])
+@pytest.mark.parametrize("claim", [10**15, 99_999_999, 50 * 150],
+                         ids=["claims-1e15", "claims-99999999", "claims-50x-median"])
 def test_a_client_lying_about_its_example_count_does_not_move_the_model(variant, claim):
     """The strategy on its own (default settings) drops a reply claiming far more than the
     round's median number of examples; Flower's FedAvg is taken by it."""
