@@ -6,7 +6,7 @@ Both the ServerApp and the ClientApp call :func:`parse_run_config` on
 
 Whoever submits a run chooses its settings, so nothing in them may reach outside
 the places the hosts' operators chose: where data lives and whether it may be
-downloaded come from the node (:func:`node_data_source`, the server's from its
+downloaded come from the node (:func:`data_source`, the server's from its
 environment), and output paths are names under the server's output root
 (:func:`output_root`, :func:`run_path`).
 """
