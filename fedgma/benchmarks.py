@@ -386,21 +386,17 @@ def fleet_messages(sizes_mb: tuple[int, ...] = (10, 100, 300)) -> list[str]:
     import tempfile
     import threading
 
-    from .launch import BIN, flower_env, free_port, start, stop
+    from .launch import BIN, flower_env, free_port, start, stop, wait_for_http
 
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
         for launcher in ("flower-superlink", "fedgma-superlink"):
-            fleet = free_port()
-            process = start([str(BIN / launcher), "--insecure", "--host", "127.0.0.1", "--port", str(free_port()),
+            fleet, http = free_port(), free_port()
+            process = start([str(BIN / launcher), "--insecure", "--host", "127.0.0.1", "--port", str(http),
                              "--fleet-api-address", f"127.0.0.1:{fleet}", "--disable-runtime-dependency-installation"],
                             flower_env(Path(tmp) / launcher), Path(tmp) / f"{launcher}.log")
             try:
-                deadline = time.monotonic() + 60
-                while "Starting Fleet API" not in (Path(tmp) / f"{launcher}.log").read_text(errors="replace"):
-                    if time.monotonic() > deadline or process.poll() is not None:
-                        raise RuntimeError(f"{launcher} did not start")
-                    time.sleep(0.2)
+                wait_for_http(f"http://127.0.0.1:{http}/health", 60, process)  # Fleet starts before HTTP
                 time.sleep(2.0)  # the SuperExec it starts settles
                 for size in sizes_mb:
                     base = peak = _rss(process.pid)

@@ -193,20 +193,20 @@ class FedGMA(FedAvg):
         if not self.max_weight_ratio:
             return replies, 0
         assert self.current_arrays is not None
-        readable: list[tuple[int, float]] = []
-        for index, message in enumerate(replies):
+        weighed: list[tuple[Message, float]] = []
+        for message in replies:
             try:
                 _, weight = decode_reply(message.content, self.current_arrays, self.weighted_by_key,
                                          self.max_num_examples, check_values=False)
             except InvalidReply:
                 continue  # dropped, with its reason, by the fold
-            readable.append((index, weight))
-        outliers = weight_outliers([w for _, w in readable], self.max_weight_ratio)
-        dropped = {readable[i][0] for i in outliers}
+            weighed.append((message, weight))
+        outliers = weight_outliers([weight for _, weight in weighed], self.max_weight_ratio)
         for i, reason in outliers.items():
             log(WARNING, "FedGMA round %s: dropped the reply of node %s: %s", server_round,
-                replies[readable[i][0]].metadata.src_node_id, reason)
-        return [m for index, m in enumerate(replies) if index not in dropped], len(dropped)
+                weighed[i][0].metadata.src_node_id, reason)
+        dropped = {id(weighed[i][0]) for i in outliers}
+        return [m for m in replies if id(m) not in dropped], len(dropped)
 
     def _fold(
         self, server_round: int, replies: list[Message], check_values: bool
