@@ -2,7 +2,7 @@
 
 import pytest
 
-from fedgma.atomic import atomic_write
+from fedgma.loop.atomic import atomic_write
 
 
 def test_replaces_the_file(tmp_path):

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from fedgma.benchmarks import TreeMemory, deployment_breakdown, ratio_interval, replace_block, target_lines
+from fedgma.lab.benchmarks import TreeMemory, deployment_breakdown, ratio_interval, replace_block, target_lines
 
 
 def test_deployment_breakdown_splits_the_round_and_sums_to_it():
@@ -82,7 +82,7 @@ def test_targets_name_the_worst_case_and_say_missed():
 
 
 def test_cpu_busy_share_is_busy_over_total_jiffies():
-    from fedgma.benchmarks import cpu_busy_share
+    from fedgma.lab.benchmarks import cpu_busy_share
 
     assert cpu_busy_share((100, 1000), (250, 1200)) == pytest.approx(0.75)
     assert cpu_busy_share((5, 10), (5, 10)) == 0.0

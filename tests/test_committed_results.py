@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from fedgma.experiments import report
-from fedgma.experiments.grids import grid_by_name
-from fedgma.experiments.runner import GridRunner
+from fedgma.lab.experiments import report
+from fedgma.lab.experiments.grids import grid_by_name
+from fedgma.lab.experiments.runner import GridRunner
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "results" / "full"

@@ -46,7 +46,7 @@ def test_compose_file_deploys_fedgma_with_tls_and_supernode_auth():
     services = config["services"]
     assert set(services) == SERVICES
     superlink = " ".join(services["superlink"]["command"])
-    assert superlink.startswith("python -m fedgma.superlink ")  # Fleet messages bounded
+    assert superlink.startswith("python -m fedgma.lab.superlink ")  # Fleet messages bounded
     for flag in ("--ssl-ca-certfile=/run/secrets/ca-crt", "--ssl-certfile=/run/secrets/server-pem",
                  "--ssl-keyfile=/run/secrets/server-key", "--enable-supernode-auth",
                  "--disable-runtime-dependency-installation", "--fleet-api-address=0.0.0.0:9092"):

@@ -4,7 +4,7 @@ import pytest
 
 from pathlib import Path
 
-from fedgma.config import (
+from fedgma.app.config import (
     ConfigError,
     DataSource,
     data_source,

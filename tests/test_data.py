@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from fedgma.config import DataSource, parse_run_config
-from fedgma.task import base_data
-from fedgma.task.base_data import DataUnavailable, load_base_images
-from fedgma.task.coloring import OOD_COLORS, TRAIN_BACKGROUND, TRAIN_FOREGROUND
-from fedgma.task.data import load_client_partition, load_test_set
-from fedgma.task.partition import partition_indices
+from fedgma.app.config import DataSource, parse_run_config
+from fedgma.app.task import base_data
+from fedgma.app.task.base_data import DataUnavailable, load_base_images
+from fedgma.app.task.coloring import OOD_COLORS, TRAIN_BACKGROUND, TRAIN_FOREGROUND
+from fedgma.app.task.data import load_client_partition, load_test_set
+from fedgma.app.task.partition import partition_indices
 from run_settings import settings
 
 
@@ -183,7 +183,7 @@ def test_missing_data_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_a_process_splits_the_training_set_once_for_all_its_clients(data_dir, monkeypatch):
-    from fedgma.task import data as data_module
+    from fedgma.app.task import data as data_module
 
     calls = []
     real = data_module.partition_indices

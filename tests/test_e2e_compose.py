@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from fedgma.launch import free_port
+from fedgma.lab.launch import free_port
 from run_settings import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.compose]

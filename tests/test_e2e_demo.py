@@ -1,10 +1,10 @@
-"""The README's main job (python -m fedgma.demo), at a small size."""
+"""The README's main job (python -m fedgma.lab.demo), at a small size."""
 
 import json
 
 import pytest
 
-from fedgma import demo
+from fedgma.lab import demo
 
 pytestmark = pytest.mark.e2e
 

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from fedgma.launch import LocalDeployment
+from fedgma.lab.launch import LocalDeployment
 from run_settings import ROOT
 
 SMALL_RUN = {"train-images": 2000, "test-images": 1000}

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from fedgma.launch import LocalDeployment, SimulationRuntime, kill_tree, processes_named
+from fedgma.lab.launch import LocalDeployment, SimulationRuntime, kill_tree, processes_named
 from run_settings import ROOT
 
 pytestmark = pytest.mark.e2e

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fedgma import cli
+from fedgma.lab import cli
 
 pytestmark = pytest.mark.e2e
 

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from fedgma.launch import BIN, FlowerCli, HostSettings, flower_env, start, stop, write_connection
+from fedgma.lab.launch import BIN, FlowerCli, HostSettings, flower_env, start, stop, write_connection
 from netns_hosts import VirtualHosts, netns_available
 from run_settings import ROOT
 

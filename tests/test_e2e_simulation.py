@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from fedgma.launch import HostSettings, SimulationRuntime
-from fedgma.task.model import build_model
+from fedgma.lab.launch import HostSettings, SimulationRuntime
+from fedgma.app.task.model import build_model
 from run_settings import ROOT
 
 pytestmark = pytest.mark.e2e

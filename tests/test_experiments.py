@@ -7,11 +7,12 @@ import statistics
 import numpy as np
 import pytest
 
-from fedgma.config import app_defaults, parse_run_config
-from fedgma.experiments import report, toy
-from fedgma.experiments.grids import ABLATION_TAUS, SETTINGS, STRATEGIES, grid_by_name
-from fedgma.experiments.runner import GridMismatch, GridRunner
-from fedgma.server.outputs import RunOutputs
+from fedgma.app.config import parse_run_config
+from fedgma.lab.project import app_defaults
+from fedgma.lab.experiments import report, toy
+from fedgma.lab.experiments.grids import ABLATION_TAUS, SETTINGS, STRATEGIES, grid_by_name
+from fedgma.lab.experiments.runner import GridMismatch, GridRunner
+from fedgma.app.outputs import RunOutputs
 
 
 def test_full_grid_has_every_setting_strategy_and_seed_once():

@@ -3,9 +3,9 @@ message is refused before it is read; flower-superlink itself reads it."""
 
 import pytest
 
-from fedgma.benchmarks import send_raw
-from fedgma.launch import BIN, flower_env, free_port, start, stop, wait_for_http
-from fedgma.superlink import message_limit
+from fedgma.lab.benchmarks import send_raw
+from fedgma.lab.launch import BIN, flower_env, free_port, start, stop, wait_for_http
+from fedgma.lab.superlink import message_limit
 
 pytestmark = pytest.mark.e2e
 

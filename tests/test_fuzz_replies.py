@@ -46,7 +46,11 @@ def malformed(rng, x, node):
     elif kind == "transposed":
         y["fc.weight"] = y["fc.weight"].T.copy()
     elif kind == "wrong-dtype":
-        y[name] = y[name].astype(rng.choice([np.float64, np.float16, np.int32]))
+        # Not castable to the model's dtypes (a wider float, as FedAvg takes, is cast: test_contract).
+        if rng.random() < 0.5:
+            y[name] = y[name].astype(np.complex64)
+        else:
+            y["steps"] = y["steps"].astype(np.float64)
     elif kind == "missing-array":
         del y[name]
     elif kind == "extra-array":
@@ -59,8 +63,8 @@ def malformed(rng, x, node):
         return kind, train_reply(node, y, -int(rng.integers(1, 1000)))
     if kind == "huge-examples":
         return kind, train_reply(node, y, int(rng.integers(MAX_EXAMPLES + 1, 2**62)))
-    if kind == "fractional-examples":
-        return kind, train_reply(node, y, n + 0.5)
+    if kind == "infinite-examples":
+        return kind, train_reply(node, y, float("inf"))
     if kind == "nan-examples":
         return kind, train_reply(node, y, float("nan"))
     if kind == "missing-examples":
@@ -78,7 +82,7 @@ def malformed(rng, x, node):
 
 
 KINDS = ["nan", "inf", "wrong-shape", "transposed", "wrong-dtype", "missing-array", "extra-array",
-         "renamed-array", "zero-examples", "negative-examples", "huge-examples", "fractional-examples",
+         "renamed-array", "zero-examples", "negative-examples", "huge-examples", "infinite-examples",
          "nan-examples", "missing-examples", "empty", "no-arrays", "two-array-records",
          "config-instead-of-metrics"]
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from fedgma.launch import LocalDeployment, _ephemeral_range, free_port
+from fedgma.lab.launch import LocalDeployment, _ephemeral_range, free_port
 
 
 def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range():

@@ -4,15 +4,16 @@ import io
 
 import numpy as np
 import pytest
+from flower_messages import error_reply, global_record, set_task_identity, train_reply
 from flwr.app import ConfigRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
-
-from fedgma.config import ConfigError, parse_run_config
-from fedgma.server import checkpoint as ckpt
-from fedgma.server.rounds import NODE_RECORD, RoundLoop
-from fedgma.strategy import FedGMA, FedGMAAdam
-from flower_messages import error_reply, global_record, set_task_identity, train_reply
 from run_settings import settings
+
+from fedgma.app.config import parse_run_config
+from fedgma.loop import checkpoint as ckpt
+from fedgma.loop.rounds import NODE_RECORD, RoundLoop
+from fedgma.loop.run_folder import RunFolder
+from fedgma.strategy import FedGMA, FedGMAAdam
 
 
 class ScriptedGrid:
@@ -111,7 +112,7 @@ def test_checkpoint_round_trip_with_fedadam_and_fedavgm_state(tmp_path):
         state = ckpt.strategy_state(strategy)
         assert any(v is not None for v in state.values())
         saved = ckpt.Checkpoint(1, {k: v.numpy() for k, v in arrays.items()}, state,
-                                ckpt.python_rng_state(), 12.5, ckpt.result_settings(config))
+                                ckpt.python_rng_state(), 12.5, config.result_settings())
         ckpt.save_checkpoint(tmp_path, saved)
         loaded = ckpt.load_checkpoint(tmp_path)
         assert loaded.round == 1 and loaded.wall_seconds == 12.5 and loaded.settings_hash == saved.settings_hash
@@ -135,19 +136,21 @@ def test_checkpoint_round_trip_with_fedadam_and_fedavgm_state(tmp_path):
 def test_resume_refuses_settings_that_change_the_result(tmp_path):
     config = parse_run_config(settings(tau=0.6, seed=3, num_server_rounds=5))
     saved = ckpt.Checkpoint(2, {"w": np.zeros(2, np.float32)}, {}, ckpt.python_rng_state(), 1.0,
-                            ckpt.result_settings(config))
-    ckpt.check_resumable(saved, parse_run_config(settings(tau=0.6, seed=3, num_server_rounds=9,
-                                                          round_timeout=30.0, run_name="x")))
-    with pytest.raises(ConfigError, match=r"seed: 3 -> 4.*tau: 0.6 -> 0.7"):
-        ckpt.check_resumable(saved, parse_run_config(settings(tau=0.7, seed=4, num_server_rounds=5)))
-    with pytest.raises(ConfigError, match="num-server-rounds"):
-        ckpt.check_resumable(saved, parse_run_config(settings(tau=0.6, seed=3, num_server_rounds=1)))
+                            config.result_settings())
+    def check(config):
+        ckpt.check_resumable(saved, config.result_settings(), config.num_server_rounds)
+
+    check(parse_run_config(settings(tau=0.6, seed=3, num_server_rounds=9, round_timeout=30.0, run_name="x")))
+    with pytest.raises(ckpt.CheckpointError, match=r"seed: 3 -> 4.*tau: 0.6 -> 0.7"):
+        check(parse_run_config(settings(tau=0.7, seed=4, num_server_rounds=5)))
+    with pytest.raises(ckpt.CheckpointError, match="num-server-rounds"):
+        check(parse_run_config(settings(tau=0.6, seed=3, num_server_rounds=1)))
 
 
 def test_a_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
     config = parse_run_config(settings())
     good = ckpt.Checkpoint(3, {"w": np.ones(2, np.float32)}, {}, ckpt.python_rng_state(), 1.0,
-                           ckpt.result_settings(config))
+                           config.result_settings())
     ckpt.save_checkpoint(tmp_path, good)
 
     real_atomic_write = ckpt.atomic_write
@@ -166,7 +169,7 @@ def test_a_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch
                                                        ckpt.python_rng_state(), 2.0, good.settings))
     monkeypatch.undo()
     assert ckpt.load_checkpoint(tmp_path).round == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == [ckpt.CHECKPOINT_FILE]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [RunFolder(tmp_path).checkpoint.name]
 
 
 def test_update_norm_and_example_bounds():
@@ -180,8 +183,9 @@ def test_update_norm_and_example_bounds():
         decode_reply(content, x, "num-examples", max_update_norm=0.99)
     with pytest.raises(InvalidReply, match="above the bound 9"):
         decode_reply(content, x, "num-examples", max_num_examples=9)
-    with pytest.raises(InvalidReply, match="positive integer"):
-        decode_reply(train_reply(1, y, 2.5).content, x, "num-examples")
+    assert decode_reply(train_reply(1, y, 2.5).content, x, "num-examples").weight == 2.5  # as FedAvg
+    with pytest.raises(InvalidReply, match="positive finite number"):
+        decode_reply(train_reply(1, y, float("inf")).content, x, "num-examples")
 
 
 @pytest.mark.parametrize("strategy", [FedAdam, FedGMAAdam])

@@ -85,7 +85,7 @@ def test_malformed_replies_are_dropped_and_never_reach_the_model():
     nan = {n: v.copy() for n, v in global_arrays.items()}
     nan["fc.weight"][0, 0] = np.nan
     wrong_shape = {**global_arrays, "conv.bias": np.zeros(5, np.float32)}
-    wrong_dtype = {**global_arrays, "conv.bias": np.zeros(4, np.float64)}
+    wrong_dtype = {**global_arrays, "conv.bias": np.zeros(4, np.complex64)}
     missing = {k: v for k, v in global_arrays.items() if k != "fc.weight"}
     bad = [
         train_reply(11, nan, 10),

@@ -6,15 +6,23 @@ from collections.abc import Iterable
 from logging import ERROR, INFO, WARNING
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from .masking import DEFAULT_TAU, VARIANTS, MaskedAggregator, MaskStats, Variant
-from .validation import InvalidReply, all_finite, decode_reply, weight_outliers
+from .validation import (
+    DEFAULT_MAX_WEIGHT_RATIO,
+    CheckedReplies,
+    ReplyBounds,
+    all_finite,
+    check_replies,
+)
 
-DEFAULT_MAX_WEIGHT_RATIO = 10.0
+# Metrics FedGMA adds to each round's training metrics.
+OWN_METRICS = ("mask-kept-fraction", "mask-mean", "agreement-mean", "replies-used", "replies-dropped",
+               "replies-failed")
 
 
 class FedGMA(FedAvg):
@@ -35,17 +43,29 @@ class FedGMA(FedAvg):
     - ``"gma"``: ``m = 1 if A >= tau else A``, ``x_{t+1} = x_t - server_lr * m * g_bar``.
 
     Aggregation streams over the replies with O(P) extra memory. Each reply is
-    checked first (array names, shapes, dtypes, finite values, a positive
-    example count, at most ``max_weight_ratio`` times the round's median count);
-    a bad reply is logged with its node id and left out. Like FedAvg's, this
-    average is not Byzantine-robust: a client may still send any weights, and
-    claim up to the bound.
+    checked first (``validation.check_replies``: array names and shapes, finite
+    values, a positive finite weight, at most ``max_weight_ratio`` times the
+    round's median weight); a bad reply is logged with its node id and left out.
+    An array of a wider dtype of the same kind (float64 for a float32 model) is
+    cast to the model's dtype and logged, as FedAvg would average it. Replies
+    that ``fedgma.loop.RoundLoop`` has checked already are not checked again.
+    Like FedAvg's, this average is not Byzantine-robust: a client may still send
+    any weights, and claim up to the bound.
+
+    ``aggregate_train`` needs the weights sent in the same round: call
+    ``configure_train`` first (as ``Strategy.start`` and ``RoundLoop`` do). The
+    metrics FedGMA adds (``mask-kept-fraction``, ``replies-used``, ...) never
+    replace a client metric of the same name: that one is kept, and FedGMA's goes
+    under ``fedgma-<name>``, with a warning.
     Arrays that are not floating point (e.g. BatchNorm's
     ``num_batches_tracked``) are never masked: they take the example-weighted
     average of the clients' values, rounded back to their dtype.
 
     Parameters
     ----------
+    *args
+        Positional arguments of :class:`flwr.serverapp.strategy.FedAvg`
+        (``fraction_train``, ``fraction_evaluate``, ...), in its order.
     variant : str (default: "ws")
         ``"ws"`` (workshop paper: binary mask, extra step on top of FedAvg) or
         ``"gma"`` (journal version: soft mask replacing the average).
@@ -77,7 +97,7 @@ class FedGMA(FedAvg):
 
     def __init__(
         self,
-        *,
+        *args,
         variant: Variant = "ws",
         tau: float | None = None,
         server_lr: float = 1.0,
@@ -87,7 +107,7 @@ class FedGMA(FedAvg):
         max_update_norm: float | None = None,
         **kwargs,
     ) -> None:
-        check_max_weight_ratio(max_weight_ratio)
+        bounds = ReplyBounds(max_num_examples, max_update_norm, max_weight_ratio)  # checks them
         if variant not in VARIANTS:
             raise ValueError(f"FedGMA: variant must be one of {VARIANTS}, got {variant!r}")
         if tau is None:
@@ -101,14 +121,12 @@ class FedGMA(FedAvg):
             or server_lr < 0
         ):
             raise ValueError(f"FedGMA: server_lr must be a finite number >= 0, got {server_lr!r}")
-        super().__init__(**kwargs)
+        super().__init__(*args, **kwargs)
         self.variant: Variant = variant
         self.tau = float(tau)
         self.server_lr = float(server_lr)
         self.agreement_weighted = bool(agreement_weighted)
-        self.max_num_examples = max_num_examples
-        self.max_weight_ratio = max_weight_ratio
-        self.max_update_norm = max_update_norm
+        self.bounds = bounds
         self.current_arrays: dict[str, np.ndarray] | None = None
 
     def summary(self) -> None:
@@ -147,71 +165,75 @@ class FedGMA(FedAvg):
                 "FedGMA.aggregate_train called before configure_train: "
                 "the global weights of this round are unknown"
             )
-        replies = list(replies)
-        # Flower's own consistency check would end the run on one malformed
-        # reply; each reply is checked against the global model below instead.
-        valid_replies, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
-        valid_replies, outliers = self._drop_weight_outliers(server_round, valid_replies)
-        # Fast path: replies are checked for structure and example counts, their values are
-        # folded in without a separate finiteness pass; a NaN or Inf in any reply makes the
-        # result non-finite, which one pass over the result detects. Only then are the replies
-        # folded again, each checked value by value, so that the bad ones are dropped.
-        with np.errstate(all="ignore"):  # NaN/Inf from a bad reply are expected here, and caught
-            new_arrays, stats, used = self._fold(server_round, valid_replies, check_values=False)
-        if used and not _all_finite(new_arrays):
-            log(WARNING, "FedGMA round %s: non-finite values in the replies; checking each one", server_round)
-            new_arrays, stats, used = self._fold(server_round, valid_replies, check_values=True)
-            if used and not _all_finite(new_arrays):
-                log(ERROR, "FedGMA round %s: the aggregate of finite replies overflowed; "
-                    "the global model is unchanged", server_round)
+        if isinstance(replies, CheckedReplies) and replies.checked_against(self.current_arrays,
+                                                                           self.weighted_by_key):
+            # Checked once this round, by the round loop, against the same global model.
+            new_arrays, stats, used = self._fold(replies)
+            dropped = failed = 0
+        else:
+            replies = list(replies)
+            # Flower's own consistency check would end the run on one malformed
+            # reply; each reply is checked against the global model below instead.
+            answered, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
+            failed = len(replies) - len(answered)
+            result = self._check_and_fold(server_round, answered)
+            if result is None:
                 return None, None
-        dropped = len(valid_replies) - len(used) + outliers
+            new_arrays, stats, used, dropped = result
         if not used:
             log(WARNING, "FedGMA round %s: no usable reply; the global model is unchanged", server_round)
             return None, None
-
         array_record = ArrayRecord(
             # np.require keeps 0-d arrays 0-d (np.ascontiguousarray would make them 1-d)
             {name: Array(np.require(value, requirements="C")) for name, value in new_arrays.items()}
         )
         metrics = self.train_metrics_aggr_fn(used, self.weighted_by_key)
         assert stats is not None
-        metrics["mask-kept-fraction"] = stats.kept_fraction
-        metrics["mask-mean"] = stats.mask_mean
-        metrics["agreement-mean"] = stats.agreement_mean
-        metrics["replies-used"] = len(used)
-        metrics["replies-dropped"] = dropped
-        metrics["replies-failed"] = len(replies) - len(valid_replies)
+        own = dict(zip(OWN_METRICS, (stats.kept_fraction, stats.mask_mean, stats.agreement_mean,
+                                     len(used), dropped, failed), strict=True))
+        for name, value in own.items():
+            if name in metrics:
+                log(WARNING, "FedGMA round %s: the clients report a metric %r too; it is kept, and "
+                    "FedGMA's is 'fedgma-%s'", server_round, name, name)
+                name = f"fedgma-{name}"
+            metrics[name] = value
         return array_record, metrics
 
-    def _drop_weight_outliers(self, server_round: int, replies: list[Message]) -> tuple[list[Message], int]:
-        """Leave out replies claiming more than ``max_weight_ratio`` x the median weight.
+    def _check_and_fold(
+        self, server_round: int, replies: list[Message]
+    ) -> tuple[dict[str, np.ndarray], MaskStats | None, list[RecordDict], int] | None:
+        """Check the replies and fold the good ones; None if finite replies overflowed.
 
-        The median is taken over the replies that are well-formed (their values are
-        not read here), so malformed replies cannot pull it down.
+        Fast path: replies are checked for structure and weights, their values are
+        folded in without a separate finiteness pass; a NaN or Inf in any reply makes
+        the result non-finite, which one pass over the result detects. Only then are
+        the replies checked again, value by value, so that the bad ones are dropped.
         """
-        if not self.max_weight_ratio:
-            return replies, 0
         assert self.current_arrays is not None
-        weighed: list[tuple[Message, float]] = []
-        for message in replies:
-            try:
-                _, weight = decode_reply(message.content, self.current_arrays, self.weighted_by_key,
-                                         self.max_num_examples, check_values=False)
-            except InvalidReply:
-                continue  # dropped, with its reason, by the fold
-            weighed.append((message, weight))
-        outliers = weight_outliers([weight for _, weight in weighed], self.max_weight_ratio)
-        for i, reason in outliers.items():
+        checked, refused = check_replies(replies, self.current_arrays, self.weighted_by_key,
+                                         self.bounds, check_values=False)
+        with np.errstate(all="ignore"):  # NaN/Inf from a bad reply are expected here, and caught
+            new_arrays, stats, used = self._fold(checked)
+        if used and not _all_finite(new_arrays):
+            log(WARNING, "FedGMA round %s: non-finite values in the replies; checking each one", server_round)
+            checked, refused = check_replies(replies, self.current_arrays, self.weighted_by_key,
+                                             self.bounds, check_values=True)
+            new_arrays, stats, used = self._fold(checked)
+            if used and not _all_finite(new_arrays):
+                log(ERROR, "FedGMA round %s: the aggregate of finite replies overflowed; "
+                    "the global model is unchanged", server_round)
+                return None
+        for message, reason in refused:
             log(WARNING, "FedGMA round %s: dropped the reply of node %s: %s", server_round,
-                weighed[i][0].metadata.src_node_id, reason)
-        dropped = {id(weighed[i][0]) for i in outliers}
-        return [m for m in replies if id(m) not in dropped], len(dropped)
+                message.metadata.src_node_id, reason)
+        for reply in checked.checked:
+            if reply.cast:
+                log(WARNING, "FedGMA round %s: the reply of node %s was cast to the model's dtypes (%s)",
+                    server_round, reply.message.metadata.src_node_id, "; ".join(reply.cast))
+        return new_arrays, stats, used, len(refused)
 
-    def _fold(
-        self, server_round: int, replies: list[Message], check_values: bool
-    ) -> tuple[dict[str, np.ndarray], MaskStats | None, list]:
-        """Fold every acceptable reply into a fresh aggregator; returns (arrays, stats, used)."""
+    def _fold(self, checked: CheckedReplies) -> tuple[dict[str, np.ndarray], MaskStats | None, list[RecordDict]]:
+        """Fold checked replies into a fresh aggregator; returns (arrays, stats, used)."""
         assert self.current_arrays is not None
         aggregator = MaskedAggregator(
             self.current_arrays,
@@ -220,46 +242,19 @@ class FedGMA(FedAvg):
             server_lr=self.server_lr,
             agreement_weighted=self.agreement_weighted,
         )
-        used = []
         pending: list[tuple[dict[str, np.ndarray], float]] = []  # views into the replies' bytes
-        for message in replies:
-            try:
-                arrays, weight = decode_reply(
-                    message.content,
-                    self.current_arrays,
-                    self.weighted_by_key,
-                    self.max_num_examples,
-                    self.max_update_norm,
-                    check_values=check_values,
-                )
-            except InvalidReply as err:
-                log(
-                    WARNING,
-                    "FedGMA round %s: dropped the reply of node %s: %s",
-                    server_round,
-                    message.metadata.src_node_id,
-                    err,
-                )
-                continue
-            used.append(message.content)
-            if all(value.base is not None for value in arrays.values()):
-                pending.append((arrays, weight))  # folded together below, block by block
+        for reply in checked.checked:
+            if all(value.base is not None for value in reply.arrays.values()):
+                pending.append((reply.arrays, reply.weight))  # folded together below, block by block
             else:
-                aggregator.add(arrays, weight)  # a decoded copy: fold now, do not keep it
+                aggregator.add(reply.arrays, reply.weight)  # a decoded copy: fold now, do not keep it
         aggregator.add_many(pending)
         del pending
+        used = [reply.message.content for reply in checked.checked]
         if not used:
             return {}, None, used
         new_arrays, stats = aggregator.result()
         return new_arrays, stats, used
-
-
-def check_max_weight_ratio(value: float | None) -> None:
-    """Raise ValueError unless ``value`` is None or a finite number >= 1."""
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value) or value < 1:
-        raise ValueError(f"FedGMA: max_weight_ratio must be None or a finite number >= 1, got {value!r}")
 
 
 def _all_finite(arrays: dict[str, np.ndarray]) -> bool:

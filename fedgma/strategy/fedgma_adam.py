@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from flwr.serverapp.strategy import FedAdam
 
-from .fedgma import DEFAULT_MAX_WEIGHT_RATIO, FedGMA, check_max_weight_ratio
+from .fedgma import FedGMA
+from .validation import DEFAULT_MAX_WEIGHT_RATIO, ReplyBounds
 
 
 class FedGMAAdam(FedAdam, FedGMA):
@@ -19,6 +20,8 @@ class FedGMAAdam(FedAdam, FedGMA):
 
     Parameters
     ----------
+    *args
+        Positional arguments of :class:`flwr.serverapp.strategy.FedAdam`, in its order.
     mask_tau : Optional[float] (default: None)
         Agreement threshold of the mask in ``[0, 1]``; ``None`` means 0.4.
         (``tau`` is FedAdam's own adaptivity constant.)
@@ -31,7 +34,7 @@ class FedGMAAdam(FedAdam, FedGMA):
 
     def __init__(
         self,
-        *,
+        *args,
         mask_tau: float | None = None,
         agreement_weighted: bool = False,
         max_num_examples: float | None = None,
@@ -39,18 +42,16 @@ class FedGMAAdam(FedAdam, FedGMA):
         max_update_norm: float | None = None,
         **kwargs,
     ) -> None:
-        check_max_weight_ratio(max_weight_ratio)
+        bounds = ReplyBounds(max_num_examples, max_update_norm, max_weight_ratio)  # checks them
         # Validate the mask settings with FedGMA's own checks before FedAdam's
         # constructor chain (which reaches FedGMA.__init__ with its defaults).
         probe = FedGMA(variant="gma", tau=mask_tau, agreement_weighted=agreement_weighted)
-        super().__init__(**kwargs)
+        super().__init__(*args, **kwargs)
         self.variant = "gma"
         self.mask_tau = probe.tau
         self.server_lr = 1.0
         self.agreement_weighted = probe.agreement_weighted
-        self.max_num_examples = max_num_examples
-        self.max_weight_ratio = max_weight_ratio
-        self.max_update_norm = max_update_norm
+        self.bounds = bounds
 
     @property
     def mask_threshold(self) -> float:

@@ -36,17 +36,32 @@ def agreement_score(sign_sum: np.ndarray, total_weight: float) -> np.ndarray:
 
 
 def mask_from_agreement(agreement: np.ndarray, tau: float, variant: Variant) -> np.ndarray:
-    """Turn agreement scores into the FedGMA mask.
+    """Turn agreement scores into the FedGMA mask (see :func:`apply_mask_rule`)."""
+    return apply_mask_rule(agreement >= tau, agreement, variant)
+
+
+def apply_mask_rule(kept: np.ndarray, agreement: np.ndarray, variant: Variant) -> np.ndarray:
+    """The FedGMA mask from where the agreement reaches the threshold (``kept``, i.e.
+    ``A >= tau``) and the agreement ``A`` itself; the mask rule, written once.
 
     ``ws``: binary mask, ``1`` where ``A >= tau`` else ``0``.
     ``gma``: soft mask, ``1`` where ``A >= tau`` else ``A``.
     """
-    kept = agreement >= tau
     if variant == "ws":
         return kept.astype(agreement.dtype)
     if variant == "gma":
         return np.where(kept, np.ones_like(agreement), agreement)
     raise ValueError(f"Unknown FedGMA variant {variant!r}; expected one of {VARIANTS}")
+
+
+def kept_count_threshold(num_clients: int, tau: float) -> int:
+    """The smallest count ``m`` of agreeing signs with ``m / num_clients >= tau``.
+
+    With unweighted agreement ``A = |sum_k sign(g_k)| / K``, ``A >= tau`` is exactly
+    ``|sum_k sign(g_k)| >= m`` (the sums are integers), decided here in float64 as
+    ``agreement_score(...) >= tau`` decides it.
+    """
+    return next(m for m in range(num_clients + 1) if m / num_clients >= tau)
 
 
 def server_update(
@@ -250,7 +265,7 @@ class MaskedAggregator:
         the kept indicator, the mask and ``A`` over its coordinates.
         """
         k = self.num_clients
-        threshold = next(m for m in range(k + 1) if m / k >= self.tau)
+        threshold = kept_count_threshold(k, self.tau)
         new = np.empty(x.shape, dtype=x.dtype)
         xf, sf, gf, nf = x.reshape(-1), sign_sum.reshape(-1), grad_sum.reshape(-1), new.reshape(-1)
         kept_total = mask_total = agreement_total = 0.0
@@ -263,14 +278,10 @@ class MaskedAggregator:
             kept_here = float(np.count_nonzero(kept))
             kept_total += kept_here
             agreement_total += float(counts.sum(dtype=np.float64)) / k
-            if self.variant == "ws":
-                mask = kept.astype(x.dtype)
-                mask_total += kept_here
-            else:
-                mask = np.divide(counts, k, out=counts)  # A, in [0, 1]
-                np.maximum(mask, kept, out=mask)  # 1 where kept, else A
-                mask_total += float(mask.sum(dtype=np.float64))
-                mask = mask.astype(x.dtype, copy=False)
+            agreement = np.divide(counts, k, out=counts)  # A, in [0, 1]
+            mask = apply_mask_rule(kept, agreement, self.variant)
+            mask_total += kept_here if self.variant == "ws" else float(mask.sum(dtype=np.float64))
+            mask = mask.astype(x.dtype, copy=False)
             nf[start:stop] = server_update(xf[start:stop], g_bar, mask, self.server_lr, self.variant)
         return new, kept_total, mask_total, agreement_total
 

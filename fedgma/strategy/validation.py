@@ -6,10 +6,15 @@ import functools
 import io
 import math
 import statistics
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
-from flwr.app import Array, RecordDict
+from flwr.app import Array, Message, RecordDict
 from flwr.common.constant import SType
+
+DEFAULT_MAX_WEIGHT_RATIO = 10.0
 
 
 class InvalidReply(ValueError):
@@ -87,8 +92,9 @@ def reply_weight(
 ) -> float:
     """The reply's aggregation weight: its one MetricRecord's ``weighted_by_key`` entry.
 
-    It must be a positive integer (an ``int``, or a float with an integral value), at
-    most ``max_num_examples`` when given.
+    It must be a positive finite number (an ``int`` or a ``float``, fractional
+    weights included, as Flower's FedAvg takes them), at most ``max_num_examples``
+    when given.
 
     Raises
     ------
@@ -103,9 +109,9 @@ def reply_weight(
     weight = metrics.get(weighted_by_key)
     if isinstance(weight, bool) or not isinstance(weight, (int, float)):
         raise InvalidReply(f"metric {weighted_by_key!r} missing or not a number: {weight!r}")
-    if not math.isfinite(weight) or weight <= 0 or (isinstance(weight, float) and not weight.is_integer()):
+    if not math.isfinite(weight) or weight <= 0:
         raise InvalidReply(
-            f"metric {weighted_by_key!r} must be a positive integer, got {weight!r}"
+            f"metric {weighted_by_key!r} must be a positive finite number, got {weight!r}"
         )
     if max_num_examples is not None and weight > max_num_examples:
         raise InvalidReply(
@@ -135,6 +141,25 @@ def weight_outliers(weights: list[float], max_ratio: float | None) -> dict[int, 
     }
 
 
+class DecodedReply(NamedTuple):
+    """A checked training reply: its arrays (in the global model's dtypes), its weight, and
+    the arrays that were cast to get there (``"name: float64 -> float32"``)."""
+
+    arrays: dict[str, np.ndarray]
+    weight: float
+    cast: tuple[str, ...] = ()
+
+
+def castable(value: np.dtype, reference: np.dtype) -> bool:
+    """True if an array of dtype ``value`` may stand for one of dtype ``reference``, cast.
+
+    Numbers of the same kind or a safer one (float64 for float32, int for float) are
+    cast, as Flower's FedAvg averages them; a float for an integer array, a complex,
+    or anything that is not a number is not.
+    """
+    return value.kind in "biuf" and np.can_cast(value, reference, casting="same_kind")
+
+
 def decode_reply(
     content: RecordDict,
     global_arrays: dict[str, np.ndarray],
@@ -142,14 +167,15 @@ def decode_reply(
     max_num_examples: float | None = None,
     max_update_norm: float | None = None,
     check_values: bool = True,
-) -> tuple[dict[str, np.ndarray], float]:
-    """Decode a training reply into ``(arrays, weight)`` after checking it.
+) -> DecodedReply:
+    """Decode a training reply into ``(arrays, weight, cast)`` after checking it.
 
     A good reply holds exactly one ArrayRecord whose arrays have the global
-    model's names, shapes and dtypes and only finite values, and exactly one
-    MetricRecord whose ``weighted_by_key`` entry is a positive integer (an
-    ``int``, or a float with an integral value), at most ``max_num_examples``
-    when given. With ``max_update_norm``, the L2 norm of the pseudo-gradient
+    model's names and shapes and only finite values, and exactly one
+    MetricRecord whose ``weighted_by_key`` entry is a positive finite number,
+    at most ``max_num_examples`` when given. An array of another dtype is cast
+    to the global model's when :func:`castable` allows it (and named in
+    ``cast``), else refused. With ``max_update_norm``, the L2 norm of the pseudo-gradient
     ``x - y`` over all floating-point arrays must not exceed it. With
     ``check_values=False`` the values are not read (no finiteness check): the
     caller must then check its result (see ``FedGMA.aggregate_train``).
@@ -172,6 +198,7 @@ def decode_reply(
             f"array names differ from the global model: missing {missing}, extra {extra}"
         )
     arrays: dict[str, np.ndarray] = {}
+    cast: list[str] = []
     for name, reference in global_arrays.items():
         try:
             value = array_view(record[name])
@@ -182,9 +209,13 @@ def decode_reply(
                 f"array {name!r} has shape {value.shape}, expected {reference.shape}"
             )
         if value.dtype != reference.dtype:
-            raise InvalidReply(
-                f"array {name!r} has dtype {value.dtype}, expected {reference.dtype}"
-            )
+            if not castable(value.dtype, reference.dtype):
+                raise InvalidReply(
+                    f"array {name!r} has dtype {value.dtype}, expected {reference.dtype}"
+                )
+            cast.append(f"{name}: {value.dtype} -> {reference.dtype}")
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is caught as non-finite
+                value = value.astype(reference.dtype)
         if check_values and not all_finite(value):
             raise InvalidReply(f"array {name!r} has non-finite values")
         arrays[name] = value
@@ -198,4 +229,104 @@ def decode_reply(
             raise InvalidReply(
                 f"update norm {math.sqrt(squared):.4g} is above the bound {max_update_norm:g}"
             )
-    return arrays, float(weight)
+    return DecodedReply(arrays, float(weight), tuple(cast))
+
+
+@dataclass(frozen=True)
+class ReplyBounds:
+    """Bounds a training reply must respect; None: no bound.
+
+    Attributes
+    ----------
+    max_num_examples : Optional[float]
+        Largest weight a reply may claim.
+    max_update_norm : Optional[float]
+        Largest L2 norm of a reply's pseudo-gradient ``x - y``.
+    max_weight_ratio : Optional[float]
+        Largest weight a reply may claim, as a multiple of the round's lower median
+        weight (see :func:`weight_outliers`).
+    """
+
+    max_num_examples: float | None = None
+    max_update_norm: float | None = None
+    max_weight_ratio: float | None = DEFAULT_MAX_WEIGHT_RATIO
+
+    def __post_init__(self) -> None:
+        for name in ("max_num_examples", "max_update_norm"):
+            _check_bound(name, getattr(self, name), 0.0)
+        _check_bound("max_weight_ratio", self.max_weight_ratio, 1.0)
+
+
+def _check_bound(name: str, value: float | None, low: float) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
+        raise ValueError(f"FedGMA: {name} must be None or a finite number >= {low:g}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class CheckedReply:
+    """A training reply that passed :func:`check_replies`, with its decoded arrays."""
+
+    message: Message
+    arrays: dict[str, np.ndarray]
+    weight: float
+    cast: tuple[str, ...] = ()
+
+
+class CheckedReplies(list):
+    """The messages of replies that passed :func:`check_replies`, in order.
+
+    A plain list of ``Message`` to any Flower strategy; ``FedGMA`` also reads the
+    decoded arrays it carries instead of checking the replies again.
+    """
+
+    def __init__(self, checked: list[CheckedReply], global_arrays: dict[str, np.ndarray],
+                 weighted_by_key: str, values_checked: bool) -> None:
+        super().__init__(reply.message for reply in checked)
+        self.checked = checked
+        self.global_arrays = global_arrays
+        self.weighted_by_key = weighted_by_key
+        self.values_checked = values_checked
+
+    def checked_against(self, global_arrays: dict[str, np.ndarray], weighted_by_key: str) -> bool:
+        """True if these replies were checked against arrays like ``global_arrays``."""
+        return (
+            weighted_by_key == self.weighted_by_key
+            and list(global_arrays) == list(self.global_arrays)
+            and all(
+                global_arrays[name].shape == self.global_arrays[name].shape
+                and global_arrays[name].dtype == self.global_arrays[name].dtype
+                for name in global_arrays
+            )
+        )
+
+
+def check_replies(
+    replies: Iterable[Message],
+    global_arrays: dict[str, np.ndarray],
+    weighted_by_key: str,
+    bounds: ReplyBounds,
+    check_values: bool = True,
+) -> tuple[CheckedReplies, list[tuple[Message, str]]]:
+    """Check one round's training replies against the global arrays; the one place that does.
+
+    Each reply is decoded and checked (:func:`decode_reply`); then the replies claiming
+    more than ``bounds.max_weight_ratio`` times the lower median weight of the
+    well-formed ones are left out (:func:`weight_outliers`). Returns the good replies,
+    in their given order, and ``(message, reason)`` for each one left out.
+    """
+    good: list[CheckedReply] = []
+    refused: list[tuple[Message, str]] = []
+    for message in replies:
+        try:
+            decoded = decode_reply(message.content, global_arrays, weighted_by_key,
+                                   bounds.max_num_examples, bounds.max_update_norm, check_values)
+        except InvalidReply as err:
+            refused.append((message, str(err)))
+            continue
+        good.append(CheckedReply(message, *decoded))
+    outliers = weight_outliers([reply.weight for reply in good], bounds.max_weight_ratio)
+    refused.extend((good[i].message, reason) for i, reason in outliers.items())
+    kept = [reply for i, reply in enumerate(good) if i not in outliers]
+    return CheckedReplies(kept, global_arrays, weighted_by_key, check_values), refused

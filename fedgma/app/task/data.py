@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from ..atomic import atomic_write
+from fedgma.loop.atomic import atomic_write
+
 from ..config import DataSource, RunConfig
 from .base_data import load_base_images
 from .coloring import client_flip_probability, color_binary, color_ten_class
@@ -32,7 +33,7 @@ class ColoredSet:
     """Colored images (uint8 ``[N, 3, 28, 28]``) with their labels.
 
     ``digits`` are the base data set's classes, ``colors`` the color ids of
-    ``fedgma.task.coloring``, ``rows`` the images' indices in the base set.
+    ``fedgma.app.task.coloring``, ``rows`` the images' indices in the base set.
     """
 
     images: np.ndarray

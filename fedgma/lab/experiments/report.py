@@ -16,6 +16,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
+from fedgma.loop.run_folder import RunFolder
+
 from .grids import ABLATION_SETTING, ABLATION_WS, BASELINE, SETTINGS, STRATEGIES
 
 SETTING_TITLES = {
@@ -303,7 +305,7 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
     if not runs:
         raise ValueError(f"{results_dir / 'results.csv'} holds no finished run yet")
     reference = next((r for r in runs if "main" in r.studies), runs[0])
-    any_config = json.loads((results_dir / "runs" / reference.name / "config.json").read_text())
+    any_config = json.loads(RunFolder(results_dir / "runs" / reference.name).config.read_text())
     dataset = any_config["dataset"]
     planned = len(manifest["runs"])
     default_tau = float(STRATEGIES[ABLATION_WS][1]["tau"])

@@ -15,9 +15,10 @@ import signal
 import sys
 from pathlib import Path
 
-from .config import ConfigError, app_defaults, parse_run_config
-from .demo import _parse_override
+from fedgma.app.config import ConfigError, parse_run_config
+
 from .launch import HostSettings
+from .project import app_defaults, parse_override
 
 
 def _grid(args: argparse.Namespace) -> int:
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     grid.add_argument("--data-dir", type=Path, help="data sets and cached partitions "
                       "(default: $FEDGMA_DATA_DIR, else ~/.cache/fedgma)")
     grid.add_argument("--no-download", action="store_true", help="never download a missing data set")
-    grid.add_argument("overrides", nargs="*", type=_parse_override, metavar="key=value",
+    grid.add_argument("overrides", nargs="*", type=parse_override, metavar="key=value",
                       help="run settings for every run, e.g. dataset=mnist")
     grid.set_defaults(func=_grid)
 
@@ -103,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     if extra and (args.command != "grid" or any(e.startswith("-") or "=" not in e for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if args.command == "grid":
-        args.overrides = list(args.overrides) + [_parse_override(e) for e in extra]
+        args.overrides = list(args.overrides) + [parse_override(e) for e in extra]
         try:  # a bad key=value is reported before anything starts
             parse_run_config({**app_defaults(), **dict(args.overrides)})
         except ConfigError as err:

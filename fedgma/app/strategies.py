@@ -7,16 +7,16 @@ from __future__ import annotations
 
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
-from ..config import RunConfig
-from ..strategy import DEFAULT_TAU, FedGMA, FedGMAAdam
+from fedgma.strategy import FedGMA, FedGMAAdam
+
+from .config import RunConfig
 
 
 def build_strategy(config: RunConfig) -> FedAvg:
     """Return the configured strategy (all of them are FedAvg subclasses).
 
-    The round loop bounds each reply's weight against the round's median for every
-    strategy (``max-weight-ratio``), so FedGMA's own bound is switched off here: the
-    replies are measured once, against the same median.
+    The round loop checks every reply once, for every strategy; FedGMA takes the same
+    bounds, which it applies only to replies the loop has not checked.
     """
     common = {
         "fraction_train": config.fraction_train,
@@ -28,12 +28,12 @@ def build_strategy(config: RunConfig) -> FedAvg:
     if config.strategy == "fedgma":
         return FedGMA(
             variant=config.variant,
-            tau=config.tau,
+            tau=config.mask_tau,
             server_lr=config.server_lr,
             agreement_weighted=config.agreement_weighted,
             max_num_examples=config.max_num_examples,
-            max_weight_ratio=None,
-            max_update_norm=config.max_update_norm or None,
+            max_weight_ratio=config.weight_ratio_bound,
+            max_update_norm=config.update_norm_bound,
             **common,
         )
     if config.strategy == "fedavg":
@@ -56,9 +56,9 @@ def build_strategy(config: RunConfig) -> FedAvg:
     if config.strategy == "fedgma-adam":
         # The gma mask replaces FedAdam's average; `tau` is the mask's, `adam-tau` Adam's.
         return FedGMAAdam(
-            mask_tau=config.tau, agreement_weighted=config.agreement_weighted,
-            max_num_examples=config.max_num_examples, max_weight_ratio=None,
-            max_update_norm=config.max_update_norm or None, **adam, **common,
+            mask_tau=config.mask_tau, agreement_weighted=config.agreement_weighted,
+            max_num_examples=config.max_num_examples, max_weight_ratio=config.weight_ratio_bound,
+            max_update_norm=config.update_norm_bound, **adam, **common,
         )
     raise ValueError(f"unknown strategy {config.strategy!r}")
 
@@ -66,9 +66,7 @@ def build_strategy(config: RunConfig) -> FedAvg:
 def describe(config: RunConfig) -> str:
     """A short label such as ``fedgma-ws(tau=0.8,lr=1)`` or ``fedavg``."""
     if config.strategy == "fedgma-adam":
-        tau = DEFAULT_TAU["gma"] if config.tau is None else config.tau
-        return f"fedgma-gma+fedadam(tau={tau:g})"
+        return f"fedgma-gma+fedadam(tau={config.mask_tau:g})"
     if config.strategy != "fedgma":
         return config.strategy
-    tau = DEFAULT_TAU[config.variant] if config.tau is None else config.tau
-    return f"fedgma-{config.variant}(tau={tau:g},lr={config.server_lr:g})"
+    return f"fedgma-{config.variant}(tau={config.mask_tau:g},lr={config.server_lr:g})"

@@ -17,8 +17,10 @@ from pathlib import Path
 
 import torch
 
-from ..atomic import atomic_write
-from ..config import RunConfig
+from fedgma.loop.atomic import atomic_write
+from fedgma.loop.run_folder import RunFolder
+
+from .config import RunConfig
 
 METRIC_COLUMNS = (
     "round",
@@ -80,7 +82,8 @@ class RunOutputs:
     def __init__(self, run_dir: Path, keep_rounds: int | None = None) -> None:
         self.run_dir = run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        self.metrics_path = run_dir / "metrics.csv"
+        self.files = RunFolder(run_dir)
+        self.metrics_path = self.files.metrics
         self.rows: list[dict[str, float | int | str]] = []
         if keep_rounds is not None and self.metrics_path.is_file():
             with self.metrics_path.open(newline="") as handle:
@@ -97,7 +100,7 @@ class RunOutputs:
     def write_config(self, config: RunConfig, extra: dict) -> None:
         """Save the run settings and facts such as the run id."""
         payload = json.dumps({**asdict(config), **extra}, indent=2).encode()
-        atomic_write(self.run_dir / "config.json", lambda f: f.write(payload))
+        atomic_write(self.files.config, lambda f: f.write(payload))
 
     def add_row(self, row: dict[str, float | int]) -> None:
         """Append one round's metrics (unknown keys are ignored, missing ones left empty)."""
@@ -108,7 +111,7 @@ class RunOutputs:
 
     def save_model(self, state_dict: dict[str, torch.Tensor]) -> Path:
         """Save the final global weights; returns the file's path."""
-        path = self.run_dir / "final_model.pt"
+        path = self.files.model
         atomic_write(path, lambda f: torch.save(state_dict, f))
         return path
 
@@ -125,5 +128,5 @@ class RunOutputs:
             "wall-seconds": last["wall-seconds"],
         }
         payload = json.dumps(summary, indent=2).encode()
-        atomic_write(self.run_dir / "summary.json", lambda f: f.write(payload))
+        atomic_write(self.files.summary, lambda f: f.write(payload))
         return summary

@@ -1,6 +1,6 @@
 """The main job: FedGMA against FedAvg on Flower's simulation runtime.
 
-``python -m fedgma.demo`` runs each strategy as a real ``flwr run`` of this app
+``python -m fedgma.lab.demo`` runs each strategy as a real ``flwr run`` of this app
 (binary colored task, non-IID, 10 clients, 5 rounds by default) and prints the
 out-of-distribution (OOD) and in-distribution (ID) accuracy per strategy.
 Extra ``key=value`` arguments override run settings of ``pyproject.toml``; where the
@@ -17,10 +17,11 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+from fedgma.loop.run_folder import RunFolder
+
 from .experiments.runner import read_rows
 from .launch import HostSettings, SimulationRuntime
-
-APP_DIR = Path(__file__).resolve().parent.parent
+from .project import APP_DIR, parse_override
 
 STRATEGIES = {
     "FedGMA (ws)": {"strategy": "fedgma", "variant": "ws"},
@@ -28,22 +29,8 @@ STRATEGIES = {
 }
 
 
-def _parse_override(text: str) -> tuple[str, object]:
-    key, sep, value = text.partition("=")
-    if not sep:
-        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
-    for convert in (int, float):
-        try:
-            return key, convert(value)
-        except ValueError:
-            pass
-    if value in ("true", "false"):
-        return key, value == "true"
-    return key, value
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedgma.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fedgma.lab.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=10, help="simulated SuperNodes (default 10)")
     parser.add_argument("--rounds", type=int, default=5, help="server rounds (default 5)")
     parser.add_argument("--output-dir", type=Path, default=APP_DIR / "outputs")
@@ -51,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
                         "(default: $FEDGMA_DATA_DIR, else ~/.cache/fedgma)")
     parser.add_argument("--no-download", action="store_true", help="never download a missing data set")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per run")
-    parser.add_argument("overrides", nargs="*", type=_parse_override, metavar="key=value")
+    parser.add_argument("overrides", nargs="*", type=parse_override, metavar="key=value")
     args = parser.parse_args(argv)
 
     stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
@@ -72,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         for label, strategy in STRATEGIES.items():
             run_name = strategy["strategy"] + (f"-{strategy['variant']}" if "variant" in strategy else "")
             run_config = {**settings, **strategy, "run-name": run_name}
-            metrics_path = batch_dir / run_name / "metrics.csv"
+            metrics_path = RunFolder(batch_dir / run_name).metrics
             shown = [0]
 
             def progress(label=label, metrics_path=metrics_path, shown=shown) -> None:
@@ -94,10 +81,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label}: run {run_id} ended {outcome.status} ({outcome.details}); "
                       f"SuperLink log: {runtime.workdir / 'superlink.log'}", file=sys.stderr)
                 return 1
-            summary = json.loads((batch_dir / run_name / "summary.json").read_text())
+            summary = json.loads(RunFolder(batch_dir / run_name).summary.read_text())
             summary["seconds"] = time.monotonic() - started
             summaries[label] = summary
-            dataset = json.loads((batch_dir / run_name / "config.json").read_text())["dataset"]
+            dataset = json.loads(RunFolder(batch_dir / run_name).config.read_text())["dataset"]
 
     print()
     print(f"Colored {dataset}, {settings['task']} task, {settings['partitioning']} split, "

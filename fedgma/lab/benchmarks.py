@@ -28,11 +28,13 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from .strategy import FedGMA
+from fedgma.loop.run_folder import RunFolder
+from fedgma.strategy import FedGMA
+
+from .project import APP_DIR
 
 SHARES = (0.5, 0.3, 0.15, 0.05)  # a model of four arrays
 DISTINCT_REPLIES = 10  # replies cycle through this many distinct weight sets (all larger than the caches)
-APP_DIR = Path(__file__).resolve().parent.parent
 
 
 class _Grid:
@@ -56,7 +58,7 @@ def model(parameters: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
 
 
 def replies(x: dict[str, np.ndarray], clients: int, rng: np.random.Generator) -> list[Message]:
-    from flwr.app import Metadata, MessageType
+    from flwr.app import MessageType, Metadata
 
     distinct = [
         ArrayRecord({k: Array(v - np.float32(0.01) * rng.standard_normal(v.size, dtype=np.float32))
@@ -283,7 +285,7 @@ def round_times(rounds: int = 16, repeats: int = 3) -> tuple[list[str], tuple[fl
                 outcome = runtime.cli.wait(runtime.cli.submit(APP_DIR, config, federation), timeout=1800)
                 if not outcome.completed:
                     raise RuntimeError(f"benchmark run {run_name} ended {outcome.status}")
-                rows = _metrics_rows(Path(tmp) / run_name / "metrics.csv", 2)  # round 1 starts workers
+                rows = _metrics_rows(RunFolder(Path(tmp) / run_name).metrics, 2)  # round 1 starts workers
                 seconds[name] += [float(r["round-seconds"]) for r in rows]
     base = seconds["FedAvg (Flower)"]
     lines = []
@@ -314,7 +316,7 @@ def simulation_scale(clients: int = 1000, sampled: int = 100, rounds: int = 3) -
             outcome = runtime.cli.wait(run_id, timeout=3600)
         if not outcome.completed:
             raise RuntimeError(f"scale run ended {outcome.status}: {outcome.details}")
-        rows = _metrics_rows(Path(tmp) / "scale" / "metrics.csv", 1)
+        rows = _metrics_rows(RunFolder(Path(tmp) / "scale").metrics, 1)
     lines = [f"| {r['round']} | {r['replies-used']} | {float(r['round-seconds']):.1f} "
              f"| {float(r['train-wait-seconds']):.1f} | {float(r['aggregate-seconds']):.3f} "
              f"| {float(r['central-eval-seconds']):.2f} | {float(r['setup-seconds']):.3f} "
@@ -354,7 +356,7 @@ def deployment_rounds(supernodes: int = 20, rounds: int = 4) -> list[str]:
             busy = cpu_busy_share(cpu_before, cpu_times())
         if not outcome.completed:
             raise RuntimeError(f"deployment run ended {outcome.status}: {outcome.details}")
-        rows = _metrics_rows(Path(tmp) / "deployed" / "metrics.csv", 2)  # round 1 builds the partitions
+        rows = _metrics_rows(RunFolder(Path(tmp) / "deployed").metrics, 2)  # round 1 builds the partitions
     return [*deployment_breakdown(rows), "",
             f"The machine's cores were busy {100 * busy:.0f} % of the run's wall time (all processes, /proc/stat)."]
 

@@ -1,14 +1,16 @@
-"""The round loop of the ServerApp: Flower's ``Strategy.start`` plus fault handling.
+"""The round loop: Flower's ``Strategy.start`` plus fault handling, for any ServerApp.
 
 It does what ``Strategy.start`` does (configure, send and receive, aggregate,
 evaluate) and, around it, what Flower leaves to the app:
 
+- it checkpoints after every round and resumes from a checkpoint
+  (:meth:`RoundLoop.run_checkpointed`), or starts at any round (:meth:`RoundLoop.run`);
 - it can start at any round (resume from a checkpoint);
 - every training reply is checked against the global model before any
   strategy sees it (Flower's baselines would otherwise end the run on one
   malformed reply), and bad ones are dropped with a log line naming the node;
 - a reply whose declared partition is out of range, claimed by another node, or
-  not the one its node held before is refused (``fedgma.server.partitions``);
+  not the one its node held before is refused (``fedgma.loop.partitions``);
 - a reply claiming more than ``max-weight-ratio`` times the round's median number
   of examples is dropped, so one client cannot take the average by lying;
 - replies are put in a fixed order (by the client's partition id) so that
@@ -28,6 +30,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -35,11 +39,23 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from ..strategy.fedgma import DEFAULT_MAX_WEIGHT_RATIO
-from ..strategy.validation import InvalidReply, decode_reply, weight_outliers
+from fedgma.strategy.validation import DEFAULT_MAX_WEIGHT_RATIO, ReplyBounds, check_replies
+
+from .checkpoint import (
+    Checkpoint,
+    CheckpointError,
+    python_rng_state,
+    restore_python_rng,
+    restore_strategy_state,
+    save_checkpoint,
+    strategy_state,
+)
 from .partitions import NODE_RECORD, PartitionClaims
+from .run_folder import RunFolder
 
 __all__ = ["NODE_RECORD", "RoundLoop", "RoundOutcome"]
+
+AfterRound = Callable[[int, ArrayRecord, "RoundOutcome"], None]
 
 
 @dataclass
@@ -135,6 +151,7 @@ class RoundLoop:
 
     def __post_init__(self) -> None:
         self.claims = PartitionClaims(self.num_partitions)
+        self.bounds = ReplyBounds(self.max_num_examples, self.max_update_norm, self.max_weight_ratio)
 
     def _drop(self, server_round: int, message: Message, problem: str, outcome: RoundOutcome) -> None:
         reason = f"node {message.metadata.src_node_id}: {problem}"
@@ -148,20 +165,15 @@ class RoundLoop:
         for message, problem in refused:
             self._drop(server_round, message, problem, outcome)
         global_arrays = {name: array.numpy() for name, array in arrays.items()}
-        good, weights = [], []
-        for message in sorted(accepted, key=self.claims.order):
-            try:
-                _, weight = decode_reply(message.content, global_arrays, self.strategy.weighted_by_key,
-                                         self.max_num_examples, self.max_update_norm)
-            except InvalidReply as err:
-                self._drop(server_round, message, str(err), outcome)
-                continue
-            good.append(message)
-            weights.append(weight)
-        outliers = weight_outliers(weights, self.max_weight_ratio)
-        for index, problem in outliers.items():
-            self._drop(server_round, good[index], problem, outcome)
-        return [message for index, message in enumerate(good) if index not in outliers]
+        checked, refused = check_replies(sorted(accepted, key=self.claims.order), global_arrays,
+                                         self.strategy.weighted_by_key, self.bounds)
+        for message, problem in refused:
+            self._drop(server_round, message, problem, outcome)
+        for reply in checked.checked:
+            if reply.cast:
+                log(WARNING, "Round %s: node %s's reply was cast to the model's dtypes (%s)",
+                    server_round, reply.message.metadata.src_node_id, "; ".join(reply.cast))
+        return checked
 
     def train_round(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, RoundOutcome]:
         """One training round; returns the new (or unchanged) global arrays."""
@@ -212,12 +224,74 @@ class RoundLoop:
             log(WARNING, "Round %s: client evaluation replies could not be aggregated: %s", server_round, err)
 
     def run(self, arrays: ArrayRecord, first_round: int, num_rounds: int,
-            after_round: Callable[[int, ArrayRecord, RoundOutcome], None]) -> ArrayRecord:
-        """Run the rounds; ``after_round`` evaluates, records and checkpoints each one."""
+            after_round: AfterRound | None = None) -> ArrayRecord:
+        """Run rounds ``first_round .. num_rounds``; returns the final global arrays.
+
+        ``after_round(server_round, arrays, outcome)``, if given, is called after each
+        round (to evaluate or record it).
+        """
         for server_round in range(first_round, num_rounds + 1):
             log(INFO, "")
             log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
             arrays, outcome = self.train_round(server_round, arrays)
             self.evaluate_round(server_round, arrays, outcome)
-            after_round(server_round, arrays, outcome)
+            if after_round is not None:
+                after_round(server_round, arrays, outcome)
         return arrays
+
+    def run_checkpointed(
+        self,
+        arrays: ArrayRecord,
+        num_rounds: int,
+        run_dir: Path,
+        *,
+        settings: dict[str, Any] | None = None,
+        resume_from: Checkpoint | None = None,
+        after_round: AfterRound | None = None,
+    ) -> ArrayRecord:
+        """Run ``num_rounds`` rounds, checkpointing to ``run_dir`` after each one.
+
+        A new run (``resume_from`` None) refuses a ``run_dir`` that holds a checkpoint
+        already, and checkpoints the initial ``arrays`` as round 0 first, so a run killed
+        in round 1 can resume too. ``resume_from`` (see :func:`fedgma.loop.resume_point`)
+        continues after its round: its global arrays replace ``arrays``, and the
+        strategy's cross-round state and the sampling RNG are restored, so the rounds
+        that follow are those an uninterrupted run would have made.
+
+        ``settings`` (JSON values) are stored in each checkpoint; a run resumes only with
+        the same ones. ``after_round`` runs before each round's checkpoint is written.
+        """
+        folder = RunFolder(Path(run_dir))
+        folder.path.mkdir(parents=True, exist_ok=True)
+        settings = dict(settings or {})
+        if resume_from is None:
+            if folder.checkpoint.exists():
+                raise CheckpointError(f"{folder.path} already holds a checkpoint: resume from it, "
+                                      "or choose another folder")
+            first_round, elapsed = 1, 0.0
+        else:
+            arrays = ArrayRecord({name: Array(value) for name, value in resume_from.arrays.items()})
+            restore_strategy_state(self.strategy, resume_from.strategy_state)
+            restore_python_rng(resume_from.rng_state)
+            first_round, elapsed = resume_from.round + 1, resume_from.wall_seconds
+            log(INFO, "Resuming after round %s from %s", resume_from.round, folder.checkpoint)
+        started = time.monotonic() - elapsed  # a resumed run continues its clock
+
+        def checkpoint(server_round: int, new_arrays: ArrayRecord) -> None:
+            save_checkpoint(folder.path, Checkpoint(
+                round=server_round,
+                arrays={name: array.numpy() for name, array in new_arrays.items()},
+                strategy_state=strategy_state(self.strategy),
+                rng_state=python_rng_state(),
+                wall_seconds=time.monotonic() - started,
+                settings=settings,
+            ))
+
+        def after(server_round: int, new_arrays: ArrayRecord, outcome: RoundOutcome) -> None:
+            if after_round is not None:
+                after_round(server_round, new_arrays, outcome)
+            checkpoint(server_round, new_arrays)
+
+        if resume_from is None:
+            checkpoint(0, arrays)
+        return self.run(arrays, first_round, num_rounds, after)

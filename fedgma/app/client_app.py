@@ -1,7 +1,7 @@
 """The ClientApp: local SGD on this node's colored partition.
 
 Flower 1.39 starts a new ClientApp process per message in deployment; the
-partition is therefore read from its on-disk cache (see ``fedgma.task.data``),
+partition is therefore read from its on-disk cache (see ``fedgma.app.task.data``),
 built only the first time.
 """
 
@@ -16,12 +16,13 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from ..config import parse_node_config, parse_run_config
-from ..server.partitions import NODE_RECORD
-from ..task.data import load_client_partition
-from ..task.model import build_model
-from ..task.training import evaluate as evaluate_model
-from ..task.training import train as train_model
+from fedgma.loop.partitions import NODE_RECORD
+
+from .config import parse_node_config, parse_run_config
+from .task.data import load_client_partition
+from .task.model import build_model
+from .task.training import evaluate as evaluate_model
+from .task.training import train as train_model
 
 app = ClientApp()
 
@@ -89,7 +90,7 @@ def train(msg: Message, context: Context) -> Message:
         {
             "arrays": ArrayRecord(model.state_dict()),
             "metrics": MetricRecord(metrics),
-            # Lets the server order replies the same way in every run (fedgma.server.partitions).
+            # Lets the server order replies the same way in every run (fedgma.loop.partitions).
             NODE_RECORD: ConfigRecord({"partition-id": node.partition_id, "num-partitions": node.num_partitions}),
         }
     )

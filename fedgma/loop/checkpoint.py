@@ -1,6 +1,6 @@
 """Round checkpoints: what a run needs to continue exactly where it stopped.
 
-``<run dir>/checkpoint.npz`` holds, after every completed round: the round
+``RunFolder(run_dir).checkpoint`` holds, after every completed round: the round
 number, the global weights, the strategy's own state (FedAvgM's momentum,
 FedAdam's moments; FedGMA keeps none across rounds), Python's ``random``
 state (Flower samples nodes with it), the elapsed wall time, the settings that
@@ -15,29 +15,23 @@ import hashlib
 import io
 import json
 import random
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..atomic import atomic_write
-from ..config import ConfigError, RunConfig
+from .atomic import atomic_write
+from .run_folder import RunFolder
 
-CHECKPOINT_FILE = "checkpoint.npz"
-# Settings that do not change the result of the rounds already made.
-NOT_RESULT_SETTINGS = frozenset(
-    {"output_dir", "run_name", "round_timeout", "num_server_rounds", "resume"}
-)
 # Strategy attributes that carry state from one round to the next (Flower's FedAvgM, FedOpt family).
 STATE_ATTRIBUTES = ("momentum_vector", "m_t", "v_t")
 
 StateValue = dict[str, np.ndarray] | list[np.ndarray] | None
 
 
-def result_settings(config: RunConfig) -> dict[str, Any]:
-    """The settings whose change would change the run's result, hyphenated."""
-    return {k.replace("_", "-"): v for k, v in asdict(config).items() if k not in NOT_RESULT_SETTINGS}
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read, or cannot be resumed with the given settings."""
 
 
 def settings_hash(settings: dict[str, Any]) -> str:
@@ -78,12 +72,12 @@ def restore_strategy_state(strategy: object, state: dict[str, StateValue]) -> No
     """Put saved cross-round state back into a freshly built strategy."""
     for name, value in state.items():
         if not hasattr(strategy, name):
-            raise ConfigError(f"checkpoint holds state {name!r} that the strategy does not have")
+            raise CheckpointError(f"checkpoint holds state {name!r} that the strategy does not have")
         setattr(strategy, name, value)
 
 
 def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
-    """Write ``checkpoint.npz`` atomically; returns its path."""
+    """Write the run folder's checkpoint atomically; returns its path."""
     arrays: dict[str, np.ndarray] = {}
     kinds: dict[str, str] = {}
     for name, value in checkpoint.arrays.items():
@@ -111,7 +105,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)
     payload = buffer.getvalue()
-    path = run_dir / CHECKPOINT_FILE
+    path = RunFolder(run_dir).checkpoint
     atomic_write(path, lambda f: f.write(payload))
     return path
 
@@ -122,8 +116,8 @@ def _tuples(value: Any) -> Any:
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint | None:
-    """Read ``checkpoint.npz``; None if the run has none yet."""
-    path = run_dir / CHECKPOINT_FILE
+    """Read the run folder's checkpoint; None if the run has none yet."""
+    path = RunFolder(run_dir).checkpoint
     if not path.is_file():
         return None
     try:
@@ -141,7 +135,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
                     count = sum(1 for key in data.files if key.startswith(prefix))
                     state[attr] = [data[f"{prefix}{i}"] for i in range(count)]
     except (OSError, ValueError, KeyError) as err:
-        raise ConfigError(f"cannot read the checkpoint {path}: {err}") from err
+        raise CheckpointError(f"cannot read the checkpoint {path}: {err}") from err
     checkpoint = Checkpoint(
         round=int(meta["round"]),
         arrays=arrays,
@@ -151,22 +145,38 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
         settings=meta["settings"],
     )
     if checkpoint.settings_hash != meta["settings-hash"]:
-        raise ConfigError(f"the checkpoint {path} is inconsistent (settings hash mismatch)")
+        raise CheckpointError(f"the checkpoint {path} is inconsistent (settings hash mismatch)")
     return checkpoint
 
 
-def check_resumable(checkpoint: Checkpoint, config: RunConfig) -> None:
-    """Refuse to resume with settings that would change the result, naming them."""
-    wanted = result_settings(config)
-    differing = sorted(k for k in set(wanted) | set(checkpoint.settings) if wanted.get(k) != checkpoint.settings.get(k))
+def check_resumable(checkpoint: Checkpoint, settings: dict[str, Any], num_rounds: int) -> None:
+    """Refuse to resume with ``settings`` that differ from the checkpoint's (naming them), or
+    with fewer rounds than it already has."""
+    differing = sorted(k for k in set(settings) | set(checkpoint.settings)
+                       if settings.get(k) != checkpoint.settings.get(k))
     if differing:
-        details = ", ".join(f"{k}: {checkpoint.settings.get(k)!r} -> {wanted.get(k)!r}" for k in differing)
-        raise ConfigError(f"cannot resume: these settings differ from the checkpoint's ({details})")
-    if config.num_server_rounds < checkpoint.round:
-        raise ConfigError(
-            f"cannot resume: 'num-server-rounds' is {config.num_server_rounds} but the checkpoint "
+        details = ", ".join(f"{k}: {checkpoint.settings.get(k)!r} -> {settings.get(k)!r}" for k in differing)
+        raise CheckpointError(f"cannot resume: these settings differ from the checkpoint's ({details})")
+    if num_rounds < checkpoint.round:
+        raise CheckpointError(
+            f"cannot resume: 'num-server-rounds' is {num_rounds} but the checkpoint "
             f"already has {checkpoint.round} rounds"
         )
+
+
+def resume_point(run_dir: Path, settings: dict[str, Any], num_rounds: int) -> Checkpoint:
+    """The checkpoint in ``run_dir``, checked for resuming ``num_rounds`` rounds with ``settings``.
+
+    Raises
+    ------
+    CheckpointError
+        If there is none, it cannot be read, or the settings or rounds do not allow resuming.
+    """
+    checkpoint = load_checkpoint(run_dir)
+    if checkpoint is None:
+        raise CheckpointError(f"{run_dir} holds no checkpoint to resume from")
+    check_resumable(checkpoint, settings, num_rounds)
+    return checkpoint
 
 
 def python_rng_state() -> Any:

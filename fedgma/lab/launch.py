@@ -1,6 +1,6 @@
 """Drive Flower 1.39's processes and CLI: SuperLink, SuperNodes, ``flwr run``.
 
-Used by the main job (``python -m fedgma.demo``) and the end-to-end tests.
+Used by the main job (``python -m fedgma.lab.demo``) and the end-to-end tests.
 ``flwr run`` exits 0 even when the ServerApp failed, so a run counts as done
 only when ``flwr ls`` reports ``finished:completed``.
 """
@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import DATA_DIR_ENV, DOWNLOAD_ENV, OUTPUT_ROOT_ENV
+from fedgma.app.config import DATA_DIR_ENV, DOWNLOAD_ENV, OUTPUT_ROOT_ENV
 
 BIN = Path(sys.executable).parent
 
@@ -441,7 +441,7 @@ class LocalDeployment:
             security = ["--insecure"]
         self.superlink = start(
             [
-                str(BIN / "fedgma-superlink"),  # flower-superlink, Fleet messages bounded (fedgma.superlink)
+                str(BIN / "fedgma-superlink"),  # flower-superlink, Fleet messages bounded (fedgma.lab.superlink)
                 *security,
                 "--host", self.host,
                 "--port", str(self.http_port),

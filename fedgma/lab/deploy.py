@@ -1,8 +1,8 @@
 """The compose file's one-shot services: register the SuperNodes' keys, then submit a run.
 
-``python -m fedgma.deploy register --superlink 127.0.0.1:8000 --ca /certs/ca.crt --keys /keys
+``python -m fedgma.lab.deploy register --superlink 127.0.0.1:8000 --ca /certs/ca.crt --keys /keys
 --supernodes 3`` waits for the SuperLink and registers ``/keys/supernode-I.pub`` for I < N (a key
-that is already registered is fine). ``python -m fedgma.deploy run --superlink 127.0.0.1:8000
+that is already registered is fine). ``python -m fedgma.lab.deploy run --superlink 127.0.0.1:8000
 --ca /certs/ca.crt --run-config "num-server-rounds=3"`` submits this app with ``flwr run``,
 follows it until ``finished:*``, prints the run's summary and exits 0 only if it completed.
 
@@ -19,26 +19,9 @@ import time
 from pathlib import Path
 
 from .launch import FlowerCli, flower_env, wait_for_http, write_connection
+from .project import APP_DIR, parse_overrides
 
-APP_DIR = Path(__file__).resolve().parent.parent
 CONNECTION = "deployment"
-
-
-def parse_run_config(text: str) -> dict[str, object]:
-    """``"a=1 b='x'"`` -> ``{"a": 1, "b": "x"}`` (values as Flower's --run-config reads them)."""
-    import shlex
-    import tomllib
-
-    settings: dict[str, object] = {}
-    for item in shlex.split(text):
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise SystemExit(f"fedgma.deploy: --run-config item {item!r} is not key=value")
-        try:
-            settings[key] = tomllib.loads(f"v = {value}")["v"]
-        except tomllib.TOMLDecodeError:
-            settings[key] = value
-    return settings
 
 
 def connect(args: argparse.Namespace) -> FlowerCli:
@@ -72,7 +55,7 @@ def register(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Submit one run and follow it; 0 when it completed."""
-    settings = parse_run_config(args.run_config)
+    settings = parse_overrides(args.run_config)
     cli = connect(args)
     run_id = None
     for attempt in range(1, 7):
@@ -94,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedgma.deploy", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m fedgma.lab.deploy", description=__doc__.splitlines()[0])
     actions = parser.add_subparsers(dest="action", required=True)
     for name, handler, help_text in (("register", register, "register the SuperNodes' public keys"),
                                      ("run", run, "submit a run and follow it to its end")):

@@ -14,7 +14,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from ..atomic import atomic_write
+
+from fedgma.loop.atomic import atomic_write
 
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
 # Debian recompressed the files (their gzip checksums differ from torchvision's), so

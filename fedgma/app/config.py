@@ -14,11 +14,12 @@ environment), and output paths are names under the server's output root
 from __future__ import annotations
 
 import os
-import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path, PurePosixPath
 from typing import Any
+
+from fedgma.strategy.masking import DEFAULT_TAU
 
 STRATEGIES = ("fedgma", "fedavg", "fedavgm", "fedprox", "fedadam", "fedgma-adam")
 VARIANTS = ("ws", "gma")
@@ -30,6 +31,12 @@ PARTITIONINGS = ("iid", "non-iid", "dirichlet")
 OUTPUT_ROOT_ENV = "FEDGMA_OUTPUT_ROOT"  # server: every run's outputs go below it
 DATA_DIR_ENV = "FEDGMA_DATA_DIR"  # server and nodes: data sets and cached partitions
 DOWNLOAD_ENV = "FEDGMA_DOWNLOAD"  # server and nodes: may torchvision download a missing data set
+
+
+# Settings that do not change the result of the rounds already made (a run may resume with others).
+NOT_RESULT_SETTINGS = frozenset(
+    {"output_dir", "run_name", "round_timeout", "num_server_rounds", "resume"}
+)
 
 
 class ConfigError(ValueError):
@@ -83,6 +90,35 @@ class RunConfig:
     def num_classes(self) -> int:
         """Number of labels of the task."""
         return 2 if self.task == "binary" else 10
+
+    # Defaults resolved here, once: "auto" and 0-means-off become what the library takes.
+    @property
+    def mask_tau(self) -> float:
+        """FedGMA's agreement threshold: ``tau``, or the variant's default for "auto"
+        (fedgma-adam always uses the ``gma`` mask)."""
+        if self.tau is not None:
+            return self.tau
+        return DEFAULT_TAU["gma" if self.strategy == "fedgma-adam" else self.variant]
+
+    @property
+    def update_norm_bound(self) -> float | None:
+        """``max-update-norm``, None when 0 (no bound)."""
+        return self.max_update_norm or None
+
+    @property
+    def weight_ratio_bound(self) -> float | None:
+        """``max-weight-ratio``, None when 0 (no bound)."""
+        return self.max_weight_ratio or None
+
+    @property
+    def partitions_bound(self) -> int | None:
+        """``num-partitions``, None when 0 (each reply's own declaration bounds it)."""
+        return self.num_partitions or None
+
+    def result_settings(self) -> dict[str, Any]:
+        """The settings whose change would change the run's result, hyphenated (a checkpoint
+        keeps them, and a resumed run must have the same)."""
+        return {k.replace("_", "-"): v for k, v in asdict(self).items() if k not in NOT_RESULT_SETTINGS}
 
 
 def _number(
@@ -306,8 +342,3 @@ def parse_node_config(raw: dict[str, Any], environ: Mapping[str, str] | None = N
         partition_id=partition_id, num_partitions=num_partitions, data=data_source(raw, environ)
     )
 
-
-def app_defaults() -> dict[str, Any]:
-    """The default run settings: ``[tool.flwr.app.config]`` of the app's ``pyproject.toml``."""
-    pyproject = Path(__file__).resolve().parent.parent / "pyproject.toml"
-    return dict(tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"])

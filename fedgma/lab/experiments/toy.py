@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..strategy.masking import MaskedAggregator
+from fedgma.strategy.masking import MaskedAggregator
 
 SHARED = np.array([-0.5, 0.5])
 CLIENT_MINIMA = (np.array([0.5, -0.5]), np.array([-0.5, -0.5]))

@@ -8,29 +8,18 @@ from logging import INFO
 from pathlib import Path
 
 import torch
-from flwr.app import Array, ArrayRecord, Context
+from flwr.app import ArrayRecord, Context
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from ..config import ConfigError, RunConfig, data_source, output_root, parse_run_config, run_path
-from ..task.data import ColoredSet, load_test_set
-from ..task.model import build_model, count_parameters
-from ..task.training import evaluate
-from .checkpoint import (
-    CHECKPOINT_FILE,
-    Checkpoint,
-    check_resumable,
-    load_checkpoint,
-    python_rng_state,
-    restore_python_rng,
-    restore_strategy_state,
-    result_settings,
-    save_checkpoint,
-    strategy_state,
-)
+from fedgma.loop import Checkpoint, CheckpointError, RoundLoop, RoundOutcome, RunFolder, resume_point
+
+from .config import ConfigError, RunConfig, data_source, output_root, parse_run_config, run_path
 from .outputs import RunOutputs
-from .rounds import RoundLoop, RoundOutcome
 from .strategies import build_strategy, describe
+from .task.data import ColoredSet, load_test_set
+from .task.model import build_model, count_parameters
+from .task.training import evaluate
 
 app = ServerApp()
 
@@ -114,13 +103,13 @@ def open_run(config: RunConfig, run_id: int, root: Path) -> tuple[Path, Checkpoi
     """
     if config.resume:
         run_dir = resume_directory(config, root)
-        checkpoint = load_checkpoint(run_dir)
-        if checkpoint is None:
-            raise ConfigError(f"run config: 'resume' names {run_dir}, which holds no {CHECKPOINT_FILE}")
-        check_resumable(checkpoint, config)
+        try:
+            checkpoint = resume_point(run_dir, config.result_settings(), config.num_server_rounds)
+        except CheckpointError as err:
+            raise ConfigError(f"run config: 'resume': {err}") from err
         return run_dir, checkpoint
     run_dir = run_directory(config, run_id, root)
-    if (run_dir / CHECKPOINT_FILE).exists():
+    if RunFolder(run_dir).checkpoint.exists():
         raise ConfigError(
             f"run config: {run_dir} already holds a run with a checkpoint; set resume={run_dir.name!r} "
             "to continue it, or choose another 'run-name'"
@@ -145,37 +134,18 @@ def main(grid: Grid, context: Context) -> None:
          "model-parameters": count_parameters(model)},
     )
     log(INFO, "FedGMA app: writing outputs to %s", outputs.run_dir)
-    if checkpoint is None:
-        arrays = ArrayRecord(model.state_dict())
-        first_round, elapsed = 1, 0.0
-    else:
-        arrays = ArrayRecord({name: Array(value) for name, value in checkpoint.arrays.items()})
-        restore_strategy_state(strategy, checkpoint.strategy_state)
-        restore_python_rng(checkpoint.rng_state)
-        first_round, elapsed = checkpoint.round + 1, checkpoint.wall_seconds
-        log(INFO, "FedGMA app: resuming after round %s from %s", checkpoint.round, run_dir / CHECKPOINT_FILE)
     # The model is only an evaluation buffer from here on: each round loads the global weights into it.
-    round_log = RoundLog(outputs, model, id_set, ood_set, elapsed=elapsed)
-    settings = result_settings(config)
-
-    def record_and_checkpoint(server_round: int, new_arrays: ArrayRecord, row: dict | None = None) -> None:
-        round_log.record(server_round, new_arrays, row)
-        save_checkpoint(run_dir, Checkpoint(
-            round=server_round,
-            arrays={name: array.numpy() for name, array in new_arrays.items()},
-            strategy_state=strategy_state(strategy),
-            rng_state=python_rng_state(),
-            wall_seconds=round_log.elapsed,
-            settings=settings,
-        ))
+    round_log = RoundLog(outputs, model, id_set, ood_set,
+                         elapsed=0.0 if checkpoint is None else checkpoint.wall_seconds)
 
     def after_round(server_round: int, new_arrays: ArrayRecord, outcome: RoundOutcome) -> None:
-        record_and_checkpoint(server_round, new_arrays, outcome.as_row())
+        round_log.record(server_round, new_arrays, outcome.as_row())
 
     log(INFO, "Starting %s strategy:", strategy.__class__.__name__)
     strategy.summary()
+    arrays = ArrayRecord(model.state_dict())
     if checkpoint is None:
-        record_and_checkpoint(0, arrays)  # a run killed in round 1 can resume too
+        round_log.record(0, arrays)  # the initial model, checkpointed as round 0 by the loop
     loop = RoundLoop(
         strategy=strategy,
         grid=grid,
@@ -183,11 +153,13 @@ def main(grid: Grid, context: Context) -> None:
         min_train_replies=config.min_train_replies,
         seed=config.seed,
         max_num_examples=config.max_num_examples,
-        max_update_norm=config.max_update_norm or None,
-        max_weight_ratio=config.max_weight_ratio or None,
-        num_partitions=config.num_partitions or None,
+        max_update_norm=config.update_norm_bound,
+        max_weight_ratio=config.weight_ratio_bound,
+        num_partitions=config.partitions_bound,
     )
-    final = loop.run(arrays, first_round, config.num_server_rounds, after_round)
+    final = loop.run_checkpointed(arrays, config.num_server_rounds, run_dir,
+                                  settings=config.result_settings(), resume_from=checkpoint,
+                                  after_round=after_round)
     model_path = outputs.save_model(final.to_torch_state_dict())
     summary = outputs.write_summary(describe(config))
     log(INFO, "FedGMA app: %s on %s/%s, %s partitioning", describe(config), config.dataset,

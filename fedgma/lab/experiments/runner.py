@@ -23,14 +23,15 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from ..atomic import atomic_write
-from ..config import app_defaults, parse_run_config
+from fedgma.app.config import NOT_RESULT_SETTINGS, parse_run_config
+from fedgma.app.outputs import METRIC_COLUMNS
+from fedgma.loop.atomic import atomic_write
+from fedgma.loop.run_folder import RunFolder
+
 from ..launch import HostSettings, SimulationRuntime
-from ..server.checkpoint import CHECKPOINT_FILE, NOT_RESULT_SETTINGS
-from ..server.outputs import METRIC_COLUMNS
+from ..project import APP_DIR, app_defaults
 from .grids import Grid, RunSpec
 
-APP_DIR = Path(__file__).resolve().parent.parent.parent
 RUN_COLUMNS = ("run", "setting", "strategy", "seed", "studies", "dataset", "local-epochs", "tau", "server-lr")
 # Settings that do not change a run's result, so an existing run may differ in them.
 NOT_COMPARED = NOT_RESULT_SETTINGS - {"num_server_rounds"}
@@ -104,9 +105,9 @@ class GridRunner:
     def is_finished(self, spec: RunSpec) -> bool:
         """True if the run's summary exists; raises GridMismatch if its settings differ."""
         run_dir = self.runs_dir / spec.name
-        if not (run_dir / "summary.json").is_file():
+        if not RunFolder(run_dir).summary.is_file():
             return False
-        saved = json.loads((run_dir / "config.json").read_text())
+        saved = json.loads(RunFolder(run_dir).config.read_text())
         wanted = asdict(self.validated(spec))
         # A setting added after the run was made had its default value then.
         defaults = asdict(parse_run_config(app_defaults()))
@@ -149,16 +150,16 @@ class GridRunner:
         writer.writeheader()
         for spec in self.grid.runs:
             run_dir = self.runs_dir / spec.name
-            if not (run_dir / "summary.json").is_file():
+            if not RunFolder(run_dir).summary.is_file():
                 continue
-            config = json.loads((run_dir / "config.json").read_text())
+            config = json.loads(RunFolder(run_dir).config.read_text())
             facts = {
                 "run": spec.name, "setting": spec.setting, "strategy": spec.label, "seed": spec.seed,
                 "studies": "+".join(spec.studies), "dataset": config["dataset"],
                 "local-epochs": config["local_epochs"], "tau": "" if config["tau"] is None else config["tau"],
                 "server-lr": config["server_lr"],
             }
-            for row in read_rows(run_dir / "metrics.csv"):
+            for row in read_rows(RunFolder(run_dir).metrics):
                 writer.writerow({**facts, **row})
         payload = buffer.getvalue().encode()
         atomic_write(path, lambda f: f.write(payload))
@@ -185,9 +186,9 @@ class GridRunner:
         with SimulationRuntime(self.results_dir / "runtime", self.host) as runtime:
             for index, spec in enumerate(todo, start=total - len(todo) + 1):
                 rounds = int(spec.run_config["num-server-rounds"])
-                metrics_path = self.runs_dir / spec.name / "metrics.csv"
+                metrics_path = RunFolder(self.runs_dir / spec.name).metrics
                 # An interrupted run continues from its last checkpoint.
-                resume = (self.runs_dir / spec.name / CHECKPOINT_FILE).is_file()
+                resume = RunFolder(self.runs_dir / spec.name).checkpoint.is_file()
                 if not resume and metrics_path.exists():
                     metrics_path.unlink()  # an attempt that never finished a round
                 shown = [len([r for r in read_rows(metrics_path) if r["round"] != "0"])]
@@ -209,7 +210,7 @@ class GridRunner:
                 run_id = runtime.cli.submit(APP_DIR, self.run_config(spec, resume), federation)
                 self.echo(f"[{index}/{total}] {spec.name}: run {run_id} "
                           f"{'resumed after round ' + str(shown[0]) if resume else 'started'}")
-                summary_path = self.runs_dir / spec.name / "summary.json"
+                summary_path = RunFolder(self.runs_dir / spec.name).summary
                 try:
                     outcome = runtime.cli.wait(run_id, self.run_timeout, poll=30.0, on_poll=progress,
                                                check_now=summary_path.exists)

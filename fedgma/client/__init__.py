@@ -1,1 +1,0 @@
-"""The ClientApp: local training on one partition."""

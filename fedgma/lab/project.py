@@ -1,0 +1,38 @@
+"""The project's Flower app folder, its default run settings, and ``key=value`` overrides.
+
+Overrides follow Flower's ``--run-config`` rules: each value is read as TOML
+(``3``, ``0.5``, ``true``, ``"text"``). As a convenience on the command line, a
+bare word that is not valid TOML (``strategy=fedavg``) is taken as a string.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import tomllib
+from pathlib import Path
+from typing import Any
+
+APP_DIR = Path(__file__).resolve().parent.parent.parent  # the folder holding pyproject.toml
+
+
+def app_defaults() -> dict[str, Any]:
+    """The default run settings: ``[tool.flwr.app.config]`` of the app's ``pyproject.toml``."""
+    pyproject = APP_DIR / "pyproject.toml"
+    return dict(tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"])
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"tau=0.8"`` -> ``("tau", 0.8)``; raises ``argparse.ArgumentTypeError`` if not key=value."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {item!r}")
+    try:
+        return key, tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        return key, value
+
+
+def parse_overrides(text: str) -> dict[str, Any]:
+    """``"a=1 b='x y'"`` -> ``{"a": 1, "b": "x y"}``: a whole ``--run-config`` string."""
+    return dict(parse_override(item) for item in shlex.split(text))

@@ -1,1 +1,0 @@
-"""The ServerApp and what it needs: strategy selection and output files."""
