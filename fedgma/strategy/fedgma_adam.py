@@ -20,8 +20,6 @@ class FedGMAAdam(FedAdam, FedGMA):
 
     Parameters
     ----------
-    *args
-        Positional arguments of :class:`flwr.serverapp.strategy.FedAdam`, in its order.
     mask_tau : Optional[float] (default: None)
         Agreement threshold of the mask in ``[0, 1]``; ``None`` means 0.4.
         (``tau`` is FedAdam's own adaptivity constant.)
@@ -34,7 +32,7 @@ class FedGMAAdam(FedAdam, FedGMA):
 
     def __init__(
         self,
-        *args,
+        *,
         mask_tau: float | None = None,
         agreement_weighted: bool = False,
         max_num_examples: float | None = None,
@@ -46,7 +44,7 @@ class FedGMAAdam(FedAdam, FedGMA):
         # Validate the mask settings with FedGMA's own checks before FedAdam's
         # constructor chain (which reaches FedGMA.__init__ with its defaults).
         probe = FedGMA(variant="gma", tau=mask_tau, agreement_weighted=agreement_weighted)
-        super().__init__(*args, **kwargs)
+        super().__init__(**kwargs)
         self.variant = "gma"
         self.mask_tau = probe.tau
         self.server_lr = 1.0

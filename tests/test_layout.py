@@ -1,0 +1,87 @@
+"""The package's layout: library (fedgma.strategy, fedgma.loop) <- Flower app (fedgma.app) <-
+tooling (fedgma.lab), imports pointing one way; the library needs neither torch nor the app;
+the app bundle Flower sends to SuperNodes holds the library and the app only."""
+
+import ast
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGE = ROOT / "fedgma"
+LIBRARY = ("fedgma.strategy", "fedgma.loop")
+# What each layer may import of this project (besides itself).
+ALLOWED = {"library": LIBRARY, "app": LIBRARY + ("fedgma.app",), "lab": LIBRARY + ("fedgma.app", "fedgma.lab")}
+
+
+def layer(module: str) -> str:
+    module = module.removesuffix(".__init__")
+    if module.startswith(LIBRARY) or module == "fedgma":
+        return "library"
+    return "app" if module.startswith("fedgma.app") else "lab"
+
+
+def project_imports(path: Path) -> list[str]:
+    """Absolute names of the fedgma modules that ``path`` imports (relative ones resolved)."""
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+    package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+    names = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")[: len(package.split(".")) - node.level + 1]
+                names.append(".".join(base + ([node.module] if node.module else [])))
+            else:
+                names.append(node.module)
+    return [n for n in names if n == "fedgma" or n.startswith("fedgma.")] + [
+        n for n in names if n.split(".")[0] in ("torch", "torchvision")
+    ]
+
+
+@pytest.mark.parametrize("path", sorted(PACKAGE.rglob("*.py")), ids=lambda p: str(p.relative_to(ROOT)))
+def test_imports_point_one_way(path):
+    module = ".".join(path.relative_to(ROOT).with_suffix("").parts)
+    mine = layer(module)
+    for name in project_imports(path):
+        if name.split(".")[0] in ("torch", "torchvision"):
+            assert mine != "library", f"{module} (library) imports {name}"
+            continue
+        assert name == "fedgma" or name.startswith(ALLOWED[mine]), f"{module} ({mine}) imports {name}"
+
+
+def test_the_library_imports_without_torch_or_the_app():
+    blocker = (
+        "import sys\n"
+        "for name in ('torch', 'torchvision', 'flwr_datasets', 'matplotlib'):\n"
+        "    sys.modules[name] = None  # an import of it raises ImportError\n"
+        "from fedgma.strategy import FedGMA, FedGMAAdam\n"
+        "from fedgma.loop import RoundLoop, resume_point\n"
+        "assert not any(m.startswith(('fedgma.app', 'fedgma.lab')) for m in sys.modules)\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_the_app_bundle_holds_the_library_and_the_app_only(tmp_path):
+    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                             capture_output=True, text=True).stdout.split()
+    copy = tmp_path / "app"
+    for name in tracked:
+        if (ROOT / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            (copy / name).write_bytes((ROOT / name).read_bytes())
+    flwr = Path(sys.executable).parent / "flwr"
+    subprocess.run([str(flwr), "build", "--app", str(copy)], cwd=tmp_path, check=True, capture_output=True)
+    (fab,) = tmp_path.glob("*.fab")
+    names = set(zipfile.ZipFile(fab).namelist()) - {".info/CONTENT"}
+    expected = {"pyproject.toml", "README.md", "LICENSE"} | {
+        str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")
+        if layer(".".join(p.relative_to(ROOT).with_suffix("").parts)) != "lab"
+    }
+    assert names == expected
