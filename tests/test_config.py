@@ -114,3 +114,13 @@ def test_data_source_comes_from_the_node_then_the_environment():
     assert node.data == DataSource(Path("/srv/n"), True)
     with pytest.raises(ConfigError, match="node config: unknown key"):
         parse_node_config({"partition-id": 0, "num-partitions": 2, "output-dir": "/"}, {})
+
+
+def test_the_device_comes_from_the_node_then_the_environment():
+    base = {"partition-id": 0, "num-partitions": 2}
+    assert parse_node_config(base, {}).device == "auto"
+    assert parse_node_config(base, {"FEDGMA_DEVICE": "cpu"}).device == "cpu"
+    assert parse_node_config({**base, "device": "cuda:1"}, {"FEDGMA_DEVICE": "cpu"}).device == "cuda:1"
+    for bad in ("gpu", "cuda:x", 0):
+        with pytest.raises(ConfigError, match="'device'"):
+            parse_node_config({**base, "device": bad}, {})

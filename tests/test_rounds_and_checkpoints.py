@@ -260,3 +260,33 @@ def test_partition_claims_against_their_own_declaration_when_the_run_sets_none()
     loop = RoundLoop(FedGMA(min_train_nodes=1, min_available_nodes=1), grid, timeout=5)
     _, outcome = loop.train_round(1, initial())
     assert outcome.used == 3 and outcome.drop_reasons == ["node 3: partition-id 99 is out of range [0, 5)"]
+
+
+@pytest.mark.parametrize("strategy", [FedGMA, FedAvgM])
+def test_run_checkpointed_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, strategy):
+    """The loop as a library API: a run stopped after round 2 and resumed from its folder ends
+    with the same bits as one that ran 4 rounds straight (sampling RNG and strategy state
+    restored); a new run refuses a folder that holds a checkpoint; other settings refuse to resume."""
+    set_task_identity()
+    behaviour = {n: "ok" for n in range(1, 6)}
+    settings_ = {"seed": 3, "note": "any JSON"}
+
+    def loop():
+        return RoundLoop(strategy(fraction_train=0.6, min_train_nodes=1, min_available_nodes=1),
+                         ScriptedGrid(behaviour, np.random.default_rng(0)), timeout=5, seed=3)
+
+    rows = []
+    whole = loop().run_checkpointed(initial(), 4, tmp_path / "whole", settings=settings_,
+                                    after_round=lambda r, a, o: rows.append((r, o.used)))
+    assert [r for r, _ in rows] == [1, 2, 3, 4] and all(used == 3 for _, used in rows)  # 60 % of 5 sampled
+    loop().run_checkpointed(initial(), 2, tmp_path / "broken", settings=settings_)
+    assert ckpt.load_checkpoint(tmp_path / "broken").round == 2
+    with pytest.raises(ckpt.CheckpointError, match="already holds a checkpoint"):
+        loop().run_checkpointed(initial(), 4, tmp_path / "broken", settings=settings_)
+    with pytest.raises(ckpt.CheckpointError, match="seed: 3 -> 4"):
+        ckpt.resume_point(tmp_path / "broken", {**settings_, "seed": 4}, 4)
+    start = ckpt.resume_point(tmp_path / "broken", settings_, 4)
+    resumed = loop().run_checkpointed(initial(), 4, tmp_path / "broken", settings=settings_, resume_from=start)
+    for name in whole:
+        np.testing.assert_array_equal(resumed[name].numpy(), whole[name].numpy())
+    assert ckpt.load_checkpoint(tmp_path / "broken").round == 4

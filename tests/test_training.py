@@ -43,3 +43,23 @@ def test_model_size_and_seeded_initialisation():
     assert count_parameters(build_model(10)) == 47_530
     a, b = build_model(2, seed=3), build_model(2, seed=3)
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters(), strict=True))
+
+
+def test_devices_auto_is_cuda_only_where_there_is_one_and_cpu_training_is_unchanged():
+    import pytest
+
+    from fedgma.app.task.training import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")
+    # Moving a CPU model "to the CPU" changes nothing: the same weights, bit for bit.
+    loader = separable_loader()
+    plain, moved = build_model(2, seed=1), build_model(2, seed=1).to(resolve_device("cpu"))
+    torch.manual_seed(0)
+    train(plain, loader, epochs=1, lr=0.1)
+    torch.manual_seed(0)
+    train(moved, loader, epochs=1, lr=0.1)
+    assert all(torch.equal(p, q) for p, q in zip(plain.parameters(), moved.parameters(), strict=True))

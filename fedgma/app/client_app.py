@@ -22,6 +22,7 @@ from .config import parse_node_config, parse_run_config
 from .task.data import load_client_partition
 from .task.model import build_model
 from .task.training import evaluate as evaluate_model
+from .task.training import resolve_device
 from .task.training import train as train_model
 
 app = ClientApp()
@@ -51,7 +52,7 @@ def _setup(msg: Message, context: Context):
     data = load_client_partition(config, node.partition_id, node.num_partitions, node.data)
     model = build_model(config.num_classes)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    return config, node, data, model
+    return config, node, data, model.to(resolve_device(node.device))
 
 
 @app.train()
@@ -88,7 +89,7 @@ def train(msg: Message, context: Context) -> Message:
         metrics["clientapp-start-seconds"] = started
     content = RecordDict(
         {
-            "arrays": ArrayRecord(model.state_dict()),
+            "arrays": ArrayRecord(model.cpu().state_dict()),
             "metrics": MetricRecord(metrics),
             # Lets the server order replies the same way in every run (fedgma.loop.partitions).
             NODE_RECORD: ConfigRecord({"partition-id": node.partition_id, "num-partitions": node.num_partitions}),

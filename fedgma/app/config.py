@@ -31,6 +31,7 @@ PARTITIONINGS = ("iid", "non-iid", "dirichlet")
 OUTPUT_ROOT_ENV = "FEDGMA_OUTPUT_ROOT"  # server: every run's outputs go below it
 DATA_DIR_ENV = "FEDGMA_DATA_DIR"  # server and nodes: data sets and cached partitions
 DOWNLOAD_ENV = "FEDGMA_DOWNLOAD"  # server and nodes: may torchvision download a missing data set
+DEVICE_ENV = "FEDGMA_DEVICE"  # nodes: where the ClientApp trains (auto | cpu | cuda | cuda:N)
 
 
 # Settings that do not change the result of the rounds already made (a run may resume with others).
@@ -325,20 +326,35 @@ class NodeIdentity:
     partition_id: int
     num_partitions: int
     data: DataSource
+    device: str  # "auto" (CUDA when available, else CPU), "cpu", "cuda" or "cuda:N"
 
 
-NODE_KEYS = ("partition-id", "num-partitions", "data-dir", "download")
+NODE_KEYS = ("partition-id", "num-partitions", "data-dir", "download", "device")
+
+
+def _device(raw: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """``device`` from the node config, else ``$FEDGMA_DEVICE``, else ``auto``."""
+    value = raw["device"] if "device" in raw else environ.get(DEVICE_ENV, "") or "auto"
+    named = isinstance(value, str) and (
+        value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
+    )
+    if not named:
+        raise ConfigError(f"node config: 'device' must be auto, cpu, cuda or cuda:N, got {value!r}")
+    return value
 
 
 def parse_node_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> NodeIdentity:
     """Validate ``context.node_config``: ``partition-id``, ``num-partitions`` and,
-    optionally, ``data-dir`` and ``download`` (see :func:`data_source`)."""
+    optionally, ``data-dir`` and ``download`` (see :func:`data_source`) and ``device``
+    (else ``$FEDGMA_DEVICE``, else ``auto``)."""
     unknown = sorted(set(raw) - set(NODE_KEYS))
     if unknown:
         raise ConfigError(f"node config: unknown key(s) {unknown}; known: {', '.join(NODE_KEYS)}")
     num_partitions = _number(raw, "num-partitions", int, 1, where="node config")
     partition_id = _number(raw, "partition-id", int, 0, num_partitions - 1, where="node config")
+    environ = os.environ if environ is None else environ
     return NodeIdentity(
-        partition_id=partition_id, num_partitions=num_partitions, data=data_source(raw, environ)
+        partition_id=partition_id, num_partitions=num_partitions, data=data_source(raw, environ),
+        device=_device(raw, environ),
     )
 

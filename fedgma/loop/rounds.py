@@ -274,7 +274,7 @@ class RoundLoop:
             restore_strategy_state(self.strategy, resume_from.strategy_state)
             restore_python_rng(resume_from.rng_state)
             first_round, elapsed = resume_from.round + 1, resume_from.wall_seconds
-            log(INFO, "Resuming after round %s from %s", resume_from.round, folder.checkpoint)
+            log(INFO, "Round loop: resuming after round %s from %s", resume_from.round, folder.checkpoint)
         started = time.monotonic() - elapsed  # a resumed run continues its clock
 
         def checkpoint(server_round: int, new_arrays: ArrayRecord) -> None:

@@ -7,6 +7,23 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 
+def resolve_device(name: str) -> torch.device:
+    """The torch device for a node's ``device`` setting: ``auto`` is CUDA when available, else CPU.
+
+    Raises
+    ------
+    ValueError
+        If a CUDA device is asked for and there is none.
+    """
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"node config: 'device' is {name!r}, but this node has "
+                         f"{torch.cuda.device_count() if torch.cuda.is_available() else 'no'} CUDA device(s)")
+    return device
+
+
 def train(
     model: nn.Module,
     loader: DataLoader,
@@ -14,18 +31,20 @@ def train(
     lr: float,
     proximal_mu: float = 0.0,
 ) -> float:
-    """Train ``model`` in place with plain SGD; return the mean training loss.
+    """Train ``model`` in place with plain SGD on the device it is on; return the mean training loss.
 
     With ``proximal_mu > 0`` the loss gains FedProx's ``mu / 2 * ||w - w_global||^2``,
     ``w_global`` being the weights the model had on entry.
     """
     model.train()
+    device = next(model.parameters()).device
     optimizer = torch.optim.SGD(model.parameters(), lr=lr)
     criterion = nn.CrossEntropyLoss()
     anchor = [p.detach().clone() for p in model.parameters()] if proximal_mu > 0 else None
     total_loss, total_examples = 0.0, 0
     for _ in range(epochs):
         for images, labels in loader:
+            images, labels = images.to(device), labels.to(device)  # no copy on the CPU
             optimizer.zero_grad()
             loss = criterion(model(images), labels)
             total_loss += loss.item() * len(labels)
@@ -42,11 +61,13 @@ def train(
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
-    """Return ``(mean cross-entropy loss, accuracy)`` of ``model`` on ``loader``."""
+    """Return ``(mean cross-entropy loss, accuracy)`` of ``model`` on ``loader``, on its device."""
     model.eval()
+    device = next(model.parameters()).device
     criterion = nn.CrossEntropyLoss(reduction="sum")
     loss, correct, seen = 0.0, 0, 0
     for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
         logits = model(images)
         loss += criterion(logits, labels).item()
         correct += (logits.argmax(dim=1) == labels).sum().item()
