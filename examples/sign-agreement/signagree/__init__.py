@@ -1,0 +1,1 @@
+"""A small Flower app that uses the FedGMA library as any user would."""
