@@ -82,7 +82,9 @@ def all_finite(value: np.ndarray) -> bool:
     """True if every value is finite: one summing pass, exact check only if the sum is not finite."""
     if not np.issubdtype(value.dtype, np.floating):
         return True
-    if np.isfinite(np.add.reduce(value, axis=None)):
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf, or an overflow: checked below
+        total = np.add.reduce(value, axis=None)
+    if np.isfinite(total):
         return True  # NaN and Inf propagate into the sum
     return bool(np.isfinite(value).all())  # an overflowing sum of finite values
 
