@@ -126,3 +126,15 @@ def test_toy_gma_with_tau_zero_is_fedavg_and_fedavg_reaches_a_client_minimum():
 def test_app_defaults_are_the_pyproject_settings():
     assert parse_run_config(app_defaults()).strategy == "fedgma"
     assert json.dumps(app_defaults())  # plain values only
+
+
+def test_metrics_differences_ignore_only_the_timings(tmp_path):
+    from fedgma.lab.experiments.runner import metrics_differences
+
+    header = "round,wall-seconds,id-accuracy,train-wait-seconds,replies-used\n"
+    for name, rows in (("a", "0,1.5,0.5,,\n1,3.25,0.75,0.5,10\n"), ("b", "0,9.0,0.5,,\n1,20.0,0.75,7.0,10\n"),
+                       ("c", "0,1.5,0.5,,\n1,3.25,0.7500001,0.5,10\n")):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "metrics.csv").write_text(header + rows)
+    assert metrics_differences(tmp_path / "a", tmp_path / "b") == []
+    assert metrics_differences(tmp_path / "a", tmp_path / "c") == ["round 1 id-accuracy: 0.75 -> 0.7500001"]

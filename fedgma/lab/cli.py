@@ -4,6 +4,7 @@
 
     fedgma grid run full            # run (or resume) a named grid
     fedgma grid status full         # which runs are finished
+    fedgma grid reproduce full --runs A,B   # rerun committed runs elsewhere; compare their metrics
     fedgma report results/full --readme README.md --figures docs/figures
     fedgma toy docs/figures/sewn-optima.png
 """
@@ -14,11 +15,15 @@ import argparse
 import signal
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedgma.app.config import ConfigError, parse_run_config
 
 from .launch import HostSettings
 from .project import app_defaults, parse_override
+
+if TYPE_CHECKING:
+    from .experiments.runner import GridRunner
 
 
 def _grid(args: argparse.Namespace) -> int:
@@ -38,10 +43,48 @@ def _grid(args: argparse.Namespace) -> int:
             done = sum(finished for _, finished in status)
             print(f"grid {grid.name}: {done}/{len(status)} runs finished in {runner.results_dir}")
             return 0
+        if args.action == "reproduce":
+            return _reproduce(args, runner)
         return 1 if runner.run() else 0
     except (ConfigError, GridMismatch) as err:
         print(f"fedgma grid: {err}", file=sys.stderr)
         return 2
+
+
+def _reproduce(args: argparse.Namespace, committed: "GridRunner") -> int:
+    """Rerun the named finished runs into a scratch folder with this code; 0 if every one's
+    metrics equal the committed ones (timing columns aside)."""
+    import dataclasses
+    import tempfile
+
+    from .experiments.runner import GridRunner, metrics_differences
+
+    names = [n for n in (args.runs or "").split(",") if n]
+    known = {spec.name: spec for spec in committed.grid.runs}
+    unknown = [n for n in names if n not in known]
+    if not names or unknown:
+        print(f"fedgma grid reproduce: name finished runs of grid {committed.grid.name} with --runs "
+              f"(unknown: {', '.join(unknown) or 'none given'})", file=sys.stderr)
+        return 2
+    if not all(committed.is_finished(known[n]) for n in names):
+        print(f"fedgma grid reproduce: not every run named is finished in {committed.results_dir}", file=sys.stderr)
+        return 2
+    scratch = args.scratch or Path(tempfile.mkdtemp(prefix="fedgma-reproduce-"))
+    subset = dataclasses.replace(committed.grid, runs=tuple(known[n] for n in names))
+    rerun = GridRunner(subset, scratch, committed.overrides, run_timeout=committed.run_timeout,
+                       data=committed.host)
+    if rerun.run():
+        return 1
+    failed = 0
+    for name in names:
+        differences = metrics_differences(committed.runs_dir / name, rerun.runs_dir / name)
+        failed += bool(differences)
+        verdict = "identical (every column but the timings)" if not differences else "DIFFERS"
+        print(f"{name}: {verdict}")
+        for line in differences[:10]:
+            print(f"    {line}")
+    print(f"grid {committed.grid.name}: {len(names) - failed} of {len(names)} runs reproduced in {scratch}")
+    return 1 if failed else 0
 
 
 def _report(args: argparse.Namespace) -> int:
@@ -69,13 +112,15 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
 
     grid = commands.add_parser("grid", help="run or inspect a named experiment grid")
-    grid.add_argument("action", choices=("run", "status"))
+    grid.add_argument("action", choices=("run", "status", "reproduce"))
     grid.add_argument("name", help="full | quick | smoke")
     grid.add_argument("--results-dir", type=Path, help="default: results/<name>")
     grid.add_argument("--run-timeout", type=float, default=3600.0, help="seconds allowed per run")
     grid.add_argument("--data-dir", type=Path, help="data sets and cached partitions "
                       "(default: $FEDGMA_DATA_DIR, else ~/.cache/fedgma)")
     grid.add_argument("--no-download", action="store_true", help="never download a missing data set")
+    grid.add_argument("--runs", help="reproduce: comma-separated names of finished runs")
+    grid.add_argument("--scratch", type=Path, help="reproduce: where the reruns go (default: a new temp folder)")
     grid.add_argument("overrides", nargs="*", type=parse_override, metavar="key=value",
                       help="run settings for every run, e.g. dataset=mnist")
     grid.set_defaults(func=_grid)

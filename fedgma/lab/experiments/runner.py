@@ -235,3 +235,21 @@ class GridRunner:
         self.echo(f"grid {self.grid.name}: {len(todo) - len(failures)} runs made in {format_seconds(elapsed)}, "
                   f"{len(failures)} failed{': ' + ', '.join(failures) if failures else ''}")
         return len(failures)
+
+
+def metrics_differences(committed: Path, rerun: Path) -> list[str]:
+    """Where two runs' ``metrics.csv`` differ, timing columns (``*seconds``) left out; [] when
+    every other cell is the same text: the accuracies and losses to the last digit, the mask
+    statistics, the reply counts."""
+    old, new = read_rows(RunFolder(committed).metrics), read_rows(RunFolder(rerun).metrics)
+    if len(old) != len(new):
+        return [f"{len(old)} rows committed, {len(new)} rerun"]
+    differences = []
+    for row_old, row_new in zip(old, new, strict=True):
+        for column in row_old:
+            if column.endswith("seconds"):
+                continue
+            if row_old[column] != row_new.get(column):
+                differences.append(f"round {row_old['round']} {column}: {row_old[column]} -> {row_new.get(column)}")
+    return differences
+
