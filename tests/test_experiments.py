@@ -138,3 +138,23 @@ def test_metrics_differences_ignore_only_the_timings(tmp_path):
         (tmp_path / name / "metrics.csv").write_text(header + rows)
     assert metrics_differences(tmp_path / "a", tmp_path / "b") == []
     assert metrics_differences(tmp_path / "a", tmp_path / "c") == ["round 1 id-accuracy: 0.75 -> 0.7500001"]
+
+
+def test_one_override_parser_reads_values_as_flowers_run_config_does():
+    import argparse
+
+    from fedgma.lab.project import parse_override, parse_overrides
+
+    assert parse_override("tau=0.8") == ("tau", 0.8)
+    assert parse_override("num-server-rounds=3") == ("num-server-rounds", 3)
+    assert parse_override("agreement-weighted=true") == ("agreement-weighted", True)
+    assert parse_override('run-name="a b"') == ("run-name", "a b")
+    assert parse_override("strategy=fedavg") == ("strategy", "fedavg")  # a bare word: a string
+    assert parse_override("tau=auto") == ("tau", "auto")
+    assert parse_overrides("seed=2 run-name='x y' output-dir=\"\" resume=\"3\"") == {
+        "seed": 2, "run-name": "x y", "output-dir": "", "resume": "3"}  # quoted: a string, as in Flower
+    for bad in ("tau", "=3"):
+        with pytest.raises(argparse.ArgumentTypeError, match="key=value"):
+            parse_override(bad)
+    with pytest.raises(argparse.ArgumentTypeError, match="'stray'"):
+        parse_overrides("seed=2 stray")

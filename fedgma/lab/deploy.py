@@ -55,7 +55,7 @@ def register(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """Submit one run and follow it; 0 when it completed."""
-    settings = parse_overrides(args.run_config)
+    settings = args.run_config
     cli = connect(args)
     run_id = None
     for attempt in range(1, 7):
@@ -90,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
             action.add_argument("--keys", type=Path, required=True, help="folder with supernode-I.pub")
             action.add_argument("--supernodes", type=int, required=True)
         else:
-            action.add_argument("--run-config", default="", help="run settings, as for flwr run --run-config")
+            action.add_argument("--run-config", type=parse_overrides, default="",
+                                help="run settings, as for flwr run --run-config")
             action.add_argument("--timeout", type=float, default=24 * 3600, help="seconds allowed for the run")
     args = parser.parse_args(argv)
     return args.handler(args)

@@ -8,12 +8,14 @@ bare word that is not valid TOML (``strategy=fedavg``) is taken as a string.
 from __future__ import annotations
 
 import argparse
-import shlex
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
 
 APP_DIR = Path(__file__).resolve().parent.parent.parent  # the folder holding pyproject.toml
+# key=value pairs of a --run-config string, quoted values kept whole (as flwr.common.config reads them)
+_PAIR = re.compile(r"""(\S+?)=('[^']*'|"[^"]*"|\S+)""")
 
 
 def app_defaults() -> dict[str, Any]:
@@ -34,5 +36,12 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def parse_overrides(text: str) -> dict[str, Any]:
-    """``"a=1 b='x y'"`` -> ``{"a": 1, "b": "x y"}``: a whole ``--run-config`` string."""
-    return dict(parse_override(item) for item in shlex.split(text))
+    """``"a=1 b='x y'"`` -> ``{"a": 1, "b": "x y"}``: a whole ``--run-config`` string.
+
+    Raises ``argparse.ArgumentTypeError`` naming any part that is not a key=value pair.
+    """
+    pairs = _PAIR.findall(text)
+    leftover = _PAIR.sub(" ", text).split()
+    if leftover:
+        raise argparse.ArgumentTypeError(f"expected key=value pairs, got {' '.join(leftover)!r}")
+    return dict(parse_override(f"{key}={value}") for key, value in pairs)
