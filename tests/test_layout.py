@@ -68,20 +68,30 @@ def test_the_library_imports_without_torch_or_the_app():
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
 
 
-def test_the_app_bundle_holds_the_library_and_the_app_only(tmp_path):
-    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
-                             capture_output=True, text=True).stdout.split()
-    copy = tmp_path / "app"
-    for name in tracked:
+def build_fab(files: list[str], where: Path) -> set[str]:
+    """``flwr build`` of a copy of ``files`` (paths relative to the repository); the bundle's names."""
+    copy = where / "app"
+    for name in files:
         if (ROOT / name).is_file():
             (copy / name).parent.mkdir(parents=True, exist_ok=True)
             (copy / name).write_bytes((ROOT / name).read_bytes())
     flwr = Path(sys.executable).parent / "flwr"
-    subprocess.run([str(flwr), "build", "--app", str(copy)], cwd=tmp_path, check=True, capture_output=True)
-    (fab,) = tmp_path.glob("*.fab")
-    names = set(zipfile.ZipFile(fab).namelist()) - {".info/CONTENT"}
+    result = subprocess.run([str(flwr), "build", "--app", str(copy)], cwd=where, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (fab,) = where.glob("*.fab")
+    return set(zipfile.ZipFile(fab).namelist()) - {".info/CONTENT"}
+
+
+@pytest.mark.parametrize("copy", ["repository", "image"])
+def test_the_app_bundle_holds_the_library_and_the_app_only(tmp_path, copy):
+    """From the repository (tests, results, docs, examples beside the app) and from what the
+    Dockerfile copies into the image (the compose control service builds the bundle there)."""
+    tracked = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=ROOT, check=True,
+                             capture_output=True, text=True).stdout.split()
+    if copy == "image":
+        tracked = [n for n in tracked if n in ("pyproject.toml", "README.md", "LICENSE") or n.startswith("fedgma/")]
     expected = {"pyproject.toml", "README.md", "LICENSE"} | {
         str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")
         if layer(".".join(p.relative_to(ROOT).with_suffix("").parts)) != "lab"
     }
-    assert names == expected
+    assert build_fab(tracked, tmp_path) == expected
