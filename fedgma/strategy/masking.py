@@ -40,17 +40,20 @@ def mask_from_agreement(agreement: np.ndarray, tau: float, variant: Variant) -> 
     return apply_mask_rule(agreement >= tau, agreement, variant)
 
 
-def apply_mask_rule(kept: np.ndarray, agreement: np.ndarray, variant: Variant) -> np.ndarray:
+def apply_mask_rule(
+    kept: np.ndarray, agreement: np.ndarray, variant: Variant, out: np.ndarray | None = None
+) -> np.ndarray:
     """The FedGMA mask from where the agreement reaches the threshold (``kept``, i.e.
     ``A >= tau``) and the agreement ``A`` itself; the mask rule, written once.
 
-    ``ws``: binary mask, ``1`` where ``A >= tau`` else ``0``.
-    ``gma``: soft mask, ``1`` where ``A >= tau`` else ``A``.
+    ``ws``: binary mask, ``1`` where ``A >= tau`` else ``0`` (``A`` gives only the dtype).
+    ``gma``: soft mask, ``1`` where ``A >= tau`` else ``A``; computed as ``max(A, kept)``,
+    which is that since ``0 <= A <= 1``, in place into ``out`` when given.
     """
     if variant == "ws":
         return kept.astype(agreement.dtype)
     if variant == "gma":
-        return np.where(kept, np.ones_like(agreement), agreement)
+        return np.maximum(agreement, kept, out=out, dtype=agreement.dtype)
     raise ValueError(f"Unknown FedGMA variant {variant!r}; expected one of {VARIANTS}")
 
 
@@ -278,8 +281,9 @@ class MaskedAggregator:
             kept_here = float(np.count_nonzero(kept))
             kept_total += kept_here
             agreement_total += float(counts.sum(dtype=np.float64)) / k
-            agreement = np.divide(counts, k, out=counts)  # A, in [0, 1]
-            mask = apply_mask_rule(kept, agreement, self.variant)
+            if self.variant == "gma":
+                np.divide(counts, k, out=counts)  # A, in [0, 1] (ws needs only `kept`)
+            mask = apply_mask_rule(kept, counts, self.variant, out=counts)
             mask_total += kept_here if self.variant == "ws" else float(mask.sum(dtype=np.float64))
             mask = mask.astype(x.dtype, copy=False)
             nf[start:stop] = server_update(xf[start:stop], g_bar, mask, self.server_lr, self.variant)
