@@ -3,6 +3,7 @@
 import csv
 import json
 import statistics
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -158,3 +159,17 @@ def test_one_override_parser_reads_values_as_flowers_run_config_does():
             parse_override(bad)
     with pytest.raises(argparse.ArgumentTypeError, match="'stray'"):
         parse_overrides("seed=2 stray")
+
+
+def test_a_tool_without_its_extra_says_which_install_it_needs(tmp_path):
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['matplotlib'] = None\n"
+            "from fedgma.lab import cli\n"
+            f"sys.exit(cli.main(['report', 'results/full', '--markdown', r'{tmp_path / 'r.md'}', "
+            f"'--figures', r'{tmp_path}']))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 2
+    assert "needs matplotlib" in result.stderr and "fedgma[lab]" in result.stderr

@@ -22,6 +22,9 @@ from fedgma.app.config import ConfigError, parse_run_config
 from .launch import HostSettings
 from .project import app_defaults, parse_override
 
+# What the host-side tools need beyond the core (flwr, NumPy): the app and lab extras.
+LAB_MODULES = frozenset({"torch", "torchvision", "flwr_datasets", "matplotlib"})
+
 if TYPE_CHECKING:
     from .experiments.runner import GridRunner
 
@@ -158,7 +161,14 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the SuperLinks, SuperNodes and simulations a grid or a
     # benchmark started are stopped by their context managers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ModuleNotFoundError as err:
+        if err.name not in LAB_MODULES:
+            raise
+        print(f"fedgma {args.command}: needs {err.name}, which the core install leaves out: "
+              "pip install 'fedgma[lab]'", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
