@@ -124,3 +124,10 @@ def test_the_device_comes_from_the_node_then_the_environment():
     for bad in ("gpu", "cuda:x", 0):
         with pytest.raises(ConfigError, match="'device'"):
             parse_node_config({**base, "device": bad}, {})
+
+
+def test_reply_bounds_resolve_zero_to_no_bound_once_for_loop_and_strategies():
+    assert parse_run_config(settings(max_update_norm=0.0, max_weight_ratio=0.0)).reply_bounds == {
+        "max_num_examples": 100000000, "max_update_norm": None, "max_weight_ratio": None}
+    assert parse_run_config(settings(max_update_norm=2.5, max_weight_ratio=4.0)).reply_bounds == {
+        "max_num_examples": 100000000, "max_update_norm": 2.5, "max_weight_ratio": 4.0}

@@ -102,14 +102,14 @@ class RunConfig:
         return DEFAULT_TAU["gma" if self.strategy == "fedgma-adam" else self.variant]
 
     @property
-    def update_norm_bound(self) -> float | None:
-        """``max-update-norm``, None when 0 (no bound)."""
-        return self.max_update_norm or None
-
-    @property
-    def weight_ratio_bound(self) -> float | None:
-        """``max-weight-ratio``, None when 0 (no bound)."""
-        return self.max_weight_ratio or None
+    def reply_bounds(self) -> dict[str, float | None]:
+        """The bounds every training reply must respect, as the keyword arguments that
+        ``RoundLoop``, ``FedGMA`` and ``FedGMAAdam`` all take; a setting of 0 is no bound."""
+        return {
+            "max_num_examples": self.max_num_examples,
+            "max_update_norm": self.max_update_norm or None,
+            "max_weight_ratio": self.max_weight_ratio or None,
+        }
 
     @property
     def partitions_bound(self) -> int | None:

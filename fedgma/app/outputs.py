@@ -1,10 +1,7 @@
-"""What a run leaves under ``<output-dir>/<run-name>/``.
-
-- ``config.json``: the validated run settings;
-- ``metrics.csv``: one row per round (round 0 is the initial model), appended
-  as the run goes, so an interrupted run keeps its rows;
-- ``final_model.pt``: the final global ``state_dict`` (``torch.load`` it);
-- ``summary.json``: the last row and the best OOD accuracy.
+"""What a run leaves in its folder ``<output-dir>/<run-name>/`` (the file names:
+``fedgma.loop.run_folder.RunFolder``): the validated settings, one metrics row per round
+(round 0 is the initial model; appended as the run goes, so an interrupted run keeps its
+rows), the final global ``state_dict`` (``torch.load`` it) and a summary.
 """
 
 from __future__ import annotations

@@ -152,10 +152,8 @@ def main(grid: Grid, context: Context) -> None:
         timeout=config.round_timeout,
         min_train_replies=config.min_train_replies,
         seed=config.seed,
-        max_num_examples=config.max_num_examples,
-        max_update_norm=config.update_norm_bound,
-        max_weight_ratio=config.weight_ratio_bound,
         num_partitions=config.partitions_bound,
+        **config.reply_bounds,
     )
     final = loop.run_checkpointed(arrays, config.num_server_rounds, run_dir,
                                   settings=config.result_settings(), resume_from=checkpoint,

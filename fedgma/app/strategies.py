@@ -31,9 +31,7 @@ def build_strategy(config: RunConfig) -> FedAvg:
             tau=config.mask_tau,
             server_lr=config.server_lr,
             agreement_weighted=config.agreement_weighted,
-            max_num_examples=config.max_num_examples,
-            max_weight_ratio=config.weight_ratio_bound,
-            max_update_norm=config.update_norm_bound,
+            **config.reply_bounds,
             **common,
         )
     if config.strategy == "fedavg":
@@ -57,8 +55,7 @@ def build_strategy(config: RunConfig) -> FedAvg:
         # The gma mask replaces FedAdam's average; `tau` is the mask's, `adam-tau` Adam's.
         return FedGMAAdam(
             mask_tau=config.mask_tau, agreement_weighted=config.agreement_weighted,
-            max_num_examples=config.max_num_examples, max_weight_ratio=config.weight_ratio_bound,
-            max_update_norm=config.update_norm_bound, **adam, **common,
+            **config.reply_bounds, **adam, **common,
         )
     raise ValueError(f"unknown strategy {config.strategy!r}")
 

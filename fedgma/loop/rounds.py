@@ -5,10 +5,11 @@ evaluate) and, around it, what Flower leaves to the app:
 
 - it checkpoints after every round and resumes from a checkpoint
   (:meth:`RoundLoop.run_checkpointed`), or starts at any round (:meth:`RoundLoop.run`);
-- it can start at any round (resume from a checkpoint);
-- every training reply is checked against the global model before any
-  strategy sees it (Flower's baselines would otherwise end the run on one
-  malformed reply), and bad ones are dropped with a log line naming the node;
+- every training reply is checked once, against the global model, before any
+  strategy sees it (``fedgma.strategy.validation.check_replies``; Flower's
+  baselines would otherwise end the run on one malformed reply), and bad ones are
+  dropped with a log line naming the node; FedGMA takes the checked arrays as they
+  are instead of checking the replies again;
 - a reply whose declared partition is out of range, claimed by another node, or
   not the one its node held before is refused (``fedgma.loop.partitions``);
 - a reply claiming more than ``max-weight-ratio`` times the round's median number
