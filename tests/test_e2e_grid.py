@@ -16,22 +16,27 @@ def test_smoke_grid_runs_resumes_and_reports(tmp_path, shared_data_dir, capsys):
     data = ["--data-dir", str(shared_data_dir), "--no-download"]
     assert cli.main(["grid", "run", "smoke", "--results-dir", str(results), *data]) == 0
     printed = capsys.readouterr().out
-    assert "2 to run" in printed and "round 2/2" in printed and "remaining ~" in printed
+    assert "5 to run" in printed and "round 2/2" in printed and "remaining ~" in printed
     runs = sorted(p.name for p in (results / "runs").iterdir())
-    assert runs == ["binary-non-iid_fedavg_seed0", "binary-non-iid_ws-lr1_seed0"]
+    assert runs == ["binary-non-iid_fedavg-c0.001_seed0", "binary-non-iid_fedavg_seed0",
+                    "binary-non-iid_ws-lr1-c0.001_seed0", "binary-non-iid_ws-lr1-tau0_seed0",
+                    "binary-non-iid_ws-lr1_seed0"]
     for run in runs:
         summary = json.loads((results / "runs" / run / "summary.json").read_text())
         assert summary["rounds"] == 2
     with (results / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 2 * 3  # rounds 0, 1, 2 of both runs
-    assert {r["strategy"] for r in rows} == {"FedAvg", "FedGMA ws, eta_s=1"}
+    assert len(rows) == 5 * 3  # rounds 0, 1, 2 of every run
+    assert {r["strategy"] for r in rows} == {"FedAvg", "FedGMA ws, eta_s=1", "FedAvg, server step 2 (no mask)"}
+    assert {(r["run"].endswith("c0.001_seed0"), r["client-lr"]) for r in rows} == {(True, "0.001"), (False, "0.01")}
+    control = json.loads((results / "runs" / "binary-non-iid_ws-lr1-tau0_seed0" / "config.json").read_text())
+    assert (control["strategy"], control["variant"], control["tau"], control["server_lr"]) == ("fedgma", "ws", 0.0, 1.0)
     assert all(r["dataset"] == "fashion-mnist" for r in rows)
     summaries_before = {r: (results / "runs" / r / "summary.json").stat().st_mtime_ns for r in runs}
 
     # Resume: nothing is re-run.
     assert cli.main(["grid", "run", "smoke", "--results-dir", str(results), *data]) == 0
-    assert "2 already finished, 0 to run" in capsys.readouterr().out
+    assert "5 already finished, 0 to run" in capsys.readouterr().out
     assert {r: (results / "runs" / r / "summary.json").stat().st_mtime_ns for r in runs} == summaries_before
 
     # A grid over the same directory with a setting that changes results is refused.
@@ -41,5 +46,6 @@ def test_smoke_grid_runs_resumes_and_reports(tmp_path, shared_data_dir, capsys):
     assert cli.main(["report", str(results)]) == 0
     text = (results / "report.md").read_text()
     assert "| FedGMA ws, eta_s=1 | 1 |" in text and "colored fashion-mnist" in text
-    for figure in ("figure2.png", "baselines.png"):
+    assert "**Does the mask matter? Client step 0.01**" in text and "the paper's client step 0.001" in text
+    for figure in ("figure2.png", "baselines.png", "client_step.png"):
         assert (results / "figures" / figure).stat().st_size > 10_000

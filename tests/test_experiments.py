@@ -9,11 +9,19 @@ import numpy as np
 import pytest
 
 from fedgma.app.config import parse_run_config
-from fedgma.lab.project import app_defaults
-from fedgma.lab.experiments import report, toy
-from fedgma.lab.experiments.grids import ABLATION_TAUS, SETTINGS, STRATEGIES, grid_by_name
-from fedgma.lab.experiments.runner import GridMismatch, GridRunner
 from fedgma.app.outputs import RunOutputs
+from fedgma.lab.experiments import report, toy
+from fedgma.lab.experiments.grids import (
+    ABLATION_TAUS,
+    MAIN_LABELS,
+    NO_MASK_CONTROLS,
+    PAPER_STEP_LABELS,
+    SETTINGS,
+    STRATEGIES,
+    grid_by_name,
+)
+from fedgma.lab.experiments.runner import GridMismatch, GridRunner
+from fedgma.lab.project import app_defaults
 
 
 def test_full_grid_has_every_setting_strategy_and_seed_once():
@@ -21,9 +29,9 @@ def test_full_grid_has_every_setting_strategy_and_seed_once():
     names = [run.name for run in grid.runs]
     assert len(names) == len(set(names))
     main = [r for r in grid.runs if "main" in r.studies]
-    assert len(main) == len(SETTINGS) * len(STRATEGIES) * 3
+    assert len(main) == len(SETTINGS) * len(MAIN_LABELS) * 3
     for setting in SETTINGS:
-        for label in STRATEGIES:
+        for label in MAIN_LABELS:
             assert sorted(r.seed for r in main if (r.setting, r.label) == (setting, label)) == [0, 1, 2]
     rounds = {r.setting: r.run_config["num-server-rounds"] for r in main}
     assert rounds == {"binary-iid": 50, "binary-non-iid": 50, "ten-class-iid": 100, "ten-class-non-iid": 100}
@@ -34,7 +42,35 @@ def test_full_grid_has_every_setting_strategy_and_seed_once():
     assert len(shared) == 3 and all(r.label == "FedGMA ws, eta_s=1" for r in shared)
     epochs = sorted({r.run_config["local-epochs"] for r in grid.runs if "epochs" in r.studies})
     assert epochs == [1, 3, 5]
-    assert len(grid.runs) == 96 + 3 * (5 + 4)
+    # The tau = 0 run is binary non-IID's no-mask control at eta_s = 1: one run, both studies.
+    tau0 = [r for r in grid.runs if "tau" in r.studies and r.run_config["tau"] == 0.0]
+    assert len(tau0) == 3 and all(r.studies == ("main", "tau") for r in tau0)
+    assert {r.label for r in tau0} == {NO_MASK_CONTROLS["FedGMA ws, eta_s=1"]}
+    # The paper's client step: binary settings, 6 strategies, 3 seeds, 50 rounds.
+    paper = [r for r in grid.runs if "client-step" in r.studies]
+    assert len(paper) == 2 * len(PAPER_STEP_LABELS) * 3 and {r.studies for r in paper} == {("client-step",)}
+    assert {r.run_config["client-lr"] for r in paper} == {0.001}
+    assert {r.setting for r in paper} == {"binary-iid", "binary-non-iid"}
+    assert {r.run_config["num-server-rounds"] for r in paper} == {50}
+    assert {r.run_config["client-lr"] for r in grid.runs if "client-step" not in r.studies} == {0.01}
+    assert len(grid.runs) == 96 + 3 * (5 + 4) + 9 + 36
+
+
+def test_no_mask_controls_are_fedgma_ws_with_the_mask_open():
+    for label, control in NO_MASK_CONTROLS.items():
+        fedgma, open_mask = STRATEGIES[label][1], STRATEGIES[control][1]
+        if control == "FedAvg":  # gma at eta_s = 1 with m = 1 is FedAvg
+            assert fedgma["variant"] == "gma" and fedgma["server-lr"] == 1.0
+            continue
+        assert open_mask == {**fedgma, "tau": 0.0}
+        assert control == f"FedAvg, server step {1 + fedgma['server-lr']:g} (no mask)"
+
+
+def test_grid_keeps_every_committed_run_as_it_was():
+    committed = json.loads((Path(__file__).parents[1] / "results" / "full" / "grid.json").read_text())
+    grid = {r.name: r for r in grid_by_name("full").runs}
+    for run in committed["runs"]:
+        assert grid[run["name"]].run_config == run["run-config"], run["name"]
 
 
 @pytest.mark.parametrize("name", ["full", "quick", "smoke"])
@@ -66,21 +102,34 @@ def test_combined_csv_and_report_numbers(tmp_path):
     runner = GridRunner(grid_by_name("smoke"), tmp_path)
     runner.results_dir.mkdir(parents=True, exist_ok=True)
     runner.write_manifest()
-    fedavg, fedgma = runner.grid.runs
+    fedavg, fedgma, control, fedavg_paper, fedgma_paper = runner.grid.runs
     fake_run(runner, fedavg, [0.5, 0.6, 0.55])
     fake_run(runner, fedgma, [0.5, 0.7, 0.65])
-    assert [finished for _, finished in runner.status()] == [True, True]
+    fake_run(runner, control, [0.5, 0.75, 0.6])
+    fake_run(runner, fedavg_paper, [0.5, 0.3, 0.2])
+    fake_run(runner, fedgma_paper, [0.5, 0.4, 0.1])
+    assert all(finished for _, finished in runner.status())
     path = runner.write_combined()
     with path.open() as handle:
         rows = list(csv.DictReader(handle))
-    assert len(rows) == 6 and {r["run"] for r in rows} == {fedavg.name, fedgma.name}
+    assert len(rows) == 15 and {r["run"] for r in rows} == {s.name for s in runner.grid.runs}
+    assert {r["client-lr"] for r in rows if r["run"] == fedgma_paper.name} == {"0.001"}
     runs = {r.name: r for r in report.load_runs(tmp_path)}
     assert runs[fedgma.name].peak_ood == 0.7 and runs[fedgma.name].final_ood == 0.65
     assert runs[fedgma.name].seconds_per_round == 3.0  # rounds 2+ only: round-seconds 3
     text = report.build_markdown(tmp_path, tmp_path / "fig", tmp_path)
     line = next(l for l in text.splitlines() if l.startswith("| FedGMA ws, eta_s=1 |"))
     assert "| 0.7000 | 0.6500 | 0.9000 | +10.0 | +10.0 | 3.00 |" in line
-    assert (tmp_path / "fig" / "figure2.png").stat().st_size > 10_000
+    # Against its no-mask control: peak 0.70 - 0.75, final 0.65 - 0.60; one seed gives no interval.
+    line = next(l for l in text.splitlines() if "| FedAvg, server step 2 (no mask) |" in l and "FedGMA" in l)
+    assert "| -5.0 (n=1) | +5.0 (n=1) | peak: too few seeds, final: too few seeds |" in line
+    # The paper's client step has its own table and comparison.
+    assert "**binary, non-IID, the paper's client step 0.001, 2 rounds**" in text
+    line = next(l for l in text.splitlines() if l.startswith("| binary, non-IID | FedGMA ws, eta_s=1 | FedAvg |")
+                and "(n=1)" in l and "-10.0" in l)
+    assert "| +10.0 (n=1) | -10.0 (n=1) |" in line
+    for figure in ("figure2.png", "client_step.png"):
+        assert (tmp_path / "fig" / figure).stat().st_size > 10_000
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.BEGIN}\nold\n{report.END}\nrest\n")
     report.replace_block(readme, "new table\n")
@@ -89,7 +138,7 @@ def test_combined_csv_and_report_numbers(tmp_path):
 
 def test_margin_is_the_mean_of_paired_seed_differences():
     def run(seed, final):
-        return report.Run("r", "binary-iid", "x", seed, ("main",), 3, None,
+        return report.Run("r", "binary-iid", "x", seed, ("main",), 3, None, 0.01,
                           [{"round": 0, "ood-accuracy": 0.5}, {"round": 1, "ood-accuracy": final}])
     base = [run(0, 0.60), run(1, 0.70), run(2, 0.50)]
     ours = [run(0, 0.65), run(1, 0.71), run(2, 0.56)]

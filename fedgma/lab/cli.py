@@ -5,6 +5,7 @@
     fedgma grid run full            # run (or resume) a named grid
     fedgma grid status full         # which runs are finished
     fedgma grid reproduce full --runs A,B   # rerun committed runs elsewhere; compare their metrics
+    fedgma probe results/full       # what its 10-class models learned: shape or colour
     fedgma report results/full --readme README.md --figures docs/figures
     fedgma toy docs/figures/sewn-optima.png
 """
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -97,6 +99,18 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _probe(args: argparse.Namespace) -> int:
+    from fedgma.app.config import data_source
+
+    from .experiments.colour_probe import probe_grid
+
+    environ = HostSettings(data_dir=args.data_dir, download=False if args.no_download else None).environment()
+    source = data_source(environ={**os.environ, **environ})
+    probed = probe_grid(args.results_dir, source)
+    print(f"fedgma probe: {probed} 10-class runs with a final model probed in {args.results_dir}")
+    return 0 if probed else 1
+
+
 def _toy(args: argparse.Namespace) -> int:
     from .experiments.toy import main as toy_main
 
@@ -134,6 +148,13 @@ def main(argv: list[str] | None = None) -> int:
     report.add_argument("--readme", type=Path, help="replace the results block of this README")
     report.add_argument("--markdown", type=Path, help="markdown file (default: <results_dir>/report.md)")
     report.set_defaults(func=_report)
+
+    probe = commands.add_parser("probe", help="shape or colour: the 10-class final models on test images "
+                                              "painted in another class's training colours")
+    probe.add_argument("results_dir", type=Path)
+    probe.add_argument("--data-dir", type=Path, help="data sets (default: $FEDGMA_DATA_DIR, else ~/.cache/fedgma)")
+    probe.add_argument("--no-download", action="store_true", help="never download a missing data set")
+    probe.set_defaults(func=_probe)
 
     toy = commands.add_parser("toy", help="the 'sewn optima' toy figure (FedAvg vs FedGMA on 2-D losses)")
     toy.add_argument("output", type=Path, nargs="?", default=Path("docs/figures/sewn-optima.png"))

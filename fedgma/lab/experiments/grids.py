@@ -27,8 +27,30 @@ STRATEGIES: dict[str, tuple[str, dict[str, object]]] = {
     "FedProx, mu=0.01": ("fedprox", {"strategy": "fedprox", "proximal-mu": 0.01}),
     "FedAdam": ("fedadam", {"strategy": "fedadam"}),
     "FedGMA gma + FedAdam": ("gma-adam", {"strategy": "fedgma-adam", "tau": 0.4}),
+    # No-mask controls: FedGMA ws with the mask forced open (tau = 0 keeps every coordinate),
+    # i.e. FedAvg whose server step is 1 + eta_s. The keys match the tau ablation's tau = 0 run.
+    "FedAvg, server step 1.1 (no mask)": (
+        "ws-lr0.1-tau0", {"strategy": "fedgma", "variant": "ws", "tau": 0.0, "server-lr": 0.1}),
+    "FedAvg, server step 2 (no mask)": (
+        "ws-lr1-tau0", {"strategy": "fedgma", "variant": "ws", "tau": 0.0, "server-lr": 1.0}),
 }
 BASELINE = "FedAvg"
+# Each FedGMA run's no-mask control: the same server update with every coordinate kept.
+# gma's soft mask only shrinks FedAvg's step (m <= 1, eta_s = 1), so its control is FedAvg.
+NO_MASK_CONTROLS: dict[str, str] = {
+    "FedGMA ws, eta_s=0.1": "FedAvg, server step 1.1 (no mask)",
+    "FedGMA ws, eta_s=1": "FedAvg, server step 2 (no mask)",
+    "FedGMA gma, tau=0.4": BASELINE,
+}
+# The main comparison of the full grid: every strategy but the eta_s = 0.1 control, which only
+# the client-step study runs (the 0.01 grid's compute went to the eta_s = 1 control everywhere).
+MAIN_LABELS: tuple[str, ...] = tuple(label for label in STRATEGIES if label != "FedAvg, server step 1.1 (no mask)")
+# The paper's client step (SGD 0.001) on the binary settings: FedAvg, ws, its controls, gma.
+PAPER_CLIENT_LR = 0.001
+PAPER_STEP_SETTINGS = ("binary-iid", "binary-non-iid")
+PAPER_STEP_LABELS: tuple[str, ...] = (BASELINE, "FedGMA ws, eta_s=0.1", "FedGMA ws, eta_s=1",
+                                      "FedAvg, server step 1.1 (no mask)", "FedAvg, server step 2 (no mask)",
+                                      "FedGMA gma, tau=0.4")
 ABLATION_SETTING = "binary-non-iid"
 ABLATION_TAUS = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 ABLATION_EPOCHS = (1, 3, 5)
@@ -67,7 +89,7 @@ class RunSpec:
         Strategy label, a key of :data:`STRATEGIES`.
     seed : int
     studies : tuple[str, ...]
-        ``main``, ``tau`` and/or ``epochs``.
+        ``main``, ``tau``, ``epochs`` and/or ``client-step`` (the paper's client step).
     run_config : dict
         The run settings passed with ``--run-config`` (besides output paths).
     """
@@ -115,13 +137,17 @@ def _run(scale: Scale, setting: str, label: str, seed: int, study: str, **extra)
         key += f"-tau{extra['tau']:g}"
     if "local-epochs" in extra:
         key += f"-e{run_config['local-epochs']}"
+    if "client-lr" in extra:
+        key += f"-c{run_config['client-lr']:g}"
     name = f"{setting}_{key}_seed{seed}"
     return RunSpec(name, setting, label, seed, (study,), run_config)
 
 
 def build_grid(name: str, scale: Scale, description: str, ablations: bool = True,
-               settings: tuple[str, ...] = tuple(SETTINGS), labels: tuple[str, ...] = tuple(STRATEGIES)) -> Grid:
-    """All strategies x settings x seeds, then the two ablations (deduplicated)."""
+               settings: tuple[str, ...] = tuple(SETTINGS), labels: tuple[str, ...] = MAIN_LABELS,
+               paper_step_labels: tuple[str, ...] = PAPER_STEP_LABELS) -> Grid:
+    """All strategies x settings x seeds, the two ablations, then the binary settings at the
+    paper's client step (deduplicated: a run shared by two studies is one run)."""
     runs: dict[str, RunSpec] = {}
 
     def add(spec: RunSpec) -> None:
@@ -137,19 +163,21 @@ def build_grid(name: str, scale: Scale, description: str, ablations: bool = True
         for setting in settings:
             for label in labels:
                 add(_run(scale, setting, label, seed, "main"))
-        if not ablations:
-            continue
-        for tau in ABLATION_TAUS:
-            if tau == STRATEGIES[ABLATION_WS][1]["tau"]:  # the main run, not a new one
-                add(_run(scale, ABLATION_SETTING, ABLATION_WS, seed, "tau"))
-            else:
-                add(_run(scale, ABLATION_SETTING, ABLATION_WS, seed, "tau", tau=tau))
-        for epochs in ABLATION_EPOCHS:
-            for label in (BASELINE, ABLATION_WS):
-                if epochs == scale.local_epochs:
-                    add(_run(scale, ABLATION_SETTING, label, seed, "epochs"))
+        if ablations:
+            for tau in ABLATION_TAUS:
+                if tau == STRATEGIES[ABLATION_WS][1]["tau"]:  # the main run, not a new one
+                    add(_run(scale, ABLATION_SETTING, ABLATION_WS, seed, "tau"))
                 else:
-                    add(_run(scale, ABLATION_SETTING, label, seed, "epochs", **{"local-epochs": epochs}))
+                    add(_run(scale, ABLATION_SETTING, ABLATION_WS, seed, "tau", tau=tau))
+            for epochs in ABLATION_EPOCHS:
+                for label in (BASELINE, ABLATION_WS):
+                    if epochs == scale.local_epochs:
+                        add(_run(scale, ABLATION_SETTING, label, seed, "epochs"))
+                    else:
+                        add(_run(scale, ABLATION_SETTING, label, seed, "epochs", **{"local-epochs": epochs}))
+        for setting in (s for s in PAPER_STEP_SETTINGS if s in settings):
+            for label in paper_step_labels:
+                add(_run(scale, setting, label, seed, "client-step", **{"client-lr": PAPER_CLIENT_LR}))
     return Grid(name, description, scale, tuple(runs.values()))
 
 
@@ -166,14 +194,18 @@ SMOKE_SCALE = Scale(clients=2, train_images=400, test_images=200, binary_rounds=
 def grid_by_name(name: str) -> Grid:
     """Return one of :data:`GRID_NAMES`."""
     if name == "full":
-        return build_grid("full", FULL_SCALE, "the paper's four settings, 8 strategies, 3 seeds, "
-                          "and the tau and local-epochs ablations on binary non-IID")
+        return build_grid("full", FULL_SCALE, "the paper's four settings, 8 strategies and the no-mask "
+                          "control, 3 seeds; the tau and local-epochs ablations on binary non-IID; the "
+                          "binary settings at the paper's client step 0.001")
     if name == "quick":
         return build_grid("quick", QUICK_SCALE, "the full grid's runs with one seed, 3 rounds and "
                           "fewer images: exercises the same code in minutes")
     if name == "smoke":
-        return build_grid("smoke", SMOKE_SCALE, "two runs of two rounds (the test suite's grid)",
-                          ablations=False, settings=("binary-non-iid",), labels=(BASELINE, ABLATION_WS))
+        return build_grid("smoke", SMOKE_SCALE, "five runs of two rounds (the test suite's grid): FedAvg, "
+                          "FedGMA ws and its no-mask control; FedAvg and FedGMA ws at the paper's client step",
+                          ablations=False, settings=("binary-non-iid",),
+                          labels=(BASELINE, ABLATION_WS, NO_MASK_CONTROLS[ABLATION_WS]),
+                          paper_step_labels=(BASELINE, ABLATION_WS))
     raise KeyError(f"unknown grid {name!r}; choose one of {', '.join(GRID_NAMES)}")
 
 

@@ -18,7 +18,20 @@ from pathlib import Path
 
 from fedgma.loop.run_folder import RunFolder
 
-from .grids import ABLATION_SETTING, ABLATION_WS, BASELINE, SETTINGS, STRATEGIES
+from .colour_probe import load_probes
+from .grids import (
+    ABLATION_SETTING,
+    ABLATION_WS,
+    BASELINE,
+    MAIN_LABELS,
+    NO_MASK_CONTROLS,
+    PAPER_CLIENT_LR,
+    PAPER_STEP_LABELS,
+    PAPER_STEP_SETTINGS,
+    SETTINGS,
+    STRATEGIES,
+)
+from .verdicts import THRESHOLD_POINTS, overall, paired
 
 SETTING_TITLES = {
     "binary-iid": "binary, IID",
@@ -27,7 +40,9 @@ SETTING_TITLES = {
     "ten-class-non-iid": "10-class, non-IID",
 }
 FIGURE2_LABELS = (BASELINE, "FedGMA ws, eta_s=0.01", "FedGMA ws, eta_s=0.1", "FedGMA ws, eta_s=1",
-                  "FedGMA gma, tau=0.4")
+                  "FedGMA gma, tau=0.4", NO_MASK_CONTROLS["FedGMA ws, eta_s=1"])
+STUDY_LABELS = {"main": MAIN_LABELS, "client-step": PAPER_STEP_LABELS}
+STUDY_TITLES = {"main": "the grid's client step", "client-step": "the paper's client step"}
 BASELINE_LABELS = (BASELINE, "FedGMA ws, eta_s=1", "FedProx, mu=0.01", "FedAdam", "FedGMA gma + FedAdam")
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
@@ -43,6 +58,7 @@ class Run:
     studies: tuple[str, ...]
     local_epochs: int
     tau: float | None
+    client_lr: float | None
     rounds: list[dict[str, float]]
 
     def series(self, key: str) -> list[float]:
@@ -91,14 +107,14 @@ def load_runs(results_dir: Path) -> list[Run]:
         first = rows[0]
         metrics = [
             {k: _number(v) for k, v in row.items()
-             if k not in ("run", "setting", "strategy", "seed", "studies", "dataset")}
+             if k not in ("run", "setting", "strategy", "seed", "studies", "dataset", "client-lr")}
             for row in rows
         ]
         metrics.sort(key=lambda r: r["round"])
         runs.append(Run(
             name=name, setting=first["setting"], strategy=first["strategy"], seed=int(first["seed"]),
             studies=tuple(first["studies"].split("+")), local_epochs=int(float(first["local-epochs"])),
-            tau=_number(first["tau"]), rounds=metrics,
+            tau=_number(first["tau"]), client_lr=_number(first.get("client-lr", "")), rounds=metrics,
         ))
     return runs
 
@@ -130,15 +146,15 @@ def _select(runs: list[Run], setting: str, strategy: str, study: str = "main", *
     return sorted(chosen, key=lambda r: r.seed)
 
 
-def settings_table(runs: list[Run], setting: str) -> list[str]:
-    baseline = _select(runs, setting, BASELINE)
+def settings_table(runs: list[Run], setting: str, study: str = "main") -> list[str]:
+    baseline = _select(runs, setting, BASELINE, study)
     lines = [
         "| strategy | seeds | peak OOD acc | final OOD acc | final ID acc | peak OOD vs FedAvg (pts) "
         "| final OOD vs FedAvg (pts) | s / round |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for label in STRATEGIES:
-        chosen = _select(runs, setting, label)
+        chosen = _select(runs, setting, label, study)
         if not chosen:
             continue
         lines.append(
@@ -151,11 +167,87 @@ def settings_table(runs: list[Run], setting: str) -> list[str]:
     return lines
 
 
+def _tau_runs(runs: list[Run]) -> list[Run]:
+    """The tau ablation's runs (its tau = 0 run is labelled as the no-mask control it also is)."""
+    return sorted((r for r in runs if r.setting == ABLATION_SETTING and "tau" in r.studies), key=lambda r: r.seed)
+
+
+def _seed_values(runs: list[Run], metric: str) -> dict[int, float]:
+    return {r.seed: getattr(r, metric) for r in runs}
+
+
+def mask_comparisons(runs: list[Run], study: str) -> list[str]:
+    """Per setting: each FedGMA run against FedAvg and against its no-mask control (paired
+    per-seed differences, 95 % intervals), then a one-line verdict on the mask."""
+    lines = ["| setting | FedGMA | against | peak OOD diff (pts) | final OOD diff (pts) | verdict on the mask |",
+             "|---|---|---|---|---|---|"]
+    verdict_lines = []
+    for setting in SETTINGS:
+        verdicts, evidence = [], []
+        for label in STRATEGIES:
+            chosen = _select(runs, setting, label, study)
+            if not label.startswith("FedGMA ") or "Adam" in label or not chosen:
+                continue
+            control = NO_MASK_CONTROLS.get(label)
+            references = [BASELINE] + ([control] if control and control != BASELINE else [])
+            for reference in references:
+                against = _select(runs, setting, reference, study)
+                diffs = {m: paired(_seed_values(chosen, m), _seed_values(against, m)) for m in ("peak_ood", "final_ood")}
+                if diffs["peak_ood"] is None:
+                    continue
+                is_control = reference == control
+                judged = ""
+                if is_control:
+                    judged = ", ".join(f"{name}: {diffs[m].verdict}" for m, name in (("peak_ood", "peak"),
+                                                                                      ("final_ood", "final")))
+                    verdicts += [diffs["peak_ood"].verdict, diffs["final_ood"].verdict]
+                    evidence.append(f"{label} vs {reference}: peak {diffs['peak_ood'].format()}, "
+                                    f"final {diffs['final_ood'].format()}")
+                lines.append(f"| {SETTING_TITLES[setting]} | {label} | {reference}"
+                             f"{' (its no-mask control)' if is_control and reference == BASELINE else ''} | {diffs['peak_ood'].format()} "
+                             f"| {diffs['final_ood'].format()} | {judged or '-'} |")
+            if control in STUDY_LABELS[study] and not _select(runs, setting, control, study):
+                lines.append(f"| {SETTING_TITLES[setting]} | {label} | {control} | not run | not run | - |")
+        if evidence:
+            verdict_lines.append(f"- **{SETTING_TITLES[setting]}**: {overall(verdicts)} "
+                                 f"({'; '.join(evidence)})")
+    if len(lines) == 2:
+        return []
+    if not verdict_lines:
+        return lines + ["", "No FedGMA run here has its no-mask control, so there is no verdict on the mask."]
+    return lines + ["", f"Verdicts ({STUDY_TITLES[study]}), FedGMA against its no-mask control, peak and final "
+                        f"OOD accuracy: *mask helps* when the paired difference's 95 % interval lies above 0 and "
+                        f"its mean is at least {THRESHOLD_POINTS:g} point, *mask hurts* in the mirror case, "
+                        f"else *no detectable effect*. gma's control is FedAvg (its mask only shrinks "
+                        f"FedAvg's step).", ""] + verdict_lines
+
+
+def probe_table(runs: list[Run], probes: dict[str, dict[str, float]]) -> list[str]:
+    """The colour probe of the 10-class final models (``fedgma probe``), by setting and strategy."""
+    by_name = {r.name: r for r in runs}
+    groups: dict[tuple[str, str], list[tuple[Run, dict[str, float]]]] = defaultdict(list)
+    for name, probe in probes.items():
+        if name in by_name:
+            groups[(by_name[name].setting, by_name[name].strategy)].append((by_name[name], probe))
+    if not groups:
+        return []
+    lines = ["| setting | strategy | runs | final ID acc | final OOD acc | follows shape | follows colour "
+             "| neither |", "|---|---|---|---|---|---|---|---|"]
+    for (setting, strategy), members in sorted(groups.items(), key=lambda kv: (list(SETTINGS).index(kv[0][0]),
+                                                                                  list(STRATEGIES).index(kv[0][1]))):
+        chosen = [run for run, _ in members]
+        lines.append(f"| {SETTING_TITLES[setting]} | {strategy} | {len(members)} "
+                     f"| {mean_std([r.final_id for r in chosen])} | {mean_std([r.final_ood for r in chosen])} "
+                     + " | ".join(mean_std([p[k] for _, p in members]) for k in ("follows-shape", "follows-colour",
+                                                                                   "neither")) + " |")
+    return lines
+
+
 def tau_table(runs: list[Run], default_tau: float) -> list[str]:
     lines = ["| tau | seeds | peak OOD acc | final OOD acc | final ID acc | mask kept (mean over rounds) |",
              "|---|---|---|---|---|---|"]
     by_tau: dict[float, list[Run]] = defaultdict(list)
-    for run in _select(runs, ABLATION_SETTING, ABLATION_WS, study="tau"):
+    for run in _tau_runs(runs):
         by_tau[run.tau if run.tau is not None else default_tau].append(run)
     for tau in sorted(by_tau):
         chosen = by_tau[tau]
@@ -192,9 +284,9 @@ def round_time_ratio(runs: list[Run]) -> tuple[float, float, float] | None:
     return a, b, a / b
 
 
-def _plot_curves(ax, runs: list[Run], labels, setting: str) -> None:
+def _plot_curves(ax, runs: list[Run], labels, setting: str, study: str) -> None:
     for label in labels:
-        chosen = _select(runs, setting, label)
+        chosen = _select(runs, setting, label, study)
         if not chosen:
             continue
         length = min(len(r.rounds) for r in chosen)
@@ -204,6 +296,8 @@ def _plot_curves(ax, runs: list[Run], labels, setting: str) -> None:
         low = [min(col) for col in zip(*curves)]
         high = [max(col) for col in zip(*curves)]
         style = {"color": "black", "linewidth": 2} if label == BASELINE else {"linewidth": 1.3}
+        if label in NO_MASK_CONTROLS.values() and label != BASELINE:
+            style["linestyle"] = "--"
         (line,) = ax.plot(rounds, mean, label=f"{label} (n={len(chosen)})", **style)
         ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set_title(SETTING_TITLES[setting])
@@ -212,20 +306,22 @@ def _plot_curves(ax, runs: list[Run], labels, setting: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_settings(runs: list[Run], labels, path: Path, title: str) -> None:
+def plot_settings(runs: list[Run], labels, path: Path, title: str, study: str = "main",
+                  settings: tuple[str, ...] = tuple(SETTINGS)) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8.5))
-    for ax, setting in zip(axes.flat, SETTINGS):
-        _plot_curves(ax, runs, labels, setting)
+    rows = (len(settings) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(12, 4.25 * rows + 0.5), squeeze=False)
+    for ax, setting in zip(axes.flat, settings):
+        _plot_curves(ax, runs, labels, setting, study)
     handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, [n.rsplit(" (n=", 1)[0] for n in names], loc="lower center", ncol=len(labels),
+    fig.legend(handles, [n.rsplit(" (n=", 1)[0] for n in names], loc="lower center", ncol=(len(labels) + 1) // 2,
                fontsize=8.5)
     fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.05, 1, 0.97))
+    fig.tight_layout(rect=(0, 0.1 / rows, 1, 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -239,7 +335,7 @@ def plot_ablations(runs: list[Run], default_tau: float, path: Path, dataset: str
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     by_tau: dict[float, list[Run]] = defaultdict(list)
-    for run in _select(runs, ABLATION_SETTING, ABLATION_WS, study="tau"):
+    for run in _tau_runs(runs):
         by_tau[run.tau if run.tau is not None else default_tau].append(run)
     taus = sorted(by_tau)
     for metric, name in (("final_ood", "final"), ("peak_ood", "peak")):
@@ -288,6 +384,9 @@ def _hyperparameters(manifest: dict, config: dict) -> list[str]:
                                                       f"{config['batch_size']}, {config['client_lr']}"),
         ("FedGMA ws: tau, eta_s", "0.8, {0.01, 0.1, 1}"),
         ("FedGMA gma: tau, eta_s", "0.4, 1"),
+        ("no-mask controls", "FedGMA ws with tau = 0 (every coordinate kept): FedAvg with server step 1 + eta_s"),
+        ("paper's client step (binary settings)", f"SGD {PAPER_CLIENT_LR}: "
+                                                  + ", ".join(PAPER_STEP_LABELS)),
         ("FedProx mu", f"{STRATEGIES['FedProx, mu=0.01'][1]['proximal-mu']}"),
         ("FedAdam eta, beta_1, beta_2, tau", f"{config['adam_eta']}, {config['adam_beta_1']}, "
                                              f"{config['adam_beta_2']}, {config['adam_tau']}"),
@@ -340,11 +439,42 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
                     "both strategies alternating on an idle machine (docs/benchmarks.md)."]
     figure2 = figures_dir / "figure2.png"
     plot_settings(runs, FIGURE2_LABELS, figure2,
-                  f"OOD accuracy per round, colored {dataset} (mean over seeds, min-max shaded)")
+                  f"OOD accuracy per round, colored {dataset} (mean over seeds, min-max shaded; "
+                  "dashed: no-mask control)")
     plot_settings(runs, BASELINE_LABELS, figures_dir / "baselines.png",
                   f"FedGMA against Flower's baselines, colored {dataset} (mean over seeds, min-max shaded)")
     out += ["", f"![OOD accuracy per round, FedAvg and FedGMA]({link('figure2.png')})",
             "", f"![FedGMA against Flower's baselines]({link('baselines.png')})"]
+    client_lr = any_config["client_lr"]
+    comparisons = mask_comparisons(runs, "main")
+    if comparisons:
+        out += ["", f"**Does the mask matter? Client step {client_lr:g}** (colored {dataset}; differences in OOD "
+                    "accuracy points, mean [95 % interval] over paired seeds)", ""] + comparisons
+    paper_step = [r for r in runs if "client-step" in r.studies]
+    if paper_step:
+        step = paper_step[0].client_lr
+        for setting in PAPER_STEP_SETTINGS:
+            some = _select(runs, setting, BASELINE, "client-step") or [r for r in paper_step if r.setting == setting]
+            if some:
+                out += ["", f"**{SETTING_TITLES[setting]}, the paper's client step {step:g}, "
+                            f"{len(some[0].trained)} rounds** (colored {dataset})", ""]
+                out += settings_table(runs, setting, "client-step")
+        plot_settings(runs, PAPER_STEP_LABELS, figures_dir / "client_step.png",
+                      f"OOD accuracy per round at the paper's client step {step:g}, colored {dataset} "
+                      "(mean over seeds, min-max shaded; dashed: no-mask controls)",
+                      study="client-step", settings=PAPER_STEP_SETTINGS)
+        out += ["", f"![OOD accuracy per round at the paper's client step]({link('client_step.png')})"]
+        comparisons = mask_comparisons(runs, "client-step")
+        if comparisons:
+            out += ["", f"**Does the mask matter? The paper's client step {step:g}** (colored {dataset})", ""]
+            out += comparisons
+    probes = probe_table(runs, load_probes(results_dir))
+    if probes:
+        images = next(iter(load_probes(results_dir).values()))["images"]
+        out += ["", f"**What the 10-class models learn** (colored {dataset}; `fedgma probe`): each run's final "
+                    f"model on its {images} central test images, each painted in the training colours of another "
+                    "class. *Follows shape*: it answers the image's class; *follows colour*: the class whose "
+                    "colours the image wears (chance: 0.10 and 0.10).", ""] + probes
     if any("tau" in r.studies for r in runs):
         out += ["", f"**Ablation: tau** (binary non-IID, FedGMA ws, eta_s = 1, colored {dataset})", ""]
         out += tau_table(runs, default_tau)

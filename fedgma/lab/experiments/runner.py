@@ -32,7 +32,8 @@ from ..launch import HostSettings, SimulationRuntime
 from ..project import APP_DIR, app_defaults
 from .grids import Grid, RunSpec
 
-RUN_COLUMNS = ("run", "setting", "strategy", "seed", "studies", "dataset", "local-epochs", "tau", "server-lr")
+RUN_COLUMNS = ("run", "setting", "strategy", "seed", "studies", "dataset", "local-epochs", "tau", "server-lr",
+               "client-lr")
 # Settings that do not change a run's result, so an existing run may differ in them.
 NOT_COMPARED = NOT_RESULT_SETTINGS - {"num_server_rounds"}
 
@@ -157,7 +158,7 @@ class GridRunner:
                 "run": spec.name, "setting": spec.setting, "strategy": spec.label, "seed": spec.seed,
                 "studies": "+".join(spec.studies), "dataset": config["dataset"],
                 "local-epochs": config["local_epochs"], "tau": "" if config["tau"] is None else config["tau"],
-                "server-lr": config["server_lr"],
+                "server-lr": config["server_lr"], "client-lr": config["client_lr"],
             }
             for row in read_rows(RunFolder(run_dir).metrics):
                 writer.writerow({**facts, **row})

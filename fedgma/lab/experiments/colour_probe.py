@@ -1,0 +1,106 @@
+"""What a 10-class model learned, shape or colour (``fedgma probe``).
+
+In the 10-class task every class has two foreground and two background colours of its own, in
+training and in the in-distribution test set, so colour alone gives the class. The probe paints
+each central test image of class ``c`` in the training colours of another class ``c'`` (drawn at
+random, never ``c``) and counts how often the final model answers ``c`` (it read the shape) and
+how often ``c'`` (it read the colour). The result goes next to the run's other files, so the
+report reads it without the model (weights are not committed).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedgma.app.config import DataSource, RunConfig
+from fedgma.app.task.base_data import load_base_images
+from fedgma.app.task.coloring import TRAIN_BACKGROUND, TRAIN_FOREGROUND, paint
+from fedgma.app.task.data import load_test_set
+from fedgma.app.task.model import build_model
+from fedgma.loop.atomic import atomic_write
+from fedgma.loop.run_folder import RunFolder
+
+PROBE_FILE = "colour_probe.json"
+NUM_CLASSES = 10
+
+
+@dataclass(frozen=True)
+class SwappedColours:
+    """Test images painted in another class's training colours."""
+
+    images: np.ndarray  # uint8 [N, 3, 28, 28]
+    shape_labels: np.ndarray  # the class of the image's content
+    colour_labels: np.ndarray  # the class whose training colours it wears (never the shape's)
+
+
+def swapped_colour_set(grey: np.ndarray, classes: np.ndarray, seed: int) -> SwappedColours:
+    """Paint grayscale images of ``classes`` in the training colours of other classes."""
+    rng = np.random.default_rng([seed, 4099])
+    colour = (classes + rng.integers(1, NUM_CLASSES, size=len(classes))) % NUM_CLASSES
+    foreground = TRAIN_FOREGROUND[colour, rng.integers(0, 2, size=len(classes))]
+    background = TRAIN_BACKGROUND[colour, rng.integers(0, 2, size=len(classes))]
+    return SwappedColours(paint(grey, foreground, background), classes.astype(np.int64), colour.astype(np.int64))
+
+
+@torch.no_grad()
+def shape_or_colour(model: nn.Module, probe: SwappedColours, batch_size: int = 500) -> dict[str, float]:
+    """Fractions of the probe's images the model classifies by shape, by colour, or neither."""
+    model.eval()
+    predictions = []
+    for start in range(0, len(probe.shape_labels), batch_size):
+        images = torch.from_numpy(probe.images[start:start + batch_size]).float().div_(255.0)
+        predictions.append(model(images).argmax(dim=1).numpy())
+    predicted = np.concatenate(predictions)
+    shape = float(np.mean(predicted == probe.shape_labels))
+    colour = float(np.mean(predicted == probe.colour_labels))
+    return {"images": len(predicted), "follows-shape": shape, "follows-colour": colour,
+            "neither": 1.0 - shape - colour}
+
+
+def _run_config(run_dir: Path) -> RunConfig:
+    saved = json.loads(RunFolder(run_dir).config.read_text())
+    return RunConfig(**{f.name: saved[f.name] for f in fields(RunConfig)})
+
+
+def probe_run(run_dir: Path, source: DataSource) -> dict[str, object]:
+    """Probe a finished 10-class run's final model on its own central test images; writes
+    :data:`PROBE_FILE` in the run folder and returns what it wrote."""
+    folder = RunFolder(run_dir)
+    config = _run_config(run_dir)
+    if config.task != "ten-class":
+        raise ValueError(f"{run_dir}: the colour probe is for the 10-class task, not {config.task!r}")
+    if not folder.model.is_file():
+        raise FileNotFoundError(f"{folder.model} does not exist: the probe needs the run's final model")
+    test = load_test_set(config, source, ood=False)  # the run's own test images (rows and classes)
+    grey = load_base_images(config.dataset, source.path, False, source.download)[0][test.rows]
+    probe = swapped_colour_set(grey, test.labels, config.seed)
+    model = build_model(NUM_CLASSES)
+    model.load_state_dict(torch.load(folder.model, map_location="cpu", weights_only=True))
+    result = {"run": run_dir.name, "dataset": config.dataset, **shape_or_colour(model, probe)}
+    payload = (json.dumps(result, indent=2) + "\n").encode()
+    atomic_write(run_dir / PROBE_FILE, lambda f: f.write(payload))
+    return result
+
+
+def probe_grid(results_dir: Path, source: DataSource, echo=print) -> int:
+    """Probe every 10-class run of a grid that still has its final model; returns how many."""
+    done = 0
+    for run_dir in sorted((results_dir / "runs").iterdir()):
+        if not RunFolder(run_dir).model.is_file() or _run_config(run_dir).task != "ten-class":
+            continue
+        result = probe_run(run_dir, source)
+        echo(f"{run_dir.name}: follows shape {result['follows-shape']:.3f}, colour {result['follows-colour']:.3f}")
+        done += 1
+    return done
+
+
+def load_probes(results_dir: Path) -> dict[str, dict[str, float]]:
+    """The probe results committed in a grid's run folders, by run name."""
+    return {path.parent.name: json.loads(path.read_text())
+            for path in sorted((results_dir / "runs").glob(f"*/{PROBE_FILE}"))}

@@ -1,0 +1,79 @@
+"""The 10-class colour probe: does a model answer by shape or by colour?"""
+
+import numpy as np
+import torch
+from torch import nn
+
+from fedgma.app.task.coloring import TRAIN_BACKGROUND, TRAIN_FOREGROUND
+from fedgma.lab.experiments.colour_probe import shape_or_colour, swapped_colour_set
+
+
+def _probe():
+    grey = np.zeros((40, 28, 28), dtype=np.uint8)
+    grey[:, 10:18, 10:18] = 255  # a full-intensity square: foreground colour there
+    classes = np.arange(40) % 10
+    return swapped_colour_set(grey, classes, seed=3)
+
+
+class ReadsColour(nn.Module):
+    """Answers the class whose training foreground colour the brightest pixel has."""
+
+    def forward(self, x):
+        pixel = x[:, :, 14, 14]  # [N, 3]
+        palette = torch.from_numpy(TRAIN_FOREGROUND.reshape(20, 3)).float()
+        nearest = torch.cdist(pixel, palette).argmin(dim=1) // 2
+        return nn.functional.one_hot(nearest, 10).float()
+
+
+class ReadsShape(nn.Module):
+    def __init__(self, classes):
+        super().__init__()
+        self.classes = torch.from_numpy(classes)
+        self.seen = 0
+
+    def forward(self, x):
+        answer = self.classes[self.seen:self.seen + len(x)]
+        self.seen += len(x)
+        return nn.functional.one_hot(answer, 10).float()
+
+
+def test_swapped_colours_are_another_classes_training_colours():
+    probe = _probe()
+    assert np.all(probe.colour_labels != probe.shape_labels)
+    for image, colour in zip(probe.images, probe.colour_labels):
+        fg = image[:, 14, 14] / 255.0
+        bg = image[:, 0, 0] / 255.0
+        assert min(np.abs(TRAIN_FOREGROUND[colour] - fg).max(axis=1)) < 0.01
+        assert min(np.abs(TRAIN_BACKGROUND[colour] - bg).max(axis=1)) < 0.01
+
+
+def test_a_colour_reader_follows_colour_and_a_shape_reader_follows_shape():
+    probe = _probe()
+    by_colour = shape_or_colour(ReadsColour(), probe, batch_size=7)
+    assert by_colour == {"images": 40, "follows-shape": 0.0, "follows-colour": 1.0, "neither": 0.0}
+    by_shape = shape_or_colour(ReadsShape(probe.shape_labels), probe, batch_size=7)
+    assert by_shape["follows-shape"] == 1.0 and by_shape["follows-colour"] == 0.0
+
+
+def test_probe_run_reads_a_finished_runs_files_and_writes_its_result(tmp_path, shared_data_dir):
+    import json
+    from dataclasses import asdict
+
+    from fedgma.app.config import DataSource, parse_run_config
+    from fedgma.app.task.model import build_model
+    from fedgma.lab.experiments.colour_probe import PROBE_FILE, load_probes, probe_grid
+    from fedgma.lab.project import app_defaults
+
+    source = DataSource(shared_data_dir, download=False)
+    for name, task in (("ten", "ten-class"), ("two", "binary")):
+        run_dir = tmp_path / "runs" / name
+        run_dir.mkdir(parents=True)
+        config = parse_run_config({**app_defaults(), "task": task, "test-images": 100})
+        (run_dir / "config.json").write_text(json.dumps({**asdict(config), "run-id": 1}))
+        torch.save(build_model(10 if task == "ten-class" else 2, seed=0).state_dict(), run_dir / "final_model.pt")
+    assert probe_grid(tmp_path, source, echo=lambda _: None) == 1  # the binary run is left alone
+    written = json.loads((tmp_path / "runs" / "ten" / PROBE_FILE).read_text())
+    assert written["images"] == 100 and written["dataset"] == "fashion-mnist"
+    assert abs(written["follows-shape"] + written["follows-colour"] + written["neither"] - 1) < 1e-9
+    assert load_probes(tmp_path) == {"ten": written}
+    assert not (tmp_path / "runs" / "two" / PROBE_FILE).exists()
