@@ -72,5 +72,6 @@ def test_the_readme_results_block_is_the_reports_output(tmp_path):
     # links are relative to the README either way.
     expected = report.build_markdown(RESULTS, tmp_path / "docs" / "figures", tmp_path).strip("\n")
     assert block == expected, "README results block is stale: run the `fedgma report` command it shows"
-    for name in ("figure2.png", "baselines.png", "ablations.png"):
+    paper_step = any("client-step" in run.studies for run in report.load_runs(RESULTS))
+    for name in ("figure2.png", "baselines.png", "ablations.png") + (("client_step.png",) if paper_step else ()):
         assert (ROOT / "docs" / "figures" / name).is_file()

@@ -44,6 +44,7 @@ FIGURE2_LABELS = (BASELINE, "FedGMA ws, eta_s=0.01", "FedGMA ws, eta_s=0.1", "Fe
 STUDY_LABELS = {"main": MAIN_LABELS, "client-step": PAPER_STEP_LABELS}
 STUDY_TITLES = {"main": "the grid's client step", "client-step": "the paper's client step"}
 BASELINE_LABELS = (BASELINE, "FedGMA ws, eta_s=1", "FedProx, mu=0.01", "FedAdam", "FedGMA gma + FedAdam")
+COLOUR_ONLY = 0.9  # share of probe images answered by colour above which a model "follows colour"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
@@ -243,6 +244,17 @@ def probe_table(runs: list[Run], probes: dict[str, dict[str, float]]) -> list[st
     return lines
 
 
+def colour_only_note(runs: list[Run], probes: dict[str, dict[str, float]], setting: str) -> str:
+    """A label for a setting whose probed final models all follow colour on at least
+    :data:`COLOUR_ONLY` of the probe's images: its OOD accuracy cannot separate the methods."""
+    shares = [p["follows-colour"] for name, p in probes.items()
+              for r in runs if r.name == name and r.setting == setting]
+    if not shares or min(shares) < COLOUR_ONLY:
+        return ""
+    return (f"; **colour only**: all {len(shares)} probed final models answer by colour on at least "
+            f"{100 * min(shares):.0f} % of the probe's images, so this setting cannot separate the methods")
+
+
 def tau_table(runs: list[Run], default_tau: float) -> list[str]:
     lines = ["| tau | seeds | peak OOD acc | final OOD acc | final ID acc | mask kept (mean over rounds) |",
              "|---|---|---|---|---|---|"]
@@ -407,6 +419,7 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
     any_config = json.loads(RunFolder(results_dir / "runs" / reference.name).config.read_text())
     dataset = any_config["dataset"]
     planned = len(manifest["runs"])
+    probes = load_probes(results_dir)
     default_tau = float(STRATEGIES[ABLATION_WS][1]["tau"])
 
     def link(name: str) -> str:
@@ -429,7 +442,8 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
         if not any(r.setting == setting and "main" in r.studies for r in runs):
             continue
         some = _select(runs, setting, BASELINE) or [r for r in runs if r.setting == setting]
-        out += ["", f"**{SETTING_TITLES[setting]}, {len(some[0].trained)} rounds** (colored {dataset})", ""]
+        note = colour_only_note(runs, probes, setting)
+        out += ["", f"**{SETTING_TITLES[setting]}, {len(some[0].trained)} rounds** (colored {dataset}){note}", ""]
         out += settings_table(runs, setting)
     ratio = round_time_ratio(runs)
     if ratio:
@@ -468,13 +482,12 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
         if comparisons:
             out += ["", f"**Does the mask matter? The paper's client step {step:g}** (colored {dataset})", ""]
             out += comparisons
-    probes = probe_table(runs, load_probes(results_dir))
-    if probes:
-        images = next(iter(load_probes(results_dir).values()))["images"]
+    if probe_lines := probe_table(runs, probes):
+        images = next(iter(probes.values()))["images"]
         out += ["", f"**What the 10-class models learn** (colored {dataset}; `fedgma probe`): each run's final "
                     f"model on its {images} central test images, each painted in the training colours of another "
                     "class. *Follows shape*: it answers the image's class; *follows colour*: the class whose "
-                    "colours the image wears (chance: 0.10 and 0.10).", ""] + probes
+                    "colours the image wears (chance: 0.10 and 0.10).", ""] + probe_lines
     if any("tau" in r.studies for r in runs):
         out += ["", f"**Ablation: tau** (binary non-IID, FedGMA ws, eta_s = 1, colored {dataset})", ""]
         out += tau_table(runs, default_tau)
