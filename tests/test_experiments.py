@@ -222,3 +222,9 @@ def test_a_tool_without_its_extra_says_which_install_it_needs(tmp_path):
                             cwd=Path(__file__).resolve().parent.parent)
     assert result.returncode == 2
     assert "needs matplotlib" in result.stderr and "fedgma[lab]" in result.stderr
+
+
+def test_peak_round_is_the_first_trained_round_at_the_peak():
+    rounds = [{"round": r, "ood-accuracy": acc} for r, acc in enumerate([0.9, 0.3, 0.6, 0.6, 0.5])]
+    run = report.Run("r", "binary-iid", "x", 0, ("main",), 3, None, 0.01, rounds)
+    assert run.peak_ood == 0.6 and run.peak_round == 2  # round 0, the initial model, is not a peak
