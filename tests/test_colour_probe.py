@@ -77,3 +77,20 @@ def test_probe_run_reads_a_finished_runs_files_and_writes_its_result(tmp_path, s
     assert abs(written["follows-shape"] + written["follows-colour"] + written["neither"] - 1) < 1e-9
     assert load_probes(tmp_path) == {"ten": written}
     assert not (tmp_path / "runs" / "two" / PROBE_FILE).exists()
+
+
+def test_the_reports_probe_table_has_one_cell_per_column():
+    from fedgma.lab.experiments import report
+
+    rounds = [{"round": 0, "ood-accuracy": 0.1, "id-accuracy": 0.1},
+              {"round": 1, "ood-accuracy": 0.09, "id-accuracy": 1.0}]
+    runs = [report.Run(f"r{s}", "ten-class-iid", "FedAvg", s, ("main",), 3, None, 0.01, rounds) for s in (0, 1)]
+    probes = {"r0": {"follows-shape": 0.0, "follows-colour": 1.0, "neither": 0.0},
+              "r1": {"follows-shape": 0.02, "follows-colour": 0.96, "neither": 0.02}}
+    header, rule, row = report.probe_table(runs, probes)
+    assert header.count("|") == rule.count("|") == row.count("|") == 9
+    assert row == ("| 10-class, IID | FedAvg | 2 | 1.0000 ± 0.0000 | 0.0900 ± 0.0000 | 0.0100 ± 0.0141 "
+                   "| 0.9800 ± 0.0283 | 0.0100 ± 0.0141 |")
+    assert report.colour_only_note(runs, probes, "ten-class-iid").startswith("; **colour only**: all 2 probed")
+    probes["r1"]["follows-colour"] = 0.85
+    assert report.colour_only_note(runs, probes, "ten-class-iid") == ""

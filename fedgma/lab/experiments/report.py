@@ -209,8 +209,9 @@ def mask_comparisons(runs: list[Run], study: str) -> list[str]:
                     judged = ", ".join(f"{name}: {diffs[m].verdict}" for m, name in (("peak_ood", "peak"),
                                                                                       ("final_ood", "final")))
                     verdicts += [diffs["peak_ood"].verdict, diffs["final_ood"].verdict]
-                    evidence.append(f"{label} vs {reference}: peak {diffs['peak_ood'].format()}, "
-                                    f"final {diffs['final_ood'].format()}")
+                    evidence.append(f"{label} vs {reference}: peak {diffs['peak_ood'].format()} "
+                                    f"*{diffs['peak_ood'].verdict}*, final {diffs['final_ood'].format()} "
+                                    f"*{diffs['final_ood'].verdict}*")
                 lines.append(f"| {SETTING_TITLES[setting]} | {label} | {reference}"
                              f"{' (its no-mask control)' if is_control and reference == BASELINE else ''} | {diffs['peak_ood'].format()} "
                              f"| {diffs['final_ood'].format()} | {judged or '-'} |")
@@ -245,7 +246,7 @@ def probe_table(runs: list[Run], probes: dict[str, dict[str, float]]) -> list[st
                                                                                   list(STRATEGIES).index(kv[0][1]))):
         chosen = [run for run, _ in members]
         lines.append(f"| {SETTING_TITLES[setting]} | {strategy} | {len(members)} "
-                     f"| {mean_std([r.final_id for r in chosen])} | {mean_std([r.final_ood for r in chosen])} "
+                     f"| {mean_std([r.final_id for r in chosen])} | {mean_std([r.final_ood for r in chosen])} | "
                      + " | ".join(mean_std([p[k] for _, p in members]) for k in ("follows-shape", "follows-colour",
                                                                                    "neither")) + " |")
     return lines
