@@ -135,12 +135,16 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
+def _seed_values(runs: list[Run], metric: str) -> dict[int, float]:
+    return {r.seed: getattr(r, metric) for r in runs}
+
+
 def margin(runs: list[Run], baseline: list[Run], metric: str) -> str:
     """Mean +- std of the per-seed differences to the baseline, in accuracy points (%)."""
-    base = {r.seed: getattr(r, metric) for r in baseline}
-    diffs = [100 * (getattr(r, metric) - base[r.seed]) for r in runs if r.seed in base]
-    if not diffs:
+    difference = paired(_seed_values(runs, metric), _seed_values(baseline, metric))
+    if difference is None:
         return "-"
+    diffs = difference.differences
     if len(diffs) == 1:
         return f"{diffs[0]:+.1f}"
     return f"{statistics.fmean(diffs):+.1f} ± {statistics.stdev(diffs):.1f}"
@@ -178,10 +182,6 @@ def settings_table(runs: list[Run], setting: str, study: str = "main") -> list[s
 def _tau_runs(runs: list[Run]) -> list[Run]:
     """The tau ablation's runs (its tau = 0 run is labelled as the no-mask control it also is)."""
     return sorted((r for r in runs if r.setting == ABLATION_SETTING and "tau" in r.studies), key=lambda r: r.seed)
-
-
-def _seed_values(runs: list[Run], metric: str) -> dict[int, float]:
-    return {r.seed: getattr(r, metric) for r in runs}
 
 
 def mask_comparisons(runs: list[Run], study: str) -> list[str]:
@@ -255,8 +255,8 @@ def probe_table(runs: list[Run], probes: dict[str, dict[str, float]]) -> list[st
 def colour_only_note(runs: list[Run], probes: dict[str, dict[str, float]], setting: str) -> str:
     """A label for a setting whose probed final models all follow colour on at least
     :data:`COLOUR_ONLY` of the probe's images: its OOD accuracy cannot separate the methods."""
-    shares = [p["follows-colour"] for name, p in probes.items()
-              for r in runs if r.name == name and r.setting == setting]
+    settings = {r.name: r.setting for r in runs}
+    shares = [p["follows-colour"] for name, p in probes.items() if settings.get(name) == setting]
     if not shares or min(shares) < COLOUR_ONLY:
         return ""
     return (f"; **colour only**: all {len(shares)} probed final models answer by colour on at least "
