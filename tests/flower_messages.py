@@ -38,21 +38,22 @@ def set_task_identity(run_id: int = 1) -> None:
     TaskIdentity.task_id = 0
 
 
-def _metadata(node_id: int) -> Metadata:
+def _metadata(node_id: int, reply_to: str = "instruction", created_at: float = 0.0) -> Metadata:
     return Metadata(
         run_id=1,
         message_id=f"reply-{next(_ids)}",
         src_node_id=node_id,
         dst_node_id=0,
-        reply_to_message_id="instruction",
+        reply_to_message_id=reply_to,
         group_id="1",
-        created_at=0.0,
+        created_at=created_at,
         ttl=3600.0,
         message_type=MessageType.TRAIN,
     )
 
 
-def train_reply(node_id: int, arrays: dict[str, np.ndarray], num_examples, **metrics) -> Message:
+def train_reply(node_id: int, arrays: dict[str, np.ndarray], num_examples, *, reply_to: str = "instruction",
+                created_at: float = 0.0, **metrics) -> Message:
     """A ClientApp's training reply: one ArrayRecord, one MetricRecord."""
     content = RecordDict(
         {
@@ -60,7 +61,7 @@ def train_reply(node_id: int, arrays: dict[str, np.ndarray], num_examples, **met
             "metrics": MetricRecord({"num-examples": num_examples, **metrics}),
         }
     )
-    return Message(content=content, metadata=_metadata(node_id))
+    return Message(content=content, metadata=_metadata(node_id, reply_to, created_at))
 
 
 def raw_reply(node_id: int, content: RecordDict) -> Message:
@@ -68,9 +69,9 @@ def raw_reply(node_id: int, content: RecordDict) -> Message:
     return Message(content=content, metadata=_metadata(node_id))
 
 
-def error_reply(node_id: int) -> Message:
+def error_reply(node_id: int, reply_to: str = "instruction", created_at: float = 0.0) -> Message:
     """A reply carrying an error, as Flower sends for a failed ClientApp."""
-    return Message(error=Error(code=2, reason="ClientApp raised"), metadata=_metadata(node_id))
+    return Message(error=Error(code=2, reason="ClientApp raised"), metadata=_metadata(node_id, reply_to, created_at))
 
 
 def global_record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

@@ -19,46 +19,64 @@ from fedgma.strategy import FedGMA, FedGMAAdam
 class ScriptedGrid:
     """A grid whose nodes reply as scripted: 'ok', 'error', 'nan', 'silent' (timed out), or lie:
     'huge' / 'many' (claim 10^15 examples / 50 x the others' count, with weights far away),
-    'claims-N' (declares partition N), 'undeclared' (declares none). A node's partition is its id."""
+    'claims-N' (declares partition N), 'undeclared' (declares none). A node's partition is its id.
+
+    Both ways of waiting work: Flower's ``send_and_receive``, and ``push_messages`` then
+    ``pull_messages`` (all replies ready at the first pull, in shuffled order if asked)."""
 
     def __init__(self, behaviour, rng, shuffle=False, num_partitions=None):
         self.behaviour = behaviour  # node id -> behaviour
         self.rng = rng
         self.shuffle = shuffle
         self.num_partitions = num_partitions or max(behaviour) + 1  # what the nodes declare
+        self.waiting = {}  # message id -> reply
+        self.pulls = 0
 
     def get_node_ids(self):
         return list(self.behaviour)
 
+    def reply(self, message, reply_to):
+        node = message.metadata.dst_node_id
+        x = {k: v.numpy() for k, v in message.content["arrays"].items()}
+        kind = self.behaviour[node]
+        if kind == "silent":
+            return None
+        if kind == "error":
+            return error_reply(node, reply_to)
+        # Deterministic per node, like a seeded client.
+        y = {k: v - 0.01 * (node + 1) * np.cos(np.arange(v.size).reshape(v.shape) * node).astype(v.dtype)
+             for k, v in x.items()}
+        if kind == "nan":
+            y["w"][0, 0] = np.nan
+        examples = 10 * node
+        if kind in ("huge", "many"):
+            y = {k: v + 100.0 for k, v in x.items()}
+            examples = 10**15 if kind == "huge" else 50 * 10 * max(self.behaviour)
+        reply = train_reply(node, y, examples, reply_to=reply_to)
+        partition = int(kind.removeprefix("claims-")) if kind.startswith("claims-") else node
+        if kind != "undeclared":
+            reply.content[NODE_RECORD] = ConfigRecord(
+                {"partition-id": partition, "num-partitions": self.num_partitions})
+        return reply
+
+    def _arrival_order(self, replies):
+        return [replies[i] for i in self.rng.permutation(len(replies))] if self.shuffle else replies
+
     def send_and_receive(self, messages, timeout):
-        replies = []
-        for message in messages:
-            node = message.metadata.dst_node_id
-            x = {k: v.numpy() for k, v in message.content["arrays"].items()}
-            kind = self.behaviour[node]
-            if kind == "silent":
-                continue
-            if kind == "error":
-                replies.append(error_reply(node))
-                continue
-            # Deterministic per node, like a seeded client.
-            y = {k: v - 0.01 * (node + 1) * np.cos(np.arange(v.size).reshape(v.shape) * node).astype(v.dtype)
-                 for k, v in x.items()}
-            if kind == "nan":
-                y["w"][0, 0] = np.nan
-            examples = 10 * node
-            if kind in ("huge", "many"):
-                y = {k: v + 100.0 for k, v in x.items()}
-                examples = 10**15 if kind == "huge" else 50 * 10 * max(self.behaviour)
-            reply = train_reply(node, y, examples)
-            partition = int(kind.removeprefix("claims-")) if kind.startswith("claims-") else node
-            if kind != "undeclared":
-                reply.content[NODE_RECORD] = ConfigRecord(
-                    {"partition-id": partition, "num-partitions": self.num_partitions})
-            replies.append(reply)
-        if self.shuffle:
-            replies = [replies[i] for i in self.rng.permutation(len(replies))]
-        return replies
+        replies = [self.reply(m, f"instruction-{i}") for i, m in enumerate(messages)]
+        return self._arrival_order([r for r in replies if r is not None])
+
+    def push_messages(self, messages):
+        ids = [f"pushed-{len(self.waiting) + i}" for i, _ in enumerate(messages)]
+        for message_id, message in zip(ids, messages):
+            reply = self.reply(message, message_id)
+            if reply is not None:
+                self.waiting[message_id] = reply
+        return ids
+
+    def pull_messages(self, message_ids):
+        self.pulls += 1
+        return self._arrival_order([self.waiting.pop(i) for i in message_ids if i in self.waiting])
 
 
 def initial():
@@ -66,13 +84,17 @@ def initial():
     return global_record({"w": rng.normal(size=(3, 4)).astype(np.float32), "b": np.zeros(4, np.float32)})
 
 
-def test_faults_are_counted_and_never_reach_the_model():
+@pytest.mark.parametrize("poll_interval", [None, 0.05])  # Flower's send_and_receive, or the loop's own polling
+def test_faults_are_counted_and_never_reach_the_model(poll_interval):
     set_task_identity()
     grid = ScriptedGrid({1: "ok", 2: "ok", 3: "error", 4: "nan", 5: "silent"}, np.random.default_rng(1))
-    loop = RoundLoop(FedGMA(min_train_nodes=1, min_available_nodes=1), grid, timeout=5)
+    loop = RoundLoop(FedGMA(min_train_nodes=1, min_available_nodes=1), grid, timeout=0.3,
+                     poll_interval=poll_interval)
     arrays, outcome = loop.train_round(1, initial())
     assert (outcome.sent, outcome.failed, outcome.timed_out, outcome.dropped, outcome.used) == (5, 1, 1, 1, 2)
     assert outcome.model_updated and "non-finite" in outcome.drop_reasons[0]
+    if poll_interval is not None:  # the silent node is waited for until the timeout, then given up
+        assert grid.pulls >= 2 and 0.3 <= outcome.train_wait_seconds < 1.0
     clean = ScriptedGrid({1: "ok", 2: "ok"}, np.random.default_rng(1))
     expected, _ = RoundLoop(FedGMA(min_train_nodes=1, min_available_nodes=1), clean, timeout=5).train_round(
         1, initial())
@@ -83,7 +105,7 @@ def test_faults_are_counted_and_never_reach_the_model():
 def test_too_few_replies_keep_the_model():
     set_task_identity()
     grid = ScriptedGrid({1: "ok", 2: "error", 3: "silent"}, np.random.default_rng(1))
-    loop = RoundLoop(FedGMA(min_train_nodes=1, min_available_nodes=1), grid, timeout=5, min_train_replies=2)
+    loop = RoundLoop(FedGMA(min_train_nodes=1, min_available_nodes=1), grid, timeout=0.2, min_train_replies=2)
     start = initial()
     arrays, outcome = loop.train_round(1, start)
     assert arrays is start and not outcome.model_updated and outcome.used == 1

@@ -60,10 +60,13 @@ def train(msg: Message, context: Context) -> Message:
     """Train from the received global weights; reply with the new weights.
 
     Besides the loss, the reply's metrics time the message's parts (seconds):
+    ``pull-wait-seconds`` (from the instruction's creation on the server to this
+    ClientApp's start; across machines, as exact as their clocks agree),
     ``setup-seconds`` (settings, partition, model), ``train-seconds`` and, in
     deployment, ``clientapp-start-seconds``.
     """
     started = clientapp_start_seconds()
+    pull_wait = time.time() - (started or 0.0) - msg.metadata.created_at
     setup_start = time.perf_counter()
     config, node, data, model = _setup(msg, context)
     train_start = time.perf_counter()
@@ -82,6 +85,7 @@ def train(msg: Message, context: Context) -> Message:
     metrics = {
         "train-loss": loss,
         "num-examples": len(data),
+        "pull-wait-seconds": max(pull_wait, 0.0),
         "setup-seconds": train_start - setup_start,
         "train-seconds": time.perf_counter() - train_start,
     }

@@ -40,13 +40,19 @@ METRIC_COLUMNS = (
     "client-eval-loss",
     "client-eval-accuracy",
     # Where a round's time goes (seconds). Server: waiting for the training replies,
-    # aggregation, waiting for client evaluation replies, central evaluation.
+    # aggregation, waiting for client evaluation replies, central evaluation; of each
+    # wait, the part after the newest reply was made (its upload and the server's polling).
     "train-wait-seconds",
+    "train-reply-lag-seconds",
     "aggregate-seconds",
     "client-eval-wait-seconds",
+    "client-eval-reply-lag-seconds",
     "central-eval-seconds",
-    # Clients (mean over the used replies): ClientApp process start-up (deployment
-    # only), settings + partition + model, local training.
+    # Clients (mean over the used replies): from the instruction's creation to the
+    # ClientApp starting (deployed: the SuperNode's pull and the SuperExec's launch;
+    # simulated: waiting for a worker), ClientApp process start-up (deployment only),
+    # settings + partition + model, local training.
+    "pull-wait-seconds",
     "clientapp-start-seconds",
     "setup-seconds",
     "train-seconds",

@@ -153,6 +153,7 @@ def main(grid: Grid, context: Context) -> None:
         min_train_replies=config.min_train_replies,
         seed=config.seed,
         num_partitions=config.partitions_bound,
+        poll_interval=config.poll_interval,
         **config.reply_bounds,
     )
     final = loop.run_checkpointed(arrays, config.num_server_rounds, run_dir,

@@ -1,19 +1,37 @@
 """The reusable round loop: checked replies, timeouts, minimum replies, deterministic order,
 checkpoint and resume, for any Flower ServerApp. Needs flwr and NumPy only.
+
+Names are imported on first use: a ClientApp that needs only ``NODE_RECORD`` does not
+pay for the loop and the strategy at every start-up (one process per message).
 """
 
-from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, resume_point
-from .partitions import NODE_RECORD
-from .rounds import RoundLoop, RoundOutcome
-from .run_folder import RunFolder
+from __future__ import annotations
 
-__all__ = [
-    "NODE_RECORD",
-    "Checkpoint",
-    "CheckpointError",
-    "RoundLoop",
-    "RoundOutcome",
-    "RunFolder",
-    "load_checkpoint",
-    "resume_point",
-]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, resume_point
+    from .partitions import NODE_RECORD
+    from .rounds import RoundLoop, RoundOutcome
+    from .run_folder import RunFolder
+
+_MODULE_OF = {
+    "Checkpoint": "checkpoint",
+    "CheckpointError": "checkpoint",
+    "load_checkpoint": "checkpoint",
+    "resume_point": "checkpoint",
+    "NODE_RECORD": "partitions",
+    "RoundLoop": "rounds",
+    "RoundOutcome": "rounds",
+    "RunFolder": "run_folder",
+}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value

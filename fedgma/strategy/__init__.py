@@ -1,41 +1,50 @@
-"""The FedGMA strategy, its mask math and the checks a training reply must pass."""
+"""The FedGMA strategy, its mask math and the checks a training reply must pass.
 
-from .fedgma import FedGMA
-from .fedgma_adam import FedGMAAdam
-from .masking import (
-    DEFAULT_TAU,
-    VARIANTS,
-    MaskedAggregator,
-    MaskStats,
-    agreement_score,
-    apply_mask_rule,
-    mask_from_agreement,
-    server_update,
-)
-from .validation import (
-    DEFAULT_MAX_WEIGHT_RATIO,
-    CheckedReplies,
-    InvalidReply,
-    ReplyBounds,
-    check_replies,
-    decode_reply,
-)
+Names are imported on first use (see ``fedgma.loop``): the ClientApp reads only
+``DEFAULT_TAU`` and should not load the strategies to get it.
+"""
 
-__all__ = [
-    "DEFAULT_MAX_WEIGHT_RATIO",
-    "DEFAULT_TAU",
-    "VARIANTS",
-    "CheckedReplies",
-    "FedGMA",
-    "FedGMAAdam",
-    "InvalidReply",
-    "MaskStats",
-    "MaskedAggregator",
-    "ReplyBounds",
-    "agreement_score",
-    "apply_mask_rule",
-    "check_replies",
-    "decode_reply",
-    "mask_from_agreement",
-    "server_update",
-]
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .fedgma import FedGMA
+    from .fedgma_adam import FedGMAAdam
+    from .masking import (
+        DEFAULT_TAU,
+        VARIANTS,
+        MaskedAggregator,
+        MaskStats,
+        agreement_score,
+        apply_mask_rule,
+        mask_from_agreement,
+        server_update,
+    )
+    from .validation import (
+        DEFAULT_MAX_WEIGHT_RATIO,
+        CheckedReplies,
+        InvalidReply,
+        ReplyBounds,
+        check_replies,
+        decode_reply,
+    )
+
+_MODULE_OF = {
+    "FedGMA": "fedgma",
+    "FedGMAAdam": "fedgma_adam",
+    **dict.fromkeys(("DEFAULT_TAU", "VARIANTS", "MaskedAggregator", "MaskStats", "agreement_score",
+                     "apply_mask_rule", "mask_from_agreement", "server_update"), "masking"),
+    **dict.fromkeys(("DEFAULT_MAX_WEIGHT_RATIO", "CheckedReplies", "InvalidReply", "ReplyBounds",
+                     "check_replies", "decode_reply"), "validation"),
+}
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
+    globals()[name] = value
+    return value

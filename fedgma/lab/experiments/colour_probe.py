@@ -11,20 +11,22 @@ report reads it without the model (weights are not committed).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, fields
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedgma.app.config import DataSource, RunConfig
+from fedgma.app.config import DataSource, RunConfig, parse_run_config
 from fedgma.app.task.base_data import load_base_images
 from fedgma.app.task.coloring import TRAIN_BACKGROUND, TRAIN_FOREGROUND, paint
 from fedgma.app.task.data import load_test_set
 from fedgma.app.task.model import build_model
 from fedgma.loop.atomic import atomic_write
 from fedgma.loop.run_folder import RunFolder
+
+from ..project import app_defaults
 
 PROBE_FILE = "colour_probe.json"
 NUM_CLASSES = 10
@@ -65,7 +67,8 @@ def shape_or_colour(model: nn.Module, probe: SwappedColours, batch_size: int = 5
 
 def _run_config(run_dir: Path) -> RunConfig:
     saved = json.loads(RunFolder(run_dir).config.read_text())
-    return RunConfig(**{f.name: saved[f.name] for f in fields(RunConfig)})
+    defaults = asdict(parse_run_config(app_defaults()))  # a setting added after the run had its default then
+    return RunConfig(**{f.name: saved.get(f.name, defaults[f.name]) for f in fields(RunConfig)})
 
 
 def probe_run(run_dir: Path, source: DataSource) -> dict[str, object]:

@@ -1,0 +1,96 @@
+"""Send one round's messages and collect the replies, polling the grid at a short interval.
+
+Flower's ``Grid.send_and_receive`` does the same, but in deployment (``HttpGrid``,
+Flower 1.39) it sleeps 3 s between pulls: a round whose last reply lands just after
+a pull waits up to 3 s more for nothing, twice when clients also evaluate.
+:func:`exchange` pushes the messages and pulls every ``poll_interval`` seconds instead,
+with Flower's semantics otherwise: replies come back in the order they were pulled,
+error replies included; the wait ends when every pushed message has its reply or at
+``timeout``, whichever is first; a message without a reply by then is simply
+missing from the result.
+
+``poll_interval=None`` leaves the wait to the grid's own ``send_and_receive``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from logging import WARNING
+
+from flwr.app import Message
+from flwr.serverapp import Grid
+from flwr.supercore import log
+
+__all__ = ["Exchange", "exchange"]
+
+
+@dataclass
+class Exchange:
+    """The replies to one batch of messages, and how long they took.
+
+    Attributes
+    ----------
+    replies : list[Message]
+        In the order they were pulled (error replies included).
+    wait_seconds : float
+        From the push to the last reply (or to the timeout).
+    last_reply_lag : float | None
+        Seconds from the creation of the newest reply (its ``created_at``, stamped by
+        the node that made it) to the moment the server held it: the node's upload and
+        the server's polling. Clocks of other machines make this as good as their
+        synchronisation; None without replies.
+    pulls : int
+        Pull requests made (0 when the grid's ``send_and_receive`` did the waiting).
+    """
+
+    replies: list[Message]
+    wait_seconds: float
+    last_reply_lag: float | None
+    pulls: int
+
+
+def _lag(replies: list[Message], received_at: float) -> float | None:
+    created = [m.metadata.created_at for m in replies if m.metadata.created_at > 0]
+    return max(received_at - max(created), 0.0) if created else None
+
+
+def exchange(grid: Grid, messages: Iterable[Message], timeout: float,
+             poll_interval: float | None = 0.1) -> Exchange:
+    """Push ``messages`` and pull their replies every ``poll_interval`` seconds until all
+    are in or ``timeout`` seconds have passed (see the module docstring)."""
+    messages = list(messages)
+    started = time.monotonic()
+    if poll_interval is None:
+        replies = list(grid.send_and_receive(messages=messages, timeout=timeout))
+        return Exchange(replies, time.monotonic() - started, _lag(replies, time.time()), 0)
+    if poll_interval <= 0:
+        raise ValueError(f"poll_interval must be > 0 seconds (or None), got {poll_interval!r}")
+    pushed = list(grid.push_messages(messages))
+    pending = {message_id for message_id in pushed if message_id}
+    if len(pending) < len(messages):
+        log(WARNING, "%s of %s messages could not be pushed to the SuperLink", len(messages) - len(pending),
+            len(messages))
+    deadline = started + timeout
+    replies: list[Message] = []
+    pulls = 0
+    newest_at = 0.0  # when the newest reply (by its creation) was pulled, wall clock
+    newest_created = 0.0
+    while pending:
+        pulled = list(grid.pull_messages(sorted(pending)))
+        pulls += 1
+        now = time.time()
+        for reply in pulled:
+            if reply.metadata.reply_to_message_id not in pending:
+                continue  # not ours, or a second reply to one message: Flower keeps only the first too
+            pending.discard(reply.metadata.reply_to_message_id)
+            replies.append(reply)
+            if reply.metadata.created_at >= newest_created:
+                newest_created, newest_at = reply.metadata.created_at, now
+        remaining = deadline - time.monotonic()
+        if not pending or remaining <= 0:
+            break
+        time.sleep(min(poll_interval, remaining))
+    lag = max(newest_at - newest_created, 0.0) if newest_created > 0 else None
+    return Exchange(replies, time.monotonic() - started, lag, pulls)
