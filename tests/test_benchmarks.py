@@ -6,28 +6,55 @@ import time
 
 import pytest
 
-from fedgma.lab.benchmarks import TreeMemory, deployment_breakdown, ratio_interval, replace_block, target_lines
+from fedgma.lab import round_latency
+from fedgma.lab.benchmarks import TreeMemory, ratio_interval, replace_block, target_lines
 
 
-def test_deployment_breakdown_splits_the_round_and_sums_to_it():
+def test_round_parts_split_the_round_and_sum_to_it():
     rows = [
-        {"round-seconds": "20", "train-wait-seconds": "16", "clientapp-start-seconds": "4",
-         "setup-seconds": "1", "train-seconds": "6", "aggregate-seconds": "0.5",
-         "central-eval-seconds": "2"},
-        {"round-seconds": "30", "train-wait-seconds": "24", "clientapp-start-seconds": "6",
-         "setup-seconds": "1", "train-seconds": "10", "aggregate-seconds": "0.5",
-         "central-eval-seconds": "2"},
+        {"round-seconds": "20", "train-wait-seconds": "12", "train-reply-lag-seconds": "1",
+         "pull-wait-seconds": "2", "clientapp-start-seconds": "3", "setup-seconds": "0.5", "train-seconds": "4.5",
+         "aggregate-seconds": "0.5", "client-eval-wait-seconds": "6", "client-eval-reply-lag-seconds": "0.5",
+         "central-eval-seconds": "1"},
+        {"round-seconds": "30", "train-wait-seconds": "16", "train-reply-lag-seconds": "3",
+         "pull-wait-seconds": "2", "clientapp-start-seconds": "5", "setup-seconds": "0.5", "train-seconds": "4.5",
+         "aggregate-seconds": "0.5", "client-eval-wait-seconds": "10", "client-eval-reply-lag-seconds": "1.5",
+         "central-eval-seconds": "1"},
     ]
-    lines = deployment_breakdown(rows)
-    cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[1:] for line in lines}
-    # Means: round 25, wait 20, start 5, setup 1, train 8 -> Flower 6; aggregation 0.5, eval 2 -> other 2.5.
-    assert cells["ClientApp process start-up"] == ["5.00", "20 % |"]
-    assert cells["local training"] == ["8.00", "32 % |"]
-    assert cells["Flower: polling and transport (the rest of the wait)"] == ["6.00", "24 % |"]
-    assert cells["other (client evaluation, checkpoint, logging)"] == ["2.50", "10 % |"]
-    assert cells["**round** (2 rounds, mean)"] == ["**25.00**", "100 % |"]
-    shares = [float(v[0]) for k, v in cells.items() if not k.startswith("**")]
-    assert sum(shares) == pytest.approx(25.0)
+    parts = round_latency.round_parts(rows)
+    # Means: round 25, train wait 14 = pull 2 + start 4 + work 5 + lag 2 + rest 1; eval 8 = 7 + 1; other 1.5.
+    by_key = dict(zip([label for label, _ in round_latency.PARTS], parts.values()))
+    assert list(by_key.values()) == pytest.approx([2, 4, 5, 2, 1, 0.5, 7, 1, 1, 1.5])
+    assert parts["round"] == 25 and sum(by_key.values()) == pytest.approx(25)
+    # Simulation: no ClientApp process start (empty cells) and nothing missing.
+    simulated = [{**rows[0], "clientapp-start-seconds": ""}]
+    assert round_latency.round_parts(simulated)[round_latency.PARTS[1][0]] == 0.0
+
+
+def test_the_latency_table_gives_shares_ratios_and_the_superlink_cpu():
+    def measured(round_s, cpu=None):
+        parts = {label: round_s / len(round_latency.PARTS) for label, _ in round_latency.PARTS}
+        return round_latency.Measured({**parts, "round": round_s}, 10, cpu)
+
+    results = {("simulated", "before"): measured(2.0), ("simulated", "after"): measured(2.0),
+               ("deployed", "before"): measured(20.0, 0.055), ("deployed", "after"): measured(16.0, 0.08)}
+    lines = round_latency.table(results, idle_cpu=0.037)
+    assert lines[0].count("|") == 7 and "deployed, after" in lines[0]
+    assert lines[2].endswith("| 0.20 s (10 %) | 0.20 s (10 %) | 2.00 s (10 %) | 1.60 s (10 %) |")
+    text = "\n".join(lines)
+    assert "before: deployed / simulated round time **10.00**" in text and "5.5 % of one core" in text
+    assert "after: deployed / simulated round time **8.00**" in text and "8.0 % of one core" in text
+    assert "connected: 3.7 %" in text and "after / before: **0.80** (+4.00 s per round)" in text
+
+
+def test_process_cpu_seconds_counts_this_process():
+    import os
+
+    before = round_latency.process_cpu_seconds(os.getpid())
+    deadline = time.process_time() + 0.3
+    while time.process_time() < deadline:
+        pass
+    assert round_latency.process_cpu_seconds(os.getpid()) - before >= 0.2
 
 
 def test_ratio_interval_brackets_the_ratio_of_means_and_is_reproducible():
@@ -79,10 +106,3 @@ def test_targets_name_the_worst_case_and_say_missed():
     assert "FedGMA ws 1.100" in rows["extra memory flat in K"] and rows["extra memory flat in K"].endswith("**missed** |")
     assert rows["round time FedGMA / FedAvg <= 1.02"].endswith("| met |")
     assert rows["bytes per client per round, ratio 1.00"].endswith("| met |")
-
-
-def test_cpu_busy_share_is_busy_over_total_jiffies():
-    from fedgma.lab.benchmarks import cpu_busy_share
-
-    assert cpu_busy_share((100, 1000), (250, 1200)) == pytest.approx(0.75)
-    assert cpu_busy_share((5, 10), (5, 10)) == 0.0

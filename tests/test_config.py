@@ -1,8 +1,9 @@
 """Run and node settings are validated once, with messages that name the key."""
 
-import pytest
-
 from pathlib import Path
+
+import pytest
+from run_settings import DEFAULTS, settings
 
 from fedgma.app.config import (
     ConfigError,
@@ -13,7 +14,6 @@ from fedgma.app.config import (
     parse_run_config,
     run_path,
 )
-from run_settings import DEFAULTS, settings
 
 
 def test_defaults_are_valid():
@@ -42,6 +42,8 @@ def test_defaults_are_valid():
         ({"tua": 0.5}, "tua"),
         ({"max-weight-ratio": 0.5}, "max-weight-ratio"),
         ({"num-partitions": -1}, "num-partitions"),
+        ({"reply-poll-interval": -0.1}, "reply-poll-interval"),
+        ({"reply-poll-interval": 120}, "reply-poll-interval"),
         # Where data lives and whether it may be downloaded is each host's setting, not the run's.
         ({"data-dir": "/etc"}, "data-dir"),
         ({"download": True}, "download"),
@@ -50,6 +52,13 @@ def test_defaults_are_valid():
 def test_bad_values_name_their_key(override, key):
     with pytest.raises(ConfigError, match=key):
         parse_run_config({**DEFAULTS, **override})
+
+
+def test_a_poll_interval_of_zero_leaves_the_wait_to_flowers_grid():
+    assert parse_run_config({**DEFAULTS, "reply-poll-interval": 0}).poll_interval is None
+    assert parse_run_config({**DEFAULTS, "reply-poll-interval": 0.25}).poll_interval == 0.25
+    # Not a result setting: a run may resume with another interval.
+    assert "reply-poll-interval" not in parse_run_config(DEFAULTS).result_settings()
 
 
 def test_missing_key_is_named():

@@ -71,6 +71,12 @@ def test_fedgma_run_over_grpc_fleet_api(tmp_path, host_settings):
         client = sum(float(row[k]) for k in ("clientapp-start-seconds", "setup-seconds", "train-seconds"))
         assert float(row["clientapp-start-seconds"]) > 0 and float(row["train-seconds"]) > 0
         assert client < float(row["train-wait-seconds"]) < float(row["round-seconds"])
+        # Before the ClientApp started, the instruction waited for the SuperNode's pull (every 3 s);
+        # after the newest reply was made, for its upload and the server's pull. The mean client's
+        # path and that lag fit in the server's wait (clocks are one machine's here).
+        pull_wait, lag = float(row["pull-wait-seconds"]), float(row["train-reply-lag-seconds"])
+        assert 0 < pull_wait and 0 <= lag
+        assert pull_wait + client + lag < float(row["train-wait-seconds"]) + 0.1
     assert (out / "e2e-deployment" / "final_model.pt").is_file()
 
 

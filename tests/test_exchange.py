@@ -133,3 +133,28 @@ def test_no_replies_and_a_bad_interval():
     assert got.replies == [] and got.last_reply_lag is None
     with pytest.raises(ValueError, match="poll_interval"):
         exchange(TimedGrid({1: 0.0}), instructions([1]), timeout=1, poll_interval=0)
+
+
+def pull_objects(*, initial_backoff=1.0):
+    """Stands in for Flower's: the grid below looks it up in its module when it pulls, as HttpGrid does."""
+    return initial_backoff
+
+
+class ObjectGrid(TimedGrid):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.backoffs = []
+
+    def pull_messages(self, message_ids):
+        self.backoffs.append(pull_objects())
+        return super().pull_messages(message_ids)
+
+
+def test_objects_still_uploading_are_retried_at_the_poll_interval_only_while_pulling():
+    grid = ObjectGrid({1: 0.05})
+    exchange(grid, instructions([1]), timeout=5, poll_interval=0.02)
+    assert grid.backoffs and set(grid.backoffs) == {0.02}
+    assert pull_objects() == 1.0  # Flower's own retry delay is back
+    flower = ObjectGrid({1: 0.05})
+    exchange(flower, instructions([1]), timeout=5, poll_interval=None)
+    assert set(flower.backoffs) == {1.0}

@@ -3,6 +3,7 @@ tooling (fedgma.lab), imports pointing one way; the library needs neither torch 
 the app bundle Flower sends to SuperNodes holds the library and the app only."""
 
 import ast
+import importlib
 import subprocess
 import sys
 import zipfile
@@ -66,6 +67,42 @@ def test_the_library_imports_without_torch_or_the_app():
     )
     result = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0 and result.stdout.strip() == "ok", result.stderr
+
+
+def test_the_client_app_imports_only_what_training_from_the_cached_partition_needs():
+    """A ClientApp process starts per message: what it imports of ours is paid every time."""
+    check = (
+        "import sys\n"
+        "import fedgma.app.client_app\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith('fedgma'))\n"
+        "extra = [m for m in ('torchvision', 'flwr_datasets', 'datasets', 'matplotlib') if m in sys.modules]\n"
+        "print(' '.join(loaded)); print(' '.join(extra) or '-')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    loaded, extra = result.stdout.strip().splitlines()
+    loaded = set(loaded.split())
+    assert extra == "-"
+    # Of the library: the partition record's name, the mask's default tau, atomic writes; not the loop or strategies.
+    assert {m for m in loaded if not m.startswith("fedgma.app")} == {
+        "fedgma", "fedgma.loop", "fedgma.loop.partitions", "fedgma.loop.atomic", "fedgma.strategy",
+        "fedgma.strategy.masking"}
+    assert not any(m.startswith(("fedgma.lab", "fedgma.app.server_app", "fedgma.app.outputs")) for m in loaded)
+
+
+@pytest.mark.parametrize("package", ["fedgma.loop", "fedgma.strategy"])
+def test_lazy_package_names_agree_and_resolve(package):
+    """The library's packages import their names on first use: the name -> module map, ``__all__``
+    and the imports type checkers read must list the same names, each the module's own object."""
+    module = importlib.import_module(package)
+    tree = ast.parse(Path(module.__file__).read_text())
+    typed = {alias.name for node in ast.walk(tree) if isinstance(node, ast.If)
+             for stmt in node.body if isinstance(stmt, ast.ImportFrom) for alias in stmt.names}
+    assert set(module.__all__) == set(module._MODULE_OF) == typed
+    for name, where in module._MODULE_OF.items():
+        assert getattr(module, name) is getattr(importlib.import_module(f"{package}.{where}"), name)
+    with pytest.raises(AttributeError, match="no attribute 'missing'"):
+        module.missing  # noqa: B018
 
 
 def build_fab(files: list[str], where: Path) -> set[str]:

@@ -8,7 +8,10 @@ Measured in one process, side by side, on identical replies:
   as a share of a plain NumPy copy's read bandwidth on the same machine;
 - peak extra memory of one aggregation (tracemalloc), as a function of K;
 - payload bytes a client receives per round (ratio FedGMA / FedAvg);
-- seconds per round of FedGMA and FedAvg in the same simulation settings (not with ``--quick``).
+- seconds per round of FedGMA and FedAvg in the same simulation settings (not with ``--quick``);
+- what our client app imports beyond flwr and torch, now and before (``imports``);
+- where a round's time goes, deployed and simulated, before and after the round loop polled
+  for replies itself (``deployment``, :mod:`fedgma.lab.round_latency`).
 
 Writes the tables to ``docs/benchmarks.md`` (between markers) and prints them.
 """
@@ -31,7 +34,8 @@ from flwr.serverapp.strategy import FedAvg
 from fedgma.loop.run_folder import RunFolder
 from fedgma.strategy import FedGMA
 
-from .project import APP_DIR
+from . import round_latency
+from .project import APP_DIR, app_defaults
 
 SHARES = (0.5, 0.3, 0.15, 0.05)  # a model of four arrays
 DISTINCT_REPLIES = 10  # replies cycle through this many distinct weight sets (all larger than the caches)
@@ -200,11 +204,6 @@ def _metrics_rows(path: Path, first_round: int) -> list[dict[str, str]]:
     return [r for r in read_rows(path) if int(r["round"]) >= first_round]
 
 
-def _mean(rows: list[dict[str, str]], key: str) -> float:
-    values = [float(r[key]) for r in rows if r.get(key)]
-    return statistics.fmean(values) if values else 0.0
-
-
 def ratio_interval(values: list[float], base: list[float], draws: int = 2000) -> tuple[float, float]:
     """95 % bootstrap interval of ``mean(values) / mean(base)`` (seeded, so reproducible)."""
     rng = np.random.default_rng(0)
@@ -326,41 +325,6 @@ def simulation_scale(clients: int = 1000, sampled: int = 100, rounds: int = 3) -
     return lines
 
 
-BREAKDOWN = (
-    ("ClientApp process start-up", "clientapp-start-seconds"),
-    ("settings, partition, model", "setup-seconds"),
-    ("local training", "train-seconds"),
-)
-
-
-def deployment_rounds(supernodes: int = 20, rounds: int = 4) -> list[str]:
-    """FedGMA ws deployed on loopback with ``supernodes`` SuperNode processes: where a round's time goes."""
-    import tempfile
-
-    from .launch import HostSettings, LocalDeployment
-
-    config = {"num-server-rounds": rounds, "strategy": "fedgma", "variant": "ws", "min-nodes": supernodes,
-              "num-partitions": supernodes, "train-images": 500 * supernodes, "test-images": 2000,
-              "partitioning": "iid", "run-name": "deployed"}
-    with tempfile.TemporaryDirectory() as tmp:
-        deployment = LocalDeployment(Path(tmp) / "deployment", supernodes,
-                                     settings=HostSettings(output_root=Path(tmp), download=False))
-        # 20 "machines" share 2 cores here: one torch thread per ClientApp, as Flower's
-        # simulation gives each client (2 threads each thrashed: 80 s of training per client).
-        deployment.env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
-        with deployment:
-            deployment.wait_for_supernodes(timeout=300)
-            cpu_before = cpu_times()
-            run_id = deployment.cli.submit(APP_DIR, config)
-            outcome = deployment.cli.wait(run_id, timeout=3600)
-            busy = cpu_busy_share(cpu_before, cpu_times())
-        if not outcome.completed:
-            raise RuntimeError(f"deployment run ended {outcome.status}: {outcome.details}")
-        rows = _metrics_rows(RunFolder(Path(tmp) / "deployed").metrics, 2)  # round 1 builds the partitions
-    return [*deployment_breakdown(rows), "",
-            f"The machine's cores were busy {100 * busy:.0f} % of the run's wall time (all processes, /proc/stat)."]
-
-
 def send_raw(address: str, nbytes: int, timeout: float = 60.0) -> str:
     """Send one unauthenticated gRPC message of ``nbytes`` to the Fleet API; the status code's name."""
     import grpc
@@ -424,42 +388,6 @@ def fleet_messages(sizes_mb: tuple[int, ...] = (10, 100, 300)) -> list[str]:
     return lines
 
 
-def cpu_times() -> tuple[int, int]:
-    """(busy, total) jiffies of all cores since boot, from ``/proc/stat``."""
-    fields = [int(v) for v in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    idle = fields[3] + fields[4]  # idle + iowait
-    return sum(fields) - idle, sum(fields)
-
-
-def cpu_busy_share(before: tuple[int, int], after: tuple[int, int]) -> float:
-    """Share of the cores' time spent busy between two :func:`cpu_times` readings."""
-    total = after[1] - before[1]
-    return (after[0] - before[0]) / total if total else 0.0
-
-
-def deployment_breakdown(rows: list[dict[str, str]]) -> list[str]:
-    """A table of where a deployed round's seconds go, from the rows of ``metrics.csv``.
-
-    The server times its wait for the training replies, the aggregation and the
-    central evaluation; the clients time their process start-up, set-up and
-    training (means over clients). What the wait holds beyond the clients' own
-    work is Flower's: polling intervals (SuperNode, SuperExec, the ServerApp's
-    grid) and message transport.
-    """
-    round_s = _mean(rows, "round-seconds")
-    wait = _mean(rows, "train-wait-seconds")
-    parts = [(label, _mean(rows, key)) for label, key in BREAKDOWN]
-    flower = wait - sum(seconds for _, seconds in parts)
-    server = [("aggregation (FedGMA)", _mean(rows, "aggregate-seconds")),
-              ("central evaluation (2 x 2,000 images)", _mean(rows, "central-eval-seconds"))]
-    other = round_s - wait - sum(seconds for _, seconds in server)
-    table = [*parts, ("Flower: polling and transport (the rest of the wait)", flower), *server,
-             ("other (client evaluation, checkpoint, logging)", other)]
-    lines = [f"| {label} | {seconds:.2f} | {100 * seconds / round_s:.0f} % |" for label, seconds in table]
-    lines.append(f"| **round** ({len(rows)} rounds, mean) | **{round_s:.2f}** | 100 % |")
-    return lines
-
-
 def machine() -> str:
     cpu = "unknown CPU"
     try:
@@ -503,8 +431,10 @@ def target_lines(times: list[dict], peaks: dict[str, list[float]], payload: dict
     ]
 
 
-PARTS = ("aggregation", "memory", "payload", "rounds", "scale", "deployment", "fleet")
-QUICK_PARTS = ("aggregation", "memory", "payload")
+PARTS = ("aggregation", "memory", "payload", "rounds", "scale", "imports", "deployment", "fleet")
+QUICK_PARTS = ("aggregation", "memory", "payload", "imports")
+# The last commit before the round loop polled for replies itself and the library packages imported lazily.
+BEFORE_ROUND_LATENCY = "35abdab"
 
 
 def _keep(figures: dict, key: str, result: tuple[list[str], object]) -> list[str]:
@@ -524,7 +454,11 @@ def replace_block(text: str, name: str, block: str) -> str:
     return f"{head}{begin}\n{block}{end}{tail}"
 
 
-def main(output: Path | None, quick: bool = False, parts: tuple[str, ...] | None = None) -> int:
+README_BLOCKS = ("imports", "deployment")  # also shown in the README, where it has their markers
+
+
+def main(output: Path | None, quick: bool = False, parts: tuple[str, ...] | None = None,
+         readme: Path | None = None) -> int:
     import logging
 
     logging.getLogger("flwr").setLevel(logging.WARNING)  # Flower logs every sampling and aggregation
@@ -570,12 +504,19 @@ def main(output: Path | None, quick: bool = False, parts: tuple[str, ...] | None
                         "| round | replies | round s | waiting for replies s | aggregation s | central eval s "
                         "| client set-up s (mean) | client training s (mean) |",
                         "|---|---|---|---|---|---|---|---|"], simulation_scale(), time.perf_counter() - started)
+        elif part == "imports":
+            emit(part, ["**What a ClientApp process imports** (median of 7 fresh interpreters: flwr's ClientApp API "
+                        "and torch, then our client app on top; the target is at most 0.1 s on top):", ""],
+                 round_latency.import_table(BEFORE_ROUND_LATENCY), time.perf_counter() - started)
         elif part == "deployment":
-            emit(part, ["**A deployed round on loopback**: SuperLink + 20 `flower-supernode` processes over "
-                        "gRPC, FedGMA ws, 500 images x 3 local epochs per client, one torch thread per ClientApp, "
-                        "rounds 2-4 (round 1 also builds each client's partition cache):", "",
-                        "| part of the round | seconds | share |", "|---|---|---|"],
-                 deployment_rounds(), time.perf_counter() - started)
+            emit(part, ["**Where a round's time goes, deployed and simulated**: FedGMA ws, 3 clients x 500 images "
+                        "x 3 local epochs, client evaluation on, one torch thread per ClientApp; deployed: "
+                        "`fedgma-superlink` + 3 `flower-supernode` processes over gRPC on loopback; simulated: "
+                        "Flower's simulation runtime; 2 runs of each, before and after alternating, rounds 2-6 of "
+                        "each run (round 1 also builds the partition caches). *before*: the round loop waits "
+                        "through Flower's `Grid.send_and_receive` (`reply-poll-interval = 0`); *after*: it polls every "
+                        f"{app_defaults()['reply-poll-interval']} s (the default). Seconds (share of the round):", ""],
+                 round_latency.table(*round_latency.measure()), time.perf_counter() - started)
         elif part == "fleet":
             emit(part, ["**One unauthenticated message to the Fleet API** (gRPC, no TLS, loopback; sizes in "
                         "order, one SuperLink per launcher; memory is the SuperLink process's resident set, "
@@ -592,4 +533,11 @@ def main(output: Path | None, quick: bool = False, parts: tuple[str, ...] | None
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(text)
         print(f"written to {output}")
+    if readme is not None:
+        text = readme.read_text()
+        shown = [name for name in README_BLOCKS if name in blocks and f"<!-- bench:{name}:begin -->" in text]
+        for name in shown:
+            text = replace_block(text, name, "\n".join(blocks[name]) + "\n")
+        readme.write_text(text)
+        print(f"{', '.join(shown) or 'nothing'} written to {readme}")
     return 0

@@ -121,7 +121,8 @@ def _bench(args: argparse.Namespace) -> int:
     from .benchmarks import main as bench_main
 
     parts = tuple(p.strip() for p in args.parts.split(",")) if args.parts else None
-    return bench_main(None if args.no_write else args.output, quick=args.quick, parts=parts)
+    return bench_main(None if args.no_write else args.output, quick=args.quick, parts=parts,
+                      readme=None if args.no_write else args.readme)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -161,12 +162,17 @@ def main(argv: list[str] | None = None) -> int:
     toy.set_defaults(func=_toy)
 
     # key=value settings may also follow the options (argparse stops at them otherwise).
-    bench = commands.add_parser("bench", help="aggregation time, throughput and memory against FedAvg")
+    bench = commands.add_parser("bench", help="aggregation time, memory and payload against FedAvg; round "
+                                              "times simulated and deployed")
     bench.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     bench.add_argument("--no-write", action="store_true", help="print only")
-    bench.add_argument("--quick", action="store_true", help="aggregation, memory, payload; P = 1M, K in {10, 50}")
+    bench.add_argument("--readme", type=Path, help="also rewrite the imports and deployment tables of this README "
+                                                   "(where it has their markers)")
+    bench.add_argument("--quick", action="store_true",
+                       help="aggregation, memory, payload, imports; P = 1M, K in {10, 50}")
     bench.add_argument("--parts", help="comma-separated subset of: aggregation, memory, payload, rounds, "
-                                       "scale, deployment (default: all; only their tables are rewritten)")
+                                       "scale, imports, deployment, fleet (default: all; only their tables "
+                                       "are rewritten)")
     bench.set_defaults(func=_bench)
 
     args, extra = parser.parse_known_args(argv)

@@ -26,7 +26,16 @@ _MODULE_OF = {
     "RoundOutcome": "rounds",
     "RunFolder": "run_folder",
 }
-__all__ = sorted(_MODULE_OF)
+__all__ = [
+    "Checkpoint",
+    "CheckpointError",
+    "NODE_RECORD",
+    "RoundLoop",
+    "RoundOutcome",
+    "RunFolder",
+    "load_checkpoint",
+    "resume_point",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -9,13 +9,25 @@ error replies included; the wait ends when every pushed message has its reply or
 ``timeout``, whichever is first; a message without a reply by then is simply
 missing from the result.
 
+One more wait hides inside a pull. The SuperLink hands out a reply as soon as the node
+has announced it, while the node may still be uploading its arrays; Flower's grid then
+retries each missing array after 1 s, doubling (``pull_objects``, ``initial_backoff``).
+Polling every 3 s rarely catches a reply in that window; polling every 0.1 s catches
+most (measured: about 1 s added to the first training reply of a round). So while it
+pulls, :func:`exchange` has the grid retry after ``poll_interval`` instead, doubling
+as before (:func:`_object_retry`, for grids that pull objects this way: ``HttpGrid``,
+Flower 1.39 to 1.42).
+
 ``poll_interval=None`` leaves the wait to the grid's own ``send_and_receive``.
 """
 
 from __future__ import annotations
 
+import functools
+import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from logging import WARNING
 
@@ -23,7 +35,11 @@ from flwr.app import Message
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-__all__ = ["Exchange", "exchange"]
+__all__ = ["DEFAULT_POLL_INTERVAL", "Exchange", "exchange"]
+
+# Seconds between pulls. Each pull costs the SuperLink a request (measured: polling at 0.1 s
+# took about 6 % of one core, at 0.25 s about 3 %); a reply waits half an interval on average.
+DEFAULT_POLL_INTERVAL = 0.2
 
 
 @dataclass
@@ -51,13 +67,29 @@ class Exchange:
     pulls: int
 
 
+@contextmanager
+def _object_retry(grid: Grid, seconds: float) -> Iterator[None]:
+    """While inside, the grid's module retries an unavailable object after ``seconds``
+    (then doubling) instead of Flower's 1 s; grids without ``pull_objects`` are left as they are."""
+    module = sys.modules.get(type(grid).__module__)
+    pull_objects = getattr(module, "pull_objects", None)
+    if pull_objects is None:
+        yield
+        return
+    module.pull_objects = functools.partial(pull_objects, initial_backoff=seconds)  # type: ignore[union-attr]
+    try:
+        yield
+    finally:
+        module.pull_objects = pull_objects  # type: ignore[union-attr]
+
+
 def _lag(replies: list[Message], received_at: float) -> float | None:
     created = [m.metadata.created_at for m in replies if m.metadata.created_at > 0]
     return max(received_at - max(created), 0.0) if created else None
 
 
 def exchange(grid: Grid, messages: Iterable[Message], timeout: float,
-             poll_interval: float | None = 0.1) -> Exchange:
+             poll_interval: float | None = DEFAULT_POLL_INTERVAL) -> Exchange:
     """Push ``messages`` and pull their replies every ``poll_interval`` seconds until all
     are in or ``timeout`` seconds have passed (see the module docstring)."""
     messages = list(messages)
@@ -78,7 +110,8 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float,
     newest_at = 0.0  # when the newest reply (by its creation) was pulled, wall clock
     newest_created = 0.0
     while pending:
-        pulled = list(grid.pull_messages(sorted(pending)))
+        with _object_retry(grid, poll_interval):
+            pulled = list(grid.pull_messages(sorted(pending)))
         pulls += 1
         now = time.time()
         for reply in pulled:

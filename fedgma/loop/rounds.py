@@ -23,8 +23,8 @@ evaluate) and, around it, what Flower leaves to the app:
 - the round's parts are timed: waiting for training replies, aggregation,
   waiting for client evaluation replies, and, of each wait, the part after the
   newest reply was made (``fedgma.loop.exchange``);
-- replies are pulled every ``poll_interval`` seconds (0.1 by default) instead of
-  the 3 s of Flower's deployed grid.
+- replies are pulled every ``poll_interval`` seconds (0.2 by default) instead of
+  the 3 s of Flower's deployed grid (``fedgma.loop.exchange``).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ from .checkpoint import (
     save_checkpoint,
     strategy_state,
 )
-from .exchange import exchange
+from .exchange import DEFAULT_POLL_INTERVAL, exchange
 from .partitions import NODE_RECORD, PartitionClaims
 from .run_folder import RunFolder
 
@@ -162,7 +162,7 @@ class RoundLoop:
     max_update_norm: float | None = None
     max_weight_ratio: float | None = DEFAULT_MAX_WEIGHT_RATIO
     num_partitions: int | None = None
-    poll_interval: float | None = 0.1
+    poll_interval: float | None = DEFAULT_POLL_INTERVAL
 
     def __post_init__(self) -> None:
         self.claims = PartitionClaims(self.num_partitions)

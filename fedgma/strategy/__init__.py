@@ -39,7 +39,24 @@ _MODULE_OF = {
     **dict.fromkeys(("DEFAULT_MAX_WEIGHT_RATIO", "CheckedReplies", "InvalidReply", "ReplyBounds",
                      "check_replies", "decode_reply"), "validation"),
 }
-__all__ = sorted(_MODULE_OF)
+__all__ = [
+    "CheckedReplies",
+    "DEFAULT_MAX_WEIGHT_RATIO",
+    "DEFAULT_TAU",
+    "FedGMA",
+    "FedGMAAdam",
+    "InvalidReply",
+    "MaskStats",
+    "MaskedAggregator",
+    "ReplyBounds",
+    "VARIANTS",
+    "agreement_score",
+    "apply_mask_rule",
+    "check_replies",
+    "decode_reply",
+    "mask_from_agreement",
+    "server_update",
+]
 
 
 def __getattr__(name: str) -> Any:
