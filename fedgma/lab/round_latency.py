@@ -7,19 +7,13 @@ Flower's ``Grid.send_and_receive``, every 3 s deployed and 0.1 s simulated) and 
 (the default interval). Every round is split into the parts of :data:`PARTS` from the
 rows of ``metrics.csv``; clients' parts are means over the round's clients.
 
-Who owns each part (Flower 1.39's source, ``FLOWER-1.39.md``):
-
-- the SuperNode pulls for messages every 3 s (hard-coded) and its SuperExec starts a
-  ClientApp within ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` (1 s): Flower's;
-- every message starts a new ``flwr-clientapp`` process: Flower's, except what our
-  client app imports beyond flwr and torch (``fedgma bench --parts imports``);
-- the SuperNode polls its ClientApp for the reply every 0.5 s before uploading it:
-  Flower's; the server's pulls for replies: ours (the round loop's poll interval);
-- set-up, training, aggregation and evaluation: ours (the task).
+Whose each part is (Flower's polling, process starts and uploads, or ours) is in the
+:data:`PARTS` table and, explained, in the README's "Where a deployed round's time goes".
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import subprocess
 import sys
@@ -72,8 +66,6 @@ def round_parts(rows: list[dict[str, str]]) -> dict[str, float]:
 
 def process_cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of one process (all its threads, not its children)."""
-    import os
-
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
@@ -185,8 +177,6 @@ def client_import_seconds(source: Path, repeats: int = 7) -> tuple[float, float]
     """Median seconds, over ``repeats`` fresh interpreters, of importing flwr's ClientApp
     API and torch, and then of importing the client app of the ``fedgma`` package in
     ``source`` on top (its own cost)."""
-    import os
-
     code = ("import time; t = time.perf_counter(); import flwr.app, flwr.clientapp, torch; "
             "b = time.perf_counter(); import fedgma.app.client_app; "
             "print(b - t, time.perf_counter() - b)")

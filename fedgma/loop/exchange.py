@@ -83,9 +83,13 @@ def _object_retry(grid: Grid, seconds: float) -> Iterator[None]:
         module.pull_objects = pull_objects  # type: ignore[union-attr]
 
 
-def _lag(replies: list[Message], received_at: float) -> float | None:
-    created = [m.metadata.created_at for m in replies if m.metadata.created_at > 0]
-    return max(received_at - max(created), 0.0) if created else None
+def _last_reply_lag(arrivals: list[tuple[Message, float]]) -> float | None:
+    """Seconds from the newest reply's creation to its arrival (wall clock); None without one."""
+    stamped = [(reply.metadata.created_at, at) for reply, at in arrivals if reply.metadata.created_at > 0]
+    if not stamped:
+        return None
+    created, arrived = max(stamped)
+    return max(arrived - created, 0.0)
 
 
 def exchange(grid: Grid, messages: Iterable[Message], timeout: float,
@@ -96,34 +100,29 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float,
     started = time.monotonic()
     if poll_interval is None:
         replies = list(grid.send_and_receive(messages=messages, timeout=timeout))
-        return Exchange(replies, time.monotonic() - started, _lag(replies, time.time()), 0)
+        arrived = time.time()
+        return Exchange(replies, time.monotonic() - started, _last_reply_lag([(r, arrived) for r in replies]), 0)
     if poll_interval <= 0:
         raise ValueError(f"poll_interval must be > 0 seconds (or None), got {poll_interval!r}")
-    pushed = list(grid.push_messages(messages))
-    pending = {message_id for message_id in pushed if message_id}
+    pending = {message_id for message_id in grid.push_messages(messages) if message_id}
     if len(pending) < len(messages):
         log(WARNING, "%s of %s messages could not be pushed to the SuperLink", len(messages) - len(pending),
             len(messages))
     deadline = started + timeout
-    replies: list[Message] = []
+    arrivals: list[tuple[Message, float]] = []
     pulls = 0
-    newest_at = 0.0  # when the newest reply (by its creation) was pulled, wall clock
-    newest_created = 0.0
     while pending:
         with _object_retry(grid, poll_interval):
             pulled = list(grid.pull_messages(sorted(pending)))
         pulls += 1
-        now = time.time()
+        arrived = time.time()
         for reply in pulled:
-            if reply.metadata.reply_to_message_id not in pending:
-                continue  # not ours, or a second reply to one message: Flower keeps only the first too
-            pending.discard(reply.metadata.reply_to_message_id)
-            replies.append(reply)
-            if reply.metadata.created_at >= newest_created:
-                newest_created, newest_at = reply.metadata.created_at, now
+            if reply.metadata.reply_to_message_id in pending:  # else a second reply to one message: skipped
+                pending.discard(reply.metadata.reply_to_message_id)
+                arrivals.append((reply, arrived))
         remaining = deadline - time.monotonic()
         if not pending or remaining <= 0:
             break
         time.sleep(min(poll_interval, remaining))
-    lag = max(newest_at - newest_created, 0.0) if newest_created > 0 else None
-    return Exchange(replies, time.monotonic() - started, lag, pulls)
+    replies = [reply for reply, _ in arrivals]
+    return Exchange(replies, time.monotonic() - started, _last_reply_lag(arrivals), pulls)

@@ -20,11 +20,11 @@ evaluate) and, around it, what Flower leaves to the app:
 - a round with fewer usable replies than ``min-train-replies`` keeps the
   global model and says so;
 - replies that failed, timed out or were dropped are counted per round;
+- replies are pulled every ``poll_interval`` seconds (0.2 by default) instead of
+  the 3 s of Flower's deployed grid (``fedgma.loop.exchange``);
 - the round's parts are timed: waiting for training replies, aggregation,
   waiting for client evaluation replies, and, of each wait, the part after the
-  newest reply was made (``fedgma.loop.exchange``);
-- replies are pulled every ``poll_interval`` seconds (0.2 by default) instead of
-  the 3 s of Flower's deployed grid (``fedgma.loop.exchange``).
+  newest reply was made.
 """
 
 from __future__ import annotations
