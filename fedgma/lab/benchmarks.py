@@ -198,12 +198,6 @@ def payload_bytes(parameters: int) -> tuple[list[str], dict[str, float]]:
     return [f"| {name} | {size:,.0f} | {ratios[name]:.2f} |" for name, size in sizes.items()], ratios
 
 
-def _metrics_rows(path: Path, first_round: int) -> list[dict[str, str]]:
-    from .experiments.runner import read_rows
-
-    return [r for r in read_rows(path) if int(r["round"]) >= first_round]
-
-
 def ratio_interval(values: list[float], base: list[float], draws: int = 2000) -> tuple[float, float]:
     """95 % bootstrap interval of ``mean(values) / mean(base)`` (seeded, so reproducible)."""
     rng = np.random.default_rng(0)
@@ -284,7 +278,7 @@ def round_times(rounds: int = 16, repeats: int = 3) -> tuple[list[str], tuple[fl
                 outcome = runtime.cli.wait(runtime.cli.submit(APP_DIR, config, federation), timeout=1800)
                 if not outcome.completed:
                     raise RuntimeError(f"benchmark run {run_name} ended {outcome.status}")
-                rows = _metrics_rows(RunFolder(Path(tmp) / run_name).metrics, 2)  # round 1 starts workers
+                rows = round_latency.metrics_rows(RunFolder(Path(tmp) / run_name).metrics, 2)  # round 1 starts workers
                 seconds[name] += [float(r["round-seconds"]) for r in rows]
     base = seconds["FedAvg (Flower)"]
     lines = []
@@ -315,7 +309,7 @@ def simulation_scale(clients: int = 1000, sampled: int = 100, rounds: int = 3) -
             outcome = runtime.cli.wait(run_id, timeout=3600)
         if not outcome.completed:
             raise RuntimeError(f"scale run ended {outcome.status}: {outcome.details}")
-        rows = _metrics_rows(RunFolder(Path(tmp) / "scale").metrics, 1)
+        rows = round_latency.metrics_rows(RunFolder(Path(tmp) / "scale").metrics, 1)
     lines = [f"| {r['round']} | {r['replies-used']} | {float(r['round-seconds']):.1f} "
              f"| {float(r['train-wait-seconds']):.1f} | {float(r['aggregate-seconds']):.3f} "
              f"| {float(r['central-eval-seconds']):.2f} | {float(r['setup-seconds']):.3f} "

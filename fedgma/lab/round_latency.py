@@ -79,10 +79,11 @@ class Measured:
     superlink_cpu: float | None = None
 
 
-def _rows(output_root: Path, run_name: str) -> list[dict[str, str]]:
+def metrics_rows(path: Path, first_round: int) -> list[dict[str, str]]:
+    """The rows of a run's ``metrics.csv`` from round ``first_round`` on."""
     from .experiments.runner import read_rows
 
-    return [r for r in read_rows(RunFolder(output_root / run_name).metrics) if int(r["round"]) >= 2]
+    return [r for r in read_rows(path) if int(r["round"]) >= first_round]
 
 
 def _config(rounds: int, supernodes: int, poll: float | None, run_name: str) -> dict[str, object]:
@@ -116,7 +117,7 @@ def measure(rounds: int = 5, repeats: int = 2, supernodes: int = 3, idle_seconds
                            timeout=3600, poll=10.0)
         if not outcome.completed:
             raise RuntimeError(f"benchmark run {name} ended {outcome.status}: {outcome.details}")
-        rows[mode, loop] += _rows(root, name)
+        rows[mode, loop] += metrics_rows(RunFolder(root / name).metrics, 2)  # round 1 builds the caches
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)

@@ -11,14 +11,14 @@ report reads it without the model (weights are not committed).
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
-from fedgma.app.config import DataSource, RunConfig, parse_run_config
+from fedgma.app.config import DataSource, RunConfig
 from fedgma.app.task.base_data import load_base_images
 from fedgma.app.task.coloring import TRAIN_BACKGROUND, TRAIN_FOREGROUND, paint
 from fedgma.app.task.data import load_test_set
@@ -26,7 +26,7 @@ from fedgma.app.task.model import build_model
 from fedgma.loop.atomic import atomic_write
 from fedgma.loop.run_folder import RunFolder
 
-from ..project import app_defaults
+from .runner import saved_settings
 
 PROBE_FILE = "colour_probe.json"
 NUM_CLASSES = 10
@@ -65,17 +65,11 @@ def shape_or_colour(model: nn.Module, probe: SwappedColours, batch_size: int = 5
             "neither": 1.0 - shape - colour}
 
 
-def _run_config(run_dir: Path) -> RunConfig:
-    saved = json.loads(RunFolder(run_dir).config.read_text())
-    defaults = asdict(parse_run_config(app_defaults()))  # a setting added after the run had its default then
-    return RunConfig(**{f.name: saved.get(f.name, defaults[f.name]) for f in fields(RunConfig)})
-
-
 def probe_run(run_dir: Path, source: DataSource) -> dict[str, object]:
     """Probe a finished 10-class run's final model on its own central test images; writes
     :data:`PROBE_FILE` in the run folder and returns what it wrote."""
     folder = RunFolder(run_dir)
-    config = _run_config(run_dir)
+    config = RunConfig(**saved_settings(run_dir))
     if config.task != "ten-class":
         raise ValueError(f"{run_dir}: the colour probe is for the 10-class task, not {config.task!r}")
     if not folder.model.is_file():
@@ -95,7 +89,7 @@ def probe_grid(results_dir: Path, source: DataSource, echo=print) -> int:
     """Probe every 10-class run of a grid that still has its final model; returns how many."""
     done = 0
     for run_dir in sorted((results_dir / "runs").iterdir()):
-        if not RunFolder(run_dir).model.is_file() or _run_config(run_dir).task != "ten-class":
+        if not RunFolder(run_dir).model.is_file() or saved_settings(run_dir)["task"] != "ten-class":
             continue
         result = probe_run(run_dir, source)
         echo(f"{run_dir.name}: follows shape {result['follows-shape']:.3f}, colour {result['follows-colour']:.3f}")

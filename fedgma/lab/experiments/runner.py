@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 from fedgma.app.config import NOT_RESULT_SETTINGS, parse_run_config
 from fedgma.app.outputs import METRIC_COLUMNS
@@ -48,6 +49,13 @@ def read_rows(path: Path) -> list[dict[str, str]]:
         return []
     with path.open(newline="") as handle:
         return list(csv.DictReader(handle))
+
+
+def saved_settings(run_dir: Path) -> dict[str, Any]:
+    """A run's settings from its ``config.json``, keyed as :class:`RunConfig`'s fields; a
+    setting added after the run was made had its default value then."""
+    saved = json.loads(RunFolder(run_dir).config.read_text())
+    return {key: saved.get(key, default) for key, default in asdict(parse_run_config(app_defaults())).items()}
 
 
 def format_seconds(seconds: float) -> str:
@@ -108,14 +116,11 @@ class GridRunner:
         run_dir = self.runs_dir / spec.name
         if not RunFolder(run_dir).summary.is_file():
             return False
-        saved = json.loads(RunFolder(run_dir).config.read_text())
-        wanted = asdict(self.validated(spec))
-        # A setting added after the run was made had its default value then.
-        defaults = asdict(parse_run_config(app_defaults()))
+        saved = saved_settings(run_dir)
         differing = sorted(
             key.replace("_", "-")
-            for key, value in wanted.items()
-            if key not in NOT_COMPARED and saved.get(key, defaults[key]) != value
+            for key, value in asdict(self.validated(spec)).items()
+            if key not in NOT_COMPARED and saved[key] != value
         )
         if differing:
             raise GridMismatch(
