@@ -10,9 +10,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 
-def lazy_attributes(package: str, module_of: dict[str, str]) -> Callable[[str], Any]:
-    """A package's ``__getattr__`` (PEP 562) that imports ``name`` from its submodule
-    ``module_of[name]`` on first use, then keeps it on the package.
+def lazy_attributes(
+    package: str, module_of: dict[str, str]
+) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
+    """A package's ``__getattr__`` and ``__dir__`` (PEP 562): ``name`` is imported from its
+    submodule ``module_of[name]`` on first use, then kept on the package; ``dir()`` lists
+    the lazy names too, loaded or not.
 
     The library's packages use it so that a ClientApp, which starts once per message and
     needs one constant of ``fedgma.loop``, does not load the round loop and the strategies.
@@ -25,4 +28,7 @@ def lazy_attributes(package: str, module_of: dict[str, str]) -> Callable[[str], 
         setattr(sys.modules[package], name, value)
         return value
 
-    return __getattr__
+    def __dir__() -> list[str]:
+        return sorted(set(vars(sys.modules[package])) | set(module_of))
+
+    return __getattr__, __dir__

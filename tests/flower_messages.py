@@ -31,6 +31,19 @@ class FakeGrid:
         return self.node_ids
 
 
+class CannedGrid(FakeGrid):
+    """A grid whose node ``n`` answers every instruction with the canned reply whose source
+    is ``n`` (Flower's ``send_and_receive``; replies come back in the order given)."""
+
+    def __init__(self, replies):
+        super().__init__(r.metadata.src_node_id for r in replies)
+        self.replies = {r.metadata.src_node_id: r for r in replies}
+
+    def send_and_receive(self, messages, timeout):
+        wanted = {m.metadata.dst_node_id for m in messages}
+        return [r for node, r in self.replies.items() if node in wanted]
+
+
 def set_task_identity(run_id: int = 1) -> None:
     """Give this process the run identity Message() needs in Flower 1.39."""
     TaskIdentity.run_id = run_id

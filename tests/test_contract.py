@@ -8,7 +8,7 @@ import logging
 
 import numpy as np
 import pytest
-from flower_messages import configure, error_reply, train_reply
+from flower_messages import configure, error_reply, global_record, train_reply
 from flwr.app import MetricRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg
 
@@ -57,6 +57,49 @@ def test_weighted_average_with_fractional_weights_as_fedavg(fedgma, weights):
         np.testing.assert_allclose(ours[name], expected[name], rtol=1e-5, atol=1e-6)
         assert not np.array_equal(ours[name], x[name])  # the model moved
     assert metrics["replies-used"] == len(weights) and metrics["replies-dropped"] == 0
+
+
+def size_skewed(rng) -> list[float]:
+    """10 honest clients: 3 hold 95 % of the examples, 7 share the rest."""
+    return [9500 / 3] * 3 + [500 / 7] * 7
+
+
+def dirichlet_sizes(alpha: float):
+    """Client sizes of a label-Dirichlet split (flwr-datasets' DirichletPartitioner's rule):
+    10 classes of 6,000 examples, each spread over 10 clients by Dir(alpha) proportions."""
+    def sizes(rng) -> list[int]:
+        shares = rng.dirichlet([alpha] * 10, size=10)  # class x client
+        return [max(int(n), 1) for n in (6000 * shares).sum(axis=0)]
+    return sizes
+
+
+@pytest.mark.parametrize("sizes", [size_skewed, dirichlet_sizes(0.5), dirichlet_sizes(0.1)],
+                         ids=["3-of-10-hold-95%", "dirichlet-0.5", "dirichlet-0.1"])
+def test_honest_size_skewed_federations_get_fedavgs_result(fedgma, sizes):
+    """At its FedAvg-equivalent settings and default arguments, FedGMA keeps every honest
+    client, however skewed the sizes, and averages exactly as FedAvg; so does the round loop,
+    around FedGMA or around Flower's FedAvg."""
+    from flower_messages import CannedGrid, set_task_identity
+
+    from fedgma.loop import RoundLoop
+
+    rng = np.random.default_rng(11)
+    x = model(rng)
+    counts = sizes(rng)
+    assert max(counts) > 10 * sorted(counts)[len(counts) // 2 - 1] or sizes is not size_skewed
+    replies = [train_reply(i + 1, moved(rng, x), n) for i, n in enumerate(counts)]
+    ours, metrics = aggregate(fedgma, x, replies)
+    theirs, _ = aggregate(FedAvg(), x, replies)
+    assert metrics["replies-used"] == 10 and metrics["replies-clipped"] == metrics["replies-dropped"] == 0
+    for name in x:
+        np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-5, atol=1e-6)
+    set_task_identity()
+    for strategy in (type(fedgma)(variant=fedgma.variant, tau=fedgma.tau, server_lr=fedgma.server_lr), FedAvg()):
+        grid = CannedGrid(replies)
+        result = RoundLoop(strategy, grid, timeout=5, poll_interval=None).start(global_record(x), num_rounds=1)
+        assert result.train_metrics_clientapp[1].get("replies-used", 10) == 10
+        for name in x:
+            np.testing.assert_allclose(result.arrays[name].numpy(), theirs[name], rtol=1e-5, atol=1e-6)
 
 
 def test_error_replies_are_skipped_as_fedavg_skips_them(fedgma):

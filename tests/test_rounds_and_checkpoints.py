@@ -1,25 +1,39 @@
-"""The ServerApp's round loop (faults, order, min-train-replies) and its checkpoints, without processes."""
+"""The round loop (faults, order, min-train-replies, failure, Strategy.start's arguments and
+Result) and its checkpoints, without processes."""
 
 import io
+import logging
+import random
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 from flower_messages import error_reply, global_record, set_task_identity, train_reply
-from flwr.app import ConfigRecord
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM
+from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.app.error import Error
+from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, Result
 from run_settings import settings
 
 from fedgma.app.config import parse_run_config
+from fedgma.loop import RunFailed
 from fedgma.loop import checkpoint as ckpt
-from fedgma.loop.rounds import NODE_RECORD, RoundLoop
+from fedgma.loop.rounds import NODE_RECORD, RoundLoop, RoundOutcome
 from fedgma.loop.run_folder import RunFolder
 from fedgma.strategy import FedGMA, FedGMAAdam
+
+TESTS = Path(__file__).resolve().parent
 
 
 class ScriptedGrid:
     """A grid whose nodes reply as scripted: 'ok', 'error', 'nan', 'silent' (timed out), or lie:
     'huge' / 'many' (claim 10^15 examples / 50 x the others' count, with weights far away),
     'claims-N' (declares partition N), 'undeclared' (declares none). A node's partition is its id.
+    'quickstart' reads its step from the train config's "lr" as Flower's quickstart client does
+    (a missing "lr" fails the ClientApp with a KeyError). Evaluate messages get a loss back.
+    ``seen`` records, per round, the nodes sampled and the configs they received.
 
     Both ways of waiting work: Flower's ``send_and_receive``, and ``push_messages`` then
     ``pull_messages`` (all replies ready at the first pull, in shuffled order if asked)."""
@@ -31,27 +45,40 @@ class ScriptedGrid:
         self.num_partitions = num_partitions or max(behaviour) + 1  # what the nodes declare
         self.waiting = {}  # message id -> reply
         self.pulls = 0
+        self.seen = []  # (message type, server round, node, config)
 
     def get_node_ids(self):
         return list(self.behaviour)
 
     def reply(self, message, reply_to):
         node = message.metadata.dst_node_id
+        config = dict(message.content["config"])
+        self.seen.append((message.metadata.message_type, config["server-round"], node, config))
         x = {k: v.numpy() for k, v in message.content["arrays"].items()}
         kind = self.behaviour[node]
         if kind == "silent":
             return None
         if kind == "error":
             return error_reply(node, reply_to)
+        if message.metadata.message_type == MessageType.EVALUATE:
+            loss = float(sum(np.square(v).sum() for v in x.values()))
+            return Message(content=RecordDict({"metrics": MetricRecord({"num-examples": 10, "eval-loss": loss})}),
+                           metadata=train_reply(node, {}, 1, reply_to=reply_to).metadata)
+        step = 0.01
+        if kind == "quickstart":
+            if "lr" not in config:
+                return Message(error=Error(code=2, reason="<class 'KeyError'>:<'lr'>"),
+                               metadata=error_reply(node, reply_to).metadata)
+            step = config["lr"]
         # Deterministic per node, like a seeded client.
-        y = {k: v - 0.01 * (node + 1) * np.cos(np.arange(v.size).reshape(v.shape) * node).astype(v.dtype)
+        y = {k: v - step * (node + 1) * np.cos(np.arange(v.size).reshape(v.shape) * node).astype(v.dtype)
              for k, v in x.items()}
         if kind == "nan":
             y["w"][0, 0] = np.nan
         examples = 10 * node
-        if kind in ("huge", "many"):
+        if kind in ("huge", "many") or kind.startswith("liar-"):
             y = {k: v + 100.0 for k, v in x.items()}
-            examples = 10**15 if kind == "huge" else 50 * 10 * max(self.behaviour)
+            examples = {"huge": 10**15, "many": 50 * 10 * max(self.behaviour)}.get(kind) or int(kind[5:])
         reply = train_reply(node, y, examples, reply_to=reply_to)
         partition = int(kind.removeprefix("claims-")) if kind.startswith("claims-") else node
         if kind != "undeclared":
@@ -124,6 +151,15 @@ def test_arrival_order_does_not_change_a_single_bit(strategy):
     assert len(set(results)) == 1
 
 
+def saved_checkpoint(round_, arrays, state=None, settings_=None, **changes):
+    outcome = RoundOutcome(round_, sent=2, used=2, model_updated=True, train_metrics=MetricRecord({"loss": 0.5}))
+    values = dict(round=round_, arrays=arrays, strategy_state=state or {}, wall_seconds=12.5,
+                  settings=settings_ or {}, identity={"strategy": {"class": "x"}},
+                  history=[RoundOutcome(0).to_json(), outcome.to_json()])
+    values.update(changes)
+    return ckpt.Checkpoint(**values)
+
+
 def test_checkpoint_round_trip_with_fedadam_and_fedavgm_state(tmp_path):
     set_task_identity()
     config = parse_run_config(settings(strategy="fedadam"))
@@ -133,12 +169,13 @@ def test_checkpoint_round_trip_with_fedadam_and_fedavgm_state(tmp_path):
         arrays, _ = loop.train_round(1, initial())
         state = ckpt.strategy_state(strategy)
         assert any(v is not None for v in state.values())
-        saved = ckpt.Checkpoint(1, {k: v.numpy() for k, v in arrays.items()}, state,
-                                ckpt.python_rng_state(), 12.5, config.result_settings())
+        saved = saved_checkpoint(1, {k: v.numpy() for k, v in arrays.items()}, state, config.result_settings(),
+                                 identity=loop.identity())
         ckpt.save_checkpoint(tmp_path, saved)
         loaded = ckpt.load_checkpoint(tmp_path)
         assert loaded.round == 1 and loaded.wall_seconds == 12.5 and loaded.settings_hash == saved.settings_hash
-        assert loaded.rng_state == saved.rng_state
+        assert loaded.identity == loop.identity() and loaded.failure is None
+        assert [RoundOutcome.from_json(r) for r in loaded.history] == [RoundOutcome.from_json(r) for r in saved.history]
         for name, value in saved.arrays.items():
             np.testing.assert_array_equal(loaded.arrays[name], value)
         for attr, value in state.items():
@@ -157,22 +194,20 @@ def test_checkpoint_round_trip_with_fedadam_and_fedavgm_state(tmp_path):
 
 def test_resume_refuses_settings_that_change_the_result(tmp_path):
     config = parse_run_config(settings(tau=0.6, seed=3, num_server_rounds=5))
-    saved = ckpt.Checkpoint(2, {"w": np.zeros(2, np.float32)}, {}, ckpt.python_rng_state(), 1.0,
-                            config.result_settings())
+    saved = saved_checkpoint(2, {"w": np.zeros(2, np.float32)}, settings_=config.result_settings())
+
     def check(config):
         ckpt.check_resumable(saved, config.result_settings(), config.num_server_rounds)
 
     check(parse_run_config(settings(tau=0.6, seed=3, num_server_rounds=9, round_timeout=30.0, run_name="x")))
     with pytest.raises(ckpt.CheckpointError, match=r"seed: 3 -> 4.*tau: 0.6 -> 0.7"):
         check(parse_run_config(settings(tau=0.7, seed=4, num_server_rounds=5)))
-    with pytest.raises(ckpt.CheckpointError, match="num-server-rounds"):
+    with pytest.raises(ckpt.CheckpointError, match="asks for 1 rounds but the checkpoint already has 2"):
         check(parse_run_config(settings(tau=0.6, seed=3, num_server_rounds=1)))
 
 
 def test_a_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
-    config = parse_run_config(settings())
-    good = ckpt.Checkpoint(3, {"w": np.ones(2, np.float32)}, {}, ckpt.python_rng_state(), 1.0,
-                           config.result_settings())
+    good = saved_checkpoint(3, {"w": np.ones(2, np.float32)})
     ckpt.save_checkpoint(tmp_path, good)
 
     real_atomic_write = ckpt.atomic_write
@@ -187,24 +222,49 @@ def test_a_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch
 
     monkeypatch.setattr(ckpt, "atomic_write", half_then_crash)
     with pytest.raises(OSError):
-        ckpt.save_checkpoint(tmp_path, ckpt.Checkpoint(4, {"w": np.zeros(2, np.float32)}, {},
-                                                       ckpt.python_rng_state(), 2.0, good.settings))
+        ckpt.save_checkpoint(tmp_path, saved_checkpoint(4, {"w": np.zeros(2, np.float32)}))
     monkeypatch.undo()
     assert ckpt.load_checkpoint(tmp_path).round == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == [RunFolder(tmp_path).checkpoint.name]
 
 
-def test_update_norm_and_example_bounds():
-    from fedgma.strategy.validation import InvalidReply, decode_reply
+def test_a_checkpoint_from_an_earlier_version_is_refused_with_a_reason(tmp_path):
+    meta = {"round": 1, "array-names": [], "state-kinds": {}, "state-keys": {}, "rng-state": None,
+            "wall-seconds": 1.0, "settings": {}, "settings-hash": ""}
+    with RunFolder(tmp_path).checkpoint.open("wb") as handle:
+        np.savez(handle, meta=np.array(__import__("json").dumps(meta)))
+    with pytest.raises(ckpt.CheckpointError, match="earlier version of fedgma"):
+        ckpt.load_checkpoint(tmp_path)
+
+
+def test_update_norm_and_weight_bounds_clip_instead_of_dropping():
+    from fedgma.strategy.validation import ReplyBounds, check_replies
 
     x = {"w": np.zeros((2, 2), np.float32)}
     y = {"w": np.full((2, 2), 0.5, np.float32)}  # ||x - y|| = 1.0
-    content = train_reply(1, y, 10).content
-    decode_reply(content, x, "num-examples", max_num_examples=10, max_update_norm=1.0)
-    with pytest.raises(InvalidReply, match="update norm 1 is above the bound 0.99"):
-        decode_reply(content, x, "num-examples", max_update_norm=0.99)
-    with pytest.raises(InvalidReply, match="above the bound 9"):
-        decode_reply(content, x, "num-examples", max_num_examples=9)
+    replies = [train_reply(1, y, 10), train_reply(2, x, 20), train_reply(3, x, 1000)]
+    checked, refused = check_replies(replies, x, "num-examples", ReplyBounds(max_update_norm=0.25))
+    assert not refused and len(checked) == 3
+    first = checked.checked[0]
+    np.testing.assert_allclose(first.arrays["w"], np.full((2, 2), 0.125), rtol=1e-6)  # scaled to norm 0.25
+    np.testing.assert_allclose(replies[0].content["arrays"]["w"].numpy(), first.arrays["w"])  # the message too
+    assert first.clipped == ("update norm 1 scaled to 0.25",) and not checked.checked[1].clipped
+    # Weights: 10x the lower median (20) is 200; 1000 counts as 200, and the message says so.
+    checked, refused = check_replies(replies, x, "num-examples", ReplyBounds(max_weight_ratio=10))
+    assert [r.weight for r in checked.checked] == [10, 20, 200] and not refused
+    assert replies[2].content["metrics"]["num-examples"] == 200
+    assert "clipped to 200 (10 x the round's median 20)" in checked.checked[2].clipped[0]
+    checked, _ = check_replies([train_reply(1, y, 50)], x, "num-examples", ReplyBounds(max_num_examples=9))
+    assert checked.checked[0].weight == 9
+    with pytest.raises(ValueError, match="max_weight_ratio"):
+        ReplyBounds(max_weight_ratio=0.5)
+
+
+def test_a_reply_with_fractional_or_bad_weight_is_read_as_fedavg_reads_it():
+    from fedgma.strategy.validation import InvalidReply, decode_reply
+
+    x = {"w": np.zeros((2, 2), np.float32)}
+    y = {"w": np.full((2, 2), 0.5, np.float32)}
     assert decode_reply(train_reply(1, y, 2.5).content, x, "num-examples").weight == 2.5  # as FedAvg
     with pytest.raises(InvalidReply, match="positive finite number"):
         decode_reply(train_reply(1, y, float("inf")).content, x, "num-examples")
@@ -228,25 +288,34 @@ def test_fedadam_keeps_the_models_dtypes_so_later_rounds_use_the_replies(strateg
 
 @pytest.mark.parametrize("liar", ["huge", "many"])
 @pytest.mark.parametrize("strategy", [FedGMA, FedAvg])
-def test_a_reply_claiming_too_many_examples_does_not_move_the_model(liar, strategy):
+def test_a_claimed_weight_counts_in_full_by_default_and_as_the_bound_when_set(liar, strategy):
+    """By default the loop takes a claim at its word, as Flower's FedAvg does; with
+    max_weight_ratio = 10 a larger claim counts as 10 x the round's lower median (honest claims
+    10-40 and the liar's: median 30, so 300), the same bits as a reply that claimed 300."""
     set_task_identity()
-    honest = {n: "ok" for n in range(1, 5)}
-    attacked = RoundLoop(strategy(min_train_nodes=1, min_available_nodes=1),
-                         ScriptedGrid({**honest, 5: liar}, np.random.default_rng(1)), timeout=5)
-    arrays, outcome = attacked.train_round(1, initial())
-    assert outcome.dropped == 1 and outcome.used == 4 and "median" in outcome.drop_reasons[0]
-    clean = RoundLoop(strategy(min_train_nodes=1, min_available_nodes=1),
-                      ScriptedGrid(honest, np.random.default_rng(1)), timeout=5)
-    expected, _ = clean.train_round(1, initial())
+    honest = {n: "ok" for n in range(1, 5)}  # node n claims 10 n examples
+
+    def round_with(behaviour, **bounds):
+        loop = RoundLoop(strategy(min_train_nodes=1, min_available_nodes=1),
+                         ScriptedGrid(behaviour, np.random.default_rng(1)), timeout=5, **bounds)
+        return loop.train_round(1, initial())
+
+    taken, outcome = round_with({**honest, 5: liar})
+    assert (outcome.used, outcome.dropped, outcome.clipped) == (5, 0, 0)
+    if strategy is FedAvg:  # the attack the bound exists for: the claim takes the average
+        assert np.abs(taken["w"].numpy() - initial()["w"].numpy()).min() > 90
+    clipped, outcome = round_with({**honest, 5: liar}, max_weight_ratio=10)
+    assert (outcome.used, outcome.dropped, outcome.clipped) == (5, 0, 1)
+    expected, _ = round_with({**honest, 5: "liar-300"})
     for name in ("w", "b"):
-        np.testing.assert_array_equal(arrays[name].numpy(), expected[name].numpy())
-    # With the bound off, the same reply takes the model (the attack is real).
-    unbounded = RoundLoop(strategy(min_train_nodes=1, min_available_nodes=1),
-                          ScriptedGrid({**honest, 5: liar}, np.random.default_rng(1)), timeout=5,
-                          max_weight_ratio=None)
-    if strategy is FedAvg:
-        taken, _ = unbounded.train_round(1, initial())
-        assert np.abs(taken["w"].numpy() - initial()["w"].numpy()).min() > 10
+        np.testing.assert_array_equal(clipped[name].numpy(), expected[name].numpy())
+    if strategy is FedAvg:  # and by hand: the liar moved everything by 100 with weight 300 of 400
+        grid = ScriptedGrid({**honest, 5: "liar-300"}, np.random.default_rng(1))
+        ys = [grid.reply(m, "x") for m in FedAvg(min_train_nodes=1, min_available_nodes=1).configure_train(
+            1, initial(), ConfigRecord(), grid)]
+        weights = np.array([r.content["metrics"]["num-examples"] for r in ys], dtype=np.float64)
+        by_hand = sum(w * r.content["arrays"]["w"].numpy().astype(np.float64) for w, r in zip(weights, ys)) / weights.sum()
+        np.testing.assert_allclose(clipped["w"].numpy(), by_hand, rtol=1e-5)
 
 
 def test_partition_claims_out_of_range_or_taken_are_refused_and_counted():
@@ -287,20 +356,22 @@ def test_partition_claims_against_their_own_declaration_when_the_run_sets_none()
 @pytest.mark.parametrize("strategy", [FedGMA, FedAvgM])
 def test_run_checkpointed_resumes_to_the_weights_of_an_uninterrupted_run(tmp_path, strategy):
     """The loop as a library API: a run stopped after round 2 and resumed from its folder ends
-    with the same bits as one that ran 4 rounds straight (sampling RNG and strategy state
-    restored); a new run refuses a folder that holds a checkpoint; other settings refuse to resume."""
+    with the same bits and the same Result as one that ran 4 rounds straight (sampling and
+    strategy state restored); a new run refuses a folder that holds a checkpoint; other
+    settings refuse to resume."""
     set_task_identity()
     behaviour = {n: "ok" for n in range(1, 6)}
     settings_ = {"seed": 3, "note": "any JSON"}
 
-    def loop():
+    def loop(grid=None):
         return RoundLoop(strategy(fraction_train=0.6, min_train_nodes=1, min_available_nodes=1),
-                         ScriptedGrid(behaviour, np.random.default_rng(0)), timeout=5, seed=3)
+                         grid or ScriptedGrid(behaviour, np.random.default_rng(0)), timeout=5, seed=3)
 
     rows = []
-    whole = loop().run_checkpointed(initial(), 4, tmp_path / "whole", settings=settings_,
-                                    after_round=lambda r, a, o: rows.append((r, o.used)))
-    assert [r for r, _ in rows] == [1, 2, 3, 4] and all(used == 3 for _, used in rows)  # 60 % of 5 sampled
+    straight_grid = ScriptedGrid(behaviour, np.random.default_rng(0))
+    whole = loop(straight_grid).run_checkpointed(initial(), 4, tmp_path / "whole", settings=settings_,
+                                                 after_round=lambda r, a, o: rows.append((r, o.used)))
+    assert rows == [(0, 0), (1, 3), (2, 3), (3, 3), (4, 3)]  # 60 % of 5 sampled; round 0 is the initial model
     loop().run_checkpointed(initial(), 2, tmp_path / "broken", settings=settings_)
     assert ckpt.load_checkpoint(tmp_path / "broken").round == 2
     with pytest.raises(ckpt.CheckpointError, match="already holds a checkpoint"):
@@ -308,7 +379,207 @@ def test_run_checkpointed_resumes_to_the_weights_of_an_uninterrupted_run(tmp_pat
     with pytest.raises(ckpt.CheckpointError, match="seed: 3 -> 4"):
         ckpt.resume_point(tmp_path / "broken", {**settings_, "seed": 4}, 4)
     start = ckpt.resume_point(tmp_path / "broken", settings_, 4)
-    resumed = loop().run_checkpointed(initial(), 4, tmp_path / "broken", settings=settings_, resume_from=start)
-    for name in whole:
-        np.testing.assert_array_equal(resumed[name].numpy(), whole[name].numpy())
+    resumed_grid = ScriptedGrid(behaviour, np.random.default_rng(0))
+    resumed = loop(resumed_grid).run_checkpointed(initial(), 4, tmp_path / "broken", settings=settings_,
+                                                  resume_from=start)
+    assert isinstance(resumed, Result) and isinstance(whole, Result)
+    for name in whole.arrays:
+        np.testing.assert_array_equal(resumed.arrays[name].numpy(), whole.arrays[name].numpy())
     assert ckpt.load_checkpoint(tmp_path / "broken").round == 4
+    assert sorted(resumed.train_metrics_clientapp) == [1, 2, 3, 4]
+    for r in (1, 2, 3, 4):
+        assert dict(resumed.train_metrics_clientapp[r]) == dict(whole.train_metrics_clientapp[r])
+    # The same nodes were sampled in rounds 3 and 4 as in the straight run.
+    sampled = lambda grid, r: sorted(node for _, rnd, node, _ in grid.seen if rnd == r)  # noqa: E731
+    assert [sampled(resumed_grid, r) for r in (3, 4)] == [sampled(straight_grid, r) for r in (3, 4)]
+
+
+class QuickstartModel:
+    """A stand-in for a user's app: central evaluation is the squared norm of the weights."""
+
+    @staticmethod
+    def evaluate(server_round, arrays):
+        return MetricRecord({"norm": float(sum(np.square(a.numpy()).sum() for a in arrays.values())),
+                             "round-seen": server_round})
+
+
+def test_start_takes_strategy_starts_arguments_and_returns_its_result():
+    """train_config reaches the clients (a record, or a function of the round), evaluate_config
+    the evaluating ones, evaluate_fn runs before round 1 and after each round; the Result holds
+    the arrays and every round's metrics, as Strategy.start's does."""
+    set_task_identity()
+    grid = ScriptedGrid({n: "quickstart" for n in range(1, 4)}, np.random.default_rng(0))
+    strategy = FedAvg(fraction_evaluate=1.0, min_train_nodes=1, min_evaluate_nodes=1, min_available_nodes=1)
+    record = ConfigRecord({"lr": 0.05})
+    result = RoundLoop(strategy, grid, timeout=5).start(
+        initial(), num_rounds=3, train_config=record, evaluate_config=ConfigRecord({"batch": 8}),
+        evaluate_fn=QuickstartModel.evaluate)
+    assert dict(record) == {"lr": 0.05}  # the caller's record is not changed
+    train_seen = [(rnd, cfg["lr"]) for kind, rnd, _, cfg in grid.seen if kind == MessageType.TRAIN]
+    assert train_seen == [(r, 0.05) for r in (1, 2, 3) for _ in range(3)]
+    assert {cfg["batch"] for kind, _, _, cfg in grid.seen if kind == MessageType.EVALUATE} == {8}
+    assert sorted(result.evaluate_metrics_serverapp) == [0, 1, 2, 3]
+    assert sorted(result.train_metrics_clientapp) == [1, 2, 3] and sorted(result.evaluate_metrics_clientapp) == [1, 2, 3]
+    norms = [result.evaluate_metrics_serverapp[r]["norm"] for r in range(4)]
+    assert norms[0] == pytest.approx(float(sum(np.square(a.numpy()).sum() for a in initial().values())))
+    assert result.evaluate_metrics_serverapp[3]["norm"] == pytest.approx(
+        float(sum(np.square(a.numpy()).sum() for a in result.arrays.values())))
+    assert len(set(norms)) == 4  # the model moved every round
+    # A function of the round: a decaying step.
+    grid = ScriptedGrid({n: "quickstart" for n in range(1, 4)}, np.random.default_rng(0))
+    RoundLoop(FedAvg(fraction_evaluate=0.0, min_available_nodes=1), grid, timeout=5).start(
+        initial(), 2, train_config=lambda r: ConfigRecord({"lr": 0.1 / r}))
+    assert sorted({(rnd, cfg["lr"]) for _, rnd, _, cfg in grid.seen}) == [(1, 0.1), (2, 0.05)]
+
+
+def test_a_run_whose_every_reply_fails_ends_failed_and_says_why(tmp_path, caplog):
+    """The quickstart client without "lr" in the train config: every reply is a KeyError.
+    After max_failed_rounds rounds the loop raises RunFailed naming the error; the
+    checkpoint records it, and a resume says so."""
+    set_task_identity()
+    grid = ScriptedGrid({n: "quickstart" for n in range(1, 4)}, np.random.default_rng(0))
+    loop = RoundLoop(FedGMA(min_available_nodes=1), grid, timeout=5)
+    rounds_seen = []
+    with pytest.raises(RunFailed) as failure:
+        loop.run_checkpointed(initial(), 10, tmp_path / "run", after_round=lambda r, a, o: rounds_seen.append(r))
+    message = str(failure.value)
+    assert "3 rounds in a row without a model update (rounds 1-3" in message
+    assert "3 sent, 3 failed" in message and "KeyError" in message and "'lr'" in message
+    assert rounds_seen == [0, 1, 2, 3]
+    saved = ckpt.load_checkpoint(tmp_path / "run")
+    assert saved.round == 3 and saved.failure == message
+    # Resumed with the clients fixed (a default step): it says the run had failed, then trains.
+    # (Sending another train config would be refused: it decides the result.)
+    caplog.set_level(logging.WARNING)
+    fixed = ScriptedGrid({n: "ok" for n in range(1, 4)}, np.random.default_rng(0))
+    result = RoundLoop(FedGMA(min_available_nodes=1), fixed, timeout=5).run_checkpointed(
+        initial(), 5, tmp_path / "run", resume_from=saved)
+    assert "ended failed after round 3" in caplog.text
+    assert sorted(result.train_metrics_clientapp) == [4, 5] and ckpt.load_checkpoint(tmp_path / "run").failure is None
+
+
+def test_max_failed_rounds_none_never_fails_and_training_skipped_is_no_failure():
+    set_task_identity()
+    grid = ScriptedGrid({1: "error", 2: "error"}, np.random.default_rng(0))
+    result = RoundLoop(FedAvg(min_available_nodes=1), grid, timeout=5, max_failed_rounds=None).start(initial(), 5)
+    assert result.train_metrics_clientapp == {}
+    np.testing.assert_array_equal(result.arrays["w"].numpy(), initial()["w"].numpy())
+    skipped = RoundLoop(FedAvg(fraction_train=0.0, fraction_evaluate=0.0, min_available_nodes=1),
+                        ScriptedGrid({1: "ok"}, np.random.default_rng(0)), timeout=5)
+    skipped.start(initial(), 4)  # Flower's "training skipped": nothing sent, nothing failed
+    with pytest.raises(ValueError, match="max_failed_rounds"):
+        RoundLoop(FedAvg(), grid, timeout=5, max_failed_rounds=0)
+
+
+class Diverging(FedAvg):
+    """A strategy whose aggregate overflows in round 2."""
+
+    def aggregate_train(self, server_round, replies):
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if server_round == 2:
+            arrays["w"] = type(arrays["w"])(np.full((3, 4), np.inf, np.float32))
+        return arrays, metrics
+
+
+def test_a_model_that_becomes_non_finite_ends_the_run_and_keeps_the_last_finite_checkpoint(tmp_path):
+    set_task_identity()
+    loop = RoundLoop(Diverging(min_available_nodes=1), ScriptedGrid({1: "ok", 2: "ok"}, np.random.default_rng(0)),
+                     timeout=5)
+    with pytest.raises(RunFailed, match=r"round 2: the aggregated model has non-finite values \(in w\)"):
+        loop.run_checkpointed(initial(), 4, tmp_path)
+    saved = ckpt.load_checkpoint(tmp_path)
+    assert saved.round == 1 and np.isfinite(saved.arrays["w"]).all() and "non-finite" in saved.failure
+
+
+def test_the_loop_leaves_the_processs_random_state_as_it_found_it():
+    set_task_identity()
+    random.seed(12345)
+    before = random.getstate()
+    grid = ScriptedGrid({n: "ok" for n in range(1, 6)}, np.random.default_rng(0))
+    RoundLoop(FedGMA(fraction_train=0.6, fraction_evaluate=0.4, min_train_nodes=1, min_evaluate_nodes=1,
+                     min_available_nodes=1), grid, timeout=5, seed=7).start(initial(), 3)
+    assert random.getstate() == before
+    # And the sampling is the run's own: another process state, the same nodes.
+    random.seed(999)
+    again = ScriptedGrid({n: "ok" for n in range(1, 6)}, np.random.default_rng(0))
+    RoundLoop(FedGMA(fraction_train=0.6, fraction_evaluate=0.4, min_train_nodes=1, min_evaluate_nodes=1,
+                     min_available_nodes=1), again, timeout=5, seed=7).start(initial(), 3)
+    assert [seen[:3] for seen in again.seen] == [seen[:3] for seen in grid.seen]
+
+
+def test_a_checkpoint_resumes_only_with_the_same_strategy_and_loop(tmp_path):
+    """A FedGMA checkpoint resumed under FedAvg, or with another tau or seed, is refused, naming
+    what differs, even with empty settings."""
+    set_task_identity()
+    behaviour = {1: "ok", 2: "ok"}
+    RoundLoop(FedGMA(tau=0.8, min_available_nodes=1), ScriptedGrid(behaviour, np.random.default_rng(0)),
+              timeout=5).run_checkpointed(initial(), 2, tmp_path, train_config=ConfigRecord({"lr": 0.1}))
+    saved = ckpt.resume_point(tmp_path, {}, 4)
+    cases = [
+        (FedAvg(min_available_nodes=1), {}, "class: 'fedgma.strategy.fedgma.FedGMA' -> "
+                                             "'flwr.serverapp.strategy.fedavg.FedAvg'"),
+        (FedGMA(tau=0.6, min_available_nodes=1), {}, "strategy.settings.tau: 0.8 -> 0.6"),
+        (FedGMA(tau=0.8, min_available_nodes=1), {"seed": 1}, "loop.seed: 0 -> 1"),
+        (FedGMA(tau=0.8, min_available_nodes=1), {"max_weight_ratio": 10.0}, "loop.max_weight_ratio: None -> 10.0"),
+    ]
+    for strategy, loop_settings, difference in cases:
+        loop = RoundLoop(strategy, ScriptedGrid(behaviour, np.random.default_rng(0)), timeout=5, **loop_settings)
+        with pytest.raises(ckpt.CheckpointError, match="the strategy or the round loop differs") as refused:
+            loop.run_checkpointed(initial(), 4, tmp_path, resume_from=saved, train_config=ConfigRecord({"lr": 0.1}))
+        assert difference in str(refused.value)
+    loop = RoundLoop(FedGMA(tau=0.8, min_available_nodes=1), ScriptedGrid(behaviour, np.random.default_rng(0)),
+                     timeout=5)
+    with pytest.raises(ckpt.CheckpointError, match=r"train_config.lr: 0.1 -> 0.2"):
+        loop.run_checkpointed(initial(), 4, tmp_path, resume_from=saved, train_config=ConfigRecord({"lr": 0.2}))
+    loop.run_checkpointed(initial(), 4, tmp_path, resume_from=saved, train_config=ConfigRecord({"lr": 0.1}))
+
+
+@pytest.mark.parametrize("strategy", [FedGMA(), FedAvgM(server_momentum=0.9), FedAdam(eta=0.1), FedGMAAdam()])
+def test_a_strategys_identity_does_not_change_while_it_runs(strategy):
+    set_task_identity()
+    strategy.min_available_nodes = strategy.min_train_nodes = 1
+    before = ckpt.strategy_identity(strategy)
+    RoundLoop(strategy, ScriptedGrid({1: "ok", 2: "ok"}, np.random.default_rng(0)), timeout=5).start(initial(), 3)
+    assert ckpt.strategy_identity(strategy) == before
+    assert before["settings"]["fraction_train"] == 1.0 and "current_arrays" not in before["settings"]
+
+
+KILL_BETWEEN_CHECKPOINT_AND_REPORT = """
+import os, signal, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from flower_messages import set_task_identity
+from test_rounds_and_checkpoints import ScriptedGrid, initial
+from fedgma.loop import RoundLoop
+from fedgma.strategy import FedGMA
+set_task_identity()
+
+def after_round(server_round, arrays, outcome):
+    print(server_round, flush=True)
+    if server_round == 2:  # round 2's checkpoint is written; the process dies before it is reported
+        os.kill(os.getpid(), signal.SIGKILL)
+
+RoundLoop(FedGMA(min_available_nodes=1), ScriptedGrid({{1: "ok", 2: "ok"}}, np.random.default_rng(0)),
+          timeout=5).run_checkpointed(initial(), 4, {run_dir!r}, after_round=after_round)
+"""
+
+
+def test_a_kill_between_the_checkpoint_and_after_round_never_repeats_a_round(tmp_path):
+    """after_round sees only rounds whose checkpoint is written: killed (SIGKILL) right after
+    round 2's checkpoint, the resumed run reports rounds 3 and 4 only, and round 2's outcome is
+    in the checkpoint's history for whatever after_round would have recorded."""
+    run_dir = tmp_path / "run"
+    script = KILL_BETWEEN_CHECKPOINT_AND_REPORT.format(tests=str(TESTS), run_dir=str(run_dir))
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
+                            timeout=120)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert killed.stdout.split() == ["0", "1", "2"]
+    set_task_identity()
+    saved = ckpt.resume_point(run_dir, {}, 4)
+    assert saved.round == 2 and [r["round"] for r in saved.history] == [0, 1, 2]
+    reported = []
+    RoundLoop(FedGMA(min_available_nodes=1), ScriptedGrid({1: "ok", 2: "ok"}, np.random.default_rng(0)),
+              timeout=5).run_checkpointed(initial(), 4, run_dir, resume_from=saved,
+                                          after_round=lambda r, a, o: reported.append(r))
+    assert reported == [3, 4]
+    assert [r["round"] for r in ckpt.load_checkpoint(run_dir).history] == [0, 1, 2, 3, 4]

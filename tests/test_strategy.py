@@ -174,52 +174,60 @@ def test_aggregation_memory_does_not_grow_with_the_number_of_clients(variant):
 @pytest.mark.parametrize("variant", ["ws", "gma"])
 @pytest.mark.parametrize("claim", [10**15, 99_999_999, 50 * 150],
                          ids=["claims-1e15", "claims-99999999", "claims-50x-median"])
-def test_a_client_lying_about_its_example_count_does_not_move_the_model(variant, claim):
-    """The strategy on its own (default settings) drops a reply claiming far more than the
-    round's median number of examples; Flower's FedAvg is taken by it."""
+def test_a_client_lying_about_its_example_count_counts_as_the_bound_when_one_is_set(variant, claim):
+    """With its default arguments the strategy takes a claim at its word, as FedAvg does; with
+    max_weight_ratio = 10 the claim counts as 10 x the round's lower median (honest claims
+    151-155: median 153, so 1530): the same bits as a liar who had claimed 1530."""
     rng = np.random.default_rng(7)
     global_arrays = model_arrays(rng)
-    honest = [train_reply(node, {n: v - 0.01 * rng.normal(size=v.shape).astype(np.float32)
-                                 for n, v in global_arrays.items()}, 150 + node)
-              for node in range(1, 6)]
+    moved = [{n: v - 0.01 * rng.normal(size=v.shape).astype(np.float32) for n, v in global_arrays.items()}
+             for _ in range(5)]
     target = {n: v + 100.0 for n, v in global_arrays.items()}  # where the liar pulls the model
-    liar = train_reply(66, target, claim)
-    strategy = FedGMA(variant=variant)
-    configure(strategy, global_arrays)
-    attacked, metrics = strategy.aggregate_train(1, honest[:2] + [liar] + honest[2:])
-    configure(strategy, global_arrays)
-    alone, _ = strategy.aggregate_train(1, honest)
-    for name, value in as_numpy(attacked).items():
-        np.testing.assert_array_equal(value, alone[name].numpy())
-    assert metrics["replies-used"] == 5 and metrics["replies-dropped"] == 1
-    # Without the bound the liar takes the average: the attack is real.
-    taken, _ = FedAvg().aggregate_train(1, honest + [liar])
-    assert np.abs(taken["fc.weight"].numpy() - global_arrays["fc.weight"]).min() > 10
+
+    def replies(liar_claim):
+        honest = [train_reply(node, moved[node - 1], 150 + node) for node in range(1, 6)]
+        return honest[:2] + [train_reply(66, target, liar_claim)] + honest[2:]
+
+    def aggregate(strategy, claim_):
+        configure(strategy, global_arrays)
+        return strategy.aggregate_train(1, replies(claim_))
+
+    taken, metrics = aggregate(FedGMA(variant=variant), claim)
+    assert metrics["replies-used"] == 6 and metrics["replies-clipped"] == 0
+    if variant == "gma":  # gma at its default threshold keeps FedAvg's step where clients agree
+        assert np.abs(as_numpy(taken)["fc.weight"] - global_arrays["fc.weight"]).max() > 10
+    clipped, metrics = aggregate(FedGMA(variant=variant, max_weight_ratio=10), claim)
+    assert metrics["replies-used"] == 6 and metrics["replies-clipped"] == 1 and metrics["replies-dropped"] == 0
+    honest_claim, _ = aggregate(FedGMA(variant=variant), 1530)
+    for name, value in as_numpy(clipped).items():
+        np.testing.assert_array_equal(value, honest_claim[name].numpy())
 
 
-def test_weight_bound_keeps_honest_spread_and_can_be_switched_off():
+def test_weight_bound_keeps_honest_spread_and_clips_above_it():
     rng = np.random.default_rng(8)
     global_arrays = model_arrays(rng)
-    counts = [40, 100, 120, 400]  # 10x the lower median (100) is 1000: all kept
+    counts = [40, 100, 120, 400]  # 10x the lower median (100) is 1000: none clipped
     replies = [train_reply(i + 1, {n: v - 0.01 for n, v in global_arrays.items()}, c) for i, c in enumerate(counts)]
-    strategy = FedGMA()
+    strategy = FedGMA(max_weight_ratio=10)
     configure(strategy, global_arrays)
     _, metrics = strategy.aggregate_train(1, replies)
-    assert metrics["replies-used"] == 4
+    assert (metrics["replies-used"], metrics["replies-clipped"]) == (4, 0)
     replies.append(train_reply(9, global_arrays, 100 * 1001))
     configure(strategy, global_arrays)
-    assert strategy.aggregate_train(1, replies)[1]["replies-used"] == 4
-    unbounded = FedGMA(max_weight_ratio=None)
-    configure(unbounded, global_arrays)
-    assert unbounded.aggregate_train(1, replies)[1]["replies-used"] == 5
+    _, metrics = strategy.aggregate_train(1, replies)
+    assert (metrics["replies-used"], metrics["replies-clipped"]) == (5, 1)
+    assert replies[-1].content["metrics"]["num-examples"] == 1200  # the lower median of five is 120
     with pytest.raises(ValueError, match="max_weight_ratio"):
         FedGMA(max_weight_ratio=0.5)
 
 
-def test_weight_outliers_use_the_lower_median():
-    from fedgma.strategy.validation import weight_outliers
+def test_the_weight_limit_uses_the_lower_median():
+    from fedgma.strategy.validation import ReplyBounds
 
-    assert list(weight_outliers([500, 10**15], 10)) == [1]  # measured against 500, not their mean
-    assert list(weight_outliers([500, 4999, 5001], 10)) == []  # median 4999
-    assert list(weight_outliers([500, 500, 5001], 10)) == [2]
-    assert weight_outliers([1, 10**9], None) == {} and weight_outliers([10**9], 10) == {}
+    ratio = ReplyBounds(max_weight_ratio=10)
+    assert ratio.weight_limit([500, 10**15])[0] == 5000  # measured against 500, not their mean
+    assert ratio.weight_limit([500, 4999, 5001])[0] == 49990  # median 4999
+    assert ratio.weight_limit([500, 500, 5001])[0] == 5000
+    assert ratio.weight_limit([10**9]) is None and ReplyBounds().weight_limit([1, 10**9]) is None
+    both = ReplyBounds(max_num_examples=3000, max_weight_ratio=10)
+    assert both.weight_limit([500, 500, 5001]) == (3000, "max_num_examples 3000")

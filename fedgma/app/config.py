@@ -36,7 +36,8 @@ DEVICE_ENV = "FEDGMA_DEVICE"  # nodes: where the ClientApp trains (auto | cpu | 
 
 # Settings that do not change the result of the rounds already made (a run may resume with others).
 NOT_RESULT_SETTINGS = frozenset(
-    {"output_dir", "run_name", "round_timeout", "reply_poll_interval", "num_server_rounds", "resume"}
+    {"output_dir", "run_name", "round_timeout", "reply_poll_interval", "num_server_rounds", "resume",
+     "max_failed_rounds"}
 )
 
 
@@ -55,6 +56,7 @@ class RunConfig:
     round_timeout: float
     reply_poll_interval: float  # 0: Flower's own Grid.send_and_receive
     min_train_replies: int
+    max_failed_rounds: int  # 0: never end the run for rounds without a model update
     max_num_examples: int
     max_weight_ratio: float  # 0: no bound
     max_update_norm: float  # 0: no bound
@@ -117,6 +119,11 @@ class RunConfig:
         """Seconds between the round loop's pulls for replies; None (a setting of 0) leaves
         the wait to the grid's own ``send_and_receive`` (Flower 1.39 deployed: every 3 s)."""
         return self.reply_poll_interval or None
+
+    @property
+    def failed_rounds_bound(self) -> int | None:
+        """``max-failed-rounds`` as the round loop takes it: None when 0 (never fail for it)."""
+        return self.max_failed_rounds or None
 
     @property
     def partitions_bound(self) -> int | None:
@@ -215,6 +222,7 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         round_timeout=_number(raw, "round-timeout", float, 0.0, low_open=True),
         reply_poll_interval=_number(raw, "reply-poll-interval", float, 0.0, 60.0),
         min_train_replies=_number(raw, "min-train-replies", int, 0),
+        max_failed_rounds=_number(raw, "max-failed-rounds", int, 0),
         max_num_examples=_number(raw, "max-num-examples", int, 1),
         max_weight_ratio=_number(raw, "max-weight-ratio", float, 0.0),
         max_update_norm=_number(raw, "max-update-norm", float, 0.0),

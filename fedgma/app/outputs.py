@@ -36,6 +36,7 @@ METRIC_COLUMNS = (
     "replies-failed",
     "replies-timed-out",
     "replies-dropped",
+    "replies-clipped",
     "model-updated",
     "client-eval-loss",
     "client-eval-accuracy",
@@ -59,16 +60,6 @@ METRIC_COLUMNS = (
 )
 
 
-def _parse(text: str) -> float | int | str:
-    """A CSV cell back to the number it was written from."""
-    for convert in (int, float):
-        try:
-            return convert(text)
-        except ValueError:
-            pass
-    return text
-
-
 class RunOutputs:
     """Writes one run's files.
 
@@ -76,27 +67,23 @@ class RunOutputs:
     ----------
     run_dir : Path
         The run's own directory; created if missing.
-    keep_rounds : Optional[int]
-        Resuming: keep the rows of rounds ``0 .. keep_rounds`` already in
-        ``metrics.csv`` (rows of later rounds, written after the last
-        checkpoint, are dropped). ``None`` starts a new file.
+    rows : Optional[list[dict]]
+        Resuming: the rows of the rounds the checkpoint holds, which ``metrics.csv``
+        starts with (rows of later rounds, written after it, are gone). ``None``
+        starts a new file.
     """
 
-    def __init__(self, run_dir: Path, keep_rounds: int | None = None) -> None:
+    def __init__(self, run_dir: Path, rows: list[dict[str, float | int | str]] | None = None) -> None:
         self.run_dir = run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.files = RunFolder(run_dir)
         self.metrics_path = self.files.metrics
-        self.rows: list[dict[str, float | int | str]] = []
-        if keep_rounds is not None and self.metrics_path.is_file():
-            with self.metrics_path.open(newline="") as handle:
-                for row in csv.DictReader(handle):
-                    if int(row["round"]) <= keep_rounds:
-                        self.rows.append({k: _parse(v) for k, v in row.items() if k in METRIC_COLUMNS})
+        self.rows: list[dict[str, float | int | str]] = [
+            {column: row.get(column, "") for column in METRIC_COLUMNS} for row in rows or []]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
         writer.writeheader()
-        writer.writerows({c: r.get(c, "") for c in METRIC_COLUMNS} for r in self.rows)
+        writer.writerows(self.rows)
         payload = buffer.getvalue().encode()
         atomic_write(self.metrics_path, lambda f: f.write(payload))
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from logging import INFO
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, Context
+from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
@@ -36,46 +36,22 @@ def run_directory(config: RunConfig, run_id: int, root: Path) -> Path:
     return run_path(root, "output-dir", config.output_dir, name)
 
 
-class RoundLog:
-    """Central evaluation of each round, written as one row with the round's reply counts."""
+def central_evaluation(
+    model: torch.nn.Module, id_set: ColoredSet, ood_set: ColoredSet
+) -> Callable[[int, ArrayRecord], MetricRecord]:
+    """``evaluate_fn`` for the round loop: the global model on the ID and OOD test sets."""
+    id_loader = id_set.loader(EVAL_BATCH_SIZE, shuffle=False)
+    ood_loader = ood_set.loader(EVAL_BATCH_SIZE, shuffle=False)
 
-    def __init__(
-        self, outputs: RunOutputs, model: torch.nn.Module, id_set: ColoredSet, ood_set: ColoredSet,
-        elapsed: float = 0.0,
-    ) -> None:
-        self.outputs = outputs
-        self.model = model
-        self.id_loader = id_set.loader(EVAL_BATCH_SIZE, shuffle=False)
-        self.ood_loader = ood_set.loader(EVAL_BATCH_SIZE, shuffle=False)
-        self.start = time.monotonic() - elapsed  # a resumed run continues its clock
-        self.last = time.monotonic()
+    def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        # The model is only an evaluation buffer: each round loads the global weights into it.
+        model.load_state_dict(arrays.to_torch_state_dict())
+        id_loss, id_acc = evaluate(model, id_loader)
+        ood_loss, ood_acc = evaluate(model, ood_loader)
+        return MetricRecord({"id-accuracy": id_acc, "id-loss": id_loss, "ood-accuracy": ood_acc,
+                             "ood-loss": ood_loss})
 
-    @property
-    def elapsed(self) -> float:
-        return time.monotonic() - self.start
-
-    def record(self, server_round: int, arrays: ArrayRecord, extra: dict | None = None) -> dict:
-        """Evaluate the global model on the ID and OOD test sets and append the row."""
-        evaluate_start = time.monotonic()
-        self.model.load_state_dict(arrays.to_torch_state_dict())
-        id_loss, id_acc = evaluate(self.model, self.id_loader)
-        ood_loss, ood_acc = evaluate(self.model, self.ood_loader)
-        now = time.monotonic()
-        row = {
-            **(extra or {}),
-            "central-eval-seconds": round(now - evaluate_start, 4),
-            "round": server_round,
-            "wall-seconds": round(now - self.start, 3),
-            "round-seconds": round(now - self.last, 3),
-            "id-accuracy": id_acc,
-            "id-loss": id_loss,
-            "ood-accuracy": ood_acc,
-            "ood-loss": ood_loss,
-        }
-        self.last = now
-        self.outputs.add_row(row)
-        log(INFO, "Round %s: ID accuracy %.4f, OOD accuracy %.4f", server_round, id_acc, ood_acc)
-        return row
+    return evaluate_fn
 
 
 def format_table(rows: list[dict]) -> str:
@@ -127,25 +103,21 @@ def main(grid: Grid, context: Context) -> None:
     source = data_source()  # the server's own: its environment, never the run config
     id_set, ood_set = load_test_set(config, source, ood=False), load_test_set(config, source, ood=True)
     model = build_model(config.num_classes, seed=config.seed)
-    outputs = RunOutputs(run_dir, keep_rounds=None if checkpoint is None else checkpoint.round)
+    # Resuming: the checkpoint's rounds are the record (rows written after it are dropped).
+    outputs = RunOutputs(run_dir, rows=None if checkpoint is None else
+                         [RoundOutcome.from_json(record).as_row() for record in checkpoint.history])
     outputs.write_config(
         config,
         {"run-id": context.run_id, "strategy-label": describe(config),
          "model-parameters": count_parameters(model)},
     )
     log(INFO, "FedGMA app: writing outputs to %s", outputs.run_dir)
-    # The model is only an evaluation buffer from here on: each round loads the global weights into it.
-    round_log = RoundLog(outputs, model, id_set, ood_set,
-                         elapsed=0.0 if checkpoint is None else checkpoint.wall_seconds)
 
     def after_round(server_round: int, new_arrays: ArrayRecord, outcome: RoundOutcome) -> None:
-        round_log.record(server_round, new_arrays, outcome.as_row())
+        outputs.add_row(outcome.as_row())
 
     log(INFO, "Starting %s strategy:", strategy.__class__.__name__)
     strategy.summary()
-    arrays = ArrayRecord(model.state_dict())
-    if checkpoint is None:
-        round_log.record(0, arrays)  # the initial model, checkpointed as round 0 by the loop
     loop = RoundLoop(
         strategy=strategy,
         grid=grid,
@@ -154,12 +126,15 @@ def main(grid: Grid, context: Context) -> None:
         seed=config.seed,
         num_partitions=config.partitions_bound,
         poll_interval=config.poll_interval,
+        max_failed_rounds=config.failed_rounds_bound,
         **config.reply_bounds,
     )
-    final = loop.run_checkpointed(arrays, config.num_server_rounds, run_dir,
-                                  settings=config.result_settings(), resume_from=checkpoint,
-                                  after_round=after_round)
-    model_path = outputs.save_model(final.to_torch_state_dict())
+    # A run that cannot succeed raises RunFailed here: Flower ends it as finished:failed, with the cause.
+    result = loop.run_checkpointed(ArrayRecord(model.state_dict()), config.num_server_rounds, run_dir,
+                                   settings=config.result_settings(), resume_from=checkpoint,
+                                   evaluate_fn=central_evaluation(model, id_set, ood_set),
+                                   after_round=after_round)
+    model_path = outputs.save_model(result.arrays.to_torch_state_dict())
     summary = outputs.write_summary(describe(config))
     log(INFO, "FedGMA app: %s on %s/%s, %s partitioning", describe(config), config.dataset,
         config.task, config.partitioning)

@@ -14,7 +14,7 @@ from fedgma import lazy_attributes
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, resume_point
     from .partitions import NODE_RECORD
-    from .rounds import RoundLoop, RoundOutcome
+    from .rounds import RoundLoop, RoundOutcome, RunFailed
     from .run_folder import RunFolder
 
 _MODULE_OF = {
@@ -25,6 +25,7 @@ _MODULE_OF = {
     "NODE_RECORD": "partitions",
     "RoundLoop": "rounds",
     "RoundOutcome": "rounds",
+    "RunFailed": "rounds",
     "RunFolder": "run_folder",
 }
 __all__ = [
@@ -33,10 +34,11 @@ __all__ = [
     "NODE_RECORD",
     "RoundLoop",
     "RoundOutcome",
+    "RunFailed",
     "RunFolder",
     "load_checkpoint",
     "resume_point",
 ]
 
 
-__getattr__ = lazy_attributes(__name__, _MODULE_OF)
+__getattr__, __dir__ = lazy_attributes(__name__, _MODULE_OF)

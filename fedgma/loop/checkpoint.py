@@ -2,19 +2,21 @@
 
 ``RunFolder(run_dir).checkpoint`` holds, after every completed round: the round
 number, the global weights, the strategy's own state (FedAvgM's momentum,
-FedAdam's moments; FedGMA keeps none across rounds), Python's ``random``
-state (Flower samples nodes with it), the elapsed wall time, the settings that
-decide the result and their hash. It is written with write-then-rename, so a
-crash while writing leaves the previous checkpoint intact. It is read with
+FedAdam's moments; FedGMA keeps none across rounds), what the run is (the
+strategy's class and settings, the loop's settings, the caller's ``settings``),
+every round's outcome (counts, timings, metrics: the run's history, from which a
+resumed run rebuilds its ``Result`` and its records), the elapsed wall time, and,
+when the run ended failed, why. It is written with write-then-rename, so a crash
+while writing leaves the previous checkpoint intact. It is read with
 ``allow_pickle=False``: a checkpoint cannot run code.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
-import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +28,8 @@ from .run_folder import RunFolder
 
 # Strategy attributes that carry state from one round to the next (Flower's FedAvgM, FedOpt family).
 STATE_ATTRIBUTES = ("momentum_vector", "m_t", "v_t")
+# Attributes that hold a round's working copy of the model, not a setting.
+WORKING_ATTRIBUTES = ("current_arrays",)
 
 StateValue = dict[str, np.ndarray] | list[np.ndarray] | None
 
@@ -34,24 +38,75 @@ class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or cannot be resumed with the given settings."""
 
 
-def settings_hash(settings: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+def settings_hash(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass
 class Checkpoint:
-    """The state after ``round`` completed rounds."""
+    """The state after ``round`` completed rounds.
+
+    ``identity`` is what the run is (see :func:`strategy_identity`; the round loop adds
+    its own settings), ``settings`` what the caller said decides its result, ``history``
+    one JSON record per round from 0 (``RoundOutcome.to_json``), ``failure`` why the run
+    ended failed (None while it has not).
+    """
 
     round: int
     arrays: dict[str, np.ndarray]
     strategy_state: dict[str, StateValue]
-    rng_state: Any
     wall_seconds: float
     settings: dict[str, Any]
+    identity: dict[str, Any]
+    history: list[dict[str, Any]]
+    failure: str | None = None
 
     @property
     def settings_hash(self) -> str:
-        return settings_hash(self.settings)
+        return settings_hash(self.settings, self.identity)
+
+
+def _json_value(value: Any) -> Any:
+    """``value`` as JSON if it is a setting (a scalar, a list of them, a dataclass of them);
+    ``NotImplemented`` otherwise (functions, arrays)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, (list, tuple)):
+        items = [_json_value(v) for v in value]
+        return NotImplemented if any(v is NotImplemented for v in items) else items
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _json_mapping(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return _json_mapping(value)
+    return NotImplemented
+
+
+def _json_mapping(values: dict[str, Any]) -> dict[str, Any]:
+    """The entries of ``values`` that are settings, as JSON."""
+    converted = {name: _json_value(value) for name, value in values.items()}
+    return {name: value for name, value in sorted(converted.items()) if value is not NotImplemented}
+
+
+def strategy_identity(strategy: object) -> dict[str, Any]:
+    """The strategy's class and its settings (public attributes that are numbers, strings or
+    flags: FedGMA's variant, tau and server_lr, FedOpt's eta and betas, FedAvg's fractions ...),
+    leaving out functions, its working copy of the model and its cross-round state."""
+    cls = type(strategy)
+    attributes = {name: value for name, value in vars(strategy).items()
+                  if not name.startswith("_") and name not in STATE_ATTRIBUTES + WORKING_ATTRIBUTES}
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "settings": _json_mapping(attributes)}
+
+
+def config_identity(config: Any) -> Any:
+    """A train or evaluate config as JSON: a ``ConfigRecord``'s entries; a function of the
+    round is named only (what it depends on belongs in the caller's ``settings``)."""
+    if config is None:
+        return None
+    if callable(config):
+        return f"function {getattr(config, '__module__', '?')}.{getattr(config, '__qualname__', '?')}"
+    return _json_mapping(dict(config))
 
 
 def strategy_state(strategy: object) -> dict[str, StateValue]:
@@ -96,9 +151,11 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
         "array-names": list(checkpoint.arrays),
         "state-kinds": kinds,
         "state-keys": {a: list(v) if isinstance(v, dict) else None for a, v in checkpoint.strategy_state.items()},
-        "rng-state": checkpoint.rng_state,
         "wall-seconds": checkpoint.wall_seconds,
         "settings": checkpoint.settings,
+        "identity": checkpoint.identity,
+        "history": checkpoint.history,
+        "failure": checkpoint.failure,
         "settings-hash": checkpoint.settings_hash,
     }
     arrays["meta"] = np.array(json.dumps(meta))
@@ -110,11 +167,6 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     return path
 
 
-def _tuples(value: Any) -> Any:
-    """JSON turned random.getstate()'s tuples into lists; setstate needs tuples."""
-    return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
-
-
 def load_checkpoint(run_dir: Path) -> Checkpoint | None:
     """Read the run folder's checkpoint; None if the run has none yet."""
     path = RunFolder(run_dir).checkpoint
@@ -123,6 +175,10 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
     try:
         with np.load(path, allow_pickle=False) as data:
             meta = json.loads(str(data["meta"]))
+            if "identity" not in meta or "history" not in meta:
+                raise CheckpointError(
+                    f"the checkpoint {path} was written by an earlier version of fedgma, without a "
+                    "record of its strategy and rounds: it cannot be resumed; start a new run")
             arrays = {name: data[f"global/{name}"] for name in meta["array-names"]}
             state: dict[str, StateValue] = {}
             for attr, kind in meta["state-kinds"].items():
@@ -135,37 +191,71 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
                     count = sum(1 for key in data.files if key.startswith(prefix))
                     state[attr] = [data[f"{prefix}{i}"] for i in range(count)]
     except (OSError, ValueError, KeyError) as err:
+        if isinstance(err, CheckpointError):
+            raise
         raise CheckpointError(f"cannot read the checkpoint {path}: {err}") from err
     checkpoint = Checkpoint(
         round=int(meta["round"]),
         arrays=arrays,
         strategy_state=state,
-        rng_state=_tuples(meta["rng-state"]),
         wall_seconds=float(meta["wall-seconds"]),
         settings=meta["settings"],
+        identity=meta["identity"],
+        history=meta["history"],
+        failure=meta["failure"],
     )
     if checkpoint.settings_hash != meta["settings-hash"]:
         raise CheckpointError(f"the checkpoint {path} is inconsistent (settings hash mismatch)")
     return checkpoint
 
 
-def check_resumable(checkpoint: Checkpoint, settings: dict[str, Any], num_rounds: int) -> None:
-    """Refuse to resume with ``settings`` that differ from the checkpoint's (naming them), or
-    with fewer rounds than it already has."""
-    differing = sorted(k for k in set(settings) | set(checkpoint.settings)
-                       if settings.get(k) != checkpoint.settings.get(k))
+def mark_failed(run_dir: Path, reason: str) -> None:
+    """Record in the run folder's checkpoint that the run ended failed, and why (a resumed
+    run says so). Nothing to do where there is no readable checkpoint."""
+    try:
+        checkpoint = load_checkpoint(run_dir)
+    except CheckpointError:
+        return
+    if checkpoint is not None:
+        save_checkpoint(run_dir, dataclasses.replace(checkpoint, failure=reason))
+
+
+def _differences(saved: dict[str, Any], given: dict[str, Any], prefix: str = "") -> list[str]:
+    """``"key: saved -> given"`` for each key whose value differs (nested dicts by their keys)."""
+    found = []
+    for key in sorted(set(saved) | set(given)):
+        old, new = saved.get(key), given.get(key)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found += _differences(old, new, f"{prefix}{key}.")
+        elif old != new:
+            found.append(f"{prefix}{key}: {old!r} -> {new!r}")
+    return found
+
+
+def check_resumable(checkpoint: Checkpoint, settings: dict[str, Any], num_rounds: int,
+                    identity: dict[str, Any] | None = None) -> None:
+    """Refuse to resume with ``settings`` (or a run ``identity``: strategy, loop) that differ
+    from the checkpoint's, naming them, or with fewer rounds than it already has."""
+    differing = _differences(checkpoint.settings, settings)
     if differing:
-        details = ", ".join(f"{k}: {checkpoint.settings.get(k)!r} -> {settings.get(k)!r}" for k in differing)
-        raise CheckpointError(f"cannot resume: these settings differ from the checkpoint's ({details})")
+        raise CheckpointError(f"cannot resume: these settings differ from the checkpoint's ({', '.join(differing)})")
+    if identity is not None:
+        differing = _differences(checkpoint.identity, identity)
+        if differing:
+            raise CheckpointError("cannot resume: the strategy or the round loop differs from the checkpoint's "
+                                  f"({', '.join(differing)})")
     if num_rounds < checkpoint.round:
         raise CheckpointError(
-            f"cannot resume: 'num-server-rounds' is {num_rounds} but the checkpoint "
-            f"already has {checkpoint.round} rounds"
+            f"cannot resume: the run asks for {num_rounds} rounds but the checkpoint already has "
+            f"{checkpoint.round}"
         )
 
 
 def resume_point(run_dir: Path, settings: dict[str, Any], num_rounds: int) -> Checkpoint:
     """The checkpoint in ``run_dir``, checked for resuming ``num_rounds`` rounds with ``settings``.
+
+    The round loop checks the strategy and its own settings too when it resumes
+    (:meth:`fedgma.loop.RoundLoop.run_checkpointed`).
 
     Raises
     ------
@@ -177,11 +267,3 @@ def resume_point(run_dir: Path, settings: dict[str, Any], num_rounds: int) -> Ch
         raise CheckpointError(f"{run_dir} holds no checkpoint to resume from")
     check_resumable(checkpoint, settings, num_rounds)
     return checkpoint
-
-
-def python_rng_state() -> Any:
-    return random.getstate()
-
-
-def restore_python_rng(state: Any) -> None:
-    random.setstate(state)

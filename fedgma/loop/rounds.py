@@ -1,38 +1,45 @@
 """The round loop: Flower's ``Strategy.start`` plus fault handling, for any ServerApp.
 
-It does what ``Strategy.start`` does (configure, send and receive, aggregate,
-evaluate) and, around it, what Flower leaves to the app:
+:meth:`RoundLoop.start` takes what ``Strategy.start`` takes (``train_config``,
+``evaluate_config``, ``evaluate_fn``) and returns what it returns (a Flower
+``Result``); :meth:`RoundLoop.run_checkpointed` does the same with a checkpoint
+after every round, and resumes from one. Around Flower's rounds it does what
+Flower leaves to the app:
 
-- it checkpoints after every round and resumes from a checkpoint
-  (:meth:`RoundLoop.run_checkpointed`), or starts at any round (:meth:`RoundLoop.run`);
 - every training reply is checked once, against the global model, before any
   strategy sees it (``fedgma.strategy.validation.check_replies``; Flower's
   baselines would otherwise end the run on one malformed reply), and bad ones are
   dropped with a log line naming the node; FedGMA takes the checked arrays as they
   are instead of checking the replies again;
+- optional bounds on a reply's claimed weight and update norm clip it (off by
+  default: honest federations get FedAvg's result);
 - a reply whose declared partition is out of range, claimed by another node, or
   not the one its node held before is refused (``fedgma.loop.partitions``);
-- a reply claiming more than ``max-weight-ratio`` times the round's median number
-  of examples is dropped, so one client cannot take the average by lying;
 - replies are put in a fixed order (by the client's partition id) so that
   floating-point sums, and therefore the weights, do not depend on arrival order;
-- node sampling is seeded per round from the run's seed;
-- a round with fewer usable replies than ``min-train-replies`` keeps the
-  global model and says so;
-- replies that failed, timed out or were dropped are counted per round;
+- node sampling is seeded per round from the run's seed, without touching the
+  process's own ``random`` state;
+- a round with fewer usable replies than ``min_train_replies`` keeps the global
+  model and says so; after ``max_failed_rounds`` rounds in a row in which the model
+  did not move (that, or every update zero), or when the aggregated model is not
+  finite, the run ends with :class:`RunFailed`, naming the cause;
+- replies that failed, timed out, were dropped or clipped are counted per round;
 - replies are pulled every ``poll_interval`` seconds (0.2 by default) instead of
   the 3 s of Flower's deployed grid (``fedgma.loop.exchange``);
 - the round's parts are timed: waiting for training replies, aggregation,
-  waiting for client evaluation replies, and, of each wait, the part after the
-  newest reply was made.
+  waiting for client evaluation replies, central evaluation, and, of each wait,
+  the part after the newest reply was made.
 """
 
 from __future__ import annotations
 
+import io
 import random
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, fields
 from logging import INFO, WARNING
 from pathlib import Path
 from typing import Any
@@ -40,69 +47,130 @@ from typing import Any
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import FedAvg
+from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
-from fedgma.strategy.validation import DEFAULT_MAX_WEIGHT_RATIO, ReplyBounds, check_replies
+from fedgma.strategy.validation import ReplyBounds, all_finite, check_replies, log_adjusted
 
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
-    python_rng_state,
-    restore_python_rng,
+    check_resumable,
+    config_identity,
+    mark_failed,
     restore_strategy_state,
     save_checkpoint,
+    strategy_identity,
     strategy_state,
 )
 from .exchange import DEFAULT_POLL_INTERVAL, exchange
 from .partitions import NODE_RECORD, PartitionClaims
 from .run_folder import RunFolder
 
-__all__ = ["NODE_RECORD", "RoundLoop", "RoundOutcome"]
+__all__ = ["NODE_RECORD", "RoundLoop", "RoundOutcome", "RunFailed"]
 
 AfterRound = Callable[[int, ArrayRecord, "RoundOutcome"], None]
+ConfigSource = ConfigRecord | Callable[[int], ConfigRecord] | None
+EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
+
+DEFAULT_MAX_FAILED_ROUNDS = 3
+_METRIC_FIELDS = ("train_metrics", "evaluate_metrics", "central_metrics")
+
+
+class RunFailed(RuntimeError):
+    """The run cannot succeed; the message names the cause. Raised out of the ServerApp's
+    ``main``, it ends the run as ``finished:failed`` with the message in the run's log."""
 
 
 @dataclass
 class RoundOutcome:
-    """What happened in one round (counts of replies, and whether the model moved)."""
+    """What happened in one round: counts of replies, whether the model moved, timings, the
+    aggregated client metrics and the central evaluation. Round 0 is the initial model."""
 
     round: int
     sent: int = 0
     failed: int = 0
     timed_out: int = 0
     dropped: int = 0
+    clipped: int = 0
     used: int = 0
     model_updated: bool = False
     train_wait_seconds: float = 0.0
     aggregate_seconds: float = 0.0
     evaluate_wait_seconds: float = 0.0
+    central_eval_seconds: float = 0.0
+    round_seconds: float = 0.0
+    wall_seconds: float = 0.0  # the run's elapsed time when the round ended (a resumed run continues it)
     train_reply_lag_seconds: float | None = None
     evaluate_reply_lag_seconds: float | None = None
     train_metrics: MetricRecord | None = None
     evaluate_metrics: MetricRecord | None = None
+    central_metrics: MetricRecord | None = None
     drop_reasons: list[str] = field(default_factory=list)
+    failure_reasons: list[str] = field(default_factory=list)
+    kept_because: str = ""  # why the global model did not move this round
 
-    def as_row(self) -> dict[str, float | int]:
-        row: dict[str, float | int] = dict(self.train_metrics or {})
+    @property
+    def stalled(self) -> bool:
+        """Training was asked for and the model did not move."""
+        return self.round > 0 and self.sent > 0 and not self.model_updated
+
+    def as_row(self) -> dict[str, float | int | str]:
+        """One flat row: the training metrics, the client evaluation's under ``client-``,
+        the central evaluation's under their own names, then the counts and timings."""
+        row: dict[str, float | int | str] = {"round": self.round}
+        if self.round == 0:  # the initial model: no replies, only its central evaluation
+            row.update(dict(self.central_metrics or {}))
+            row.update({"central-eval-seconds": round(self.central_eval_seconds, 4),
+                        "round-seconds": round(self.round_seconds, 3), "wall-seconds": round(self.wall_seconds, 3)})
+            return row
+        row.update(dict(self.train_metrics or {}))
         for key, value in (self.evaluate_metrics or {}).items():
             row[f"client-{key}"] = value
+        row.update(dict(self.central_metrics or {}))
         row.update({
             "replies-sent": self.sent,
             "replies-failed": self.failed,
             "replies-timed-out": self.timed_out,
             "replies-dropped": self.dropped,
+            "replies-clipped": self.clipped,
             "replies-used": self.used,
             "model-updated": int(self.model_updated),
             "train-wait-seconds": round(self.train_wait_seconds, 4),
             "aggregate-seconds": round(self.aggregate_seconds, 4),
             "client-eval-wait-seconds": round(self.evaluate_wait_seconds, 4),
+            "central-eval-seconds": round(self.central_eval_seconds, 4),
+            "round-seconds": round(self.round_seconds, 3),
+            "wall-seconds": round(self.wall_seconds, 3),
         })
         # Seconds from the newest reply's creation to the server holding it (empty without replies).
         for key, lag in (("train-reply-lag-seconds", self.train_reply_lag_seconds),
                          ("client-eval-reply-lag-seconds", self.evaluate_reply_lag_seconds)):
             row[key] = "" if lag is None else round(lag, 4)
         return row
+
+    def describe(self) -> str:
+        """The round's replies in a few words, with the first reasons for failures and drops."""
+        text = (f"round {self.round}: {self.sent} sent, {self.failed} failed, {self.timed_out} timed out, "
+                f"{self.dropped} dropped, {self.used} usable")
+        reasons = [f"{count} x {reason}" for reason, count in Counter(self.failure_reasons).most_common(3)]
+        reasons += self.drop_reasons[:3]
+        text += f" ({'; '.join(reasons)})" if reasons else ""
+        return text + (f"; {self.kept_because}" if self.kept_because else "")
+
+    def to_json(self) -> dict[str, Any]:
+        """The outcome as JSON values (a checkpoint keeps one per round)."""
+        record = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in _METRIC_FIELDS:
+            record[name] = None if record[name] is None else dict(record[name])
+        return record
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> RoundOutcome:
+        values = dict(record)
+        for name in _METRIC_FIELDS:
+            values[name] = None if values.get(name) is None else MetricRecord(values[name])
+        return cls(**values)
 
 
 def keep_dtypes(new: ArrayRecord, old: ArrayRecord) -> ArrayRecord:
@@ -115,58 +183,110 @@ def keep_dtypes(new: ArrayRecord, old: ArrayRecord) -> ArrayRecord:
     """
     if all(new[name].dtype == old[name].dtype for name in new if name in old):
         return new
-    return ArrayRecord({
-        name: Array(np.asarray(array.numpy(), dtype=old[name].numpy().dtype)) if name in old else array
-        for name, array in new.items()
-    })
+    with np.errstate(over="ignore"):  # an overflow becomes inf, which the caller refuses
+        return ArrayRecord({
+            name: Array(np.asarray(array.numpy(), dtype=old[name].numpy().dtype)) if name in old else array
+            for name, array in new.items()
+        })
 
 
 def round_seed(seed: int, server_round: int) -> int:
     return seed * 1_000_003 + server_round
 
 
+@contextmanager
+def seeded_random(seed: int | str) -> Iterator[None]:
+    """Seed Python's ``random`` (Flower samples nodes with it) for the block, then put the
+    process's own state back."""
+    state = random.getstate()
+    random.seed(seed)
+    try:
+        yield
+    finally:
+        random.setstate(state)
+
+
+def config_for(source: ConfigSource, server_round: int) -> ConfigRecord:
+    """The round's config: a copy of a ``ConfigRecord`` (the strategy adds ``server-round``
+    to what it is given), or what a function of the round returns; empty for None."""
+    if source is None:
+        return ConfigRecord()
+    if callable(source):
+        record = source(server_round)
+        if not isinstance(record, ConfigRecord):
+            raise TypeError(f"a config function must return a ConfigRecord, got {type(record).__name__} "
+                            f"for round {server_round}")
+        return record
+    return ConfigRecord(dict(source))
+
+
+def result_of(arrays: ArrayRecord, history: list[RoundOutcome]) -> Result:
+    """A Flower ``Result``: the final arrays and each round's metrics, as ``Strategy.start`` returns."""
+    result = Result(arrays=arrays)
+    for outcome in history:
+        if outcome.train_metrics is not None:
+            result.train_metrics_clientapp[outcome.round] = outcome.train_metrics
+        if outcome.evaluate_metrics is not None:
+            result.evaluate_metrics_clientapp[outcome.round] = outcome.evaluate_metrics
+        if outcome.central_metrics is not None:
+            result.evaluate_metrics_serverapp[outcome.round] = outcome.central_metrics
+    return result
+
+
 @dataclass
 class RoundLoop:
-    """Runs rounds ``first_round .. num_rounds`` of a strategy on a grid.
+    """Runs the rounds of a FedAvg-family strategy on a grid, as ``Strategy.start`` does,
+    with the checks, bounds, timeouts and checkpoints listed in this module's docstring.
 
     Parameters
     ----------
     strategy : FedAvg
         Any of Flower's FedAvg-family strategies (FedGMA included).
     grid : Grid
-    timeout : float
+    timeout : float (default: 3600)
         Seconds to wait for one round's replies; a dead node costs at most this.
-    min_train_replies : int
-        Fewer usable training replies than this keep the global model.
-    seed : int
+    min_train_replies : int (default: 1)
+        Fewer usable training replies than this keep the global model for the round.
+    seed : int (default: 0)
         Seeds node sampling per round.
-    max_num_examples, max_update_norm : Optional[float]
-        Bounds a reply must respect (see ``decode_reply``).
-    max_weight_ratio : Optional[float]
-        Replies claiming more than this many times the round's median weight are
-        dropped (see ``weight_outliers``); None: no bound.
+    max_num_examples, max_weight_ratio, max_update_norm : Optional[float] (default: None)
+        Optional bounds on each training reply, which clip it
+        (``fedgma.strategy.validation.ReplyBounds``). None: no bound, as in FedAvg.
     num_partitions : Optional[int]
         Partitions in the federation, bounding the ``partition-id`` a reply may
         declare; None: each reply's own ``num-partitions``.
-    poll_interval : Optional[float]
+    poll_interval : Optional[float] (default: 0.2)
         Seconds between two pulls for replies; None: the grid's own
         ``send_and_receive`` (Flower 1.39 deployed: 3 s).
+    max_failed_rounds : Optional[int] (default: 3)
+        After this many rounds in a row in which training was asked for and the model
+        did not move (no usable reply, fewer than ``min_train_replies``, or every update
+        zero, as when a model has diverged to constant predictions), the run ends with
+        :class:`RunFailed`, naming what the replies said. None: never.
     """
 
     strategy: FedAvg
     grid: Grid
-    timeout: float
+    timeout: float = 3600.0
     min_train_replies: int = 1
     seed: int = 0
     max_num_examples: float | None = None
     max_update_norm: float | None = None
-    max_weight_ratio: float | None = DEFAULT_MAX_WEIGHT_RATIO
+    max_weight_ratio: float | None = None
     num_partitions: int | None = None
     poll_interval: float | None = DEFAULT_POLL_INTERVAL
+    max_failed_rounds: int | None = DEFAULT_MAX_FAILED_ROUNDS
 
     def __post_init__(self) -> None:
         self.claims = PartitionClaims(self.num_partitions)
         self.bounds = ReplyBounds(self.max_num_examples, self.max_update_norm, self.max_weight_ratio)
+        if self.max_failed_rounds is not None and (
+                isinstance(self.max_failed_rounds, bool) or not isinstance(self.max_failed_rounds, int)
+                or self.max_failed_rounds < 1):
+            raise ValueError(f"RoundLoop: max_failed_rounds must be None or an integer >= 1, "
+                             f"got {self.max_failed_rounds!r}")
+
+    # --- one round -----------------------------------------------------------------
 
     def _drop(self, server_round: int, message: Message, problem: str, outcome: RoundOutcome) -> None:
         reason = f"node {message.metadata.src_node_id}: {problem}"
@@ -184,17 +304,24 @@ class RoundLoop:
                                          self.strategy.weighted_by_key, self.bounds)
         for message, problem in refused:
             self._drop(server_round, message, problem, outcome)
-        for reply in checked.checked:
-            if reply.cast:
-                log(WARNING, "Round %s: node %s's reply was cast to the model's dtypes (%s)",
-                    server_round, reply.message.metadata.src_node_id, "; ".join(reply.cast))
+        log_adjusted(f"Round {server_round}", checked)
+        outcome.clipped = sum(1 for reply in checked.checked if reply.clipped)
         return checked
 
-    def train_round(self, server_round: int, arrays: ArrayRecord) -> tuple[ArrayRecord, RoundOutcome]:
-        """One training round; returns the new (or unchanged) global arrays."""
+    def train_round(self, server_round: int, arrays: ArrayRecord,
+                    config: ConfigRecord | None = None) -> tuple[ArrayRecord, RoundOutcome]:
+        """One training round with ``config`` sent to the clients; returns the new (or
+        unchanged) global arrays.
+
+        Raises
+        ------
+        RunFailed
+            If the aggregated model has non-finite values (the run diverged).
+        """
         outcome = RoundOutcome(server_round)
-        random.seed(round_seed(self.seed, server_round))  # Flower samples nodes with `random`
-        messages = list(self.strategy.configure_train(server_round, arrays, ConfigRecord(), self.grid))
+        with seeded_random(round_seed(self.seed, server_round)):
+            messages = list(self.strategy.configure_train(server_round, arrays, config or ConfigRecord(),
+                                                          self.grid))
         outcome.sent = len(messages)
         received = exchange(self.grid, messages, self.timeout, self.poll_interval)
         replies = received.replies
@@ -204,6 +331,7 @@ class RoundLoop:
         outcome.failed = len(replies) - len(answered)
         for message in replies:
             if message.has_error():
+                outcome.failure_reasons.append(message.error.reason)
                 log(WARNING, "Round %s: a node's training failed: %s", server_round, message.error.reason)
         usable = self.check_replies(server_round, answered, arrays, outcome)
         outcome.dropped = len(answered) - len(usable)
@@ -212,22 +340,44 @@ class RoundLoop:
             log(WARNING, "Round %s: %s of %s nodes did not reply within %.0f s",
                 server_round, outcome.timed_out, outcome.sent, self.timeout)
         if len(usable) < max(self.min_train_replies, 1):
-            log(WARNING, "Round %s: %s usable replies, fewer than min-train-replies=%s: "
-                "the global model is kept", server_round, len(usable), self.min_train_replies)
+            outcome.kept_because = f"fewer usable replies than min_train_replies={self.min_train_replies}"
+            if outcome.sent:
+                log(WARNING, "Round %s: %s usable replies, fewer than min_train_replies=%s: "
+                    "the global model is kept", server_round, len(usable), self.min_train_replies)
             return arrays, outcome
         aggregate_start = time.perf_counter()
         new_arrays, metrics = self.strategy.aggregate_train(server_round, usable)
         outcome.aggregate_seconds = time.perf_counter() - aggregate_start
         outcome.train_metrics = metrics
+        if metrics is not None:
+            log(INFO, "\t└──> Aggregated MetricRecord: %s", metrics)
         if new_arrays is None:
+            outcome.kept_because = "the strategy returned no model"
             log(WARNING, "Round %s: the strategy returned no model: the global model is kept", server_round)
             return arrays, outcome
+        new_arrays = keep_dtypes(new_arrays, arrays)
+        diverged = [name for name, array in new_arrays.items() if not all_finite(array.numpy())]
+        if diverged:
+            raise RunFailed(
+                f"round {server_round}: the aggregated model has non-finite values (in {', '.join(diverged)}): "
+                "the run diverged (a learning rate or server step too large?); the global model of round "
+                f"{server_round - 1} is the last finite one"
+            )
+        if all(np.array_equal(array.numpy(), arrays[name].numpy()) for name, array in new_arrays.items()):
+            # Every update was zero: training has stopped (a model diverged to constant
+            # predictions, or clients that return what they were sent).
+            outcome.kept_because = "the aggregated model equals the previous one: every update was zero"
+            log(WARNING, "Round %s: %s", server_round, outcome.kept_because)
+            return arrays, outcome
         outcome.model_updated = True
-        return keep_dtypes(new_arrays, arrays), outcome
+        return new_arrays, outcome
 
-    def evaluate_round(self, server_round: int, arrays: ArrayRecord, outcome: RoundOutcome) -> None:
-        """Client-side evaluation, when the strategy samples any node for it."""
-        messages = list(self.strategy.configure_evaluate(server_round, arrays, ConfigRecord(), self.grid))
+    def evaluate_round(self, server_round: int, arrays: ArrayRecord, outcome: RoundOutcome,
+                       config: ConfigRecord | None = None) -> None:
+        """Client-side evaluation with ``config``, when the strategy samples any node for it."""
+        with seeded_random(f"evaluate-{self.seed}-{server_round}"):
+            messages = list(self.strategy.configure_evaluate(server_round, arrays, config or ConfigRecord(),
+                                                             self.grid))
         if not messages:
             return
         received = exchange(self.grid, messages, self.timeout, self.poll_interval)
@@ -237,76 +387,200 @@ class RoundLoop:
             outcome.evaluate_metrics = self.strategy.aggregate_evaluate(server_round, received.replies)
         except Exception as err:  # evaluation replies never touch the model: log and go on
             log(WARNING, "Round %s: client evaluation replies could not be aggregated: %s", server_round, err)
+        if outcome.evaluate_metrics is not None:
+            log(INFO, "\t└──> Aggregated MetricRecord: %s", outcome.evaluate_metrics)
 
-    def run(self, arrays: ArrayRecord, first_round: int, num_rounds: int,
-            after_round: AfterRound | None = None) -> ArrayRecord:
-        """Run rounds ``first_round .. num_rounds``; returns the final global arrays.
+    @staticmethod
+    def central_evaluate(server_round: int, arrays: ArrayRecord, outcome: RoundOutcome,
+                         evaluate_fn: EvaluateFn | None) -> None:
+        """``evaluate_fn(server_round, arrays)``, timed, into ``outcome.central_metrics``."""
+        if evaluate_fn is None:
+            return
+        started = time.perf_counter()
+        metrics = evaluate_fn(server_round, arrays)
+        outcome.central_eval_seconds = time.perf_counter() - started
+        if metrics is not None and not isinstance(metrics, MetricRecord):
+            raise TypeError(f"evaluate_fn must return a MetricRecord or None, got {type(metrics).__name__}")
+        outcome.central_metrics = metrics
+        log(INFO, "Global evaluation, round %s: %s", server_round, metrics)
 
-        ``after_round(server_round, arrays, outcome)``, if given, is called after each
-        round (to evaluate or record it).
+    # --- whole runs ------------------------------------------------------------------
+
+    def identity(self, train_config: ConfigSource = None, evaluate_config: ConfigSource = None) -> dict[str, Any]:
+        """What decides this run's result besides the caller's settings: the strategy's class
+        and settings, the loop's own, and the configs sent to the clients (a checkpoint keeps
+        it; a run resumes only with the same)."""
+        return {
+            "strategy": strategy_identity(self.strategy),
+            "loop": {"seed": self.seed, "min_train_replies": self.min_train_replies,
+                     "num_partitions": self.num_partitions, **{
+                         name: getattr(self.bounds, name)
+                         for name in ("max_num_examples", "max_update_norm", "max_weight_ratio")}},
+            "train_config": config_identity(train_config),
+            "evaluate_config": config_identity(evaluate_config),
+        }
+
+    def start(
+        self,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        train_config: ConfigSource = None,
+        evaluate_config: ConfigSource = None,
+        evaluate_fn: EvaluateFn | None = None,
+        *,
+        after_round: AfterRound | None = None,
+    ) -> Result:
+        """Run ``num_rounds`` rounds, as ``Strategy.start`` does; returns Flower's ``Result``.
+
+        ``train_config`` and ``evaluate_config`` are sent to the clients: a
+        ``ConfigRecord``, or a function of the round that returns one (for values that
+        change, e.g. a decaying learning rate). ``evaluate_fn(server_round, arrays)``
+        evaluates the global model centrally, before the first round (round 0) and after
+        each round. ``after_round(server_round, arrays, outcome)``, if given, is called
+        after each round, round 0 included (to record it).
+
+        Raises
+        ------
+        RunFailed
+            After ``max_failed_rounds`` rounds in a row without a model update, or when
+            the model becomes non-finite.
         """
-        for server_round in range(first_round, num_rounds + 1):
-            log(INFO, "")
-            log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
-            arrays, outcome = self.train_round(server_round, arrays)
-            self.evaluate_round(server_round, arrays, outcome)
-            if after_round is not None:
-                after_round(server_round, arrays, outcome)
-        return arrays
+        clock = _Clock(0.0)
+        outcome = RoundOutcome(0)
+        self.central_evaluate(0, initial_arrays, outcome, evaluate_fn)
+        outcome.wall_seconds = clock()
+        history = [outcome]
+        if after_round is not None:
+            after_round(0, initial_arrays, outcome)
+        return self._rounds(initial_arrays, 1, num_rounds, train_config, evaluate_config, evaluate_fn,
+                            history, clock, after_round)
 
     def run_checkpointed(
         self,
-        arrays: ArrayRecord,
+        initial_arrays: ArrayRecord,
         num_rounds: int,
         run_dir: Path,
         *,
         settings: dict[str, Any] | None = None,
         resume_from: Checkpoint | None = None,
+        train_config: ConfigSource = None,
+        evaluate_config: ConfigSource = None,
+        evaluate_fn: EvaluateFn | None = None,
         after_round: AfterRound | None = None,
-    ) -> ArrayRecord:
-        """Run ``num_rounds`` rounds, checkpointing to ``run_dir`` after each one.
+    ) -> Result:
+        """:meth:`start`, with a checkpoint in ``run_dir`` after every round.
 
         A new run (``resume_from`` None) refuses a ``run_dir`` that holds a checkpoint
-        already, and checkpoints the initial ``arrays`` as round 0 first, so a run killed
-        in round 1 can resume too. ``resume_from`` (see :func:`fedgma.loop.resume_point`)
-        continues after its round: its global arrays replace ``arrays``, and the
-        strategy's cross-round state and the sampling RNG are restored, so the rounds
-        that follow are those an uninterrupted run would have made.
+        already, and checkpoints the initial ``initial_arrays`` as round 0 first, so a run
+        killed in round 1 can resume too. ``resume_from`` (see
+        :func:`fedgma.loop.resume_point`) continues after its round: its global arrays
+        replace ``initial_arrays``, and the strategy's cross-round state and the rounds'
+        history are restored, so the rounds that follow, and the ``Result``, are those an
+        uninterrupted run would have made. It is refused, naming the differences, when the
+        strategy, the loop's settings, a ``ConfigRecord`` config or ``settings`` (JSON
+        values the caller says decide the result, e.g. what a config function depends on)
+        differ from the checkpoint's. A run that ended failed says so when resumed.
 
-        ``settings`` (JSON values) are stored in each checkpoint; a run resumes only with
-        the same ones. ``after_round`` runs before each round's checkpoint is written.
+        Each round's checkpoint is written before ``after_round`` sees the round, so a
+        crash between the two never repeats a round; the checkpoint keeps every round's
+        outcome (``Result.*`` metrics, counts, timings) for whatever ``after_round`` records.
+        When the run fails (:class:`RunFailed`), the checkpoint records why.
         """
         folder = RunFolder(Path(run_dir))
         folder.path.mkdir(parents=True, exist_ok=True)
         settings = dict(settings or {})
+        identity = self.identity(train_config, evaluate_config)
         if resume_from is None:
             if folder.checkpoint.exists():
                 raise CheckpointError(f"{folder.path} already holds a checkpoint: resume from it, "
                                       "or choose another folder")
-            first_round, elapsed = 1, 0.0
+            arrays, first_round, clock = initial_arrays, 1, _Clock(0.0)
+            history: list[RoundOutcome] = []
         else:
+            check_resumable(resume_from, settings, num_rounds, identity)
+            if resume_from.failure:
+                log(WARNING, "Round loop: the run in %s ended failed after round %s (%s); resuming it",
+                    folder.path, resume_from.round, resume_from.failure)
             arrays = ArrayRecord({name: Array(value) for name, value in resume_from.arrays.items()})
             restore_strategy_state(self.strategy, resume_from.strategy_state)
-            restore_python_rng(resume_from.rng_state)
-            first_round, elapsed = resume_from.round + 1, resume_from.wall_seconds
+            first_round, clock = resume_from.round + 1, _Clock(resume_from.wall_seconds)
+            history = [RoundOutcome.from_json(record) for record in resume_from.history]
             log(INFO, "Round loop: resuming after round %s from %s", resume_from.round, folder.checkpoint)
-        started = time.monotonic() - elapsed  # a resumed run continues its clock
 
-        def checkpoint(server_round: int, new_arrays: ArrayRecord) -> None:
+        def checkpoint_then_report(server_round: int, new_arrays: ArrayRecord, outcome: RoundOutcome) -> None:
             save_checkpoint(folder.path, Checkpoint(
                 round=server_round,
                 arrays={name: array.numpy() for name, array in new_arrays.items()},
                 strategy_state=strategy_state(self.strategy),
-                rng_state=python_rng_state(),
-                wall_seconds=time.monotonic() - started,
+                wall_seconds=outcome.wall_seconds,
                 settings=settings,
+                identity=identity,
+                history=[record.to_json() for record in history],
             ))
-
-        def after(server_round: int, new_arrays: ArrayRecord, outcome: RoundOutcome) -> None:
             if after_round is not None:
                 after_round(server_round, new_arrays, outcome)
-            checkpoint(server_round, new_arrays)
 
-        if resume_from is None:
-            checkpoint(0, arrays)
-        return self.run(arrays, first_round, num_rounds, after)
+        try:
+            if resume_from is None:
+                outcome = RoundOutcome(0)
+                self.central_evaluate(0, arrays, outcome, evaluate_fn)
+                outcome.wall_seconds = clock()
+                history.append(outcome)
+                checkpoint_then_report(0, arrays, outcome)
+            return self._rounds(arrays, first_round, num_rounds, train_config, evaluate_config, evaluate_fn,
+                                history, clock, checkpoint_then_report)
+        except RunFailed as failure:
+            mark_failed(folder.path, str(failure))
+            raise
+
+    def _rounds(self, arrays: ArrayRecord, first_round: int, num_rounds: int, train_config: ConfigSource,
+                evaluate_config: ConfigSource, evaluate_fn: EvaluateFn | None, history: list[RoundOutcome],
+                clock: _Clock, on_round: AfterRound | None) -> Result:
+        """Rounds ``first_round .. num_rounds``, each appended to ``history`` and passed to
+        ``on_round``; then the failure rule. Returns the ``Result`` of the whole history."""
+        for server_round in range(first_round, num_rounds + 1):
+            log(INFO, "")
+            log(INFO, "[ROUND %s/%s]", server_round, num_rounds)
+            started = time.monotonic()
+            arrays, outcome = self.train_round(server_round, arrays, config_for(train_config, server_round))
+            self.evaluate_round(server_round, arrays, outcome, config_for(evaluate_config, server_round))
+            self.central_evaluate(server_round, arrays, outcome, evaluate_fn)
+            outcome.round_seconds = time.monotonic() - started
+            outcome.wall_seconds = clock()
+            history.append(outcome)
+            if on_round is not None:
+                on_round(server_round, arrays, outcome)
+            self._check_progress(history)
+        result = result_of(arrays, history)
+        log(INFO, "")
+        log(INFO, "Round loop: %s rounds finished in %.2f s", num_rounds, clock())
+        for line in io.StringIO(str(result)):
+            log(INFO, "\t%s", line.rstrip("\n"))
+        return result
+
+    def _check_progress(self, history: list[RoundOutcome]) -> None:
+        """Raise :class:`RunFailed` after ``max_failed_rounds`` stalled rounds in a row."""
+        if self.max_failed_rounds is None:
+            return
+        stalled = 0
+        for outcome in reversed(history):
+            if not outcome.stalled:
+                break
+            stalled += 1
+        if stalled >= self.max_failed_rounds:
+            last = history[-1]
+            raise RunFailed(
+                f"{stalled} rounds in a row without a model update (rounds {last.round - stalled + 1}-"
+                f"{last.round}; max_failed_rounds={self.max_failed_rounds}, min_train_replies="
+                f"{self.min_train_replies}): {last.describe()}"
+            )
+
+
+class _Clock:
+    """Seconds since the run started, continuing a resumed run's ``elapsed``."""
+
+    def __init__(self, elapsed: float) -> None:
+        self.started = time.monotonic() - elapsed
+
+    def __call__(self) -> float:
+        return time.monotonic() - self.started

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
         server_update,
     )
     from .validation import (
-        DEFAULT_MAX_WEIGHT_RATIO,
         CheckedReplies,
         InvalidReply,
         ReplyBounds,
@@ -37,12 +36,11 @@ _MODULE_OF = {
     "FedGMAAdam": "fedgma_adam",
     **dict.fromkeys(("DEFAULT_TAU", "VARIANTS", "MaskedAggregator", "MaskStats", "agreement_score",
                      "apply_mask_rule", "mask_from_agreement", "server_update"), "masking"),
-    **dict.fromkeys(("DEFAULT_MAX_WEIGHT_RATIO", "CheckedReplies", "InvalidReply", "ReplyBounds",
+    **dict.fromkeys(("CheckedReplies", "InvalidReply", "ReplyBounds",
                      "check_replies", "decode_reply"), "validation"),
 }
 __all__ = [
     "CheckedReplies",
-    "DEFAULT_MAX_WEIGHT_RATIO",
     "DEFAULT_TAU",
     "FedGMA",
     "FedGMAAdam",
@@ -60,4 +58,4 @@ __all__ = [
 ]
 
 
-__getattr__ = lazy_attributes(__name__, _MODULE_OF)
+__getattr__, __dir__ = lazy_attributes(__name__, _MODULE_OF)

@@ -12,17 +12,11 @@ from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from .masking import DEFAULT_TAU, VARIANTS, MaskedAggregator, MaskStats, Variant
-from .validation import (
-    DEFAULT_MAX_WEIGHT_RATIO,
-    CheckedReplies,
-    ReplyBounds,
-    all_finite,
-    check_replies,
-)
+from .validation import CheckedReplies, ReplyBounds, all_finite, check_replies, log_adjusted
 
 # Metrics FedGMA adds to each round's training metrics.
 OWN_METRICS = ("mask-kept-fraction", "mask-mean", "agreement-mean", "replies-used", "replies-dropped",
-               "replies-failed")
+               "replies-failed", "replies-clipped")
 
 
 class FedGMA(FedAvg):
@@ -44,13 +38,15 @@ class FedGMA(FedAvg):
 
     Aggregation streams over the replies with O(P) extra memory. Each reply is
     checked first (``validation.check_replies``: array names and shapes, finite
-    values, a positive finite weight, at most ``max_weight_ratio`` times the
-    round's median weight); a bad reply is logged with its node id and left out.
+    values, a positive finite weight); a malformed reply is logged with its node
+    id and left out, where FedAvg's consistency check would end the ServerApp.
     An array of a wider dtype of the same kind (float64 for a float32 model) is
     cast to the model's dtype and logged, as FedAvg would average it. Replies
     that ``fedgma.loop.RoundLoop`` has checked already are not checked again.
-    Like FedAvg's, this average is not Byzantine-robust: a client may still send
-    any weights, and claim up to the bound.
+    With its default arguments FedGMA takes every well-formed reply as FedAvg
+    does; the optional bounds (``max_num_examples``, ``max_weight_ratio``,
+    ``max_update_norm``; see ``validation.ReplyBounds``) clip a reply that
+    exceeds them. Like FedAvg's, this average is not Byzantine-robust.
 
     ``aggregate_train`` needs the weights sent in the same round: call
     ``configure_train`` first (as ``Strategy.start`` and ``RoundLoop`` do). The
@@ -77,13 +73,15 @@ class FedGMA(FedAvg):
     agreement_weighted : bool (default: False)
         Weight each client's sign by ``num-examples`` instead of ``1 / K``.
     max_num_examples : Optional[float] (default: None)
-        Replies claiming more examples are dropped.
-    max_weight_ratio : Optional[float] (default: 10.0)
-        Replies claiming more than this many times the round's (lower) median
-        number of examples are dropped, so one client cannot take the average by
-        claiming a huge count. ``None`` means no bound.
+        A reply claiming more examples counts as this many. ``None``: no bound.
+    max_weight_ratio : Optional[float] (default: None)
+        A reply claiming more than this many times (>= 1) the round's lower median
+        number of examples counts as that many, so one client cannot take the
+        average by claiming a huge count; it costs honest clients holding more
+        than that share. ``None``: no bound, as in FedAvg.
     max_update_norm : Optional[float] (default: None)
-        Replies whose pseudo-gradient has a larger L2 norm are dropped.
+        A reply whose pseudo-gradient has a larger L2 norm is scaled down to it.
+        ``None``: no bound.
     **kwargs
         Every keyword of :class:`flwr.serverapp.strategy.FedAvg`
         (``fraction_train``, ``min_train_nodes``, ``weighted_by_key``, ...).
@@ -103,7 +101,7 @@ class FedGMA(FedAvg):
         server_lr: float = 1.0,
         agreement_weighted: bool = False,
         max_num_examples: float | None = None,
-        max_weight_ratio: float | None = DEFAULT_MAX_WEIGHT_RATIO,
+        max_weight_ratio: float | None = None,
         max_update_norm: float | None = None,
         **kwargs,
     ) -> None:
@@ -127,7 +125,7 @@ class FedGMA(FedAvg):
         self.server_lr = float(server_lr)
         self.agreement_weighted = bool(agreement_weighted)
         self.bounds = bounds
-        self.current_arrays: dict[str, np.ndarray] | None = None
+        self._current_arrays: dict[str, np.ndarray] | None = None
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""
@@ -139,6 +137,20 @@ class FedGMA(FedAvg):
         super().summary()
 
     @property
+    def current_arrays(self) -> dict[str, np.ndarray] | None:
+        """The global weights sent in this round, as NumPy arrays (set by ``configure_train``)."""
+        return self._current_arrays
+
+    @current_arrays.setter
+    def current_arrays(self, arrays: ArrayRecord | dict[str, np.ndarray] | None) -> None:
+        # An ArrayRecord (what configure_train receives) or NumPy arrays by name.
+        if isinstance(arrays, ArrayRecord):
+            arrays = {name: array.numpy() for name, array in arrays.items()}
+        elif arrays is not None:
+            arrays = {name: np.asarray(value) for name, value in arrays.items()}
+        self._current_arrays = arrays
+
+    @property
     def mask_threshold(self) -> float:
         """The agreement threshold of the mask (``tau``)."""
         return self.tau
@@ -147,7 +159,7 @@ class FedGMA(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Configure the next round of training and remember the weights sent."""
-        self.current_arrays = {name: array.numpy() for name, array in arrays.items()}
+        self.current_arrays = arrays
         return super().configure_train(server_round, arrays, config, grid)
 
     def aggregate_train(
@@ -170,6 +182,7 @@ class FedGMA(FedAvg):
             # Checked once this round, by the round loop, against the same global model.
             new_arrays, stats, used = self._fold(replies)
             dropped = failed = 0
+            clipped = sum(1 for reply in replies.checked if reply.clipped)
         else:
             replies = list(replies)
             # Flower's own consistency check would end the run on one malformed
@@ -179,7 +192,7 @@ class FedGMA(FedAvg):
             result = self._check_and_fold(server_round, answered)
             if result is None:
                 return None, None
-            new_arrays, stats, used, dropped = result
+            new_arrays, stats, used, dropped, clipped = result
         if not used:
             log(WARNING, "FedGMA round %s: no usable reply; the global model is unchanged", server_round)
             return None, None
@@ -190,7 +203,7 @@ class FedGMA(FedAvg):
         metrics = self.train_metrics_aggr_fn(used, self.weighted_by_key)
         assert stats is not None
         own = dict(zip(OWN_METRICS, (stats.kept_fraction, stats.mask_mean, stats.agreement_mean,
-                                     len(used), dropped, failed), strict=True))
+                                     len(used), dropped, failed, clipped), strict=True))
         for name, value in own.items():
             if name in metrics:
                 log(WARNING, "FedGMA round %s: the clients report a metric %r too; it is kept, and "
@@ -201,8 +214,10 @@ class FedGMA(FedAvg):
 
     def _check_and_fold(
         self, server_round: int, replies: list[Message]
-    ) -> tuple[dict[str, np.ndarray], MaskStats | None, list[RecordDict], int] | None:
+    ) -> tuple[dict[str, np.ndarray], MaskStats | None, list[RecordDict], int, int] | None:
         """Check the replies and fold the good ones; None if finite replies overflowed.
+        Returns the new arrays, the mask's statistics, the used replies' contents and the
+        numbers of dropped and clipped replies.
 
         Fast path: replies are checked for structure and weights, their values are
         folded in without a separate finiteness pass; a NaN or Inf in any reply makes
@@ -226,11 +241,8 @@ class FedGMA(FedAvg):
         for message, reason in refused:
             log(WARNING, "FedGMA round %s: dropped the reply of node %s: %s", server_round,
                 message.metadata.src_node_id, reason)
-        for reply in checked.checked:
-            if reply.cast:
-                log(WARNING, "FedGMA round %s: the reply of node %s was cast to the model's dtypes (%s)",
-                    server_round, reply.message.metadata.src_node_id, "; ".join(reply.cast))
-        return new_arrays, stats, used, len(refused)
+        log_adjusted(f"FedGMA round {server_round}", checked)
+        return new_arrays, stats, used, len(refused), sum(1 for reply in checked.checked if reply.clipped)
 
     def _fold(self, checked: CheckedReplies) -> tuple[dict[str, np.ndarray], MaskStats | None, list[RecordDict]]:
         """Fold checked replies into a fresh aggregator; returns (arrays, stats, used)."""

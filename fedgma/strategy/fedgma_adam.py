@@ -5,7 +5,7 @@ from __future__ import annotations
 from flwr.serverapp.strategy import FedAdam
 
 from .fedgma import FedGMA
-from .validation import DEFAULT_MAX_WEIGHT_RATIO, ReplyBounds
+from .validation import ReplyBounds
 
 
 class FedGMAAdam(FedAdam, FedGMA):
@@ -25,6 +25,8 @@ class FedGMAAdam(FedAdam, FedGMA):
         (``tau`` is FedAdam's own adaptivity constant.)
     agreement_weighted : bool (default: False)
         Weight each client's sign by ``num-examples`` instead of ``1 / K``.
+    max_num_examples, max_weight_ratio, max_update_norm : Optional[float] (default: None)
+        Optional bounds on each reply, as in :class:`FedGMA`.
     **kwargs
         Every keyword of :class:`flwr.serverapp.strategy.FedAdam` (``eta``,
         ``eta_l``, ``beta_1``, ``beta_2``, ``tau``, ``fraction_train``, ...).
@@ -36,7 +38,7 @@ class FedGMAAdam(FedAdam, FedGMA):
         mask_tau: float | None = None,
         agreement_weighted: bool = False,
         max_num_examples: float | None = None,
-        max_weight_ratio: float | None = DEFAULT_MAX_WEIGHT_RATIO,
+        max_weight_ratio: float | None = None,
         max_update_norm: float | None = None,
         **kwargs,
     ) -> None:

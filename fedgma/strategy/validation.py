@@ -7,15 +7,14 @@ import io
 import math
 import statistics
 from collections.abc import Iterable
+from logging import WARNING
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 from flwr.app import Array, Message, RecordDict
 from flwr.common.constant import SType
-
-DEFAULT_MAX_WEIGHT_RATIO = 10.0
-
+from flwr.supercore import log
 
 class InvalidReply(ValueError):
     """A training reply that must not reach the aggregation; ``str()`` says why."""
@@ -89,14 +88,11 @@ def all_finite(value: np.ndarray) -> bool:
     return bool(np.isfinite(value).all())  # an overflowing sum of finite values
 
 
-def reply_weight(
-    content: RecordDict, weighted_by_key: str, max_num_examples: float | None = None
-) -> float:
+def reply_weight(content: RecordDict, weighted_by_key: str) -> float:
     """The reply's aggregation weight: its one MetricRecord's ``weighted_by_key`` entry.
 
     It must be a positive finite number (an ``int`` or a ``float``, fractional
-    weights included, as Flower's FedAvg takes them), at most ``max_num_examples``
-    when given.
+    weights included, as Flower's FedAvg takes them).
 
     Raises
     ------
@@ -115,32 +111,7 @@ def reply_weight(
         raise InvalidReply(
             f"metric {weighted_by_key!r} must be a positive finite number, got {weight!r}"
         )
-    if max_num_examples is not None and weight > max_num_examples:
-        raise InvalidReply(
-            f"metric {weighted_by_key!r} is {weight!r}, above the bound {max_num_examples:g}"
-        )
     return float(weight)
-
-
-def weight_outliers(weights: list[float], max_ratio: float | None) -> dict[int, str]:
-    """Which replies claim too much weight: ``{index: reason}`` for each weight above
-    ``max_ratio`` times the round's median weight.
-
-    The median is the lower median (``statistics.median_low``), so a single client
-    claiming an enormous count cannot raise the bound it is measured against: with two
-    replies, the larger is measured against the smaller. ``None`` (or 0) means no bound.
-    A client can still claim up to ``max_ratio`` times the median: this bounds a lie,
-    it does not make the average Byzantine-robust.
-    """
-    if not max_ratio or len(weights) < 2:
-        return {}
-    median = statistics.median_low(weights)
-    bound = max_ratio * median
-    return {
-        i: f"claims weight {w:g}, above {max_ratio:g} x the round's median {median:g}"
-        for i, w in enumerate(weights)
-        if w > bound
-    }
 
 
 class DecodedReply(NamedTuple):
@@ -166,21 +137,18 @@ def decode_reply(
     content: RecordDict,
     global_arrays: dict[str, np.ndarray],
     weighted_by_key: str,
-    max_num_examples: float | None = None,
-    max_update_norm: float | None = None,
     check_values: bool = True,
 ) -> DecodedReply:
     """Decode a training reply into ``(arrays, weight, cast)`` after checking it.
 
     A good reply holds exactly one ArrayRecord whose arrays have the global
     model's names and shapes and only finite values, and exactly one
-    MetricRecord whose ``weighted_by_key`` entry is a positive finite number,
-    at most ``max_num_examples`` when given. An array of another dtype is cast
-    to the global model's when :func:`castable` allows it (and named in
-    ``cast``), else refused. With ``max_update_norm``, the L2 norm of the pseudo-gradient
-    ``x - y`` over all floating-point arrays must not exceed it. With
-    ``check_values=False`` the values are not read (no finiteness check): the
-    caller must then check its result (see ``FedGMA.aggregate_train``).
+    MetricRecord whose ``weighted_by_key`` entry is a positive finite number.
+    An array of another dtype is cast to the global model's when :func:`castable`
+    allows it (and named in ``cast``), else refused. With ``check_values=False``
+    the values are not read (no finiteness check): the caller must then check its
+    result (see ``FedGMA.aggregate_train``). Bounds on the weight and the update
+    are :class:`ReplyBounds`' job, applied by :func:`check_replies`.
 
     Raises
     ------
@@ -191,7 +159,7 @@ def decode_reply(
         raise InvalidReply(
             f"expected exactly one ArrayRecord, found {len(content.array_records)}"
         )
-    weight = reply_weight(content, weighted_by_key, max_num_examples)
+    weight = reply_weight(content, weighted_by_key)
     record = next(iter(content.array_records.values()))
     missing = sorted(set(global_arrays) - set(record))
     extra = sorted(set(record) - set(global_arrays))
@@ -221,42 +189,109 @@ def decode_reply(
         if check_values and not all_finite(value):
             raise InvalidReply(f"array {name!r} has non-finite values")
         arrays[name] = value
-    if max_update_norm is not None:
-        squared = sum(
-            float(np.square(global_arrays[n].astype(np.float64) - v).sum())
-            for n, v in arrays.items()
-            if np.issubdtype(v.dtype, np.floating)
-        )
-        if math.sqrt(squared) > max_update_norm:
-            raise InvalidReply(
-                f"update norm {math.sqrt(squared):.4g} is above the bound {max_update_norm:g}"
-            )
     return DecodedReply(arrays, float(weight), tuple(cast))
+
+
+def update_norm(arrays: dict[str, np.ndarray], global_arrays: dict[str, np.ndarray]) -> float:
+    """The L2 norm of the pseudo-gradient ``x - y`` over the floating-point arrays."""
+    return math.sqrt(sum(
+        float(np.square(global_arrays[name].astype(np.float64) - value).sum())
+        for name, value in arrays.items()
+        if np.issubdtype(value.dtype, np.floating)
+    ))
+
+
+@dataclass(frozen=True)
+class CheckedReply:
+    """A training reply that passed :func:`check_replies`, with its decoded arrays and
+    weight (after any clipping, named in ``clipped``)."""
+
+    message: Message
+    arrays: dict[str, np.ndarray]
+    weight: float
+    cast: tuple[str, ...] = ()
+    clipped: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class ReplyBounds:
-    """Bounds a training reply must respect; None: no bound.
+    """Bounds on what one training reply may contribute; None: no bound (FedAvg's behaviour).
+
+    A reply beyond a bound is clipped to it, not dropped, so an honest client that
+    happens to exceed a bound still counts, with less influence. Each bound trades
+    some of an honest federation's result for a limit on a lying client:
 
     Attributes
     ----------
     max_num_examples : Optional[float]
-        Largest weight a reply may claim.
-    max_update_norm : Optional[float]
-        Largest L2 norm of a reply's pseudo-gradient ``x - y``.
+        Largest weight a reply may claim; a larger claim counts as this much. Protects
+        against a client claiming a huge count to take the average; costs an honest
+        federation whose clients hold more than this.
     max_weight_ratio : Optional[float]
-        Largest weight a reply may claim, as a multiple of the round's lower median
-        weight (see :func:`weight_outliers`).
+        Largest weight a reply may claim as a multiple (>= 1) of the round's lower median
+        weight; a larger claim counts as that much. The same protection without knowing
+        the data sizes in advance; costs a federation whose honest sizes differ by more
+        than this factor (their large clients lose weight).
+    max_update_norm : Optional[float]
+        Largest L2 norm of a reply's pseudo-gradient ``x - y`` (over the floating-point
+        arrays); a larger update is scaled down to it. Protects against one client
+        pushing the model far in one round; costs an honest federation whose updates
+        are larger (early rounds, large learning rates): they are shortened.
     """
 
     max_num_examples: float | None = None
     max_update_norm: float | None = None
-    max_weight_ratio: float | None = DEFAULT_MAX_WEIGHT_RATIO
+    max_weight_ratio: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_num_examples", "max_update_norm"):
             _check_bound(name, getattr(self, name), 0.0)
         _check_bound("max_weight_ratio", self.max_weight_ratio, 1.0)
+
+    def weight_limit(self, weights: list[float]) -> tuple[float, str] | None:
+        """The largest weight a reply of this round may carry, and why; None: no limit.
+
+        The ratio is measured against the lower median (``statistics.median_low``), so
+        a single client claiming an enormous count cannot raise the limit it is held to:
+        with two replies, the larger is measured against the smaller.
+        """
+        limits: list[tuple[float, str]] = []
+        if self.max_num_examples is not None:
+            limits.append((self.max_num_examples, f"max_num_examples {self.max_num_examples:g}"))
+        if self.max_weight_ratio is not None and len(weights) >= 2:
+            median = statistics.median_low(weights)
+            limits.append((self.max_weight_ratio * median,
+                           f"{self.max_weight_ratio:g} x the round's median {median:g}"))
+        return min(limits) if limits else None
+
+    def clip(self, reply: CheckedReply, limit: tuple[float, str] | None,
+             global_arrays: dict[str, np.ndarray], weighted_by_key: str) -> CheckedReply:
+        """``reply`` within the bounds: its weight at most ``limit``, its update at most
+        ``max_update_norm``. The message's content is clipped in place too (as Flower's
+        clipping wrappers do), so any strategy that reads the message sees the clipped reply."""
+        weight, arrays, clipped = reply.weight, reply.arrays, list(reply.clipped)
+        content = reply.message.content
+        if limit is not None and weight > limit[0]:
+            clipped.append(f"weight {weight:g} clipped to {limit[0]:g} ({limit[1]})")
+            weight = limit[0]
+            next(iter(content.metric_records.values()))[weighted_by_key] = weight
+        if self.max_update_norm is not None:
+            norm = update_norm(arrays, global_arrays)
+            if norm > self.max_update_norm:  # False for NaN: a non-finite reply is refused elsewhere
+                scale = self.max_update_norm / norm
+                arrays = {
+                    name: (global_arrays[name] - scale * (global_arrays[name].astype(np.float64) - value)
+                           ).astype(value.dtype)
+                    if np.issubdtype(value.dtype, np.floating) else value
+                    for name, value in arrays.items()
+                }
+                clipped.append(f"update norm {norm:.4g} scaled to {self.max_update_norm:g}")
+                record = next(iter(content.array_records.values()))
+                for name, value in arrays.items():
+                    record[name] = Array(value)
+        if not clipped:
+            return reply
+        return CheckedReply(reply.message, arrays, weight, reply.cast, tuple(clipped))
 
 
 def _check_bound(name: str, value: float | None, low: float) -> None:
@@ -264,16 +299,6 @@ def _check_bound(name: str, value: float | None, low: float) -> None:
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
         raise ValueError(f"FedGMA: {name} must be None or a finite number >= {low:g}, got {value!r}")
-
-
-@dataclass(frozen=True)
-class CheckedReply:
-    """A training reply that passed :func:`check_replies`, with its decoded arrays."""
-
-    message: Message
-    arrays: dict[str, np.ndarray]
-    weight: float
-    cast: tuple[str, ...] = ()
 
 
 class CheckedReplies(list):
@@ -313,22 +338,31 @@ def check_replies(
 ) -> tuple[CheckedReplies, list[tuple[Message, str]]]:
     """Check one round's training replies against the global arrays; the one place that does.
 
-    Each reply is decoded and checked (:func:`decode_reply`); then the replies claiming
-    more than ``bounds.max_weight_ratio`` times the lower median weight of the
-    well-formed ones are left out (:func:`weight_outliers`). Returns the good replies,
-    in their given order, and ``(message, reason)`` for each one left out.
+    Each reply is decoded and checked (:func:`decode_reply`); a malformed one is left out.
+    The well-formed ones are then held to ``bounds`` (:meth:`ReplyBounds.clip`: a weight
+    above the round's limit, or an update above the norm bound, is clipped). Returns the
+    good replies, in their given order, and ``(message, reason)`` for each one left out.
     """
     good: list[CheckedReply] = []
     refused: list[tuple[Message, str]] = []
     for message in replies:
         try:
-            decoded = decode_reply(message.content, global_arrays, weighted_by_key,
-                                   bounds.max_num_examples, bounds.max_update_norm, check_values)
+            decoded = decode_reply(message.content, global_arrays, weighted_by_key, check_values)
         except InvalidReply as err:
             refused.append((message, str(err)))
             continue
         good.append(CheckedReply(message, *decoded))
-    outliers = weight_outliers([reply.weight for reply in good], bounds.max_weight_ratio)
-    refused.extend((good[i].message, reason) for i, reason in outliers.items())
-    kept = [reply for i, reply in enumerate(good) if i not in outliers]
+    limit = bounds.weight_limit([reply.weight for reply in good])
+    kept = [bounds.clip(reply, limit, global_arrays, weighted_by_key) for reply in good]
     return CheckedReplies(kept, global_arrays, weighted_by_key, check_values), refused
+
+
+def log_adjusted(where: str, checked: CheckedReplies) -> None:
+    """Log each checked reply that was cast to the model's dtypes or clipped to a bound."""
+    for reply in checked.checked:
+        node = reply.message.metadata.src_node_id
+        if reply.cast:
+            log(WARNING, "%s: node %s's reply was cast to the model's dtypes (%s)", where, node,
+                "; ".join(reply.cast))
+        if reply.clipped:
+            log(WARNING, "%s: node %s's reply was clipped (%s)", where, node, "; ".join(reply.clipped))
