@@ -2,7 +2,8 @@
 # (+ ClientApp) and the one-shot services that register SuperNodes and submit a run.
 FROM python:3.11-slim
 
-# 1: install the project with the app extra (torch, torchvision, flwr 1.39: a few GB).
+# 1: install the project with the deploy extra (the app: torch, torchvision; flwr 1.39, whose
+#    SuperNodes speak gRPC: a few GB).
 # 0: copy the code only (the tests mount a ready virtualenv at /venv instead).
 ARG INSTALL_DEPENDENCIES=1
 # The user every process runs as: Flower's own images use app, 49999:49999, so key files
@@ -21,7 +22,7 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 COPY pyproject.toml README.md LICENSE ./
 COPY fedgma ./fedgma
-RUN if [ "$INSTALL_DEPENDENCIES" = 1 ]; then pip install --no-cache-dir ".[app]"; fi \
+RUN if [ "$INSTALL_DEPENDENCIES" = 1 ]; then pip install --no-cache-dir ".[deploy]"; fi \
     && groupadd --gid "$APP_UID" app \
     && useradd --uid "$APP_UID" --gid app --no-create-home --home-dir /tmp --shell /usr/sbin/nologin app \
     && mkdir -p /data /app/outputs /state \

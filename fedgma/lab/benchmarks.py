@@ -35,7 +35,7 @@ from fedgma.loop.run_folder import RunFolder
 from fedgma.strategy import FedGMA
 
 from . import round_latency
-from .project import APP_DIR, app_defaults
+from .project import app_defaults, app_dir
 
 SHARES = (0.5, 0.3, 0.15, 0.05)  # a model of four arrays
 DISTINCT_REPLIES = 10  # replies cycle through this many distinct weight sets (all larger than the caches)
@@ -275,7 +275,7 @@ def round_times(rounds: int = 16, repeats: int = 3) -> tuple[list[str], tuple[fl
             for name, strategy in strategies.items():
                 run_name = f"{strategy['strategy']}-{repeat}"
                 config = {**settings, **strategy, "run-name": run_name}
-                outcome = runtime.cli.wait(runtime.cli.submit(APP_DIR, config, federation), timeout=1800)
+                outcome = runtime.cli.wait(runtime.cli.submit(app_dir(), config, federation), timeout=1800)
                 if not outcome.completed:
                     raise RuntimeError(f"benchmark run {run_name} ended {outcome.status}")
                 rows = round_latency.metrics_rows(RunFolder(Path(tmp) / run_name).metrics, 2)  # round 1 starts workers
@@ -305,7 +305,7 @@ def simulation_scale(clients: int = 1000, sampled: int = 100, rounds: int = 3) -
     ) as runtime:
         assert runtime.process is not None
         with TreeMemory(runtime.process.pid) as memory:
-            run_id = runtime.cli.submit(APP_DIR, config, federation)
+            run_id = runtime.cli.submit(app_dir(), config, federation)
             outcome = runtime.cli.wait(run_id, timeout=3600)
         if not outcome.completed:
             raise RuntimeError(f"scale run ended {outcome.status}: {outcome.details}")

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import sys
@@ -22,10 +23,25 @@ from typing import TYPE_CHECKING
 from fedgma.app.config import ConfigError, parse_run_config
 
 from .launch import HostSettings
-from .project import app_defaults, parse_override
+from .project import AppFolderNotFound, app_defaults, app_dir, parse_override
 
-# What the host-side tools need beyond the core (flwr, NumPy): the app and lab extras.
-LAB_MODULES = frozenset({"torch", "torchvision", "flwr_datasets", "matplotlib"})
+# What the host-side tools need beyond the core (flwr, NumPy): the app and lab extras ...
+LAB_MODULES = ("torch", "torchvision", "flwr_datasets", "matplotlib")
+# ... and, for the commands that run this repository's Flower app, its folder (a clone).
+NEEDS_APP_FOLDER = frozenset({"grid", "bench"})
+
+
+def missing_requirement(command: str) -> str | None:
+    """What ``fedgma <command>`` needs and this installation lacks, in one line; None if nothing."""
+    missing = [name for name in LAB_MODULES if importlib.util.find_spec(name) is None]
+    if missing:
+        return f"needs {', '.join(missing)}, which the core install leaves out: pip install 'fedgma[lab]'"
+    if command in NEEDS_APP_FOLDER:
+        try:
+            app_dir()
+        except AppFolderNotFound as err:
+            return str(err)
+    return None
 
 if TYPE_CHECKING:
     from .experiments.runner import GridRunner
@@ -178,6 +194,10 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     if extra and (args.command != "grid" or any(e.startswith("-") or "=" not in e for e in extra)):
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    problem = missing_requirement(args.command)
+    if problem is not None:
+        print(f"fedgma {args.command}: {problem}", file=sys.stderr)
+        return 2
     if args.command == "grid":
         args.overrides = list(args.overrides) + [parse_override(e) for e in extra]
         try:  # a bad key=value is reported before anything starts
@@ -188,14 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the SuperLinks, SuperNodes and simulations a grid or a
     # benchmark started are stopped by their context managers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    try:
-        return args.func(args)
-    except ModuleNotFoundError as err:
-        if err.name not in LAB_MODULES:
-            raise
-        print(f"fedgma {args.command}: needs {err.name}, which the core install leaves out: "
-              "pip install 'fedgma[lab]'", file=sys.stderr)
-        return 2
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from fedgma.loop.run_folder import RunFolder
 
 from .experiments.runner import read_rows
 from .launch import HostSettings, SimulationRuntime
-from .project import APP_DIR, parse_override
+from .project import app_dir, parse_override
 
 STRATEGIES = {
     "FedGMA (ws)": {"strategy": "fedgma", "variant": "ws"},
@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fedgma.lab.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=10, help="simulated SuperNodes (default 10)")
     parser.add_argument("--rounds", type=int, default=5, help="server rounds (default 5)")
-    parser.add_argument("--output-dir", type=Path, default=APP_DIR / "outputs")
+    parser.add_argument("--output-dir", type=Path, default=app_dir() / "outputs")
     parser.add_argument("--data-dir", type=Path, help="data sets and cached partitions "
                         "(default: $FEDGMA_DATA_DIR, else ~/.cache/fedgma)")
     parser.add_argument("--no-download", action="store_true", help="never download a missing data set")
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
             started = time.monotonic()
             run_id = runtime.cli.submit(
-                APP_DIR, run_config, f"num-supernodes={args.clients} client-resources-num-cpus=1"
+                app_dir(), run_config, f"num-supernodes={args.clients} client-resources-num-cpus=1"
             )
             print(f"{label}: run {run_id} started", flush=True)
             outcome = runtime.cli.wait(run_id, args.timeout, on_poll=progress)

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 from .launch import FlowerCli, flower_env, wait_for_http, write_connection
-from .project import APP_DIR, parse_overrides
+from .project import app_dir, parse_overrides
 
 CONNECTION = "deployment"
 
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     run_id = None
     for attempt in range(1, 7):
         try:
-            run_id = cli.submit(APP_DIR, settings)
+            run_id = cli.submit(app_dir(), settings)
             break
         except RuntimeError as err:
             print(f"deploy: submitting the run failed (attempt {attempt}): {err}", flush=True)

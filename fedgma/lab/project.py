@@ -13,14 +13,45 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-APP_DIR = Path(__file__).resolve().parent.parent.parent  # the folder holding pyproject.toml
+# Where a source checkout keeps pyproject.toml; an installed package has none there.
+SOURCE_DIR = Path(__file__).resolve().parent.parent.parent
 # key=value pairs of a --run-config string, quoted values kept whole (as flwr.common.config reads them)
 _PAIR = re.compile(r"""(\S+?)=('[^']*'|"[^"]*"|\S+)""")
 
 
+class AppFolderNotFound(FileNotFoundError):
+    """The tools that run this repository's Flower app need its folder: a clone."""
+
+
+def _is_app_folder(folder: Path) -> bool:
+    try:
+        project = tomllib.loads((folder / "pyproject.toml").read_text())
+    except (OSError, tomllib.TOMLDecodeError):
+        return False
+    return project.get("project", {}).get("name") == "fedgma" and "app" in project.get("tool", {}).get("flwr", {})
+
+
+def app_dir() -> Path:
+    """The Flower app folder (``pyproject.toml`` with ``[tool.flwr.app]``): the source checkout
+    this package runs from, else the current directory when it is a clone of the repository.
+
+    Raises
+    ------
+    AppFolderNotFound
+        With a one-line message saying what is needed.
+    """
+    for folder in (SOURCE_DIR, Path.cwd()):
+        if _is_app_folder(folder):
+            return folder
+    raise AppFolderNotFound(
+        "needs this repository's Flower app folder (pyproject.toml with [tool.flwr.app]), which an "
+        "installed package does not carry: run it in a clone of the repository (./scripts/setup.sh there)"
+    )
+
+
 def app_defaults() -> dict[str, Any]:
     """The default run settings: ``[tool.flwr.app.config]`` of the app's ``pyproject.toml``."""
-    pyproject = APP_DIR / "pyproject.toml"
+    pyproject = app_dir() / "pyproject.toml"
     return dict(tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"])
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from fedgma.loop.run_folder import RunFolder
 
-from .project import APP_DIR
+from .project import app_dir
 
 # (label, whose): the additive parts of a round, in the order they happen.
 PARTS = (
@@ -113,7 +113,7 @@ def measure(rounds: int = 5, repeats: int = 2, supernodes: int = 3, idle_seconds
 
     def run(cli: FlowerCli, mode: str, loop: str, repeat: int, federation: str | None = None) -> None:
         name = f"{mode}-{loop}-{repeat}"
-        outcome = cli.wait(cli.submit(APP_DIR, _config(rounds, supernodes, LOOPS[loop], name), federation),
+        outcome = cli.wait(cli.submit(app_dir(), _config(rounds, supernodes, LOOPS[loop], name), federation),
                            timeout=3600, poll=10.0)
         if not outcome.completed:
             raise RuntimeError(f"benchmark run {name} ended {outcome.status}: {outcome.details}")
@@ -196,12 +196,12 @@ def client_import_seconds(source: Path, repeats: int = 7) -> tuple[float, float]
 def import_table(before_revision: str | None, repeats: int = 7) -> list[str]:
     """Our client app's import cost beyond flwr and torch, now and at ``before_revision``
     (a git revision of this repository; skipped when git or the revision is missing)."""
-    base, ours = client_import_seconds(APP_DIR, repeats)
+    base, ours = client_import_seconds(app_dir(), repeats)
     lines = ["| client app | flwr + torch s | our client app on top s |", "|---|---|---|",
              f"| this tree | {base:.3f} | {ours:.3f} |"]
     if before_revision:
         with tempfile.TemporaryDirectory() as tmp:
-            archive = subprocess.run(["git", "-C", str(APP_DIR), "archive", before_revision, "fedgma"],
+            archive = subprocess.run(["git", "-C", str(app_dir()), "archive", before_revision, "fedgma"],
                                      capture_output=True)
             if archive.returncode == 0:
                 subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)

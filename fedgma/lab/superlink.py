@@ -45,8 +45,8 @@ def main() -> None:
     module = importlib.import_module(_MODULE)
     if not FLWR_VERSION.startswith("1.39.") or not isinstance(getattr(module, _CONSTANT, None), int):
         raise SystemExit(
-            f"fedgma-superlink: written for flwr 1.39, found {FLWR_VERSION} without {_MODULE}.{_CONSTANT}; "
-            "use flower-superlink there"
+            f"fedgma-superlink: needs flwr 1.39 (the last release whose SuperNodes reach the SuperLink over "
+            f"gRPC), found {FLWR_VERSION}: pip install 'fedgma[deploy]' (on 1.40+ use flower-superlink)"
         )
     setattr(module, _CONSTANT, limit)
     print(f"fedgma-superlink: Fleet API messages above {limit >> 20} MiB are refused", file=sys.stderr, flush=True)

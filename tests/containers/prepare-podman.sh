@@ -41,7 +41,7 @@ fi
 # The dependencies' virtualenv, rebuilt when the project's dependencies change.
 venv=$cache/venv
 stamp=$venv/.dependencies
-wanted=$(python3 -c 'import sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))["project"]; print(p["dependencies"], p["optional-dependencies"]["app"])' \
+wanted=$(python3 -c 'import sys, tomllib; p = tomllib.load(open(sys.argv[1], "rb"))["project"]; print(p["dependencies"], p["optional-dependencies"]["app"], p["optional-dependencies"]["deploy"])' \
          "$repo/pyproject.toml")
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
     rm -rf "$venv"
@@ -52,7 +52,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$wanted" ]; then
     done
     podman run --rm --network host "${mounts[@]}" -e PIP_DISABLE_PIP_VERSION_CHECK=1 "$base" \
         bash -c 'python3 -m venv /venv && mkdir /tmp/src && cp -r /src/pyproject.toml /src/README.md /src/LICENSE /src/fedgma /tmp/src \
-                 && /venv/bin/pip install -q "/tmp/src[app]"' >"$cache/venv.log" 2>&1
+                 && /venv/bin/pip install -q "/tmp/src[deploy]"' >"$cache/venv.log" 2>&1
     printf '%s' "$wanted" > "$stamp"
 fi
 echo "export CONTAINERS_CONF=$CONTAINERS_CONF FEDGMA_PODMAN_VENV=$venv"

@@ -30,7 +30,7 @@ from fedgma.loop.atomic import atomic_write
 from fedgma.loop.run_folder import RunFolder
 
 from ..launch import HostSettings, SimulationRuntime
-from ..project import APP_DIR, app_defaults
+from ..project import app_defaults, app_dir
 from .grids import Grid, RunSpec
 
 RUN_COLUMNS = ("run", "setting", "strategy", "seed", "studies", "dataset", "local-epochs", "tau", "server-lr",
@@ -213,7 +213,7 @@ class GridRunner:
                         )
                     shown[0] = len(rows)
 
-                run_id = runtime.cli.submit(APP_DIR, self.run_config(spec, resume), federation)
+                run_id = runtime.cli.submit(app_dir(), self.run_config(spec, resume), federation)
                 self.echo(f"[{index}/{total}] {spec.name}: run {run_id} "
                           f"{'resumed after round ' + str(shown[0]) if resume else 'started'}")
                 summary_path = RunFolder(self.runs_dir / spec.name).summary
