@@ -1,8 +1,13 @@
 #!/usr/bin/env bash
 # Idempotent set-up on a fresh machine: the data (Debian's Fashion-MNIST package
 # when we are root), the tools the tests use, and the virtualenv in .venv.
+#   scripts/setup.sh [--tests]
+# --tests also prepares .venvs/example-flwr-1.39 and -1.42: Flower alone (no fedgma, no torch),
+# where tests/test_example.py runs examples/sign-agreement/README.md as written.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+for_tests=0
+if [ "${1:-}" = --tests ]; then for_tests=1; fi
 
 PYTHON=${PYTHON:-python3.11}
 DEBIAN_DATA=/usr/share/datasets/fashion-mnist
@@ -38,4 +43,17 @@ if [ ! -f "$stamp" ] || ! cmp -s pyproject.toml "$stamp"; then
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e ".[test]"
     cp pyproject.toml "$stamp"
+fi
+
+if [ "$for_tests" = 1 ]; then
+    for flwr in 1.39 1.42; do
+        venv=.venvs/example-flwr-$flwr
+        if [ ! -f "$venv/.flwr-$flwr" ]; then
+            echo "setup: $venv (flwr[simulation]==$flwr.*, for tests/test_example.py)"
+            rm -rf "$venv"
+            "$PYTHON" -m venv "$venv"
+            "$venv/bin/python" -m pip install -q --disable-pip-version-check "flwr[simulation]==$flwr.*"
+            touch "$venv/.flwr-$flwr"
+        fi
+    done
 fi

@@ -166,10 +166,12 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def processes_named(root: int, fragment: str) -> list[int]:
-    """Processes below ``root`` whose command line contains ``fragment``."""
+def processes_named(root: int | None, fragment: str) -> list[int]:
+    """Processes below ``root`` (None: any on this machine) whose command line contains ``fragment``."""
     found = []
-    for pid in descendants(root):
+    candidates = descendants(root) if root is not None else [
+        int(p.name) for p in Path("/proc").glob("[0-9]*") if int(p.name) != os.getpid()]
+    for pid in candidates:
         try:
             command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
@@ -215,24 +217,32 @@ def stop_all(processes: Sequence[subprocess.Popen], grace: float = 10.0) -> None
     stopped one by one took minutes).
     """
     running = [p for p in processes if p.poll() is None]
-    tree = [pid for p in running for pid in (p.pid, *descendants(p.pid))]
-    _signal_all(tree, signal.SIGTERM)
-    deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(pid) for pid in tree):
-        for p in running:
-            p.poll()
-        time.sleep(0.1)
-    _signal_all([pid for pid in tree if _alive(pid)], signal.SIGKILL)
+    stop_trees([p.pid for p in running], grace, reap=lambda: [p.poll() for p in running])
     for p in running:
         p.wait(5)
 
 
-def start(command: Sequence[str], env: dict[str, str], log_path: Path) -> subprocess.Popen:
-    """Start a Flower process in its own process group, output to ``log_path``."""
+def stop_trees(pids: Sequence[int], grace: float = 10.0, reap: Callable[[], object] | None = None) -> None:
+    """SIGTERM the processes ``pids`` and everything below them, all at once; SIGKILL what
+    outlives ``grace``. ``reap`` is called while waiting (to collect our own children)."""
+    tree = [pid for root in pids for pid in (root, *descendants(root))]
+    _signal_all(tree, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(pid) for pid in tree):
+        if reap is not None:
+            reap()
+        time.sleep(0.1)
+    _signal_all([pid for pid in tree if _alive(pid)], signal.SIGKILL)
+
+
+
+def start(command: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen:
+    """Start a Flower process in its own process group, output to ``log_path``, in ``cwd``
+    (default: ours), which the ServerApp and ClientApps it starts inherit."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            list(command), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            list(command), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd
         )
 
 
@@ -351,11 +361,13 @@ class SimulationRuntime:
     """Flower's local simulation runtime: a ``flower-superlink --simulation`` we own.
 
     It is what ``flwr run . local`` starts by itself, but on free ports and with a
-    PID we stop on exit, so nothing is left running.
+    PID we stop on exit, so nothing is left running. The apps it runs start in ``cwd``
+    (default: ours): relative paths of an app's own resolve there.
     """
 
-    def __init__(self, workdir: Path, settings: HostSettings | None = None) -> None:
+    def __init__(self, workdir: Path, settings: HostSettings | None = None, cwd: Path | None = None) -> None:
         self.workdir = workdir
+        self.cwd = cwd
         self.flwr_home = workdir / "flwr-home"
         self.port = free_port()
         self.env = flower_env(self.flwr_home, settings)
@@ -375,6 +387,7 @@ class SimulationRuntime:
             ],
             self.env,
             self.workdir / "superlink.log",
+            cwd=self.cwd,
         )
         wait_for_http(f"http://127.0.0.1:{self.port}/health", 60, self.process)
         return self

@@ -18,8 +18,9 @@ def train(msg: Message, context: Context) -> Message:
     num_partitions = int(context.node_config["num-partitions"])
     features, targets = client_data(partition_id, num_partitions)
     weights = msg.content["arrays"]["w"].numpy()
-    weights = gradient_steps(weights, features, targets, int(context.run_config["local-steps"]),
-                             float(context.run_config["learning-rate"]))
+    config = msg.content["config"]  # the server's train_config, as in Flower's quickstart apps
+    weights = gradient_steps(weights, features, targets, int(config["local-steps"]),
+                             float(config["learning-rate"]))
     return Message(
         content=RecordDict({
             "arrays": ArrayRecord({"w": Array(weights)}),
