@@ -23,3 +23,15 @@ def test_main_job_compares_fedgma_and_fedavg(tmp_path, shared_data_dir, capsys):
         summary = json.loads((batch / name / "summary.json").read_text())
         assert summary["rounds"] == 1
         assert f"{summary['final-ood-accuracy']:.4f}" in printed
+
+
+def test_main_job_reports_a_failed_run_and_exits_non_zero(tmp_path, shared_data_dir, capsys):
+    status = demo.main([
+        "--clients", "2", "--rounds", "6", "--output-dir", str(tmp_path),
+        "--data-dir", str(shared_data_dir), "--no-download",
+        "train-images=1000", "test-images=500", "local-epochs=1", "client-lr=1e6",
+    ])
+    captured = capsys.readouterr()
+    assert status == 1, captured.out
+    assert "ended finished:failed" in captured.err and "without a model update" in captured.err
+    assert "final OOD acc" not in captured.out  # no results table for a run that failed

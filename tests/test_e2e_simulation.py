@@ -93,3 +93,26 @@ def test_bad_config_or_missing_data_fail_before_round_one(tmp_path):
         assert f"'{key}' must be a relative path below the server's output root" in details[name], details[name]
     assert not out.exists(), "nothing may be written before round 1"
     assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_run_that_diverges_ends_failed_with_the_cause_and_its_resume_says_so(tmp_path, host_settings):
+    """A client step of 10^6 drives the model to constant predictions in round 1; from then on
+    every update is zero. The run ends finished:failed after 3 such rounds, naming why; the rows
+    of the rounds made are kept; resuming it says the run had failed."""
+    settings = {"num-server-rounds": 8, "client-lr": 1e6, "partitioning": "non-iid", "train-images": 1000,
+                "test-images": 500, "local-epochs": 1, "run-name": "diverged"}
+    with SimulationRuntime(tmp_path / "runtime", host_settings) as runtime:
+        first = runtime.cli.wait(runtime.cli.submit(ROOT, settings, "num-supernodes=2"), timeout=600, poll=2.0)
+        resumed_id = runtime.cli.submit(ROOT, {**settings, "resume": "diverged"}, "num-supernodes=2")
+        resumed = runtime.cli.wait(resumed_id, timeout=600, poll=2.0)
+        resumed_log = runtime.cli.logs(resumed_id)
+    assert first.status == "finished:failed", first
+    assert "3 rounds in a row without a model update (rounds 2-4" in first.details
+    assert "every update was zero" in first.details
+    run_dir = host_settings.output_root / "diverged"
+    rows = read_rows(run_dir / "metrics.csv")  # the first run's rounds 0-4, the resumed run's round 5
+    assert [int(r["round"]) for r in rows] == [0, 1, 2, 3, 4, 5]
+    assert [r["model-updated"] for r in rows[1:]] == ["1", "0", "0", "0", "0"]
+    assert not (run_dir / "summary.json").exists() and not (run_dir / "final_model.pt").exists()
+    assert resumed.status == "finished:failed" and "ended failed after round 4" in resumed_log
+    assert "rounds 2-5" in resumed.details  # still stalled: one more round was enough to stop it
