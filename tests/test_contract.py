@@ -171,6 +171,18 @@ def test_positional_arguments_are_fedavgs():
         FedGMAAdam(0.5)
 
 
+def test_current_arrays_takes_an_array_record_as_configure_train_receives_it():
+    rng = np.random.default_rng(9)
+    x = model(rng)
+    replies = [train_reply(i, moved(rng, x), 10 * i) for i in (1, 2)]
+    strategy = FedGMA(variant="ws", server_lr=0.0)
+    strategy.current_arrays = global_record(x)  # as a user resuming by hand would
+    ours, _ = strategy.aggregate_train(1, replies)
+    theirs, _ = aggregate(FedAvg(), x, replies)
+    for name in x:
+        np.testing.assert_allclose(ours[name].numpy(), theirs[name], rtol=1e-5, atol=1e-6)
+
+
 def test_aggregate_train_before_configure_train_says_what_to_do():
     rng = np.random.default_rng(6)
     x = model(rng)

@@ -89,8 +89,9 @@ def test_the_app_folder_is_the_checkout_or_a_clone_in_the_current_directory(monk
     monkeypatch.chdir(tmp_path)
     with pytest.raises(project.AppFolderNotFound):
         project.app_dir()
-    assert cli.main(["grid", "status", "smoke"]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "needs this repository's Flower app folder" in err
+    for argv in (["grid", "status", "smoke"], ["bench", "--quick"], ["probe", "results/full"]):
+        assert cli.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"fedgma {argv[0]}: needs this repository's Flower app folder" in err
     monkeypatch.chdir(ROOT)  # run in a clone: found there
     assert project.app_dir() == ROOT

@@ -28,7 +28,7 @@ from .project import AppFolderNotFound, app_defaults, app_dir, parse_override
 # What the host-side tools need beyond the core (flwr, NumPy): the app and lab extras ...
 LAB_MODULES = ("torch", "torchvision", "flwr_datasets", "matplotlib")
 # ... and, for the commands that run this repository's Flower app, its folder (a clone).
-NEEDS_APP_FOLDER = frozenset({"grid", "bench"})
+NEEDS_APP_FOLDER = frozenset({"grid", "bench", "probe"})
 
 
 def missing_requirement(command: str) -> str | None:
