@@ -293,13 +293,12 @@ class RoundLoop:
         log(WARNING, "Round %s: dropped a training reply (%s)", server_round, reason)
         outcome.drop_reasons.append(reason)
 
-    def check_replies(self, server_round: int, replies: list[Message], arrays: ArrayRecord,
+    def check_replies(self, server_round: int, replies: list[Message], global_arrays: dict[str, np.ndarray],
                       outcome: RoundOutcome) -> list[Message]:
         """The replies that may reach the strategy, in a fixed order; the others are logged."""
         accepted, refused = self.claims.check(replies)
         for message, problem in refused:
             self._drop(server_round, message, problem, outcome)
-        global_arrays = {name: array.numpy() for name, array in arrays.items()}
         checked, refused = check_replies(sorted(accepted, key=self.claims.order), global_arrays,
                                          self.strategy.weighted_by_key, self.bounds)
         for message, problem in refused:
@@ -333,7 +332,8 @@ class RoundLoop:
             if message.has_error():
                 outcome.failure_reasons.append(message.error.reason)
                 log(WARNING, "Round %s: a node's training failed: %s", server_round, message.error.reason)
-        usable = self.check_replies(server_round, answered, arrays, outcome)
+        current = {name: array.numpy() for name, array in arrays.items()}
+        usable = self.check_replies(server_round, answered, current, outcome)
         outcome.dropped = len(answered) - len(usable)
         outcome.used = len(usable)
         if outcome.timed_out:
@@ -356,14 +356,15 @@ class RoundLoop:
             log(WARNING, "Round %s: the strategy returned no model: the global model is kept", server_round)
             return arrays, outcome
         new_arrays = keep_dtypes(new_arrays, arrays)
-        diverged = [name for name, array in new_arrays.items() if not all_finite(array.numpy())]
+        new = {name: array.numpy() for name, array in new_arrays.items()}
+        diverged = [name for name, value in new.items() if not all_finite(value)]
         if diverged:
             raise RunFailed(
                 f"round {server_round}: the aggregated model has non-finite values (in {', '.join(diverged)}): "
                 "the run diverged (a learning rate or server step too large?); the global model of round "
                 f"{server_round - 1} is the last finite one"
             )
-        if all(np.array_equal(array.numpy(), arrays[name].numpy()) for name, array in new_arrays.items()):
+        if new.keys() == current.keys() and all(np.array_equal(value, current[name]) for name, value in new.items()):
             # Every update was zero: training has stopped (a model diverged to constant
             # predictions, or clients that return what they were sent).
             outcome.kept_because = "the aggregated model equals the previous one: every update was zero"
