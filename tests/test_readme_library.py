@@ -78,7 +78,7 @@ def train(net, data, lr: float, epochs: int = 2) -> float:
             loss = nn.functional.cross_entropy(net(features[start:start + 20]), labels[start:start + 20])
             loss.backward()
             optimizer.step()
-    return float(loss)
+    return loss.item()
 
 
 @torch.no_grad()
