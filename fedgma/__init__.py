@@ -15,7 +15,7 @@ def lazy_attributes(
 ) -> tuple[Callable[[str], Any], Callable[[], list[str]]]:
     """A package's ``__getattr__`` and ``__dir__`` (PEP 562): ``name`` is imported from its
     submodule ``module_of[name]`` on first use, then kept on the package; ``dir()`` lists
-    the lazy names too, loaded or not.
+    those names, the package's public API, loaded or not.
 
     The library's packages use it so that a ClientApp, which starts once per message and
     needs one constant of ``fedgma.loop``, does not load the round loop and the strategies.
@@ -29,6 +29,6 @@ def lazy_attributes(
         return value
 
     def __dir__() -> list[str]:
-        return sorted(set(vars(sys.modules[package])) | set(module_of))
+        return sorted(module_of)
 
     return __getattr__, __dir__

@@ -101,7 +101,7 @@ def test_lazy_package_names_agree_and_resolve(package):
     assert set(module.__all__) == set(module._MODULE_OF) == typed
     for name, where in module._MODULE_OF.items():
         assert getattr(module, name) is getattr(importlib.import_module(f"{package}.{where}"), name)
-    assert set(module.__all__) <= set(dir(module))  # dir() lists them, loaded or not
+    assert dir(module) == sorted(module.__all__)  # dir() lists the public names, loaded or not
     with pytest.raises(AttributeError, match="no attribute 'missing'"):
         module.missing  # noqa: B018
 

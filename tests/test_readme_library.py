@@ -186,7 +186,7 @@ def test_without_the_train_config_every_reply_fails_and_the_run_ends_failed(tmp_
     outcome, log = run(make_app(tmp_path / "app", server_app), tmp_path)
     assert outcome.status == "finished:failed", outcome
     assert "3 rounds in a row without a model update" in outcome.details
-    assert "KeyError" in outcome.details and "'lr'" in outcome.details
+    assert "(2 x KeyError: 'lr')" in outcome.details and "\x1b" not in outcome.details  # one line, no colours
     assert "RunFailed" in log
     assert load_checkpoint(tmp_path / "outputs" / "my-run").failure == outcome.details.split(": ", 1)[1]
     assert RunFolder(tmp_path / "outputs" / "my-run").checkpoint.is_file()

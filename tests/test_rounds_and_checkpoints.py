@@ -253,7 +253,7 @@ def test_update_norm_and_weight_bounds_clip_instead_of_dropping():
     checked, refused = check_replies(replies, x, "num-examples", ReplyBounds(max_weight_ratio=10))
     assert [r.weight for r in checked.checked] == [10, 20, 200] and not refused
     assert replies[2].content["metrics"]["num-examples"] == 200
-    assert "clipped to 200 (10 x the round's median 20)" in checked.checked[2].clipped[0]
+    assert "clipped to 200 (10 x the round's lower median 20)" in checked.checked[2].clipped[0]
     checked, _ = check_replies([train_reply(1, y, 50)], x, "num-examples", ReplyBounds(max_num_examples=9))
     assert checked.checked[0].weight == 9
     with pytest.raises(ValueError, match="max_weight_ratio"):
@@ -456,6 +456,36 @@ def test_a_run_whose_every_reply_fails_ends_failed_and_says_why(tmp_path, caplog
         initial(), 5, tmp_path / "run", resume_from=saved)
     assert "ended failed after round 3" in caplog.text
     assert sorted(result.train_metrics_clientapp) == [4, 5] and ckpt.load_checkpoint(tmp_path / "run").failure is None
+
+
+# An error reply's reason as Flower's simulation sends it: Ray's traceback, with colour codes.
+SIMULATED_REASON = (
+    "<class 'ray.exceptions.RayTaskError(ClientAppException)'>:<'\x1b[36mray::ClientAppActor.run()\x1b[39m "
+    "(pid=26531, ip=192.0.2.2)\n  File \"client_app.py\", line 17, in train_fn\n"
+    "    train_loss = train(model, data, msg.content[\"config\"][\"lr\"])\nKeyError: 'lr'\n\n"
+    "The above exception was the direct cause of the following exception:\n\n"
+    "\x1b[36mray::ClientAppActor.run()\x1b[39m (pid=26531)\n  File \"ray_actor.py\", line 65, in run\n"
+    "    raise ClientAppException(str(ex)) from ex\nflwr.clientapp.client_app.ClientAppException: \n"
+    "Exception ClientAppException occurred. Message: 'lr''>")
+
+
+def test_a_failure_reason_is_named_in_one_line():
+    from fedgma.loop.rounds import short_reason
+
+    assert short_reason(SIMULATED_REASON) == "KeyError: 'lr'"
+    assert short_reason("<class 'KeyError'>:<'lr'>") == "<class 'KeyError'>:<'lr'>"  # deployed
+    outcome = RoundOutcome(3, sent=2, failed=2, failure_reasons=[SIMULATED_REASON] * 2)
+    assert outcome.describe() == "round 3: 2 sent, 2 failed, 0 timed out, 0 dropped, 0 usable (2 x KeyError: 'lr')"
+
+
+def test_a_resume_with_another_model_is_refused_naming_the_array(tmp_path):
+    set_task_identity()
+    grid = ScriptedGrid({1: "ok", 2: "ok"}, np.random.default_rng(0))
+    RoundLoop(FedAvg(min_available_nodes=1), grid, timeout=5).run_checkpointed(initial(), 2, tmp_path)
+    wider = global_record({"w": np.zeros((3, 8), np.float32), "b": np.zeros(4, np.float32)})
+    with pytest.raises(ckpt.CheckpointError, match=r"the model differs .*w: 'float32 \(3, 4\)' -> 'float32 \(3, 8\)'"):
+        RoundLoop(FedAvg(min_available_nodes=1), grid, timeout=5).run_checkpointed(
+            wider, 4, tmp_path, resume_from=ckpt.resume_point(tmp_path, {}, 4))
 
 
 def test_max_failed_rounds_none_never_fails_and_training_skipped_is_no_failure():

@@ -17,6 +17,7 @@ import dataclasses
 import hashlib
 import io
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -232,13 +233,24 @@ def _differences(saved: dict[str, Any], given: dict[str, Any], prefix: str = "")
     return found
 
 
+def model_signature(arrays: Mapping[str, Any]) -> dict[str, str]:
+    """``{name: "dtype (shape)"}`` of a model's arrays (NumPy arrays or Flower ``Array``s)."""
+    return {name: f"{value.dtype} {tuple(value.shape)}" for name, value in arrays.items()}
+
+
 def check_resumable(checkpoint: Checkpoint, settings: dict[str, Any], num_rounds: int,
-                    identity: dict[str, Any] | None = None) -> None:
-    """Refuse to resume with ``settings`` (or a run ``identity``: strategy, loop) that differ
-    from the checkpoint's, naming them, or with fewer rounds than it already has."""
+                    identity: dict[str, Any] | None = None, model: Mapping[str, Any] | None = None) -> None:
+    """Refuse to resume with ``settings`` (or a run ``identity``: strategy, loop; or a ``model``
+    whose arrays' names, dtypes or shapes are not the checkpoint's) that differ from the
+    checkpoint's, naming them, or with fewer rounds than it already has."""
     differing = _differences(checkpoint.settings, settings)
     if differing:
         raise CheckpointError(f"cannot resume: these settings differ from the checkpoint's ({', '.join(differing)})")
+    if model is not None:
+        differing = _differences(model_signature(checkpoint.arrays), model_signature(model))
+        if differing:
+            raise CheckpointError("cannot resume: the model differs from the checkpoint's (array: dtype and shape; "
+                                  f"{', '.join(differing)})")
     if identity is not None:
         differing = _differences(checkpoint.identity, identity)
         if differing:

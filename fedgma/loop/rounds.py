@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import io
 import random
+import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -74,6 +75,9 @@ ConfigSource = ConfigRecord | Callable[[int], ConfigRecord] | None
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
 DEFAULT_MAX_FAILED_ROUNDS = 3
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# The line that names a Python exception in a traceback ("KeyError: 'lr'").
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)(: .*)?$")
 _METRIC_FIELDS = ("train_metrics", "evaluate_metrics", "central_metrics")
 
 
@@ -153,7 +157,8 @@ class RoundOutcome:
         """The round's replies in a few words, with the first reasons for failures and drops."""
         text = (f"round {self.round}: {self.sent} sent, {self.failed} failed, {self.timed_out} timed out, "
                 f"{self.dropped} dropped, {self.used} usable")
-        reasons = [f"{count} x {reason}" for reason, count in Counter(self.failure_reasons).most_common(3)]
+        failures = Counter(short_reason(reason) for reason in self.failure_reasons)
+        reasons = [f"{count} x {reason}" for reason, count in failures.most_common(3)]
         reasons += self.drop_reasons[:3]
         text += f" ({'; '.join(reasons)})" if reasons else ""
         return text + (f"; {self.kept_because}" if self.kept_because else "")
@@ -171,6 +176,17 @@ class RoundOutcome:
         for name in _METRIC_FIELDS:
             values[name] = None if values.get(name) is None else MetricRecord(values[name])
         return cls(**values)
+
+
+def short_reason(reason: str) -> str:
+    """An error reply's reason in one line. Deployed, Flower sends ``<class 'KeyError'>:<'lr'>``;
+    simulated, Ray's whole traceback (with colour codes), whose root cause is its first
+    exception line (``KeyError: 'lr'``)."""
+    lines = [line for line in _ANSI.sub("", reason).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else reason
+    named = [line for line in lines if _EXCEPTION_LINE.match(line) and not line.rstrip().endswith(":")]
+    return (named or lines[-1:])[0].strip()[:300]
 
 
 def keep_dtypes(new: ArrayRecord, old: ArrayRecord) -> ArrayRecord:
@@ -478,9 +494,10 @@ class RoundLoop:
         replace ``initial_arrays``, and the strategy's cross-round state and the rounds'
         history are restored, so the rounds that follow, and the ``Result``, are those an
         uninterrupted run would have made. It is refused, naming the differences, when the
-        strategy, the loop's settings, a ``ConfigRecord`` config or ``settings`` (JSON
-        values the caller says decide the result, e.g. what a config function depends on)
-        differ from the checkpoint's. A run that ended failed says so when resumed.
+        model (``initial_arrays``: names, dtypes, shapes), the strategy, the loop's settings,
+        a ``ConfigRecord`` config or ``settings`` (JSON values the caller says decide the
+        result, e.g. what a config function depends on) differ from the checkpoint's. A run
+        that ended failed says so when resumed.
 
         Each round's checkpoint is written before ``after_round`` sees the round, so a
         crash between the two never repeats a round; the checkpoint keeps every round's
@@ -498,7 +515,7 @@ class RoundLoop:
             arrays, first_round, clock = initial_arrays, 1, _Clock(0.0)
             history: list[RoundOutcome] = []
         else:
-            check_resumable(resume_from, settings, num_rounds, identity)
+            check_resumable(resume_from, settings, num_rounds, identity, model=initial_arrays)
             if resume_from.failure:
                 log(WARNING, "Round loop: the run in %s ended failed after round %s (%s); resuming it",
                     folder.path, resume_from.round, resume_from.failure)

@@ -261,7 +261,7 @@ class ReplyBounds:
         if self.max_weight_ratio is not None and len(weights) >= 2:
             median = statistics.median_low(weights)
             limits.append((self.max_weight_ratio * median,
-                           f"{self.max_weight_ratio:g} x the round's median {median:g}"))
+                           f"{self.max_weight_ratio:g} x the round's lower median {median:g}"))
         return min(limits) if limits else None
 
     def clip(self, reply: CheckedReply, limit: tuple[float, str] | None,
