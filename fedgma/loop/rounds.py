@@ -122,16 +122,19 @@ class RoundOutcome:
     def as_row(self) -> dict[str, float | int | str]:
         """One flat row: the training metrics, the client evaluation's under ``client-``,
         the central evaluation's under their own names, then the counts and timings."""
-        row: dict[str, float | int | str] = {"round": self.round}
+        row: dict[str, float | int | str] = {
+            "round": self.round,
+            **dict(self.central_metrics or {}),
+            "central-eval-seconds": round(self.central_eval_seconds, 4),
+            "round-seconds": round(self.round_seconds, 3),
+            "wall-seconds": round(self.wall_seconds, 3),
+        }
         if self.round == 0:  # the initial model: no replies, only its central evaluation
-            row.update(dict(self.central_metrics or {}))
-            row.update({"central-eval-seconds": round(self.central_eval_seconds, 4),
-                        "round-seconds": round(self.round_seconds, 3), "wall-seconds": round(self.wall_seconds, 3)})
             return row
-        row.update(dict(self.train_metrics or {}))
+        # Central metrics win over training metrics of the same name, as before.
+        row = {**dict(self.train_metrics or {}), **row}
         for key, value in (self.evaluate_metrics or {}).items():
             row[f"client-{key}"] = value
-        row.update(dict(self.central_metrics or {}))
         row.update({
             "replies-sent": self.sent,
             "replies-failed": self.failed,
@@ -143,9 +146,6 @@ class RoundOutcome:
             "train-wait-seconds": round(self.train_wait_seconds, 4),
             "aggregate-seconds": round(self.aggregate_seconds, 4),
             "client-eval-wait-seconds": round(self.evaluate_wait_seconds, 4),
-            "central-eval-seconds": round(self.central_eval_seconds, 4),
-            "round-seconds": round(self.round_seconds, 3),
-            "wall-seconds": round(self.wall_seconds, 3),
         })
         # Seconds from the newest reply's creation to the server holding it (empty without replies).
         for key, lag in (("train-reply-lag-seconds", self.train_reply_lag_seconds),
@@ -320,7 +320,7 @@ class RoundLoop:
         for message, problem in refused:
             self._drop(server_round, message, problem, outcome)
         log_adjusted(f"Round {server_round}", checked)
-        outcome.clipped = sum(1 for reply in checked.checked if reply.clipped)
+        outcome.clipped = checked.num_clipped
         return checked
 
     def train_round(self, server_round: int, arrays: ArrayRecord,

@@ -182,7 +182,7 @@ class FedGMA(FedAvg):
             # Checked once this round, by the round loop, against the same global model.
             new_arrays, stats, used = self._fold(replies)
             dropped = failed = 0
-            clipped = sum(1 for reply in replies.checked if reply.clipped)
+            clipped = replies.num_clipped
         else:
             replies = list(replies)
             # Flower's own consistency check would end the run on one malformed
@@ -242,7 +242,7 @@ class FedGMA(FedAvg):
             log(WARNING, "FedGMA round %s: dropped the reply of node %s: %s", server_round,
                 message.metadata.src_node_id, reason)
         log_adjusted(f"FedGMA round {server_round}", checked)
-        return new_arrays, stats, used, len(refused), sum(1 for reply in checked.checked if reply.clipped)
+        return new_arrays, stats, used, len(refused), checked.num_clipped
 
     def _fold(self, checked: CheckedReplies) -> tuple[dict[str, np.ndarray], MaskStats | None, list[RecordDict]]:
         """Fold checked replies into a fresh aggregator; returns (arrays, stats, used)."""

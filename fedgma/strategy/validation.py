@@ -7,14 +7,15 @@ import io
 import math
 import statistics
 from collections.abc import Iterable
-from logging import WARNING
 from dataclasses import dataclass
+from logging import WARNING
 from typing import NamedTuple
 
 import numpy as np
 from flwr.app import Array, Message, RecordDict
 from flwr.common.constant import SType
 from flwr.supercore import log
+
 
 class InvalidReply(ValueError):
     """A training reply that must not reach the aggregation; ``str()`` says why."""
@@ -315,6 +316,11 @@ class CheckedReplies(list):
         self.global_arrays = global_arrays
         self.weighted_by_key = weighted_by_key
         self.values_checked = values_checked
+
+    @property
+    def num_clipped(self) -> int:
+        """How many of these replies were clipped to a bound."""
+        return sum(1 for reply in self.checked if reply.clipped)
 
     def checked_against(self, global_arrays: dict[str, np.ndarray], weighted_by_key: str) -> bool:
         """True if these replies were checked against arrays like ``global_arrays``."""
