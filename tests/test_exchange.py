@@ -15,7 +15,12 @@ from flower_messages import error_reply, set_task_identity, train_reply
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 
-from fedgma.loop.exchange import exchange
+from flwr.superlink.grid import http_grid
+from stored_grid import Node, StoredGrid
+
+from fedgma.loop.exchange import ReplyLimits, exchange
+
+flower_pull_objects = http_grid.pull_objects
 
 
 class TimedGrid:
@@ -135,26 +140,50 @@ def test_no_replies_and_a_bad_interval():
         exchange(TimedGrid({1: 0.0}), instructions([1]), timeout=1, poll_interval=0)
 
 
-def pull_objects(*, initial_backoff=1.0):
-    """Stands in for Flower's: the grid below looks it up in its module when it pulls, as HttpGrid does."""
-    return initial_backoff
-
-
-class ObjectGrid(TimedGrid):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.backoffs = []
-
-    def pull_messages(self, message_ids):
-        self.backoffs.append(pull_objects())
-        return super().pull_messages(message_ids)
+def honest(seed, size=3):
+    return {"w": np.full(size, seed, np.float32)}
 
 
 def test_objects_still_uploading_are_retried_at_the_poll_interval_only_while_pulling():
-    grid = ObjectGrid({1: 0.05})
-    exchange(grid, instructions([1]), timeout=5, poll_interval=0.02)
-    assert grid.backoffs and set(grid.backoffs) == {0.02}
-    assert pull_objects() == 1.0  # Flower's own retry delay is back
-    flower = ObjectGrid({1: 0.05})
-    exchange(flower, instructions([1]), timeout=5, poll_interval=None)
-    assert set(flower.backoffs) == {1.0}
+    # Flower's HttpGrid, on a stand-in SuperLink: the node announces its reply at once and
+    # uploads one object every 0.1 s; Flower would retry each after 1 s, then 2 s ...
+    grid = StoredGrid({1: Node(honest(1), per_object=0.1)})
+    got = exchange(grid, instructions([1]), timeout=10, poll_interval=0.02)
+    assert [r.has_error() for r in got.replies] == [False] and got.wait_seconds < 1.0
+    assert http_grid.pull_objects is flower_pull_objects  # Flower's own pulls are back
+
+
+def test_an_upload_that_never_ends_fails_at_the_deadline_and_holds_no_other_reply():
+    # Node 2 announces its reply, then drips one object every 50 s (Flower would wait up to
+    # 2 hours for it); node 3 never replies.
+    grid = StoredGrid({1: Node(honest(1)), 2: Node(honest(2), per_object=50.0), 3: Node(honest(3), announce=None)})
+    got = exchange(grid, instructions([1, 2, 3]), timeout=2, poll_interval=0.05)
+    assert 2 <= got.wait_seconds < 2 + 1.5  # the deadline, plus at most one object retry
+    answered = [got.node_of(r) for r in got.replies if not r.has_error()]
+    assert answered == [1]
+    assert [got.node_of(r) for r in got.unavailable()] == [2] and got.unanswered == [3]
+    assert "timeout" in got.unavailable()[0].error.reason
+
+
+def test_a_reply_larger_than_the_model_allows_is_refused_while_it_is_pulled():
+    model = honest(0, size=3 << 20)  # 12 MiB: three objects of Flower's 5 MiB chunks
+    limits = ReplyLimits.for_model(model.values())
+    assert limits.max_bytes == 2 * (12 << 20) + (1 << 20)
+    big = {"extra": np.zeros(16 << 20, np.float32)}  # 64 MiB more, in 5 MiB objects
+    grid = StoredGrid({1: Node(honest(1, size=3 << 20)), 2: Node(honest(2, size=3 << 20), extra=big)})
+    got = exchange(grid, instructions([1, 2]), timeout=10, poll_interval=0.05, limits=limits)
+    assert [got.node_of(r) for r in got.replies if not r.has_error()] == [1]
+    [refused] = got.unavailable()
+    assert got.node_of(refused) == 2 and "larger than the" in refused.error.reason
+    # The refusal came while pulling: far fewer objects than the 17 of node 2's reply.
+    assert grid.runtime.object_pulls < 4 + 17
+
+
+def test_a_reply_of_too_many_objects_is_refused_before_any_is_pulled():
+    model = honest(0)
+    limits = ReplyLimits.for_model(model.values())
+    many = {f"x{i}": np.full(1, i, np.float32) for i in range(limits.max_objects)}
+    grid = StoredGrid({2: Node(honest(2), extra=many)})
+    got = exchange(grid, instructions([2]), timeout=10, poll_interval=0.05, limits=limits)
+    [refused] = got.unavailable()
+    assert "objects, more than the" in refused.error.reason and grid.runtime.object_pulls == 0
