@@ -27,9 +27,15 @@ from fedgma.strategy import FedGMA, FedGMAAdam
 TESTS = Path(__file__).resolve().parent
 
 
+def _number(text):
+    """'300' -> 300, '1e-06' -> 1e-06: a liar's claimed example count."""
+    return int(text) if text.isdigit() else float(text)
+
+
 class ScriptedGrid:
     """A grid whose nodes reply as scripted: 'ok', 'error', 'nan', 'silent' (timed out), or lie:
-    'huge' / 'many' (claim 10^15 examples / 50 x the others' count, with weights far away),
+    'huge' / 'many' / 'liar-N' (claim 10^15 examples / 50 x the others' count / N, with weights
+    100 away from the model),
     'claims-N' (declares partition N), 'undeclared' (declares none). A node's partition is its id.
     'quickstart' reads its step from the train config's "lr" as Flower's quickstart client does
     (a missing "lr" fails the ClientApp with a KeyError). Evaluate messages get a loss back.
@@ -78,7 +84,7 @@ class ScriptedGrid:
         examples = 10 * node
         if kind in ("huge", "many") or kind.startswith("liar-"):
             y = {k: v + 100.0 for k, v in x.items()}
-            examples = {"huge": 10**15, "many": 50 * 10 * max(self.behaviour)}.get(kind) or int(kind[5:])
+            examples = {"huge": 10**15, "many": 50 * 10 * max(self.behaviour)}.get(kind) or _number(kind[5:])
         reply = train_reply(node, y, examples, reply_to=reply_to)
         partition = int(kind.removeprefix("claims-")) if kind.startswith("claims-") else node
         if kind != "undeclared":
@@ -248,7 +254,8 @@ def test_update_norm_and_weight_bounds_clip_instead_of_dropping():
     first = checked.checked[0]
     np.testing.assert_allclose(first.arrays["w"], np.full((2, 2), 0.125), rtol=1e-6)  # scaled to norm 0.25
     np.testing.assert_allclose(replies[0].content["arrays"]["w"].numpy(), first.arrays["w"])  # the message too
-    assert first.clipped == ("update norm 1 scaled to 0.25",) and not checked.checked[1].clipped
+    assert first.clipped == ("update norm 1 scaled to 0.25 (max_update_norm 0.25)",)
+    assert not checked.checked[1].clipped
     # Weights: 10x the lower median (20) is 200; 1000 counts as 200, and the message says so.
     checked, refused = check_replies(replies, x, "num-examples", ReplyBounds(max_weight_ratio=10))
     assert [r.weight for r in checked.checked] == [10, 20, 200] and not refused
@@ -258,6 +265,27 @@ def test_update_norm_and_weight_bounds_clip_instead_of_dropping():
     assert checked.checked[0].weight == 9
     with pytest.raises(ValueError, match="max_weight_ratio"):
         ReplyBounds(max_weight_ratio=0.5)
+    with pytest.raises(ValueError, match="max_norm_ratio"):
+        ReplyBounds(max_norm_ratio=0.9)
+
+
+def test_the_norm_ratio_clips_an_update_far_longer_than_the_rounds_median():
+    from fedgma.strategy.validation import ReplyBounds, check_replies, update_norm
+
+    x = {"w": np.zeros(4, np.float32)}
+    honest = [np.array([0.1, -0.1, 0.0, 0.1], np.float32), np.array([0.05, 0.0, 0.1, 0.0], np.float32),
+              np.array([0.0, 0.1, 0.1, 0.1], np.float32)]
+    shifted = np.full(4, 50.0, np.float32)  # a liar's weights, 100 from the model
+    replies = [train_reply(i + 1, {"w": w}, 10) for i, w in enumerate([*honest, shifted])]
+    norms = [update_norm({"w": w}, x) for w in [*honest, shifted]]
+    median = sorted(norms)[1]  # the lower median of four
+    checked, refused = check_replies(replies, x, "num-examples", ReplyBounds(max_norm_ratio=3))
+    assert not refused
+    got = [update_norm(r.arrays, x) for r in checked.checked]
+    np.testing.assert_allclose(got[:3], norms[:3])  # honest updates untouched
+    assert got[3] == pytest.approx(3 * median, rel=1e-5)  # the liar's, scaled to 3x the median
+    np.testing.assert_allclose(checked.checked[3].arrays["w"] / got[3], shifted / norms[3], rtol=1e-5)  # same direction
+    assert "3 x the round's lower median norm" in checked.checked[3].clipped[0]
 
 
 def test_a_reply_with_fractional_or_bad_weight_is_read_as_fedavg_reads_it():

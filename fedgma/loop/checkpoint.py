@@ -5,7 +5,7 @@ number, the global weights, the strategy's own state (FedAvgM's momentum,
 FedAdam's moments; FedGMA keeps none across rounds), what the run is (the
 strategy's class and settings, the loop's settings, the caller's ``settings``),
 every round's outcome (counts, timings, metrics: the run's history, from which a
-resumed run rebuilds its ``Result`` and its records), the elapsed wall time, and,
+resumed run rebuilds its ``Result`` and its records), the elapsed wall time, which node holds which partition, and,
 when the run ended failed, why. It is written with write-then-rename, so a crash
 while writing leaves the previous checkpoint intact. It is read with
 ``allow_pickle=False``: a checkpoint cannot run code.
@@ -50,7 +50,8 @@ class Checkpoint:
     ``identity`` is what the run is (see :func:`strategy_identity`; the round loop adds
     its own settings), ``settings`` what the caller said decides its result, ``history``
     one JSON record per round from 0 (``RoundOutcome.to_json``), ``failure`` why the run
-    ended failed (None while it has not).
+    ended failed (None while it has not), ``partitions`` which node holds which data
+    partition (``fedgma.loop.partitions``), so that a resumed run keeps the bindings.
     """
 
     round: int
@@ -61,6 +62,7 @@ class Checkpoint:
     identity: dict[str, Any]
     history: list[dict[str, Any]]
     failure: str | None = None
+    partitions: dict[int, int] = dataclasses.field(default_factory=dict)  # node id -> the partition it holds
 
     @property
     def settings_hash(self) -> str:
@@ -157,6 +159,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
         "identity": checkpoint.identity,
         "history": checkpoint.history,
         "failure": checkpoint.failure,
+        "partitions": {str(node): partition for node, partition in checkpoint.partitions.items()},
         "settings-hash": checkpoint.settings_hash,
     }
     arrays["meta"] = np.array(json.dumps(meta))
@@ -204,6 +207,7 @@ def load_checkpoint(run_dir: Path) -> Checkpoint | None:
         identity=meta["identity"],
         history=meta["history"],
         failure=meta["failure"],
+        partitions={int(node): int(partition) for node, partition in meta.get("partitions", {}).items()},
     )
     if checkpoint.settings_hash != meta["settings-hash"]:
         raise CheckpointError(f"the checkpoint {path} is inconsistent (settings hash mismatch)")

@@ -17,11 +17,20 @@ accepted only if
 
 A reply without a declaration is not refused: it is put after the declared ones, in
 node-id order.
+
+First come, first bound leaves two gaps: a node that claims another's partition before
+that node's first reply takes it, and one that claims it in the same round blocks both.
+The server's operator closes them with ``bindings`` (node id -> partition, e.g. written
+when the SuperNodes' keys are registered): then a node holds the partition it is bound
+to, whatever it declares, and a node without a binding is refused. Without them, the
+bindings made so far are kept in the run's checkpoint (:meth:`PartitionClaims.restore`),
+so a resumed run does not hand a partition to whoever claims it first after the resume.
 """
 
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
 from flwr.app import Message
@@ -46,8 +55,37 @@ class PartitionClaims:
     """
 
     num_partitions: int | None = None
+    bindings: Mapping[int, int] | None = None
     holder: dict[int, int] = field(default_factory=dict)  # partition -> node id
     held: dict[int, int] = field(default_factory=dict)  # node id -> partition
+    totals: dict[int, int] = field(default_factory=dict)  # node id -> num-partitions it declared
+
+    def __post_init__(self) -> None:
+        if self.bindings is None:
+            return
+        for node, partition in self.bindings.items():
+            problem = self._range_problem(partition, None) if _integer(node) else f"node id {node!r}"
+            if problem is not None:
+                raise ValueError(f"partition bindings: node {node}: {problem}")
+            if partition in self.holder:
+                raise ValueError(f"partition bindings: partition {partition} is bound to nodes "
+                                 f"{self.holder[partition]} and {node}")
+            self.holder[partition], self.held[node] = node, partition
+
+    def restore(self, held: Mapping[int, int], connected: Iterable[int]) -> list[int]:
+        """Take back a checkpoint's bindings (node id -> partition) of the nodes that are
+        connected now; returns the nodes whose bindings were let go (not connected: a
+        simulation's node ids, for one, are new each time it starts). Operator bindings win."""
+        online = set(connected)
+        released = []
+        for node, partition in held.items():
+            if self.bindings is not None:
+                continue
+            if node not in online or self.holder.get(partition, node) != node:
+                released.append(node)
+                continue
+            self.holder[partition], self.held[node] = node, partition
+        return sorted(released)
 
     def declared(self, message: Message) -> tuple[object, object] | None:
         """``(partition-id, num-partitions)`` as the reply declares them, or None."""
@@ -82,6 +120,8 @@ class PartitionClaims:
             partition, total = declaration
             node = message.metadata.src_node_id
             problem = self._range_problem(partition, total)
+            if problem is None and self.bindings is not None and node not in self.bindings:
+                problem = f"node {node} has no partition in the operator's bindings"
             if problem is None and node in self.held and self.held[node] != partition:
                 problem = f"node {node} holds partition {self.held[node]} and now claims {partition}"
             if problem is None and self.holder.get(partition, node) != node:
@@ -100,9 +140,24 @@ class PartitionClaims:
             node = replies[index].metadata.src_node_id
             self.holder[partition] = node
             self.held[node] = partition
+            declared_total = self.declared(replies[index])[1]  # type: ignore[index]
+            if _integer(declared_total):
+                self.totals[node] = declared_total  # type: ignore[assignment]
+        for message in replies:  # undeclared: only a node the operator bound may send one
+            node = message.metadata.src_node_id
+            if self.declared(message) is None and self.bindings is not None and node not in self.bindings:
+                refused.append((message, f"node {node} has no partition in the operator's bindings"))
         refused_ids = {id(message) for message, _ in refused}
         accepted = [m for m in replies if id(m) not in refused_ids]
         return accepted, refused
+
+    def place(self, message: Message) -> tuple[int, int] | None:
+        """``(partition, num_partitions)`` of an accepted reply's node, as far as the server
+        knows them (the run's ``num_partitions``, else what the node declared); None if not."""
+        node = message.metadata.src_node_id
+        partition = self.held.get(node)
+        total = self.num_partitions if self.num_partitions is not None else self.totals.get(node)
+        return None if partition is None or total is None else (partition, total)
 
     def order(self, message: Message) -> tuple[int, int]:
         """Sort key of an accepted reply: its partition, then its node id."""

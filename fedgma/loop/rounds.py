@@ -14,7 +14,14 @@ Flower leaves to the app:
 - optional bounds on a reply's claimed weight and update norm clip it (off by
   default: honest federations get FedAvg's result);
 - a reply whose declared partition is out of range, claimed by another node, or
-  not the one its node held before is refused (``fedgma.loop.partitions``);
+  not the one its node held (or the operator bound it to) is refused
+  (``fedgma.loop.partitions``); with ``partition_sizes``, a reply's weight is the
+  size of its node's partition as the server computes it, not the node's claim;
+- every pull for a reply ends at the round's deadline, and a reply larger than
+  the model allows is refused while it is pulled (``fedgma.loop.exchange``); a
+  node that timed out can be left out of the next rounds' samples;
+- a round whose model update is orders of magnitude longer than the earlier
+  rounds' is flagged in the log;
 - replies are put in a fixed order (by the client's partition id) so that
   floating-point sums, and therefore the weights, do not depend on arrival order;
 - node sampling is seeded per round from the run's seed, without touching the
@@ -36,9 +43,10 @@ from __future__ import annotations
 import io
 import random
 import re
+import statistics
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from logging import INFO, WARNING
@@ -51,7 +59,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
-from fedgma.strategy.validation import ReplyBounds, all_finite, check_replies, log_adjusted
+from fedgma.strategy.validation import ReplyBounds, all_finite, check_replies, log_adjusted, update_norm
 
 from .checkpoint import (
     Checkpoint,
@@ -64,7 +72,7 @@ from .checkpoint import (
     strategy_identity,
     strategy_state,
 )
-from .exchange import DEFAULT_POLL_INTERVAL, exchange
+from .exchange import DEFAULT_POLL_INTERVAL, ReplyLimits, exchange
 from .partitions import NODE_RECORD, PartitionClaims
 from .run_folder import RunFolder
 
@@ -74,7 +82,11 @@ AfterRound = Callable[[int, ArrayRecord, "RoundOutcome"], None]
 ConfigSource = ConfigRecord | Callable[[int], ConfigRecord] | None
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
+PartitionSizes = Callable[[int, int], int]
+
 DEFAULT_MAX_FAILED_ROUNDS = 3
+# A round whose update is this many times the median of the earlier rounds' is flagged.
+NORM_JUMP_FACTOR = 100.0
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # The line that names a Python exception in a traceback ("KeyError: 'lr'").
 _EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)(: .*)?$")
@@ -97,6 +109,7 @@ class RoundOutcome:
     timed_out: int = 0
     dropped: int = 0
     clipped: int = 0
+    corrected: int = 0  # replies whose claimed weight differed from their partition's known size
     used: int = 0
     model_updated: bool = False
     train_wait_seconds: float = 0.0
@@ -113,6 +126,8 @@ class RoundOutcome:
     drop_reasons: list[str] = field(default_factory=list)
     failure_reasons: list[str] = field(default_factory=list)
     kept_because: str = ""  # why the global model did not move this round
+    update_norm: float | None = None  # L2 norm of the global model's change this round
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def stalled(self) -> bool:
@@ -141,8 +156,10 @@ class RoundOutcome:
             "replies-timed-out": self.timed_out,
             "replies-dropped": self.dropped,
             "replies-clipped": self.clipped,
+            "replies-corrected": self.corrected,
             "replies-used": self.used,
             "model-updated": int(self.model_updated),
+            "update-norm": "" if self.update_norm is None else round(self.update_norm, 6),
             "train-wait-seconds": round(self.train_wait_seconds, 4),
             "aggregate-seconds": round(self.aggregate_seconds, 4),
             "client-eval-wait-seconds": round(self.evaluate_wait_seconds, 4),
@@ -265,12 +282,28 @@ class RoundLoop:
         Fewer usable training replies than this keep the global model for the round.
     seed : int (default: 0)
         Seeds node sampling per round.
-    max_num_examples, max_weight_ratio, max_update_norm : Optional[float] (default: None)
+    max_num_examples, max_weight_ratio, max_update_norm, max_norm_ratio : Optional[float] (default: None)
         Optional bounds on each training reply, which clip it
         (``fedgma.strategy.validation.ReplyBounds``). None: no bound, as in FedAvg.
     num_partitions : Optional[int]
         Partitions in the federation, bounding the ``partition-id`` a reply may
         declare; None: each reply's own ``num-partitions``.
+    partition_sizes : Optional[Callable[[int, int], int]] (default: None)
+        ``partition_sizes(partition_id, num_partitions)``: the number of examples the
+        server knows that partition holds (e.g. computed from the partitioner and its
+        seed). Given, each reply's weight is its node's partition size, not its claim:
+        a claim that differs is logged and counted (``replies-corrected``), and a reply
+        whose node holds no known partition is dropped. None: the claims are the
+        weights, as in FedAvg.
+    partition_bindings : Optional[Mapping[int, int]] (default: None)
+        Node id -> partition id, from the server's operator: a node holds the
+        partition it is bound to, and a node without a binding is refused. None:
+        a node is bound to the first partition it is accepted with.
+    skip_timed_out_rounds : int (default: 0)
+        A node that did not reply (or finish uploading its reply) by the deadline is
+        not sampled for this many rounds (logged), so it cannot make every round wait
+        for the timeout; it is sampled anyway where too few other nodes are
+        connected. 0: sampled as usual, as in Flower.
     poll_interval : Optional[float] (default: 0.2)
         Seconds between two pulls for replies; None: the grid's own
         ``send_and_receive`` (Flower 1.39 deployed: 3 s).
@@ -292,10 +325,21 @@ class RoundLoop:
     num_partitions: int | None = None
     poll_interval: float | None = DEFAULT_POLL_INTERVAL
     max_failed_rounds: int | None = DEFAULT_MAX_FAILED_ROUNDS
+    max_norm_ratio: float | None = None
+    partition_sizes: PartitionSizes | None = None
+    partition_bindings: Mapping[int, int] | None = None
+    skip_timed_out_rounds: int = 0
 
     def __post_init__(self) -> None:
-        self.claims = PartitionClaims(self.num_partitions)
-        self.bounds = ReplyBounds(self.max_num_examples, self.max_update_norm, self.max_weight_ratio)
+        self.claims = PartitionClaims(self.num_partitions, self.partition_bindings)
+        self.bounds = ReplyBounds(self.max_num_examples, self.max_update_norm, self.max_weight_ratio,
+                                  self.max_norm_ratio)
+        if isinstance(self.skip_timed_out_rounds, bool) or not isinstance(self.skip_timed_out_rounds, int) \
+                or self.skip_timed_out_rounds < 0:
+            raise ValueError(f"RoundLoop: skip_timed_out_rounds must be an integer >= 0, "
+                             f"got {self.skip_timed_out_rounds!r}")
+        self.resting: dict[int, int] = {}  # node id -> the last round it is left out of
+        self.update_norms: list[float] = []  # of the rounds that moved the model
         if self.max_failed_rounds is not None and (
                 isinstance(self.max_failed_rounds, bool) or not isinstance(self.max_failed_rounds, int)
                 or self.max_failed_rounds < 1):
@@ -313,6 +357,9 @@ class RoundLoop:
                       outcome: RoundOutcome) -> list[Message]:
         """The replies that may reach the strategy, in a fixed order; the others are logged."""
         accepted, refused = self.claims.check(replies)
+        if self.partition_sizes is not None:
+            accepted, unknown = self._vouch_weights(server_round, accepted, outcome)
+            refused += unknown
         for message, problem in refused:
             self._drop(server_round, message, problem, outcome)
         checked, refused = check_replies(sorted(accepted, key=self.claims.order), global_arrays,
@@ -322,6 +369,66 @@ class RoundLoop:
         log_adjusted(f"Round {server_round}", checked)
         outcome.clipped = checked.num_clipped
         return checked
+
+    def _vouch_weights(self, server_round: int, replies: list[Message], outcome: RoundOutcome
+                       ) -> tuple[list[Message], list[tuple[Message, str]]]:
+        """Set each reply's weight to its node's partition size (``partition_sizes``); a
+        reply whose partition the server does not know is refused."""
+        assert self.partition_sizes is not None
+        key = self.strategy.weighted_by_key
+        vouched: list[Message] = []
+        refused: list[tuple[Message, str]] = []
+        for message in replies:
+            place = self.claims.place(message)
+            if place is None:
+                refused.append((message, "declares no partition (partition-id, num-partitions): the server "
+                                         "cannot vouch for its weight"))
+                continue
+            metric_records = list(message.content.metric_records.values())
+            if len(metric_records) != 1:
+                vouched.append(message)  # malformed: check_replies says why
+                continue
+            known = self.partition_sizes(*place)
+            claimed = metric_records[0].get(key)
+            if claimed != known:
+                log(WARNING, "Round %s: node %s claims %s=%r; its partition %s of %s holds %s: that is its "
+                    "weight", server_round, message.metadata.src_node_id, key, claimed, *place, known)
+                metric_records[0][key] = known
+                outcome.corrected += 1
+            vouched.append(message)
+        return vouched, refused
+
+    def _sampled_grid(self, server_round: int) -> Grid:
+        """The grid as the strategy samples it: without the nodes resting after a timeout."""
+        resting = {node for node, until in self.resting.items() if until >= server_round}
+        if not resting:
+            return self.grid
+        need = max(int(getattr(self.strategy, "min_available_nodes", 0)),
+                   int(getattr(self.strategy, "min_train_nodes", 0)), 1)
+        return _WithoutNodes(self.grid, resting, need, server_round)
+
+    def _rest(self, server_round: int, nodes: list[int]) -> None:
+        """Leave ``nodes`` (timed out this round) out of the next ``skip_timed_out_rounds`` samples."""
+        if not self.skip_timed_out_rounds or not nodes:
+            return
+        for node in nodes:
+            self.resting[node] = server_round + self.skip_timed_out_rounds
+        log(WARNING, "Round %s: node(s) %s timed out: not sampled in rounds %s-%s (skip_timed_out_rounds=%s)",
+            server_round, ", ".join(map(str, sorted(nodes))), server_round + 1,
+            server_round + self.skip_timed_out_rounds, self.skip_timed_out_rounds)
+
+    def _flag_norm_jump(self, server_round: int, norm: float, outcome: RoundOutcome) -> None:
+        """Flag (log, ``outcome.warnings``) an update far longer than the earlier rounds' median."""
+        earlier = self.update_norms[-10:]
+        if earlier:
+            median = statistics.median(earlier)
+            if median > 0 and norm > NORM_JUMP_FACTOR * median:
+                warning = (f"the model's update norm {norm:.4g} is {norm / median:.3g} x the median of the "
+                           f"earlier rounds' ({median:.4g}): a client or the server step may be pushing the "
+                           "model away")
+                outcome.warnings.append(warning)
+                log(WARNING, "Round %s: %s", server_round, warning)
+        self.update_norms.append(norm)
 
     def train_round(self, server_round: int, arrays: ArrayRecord,
                     config: ConfigRecord | None = None) -> tuple[ArrayRecord, RoundOutcome]:
@@ -334,26 +441,30 @@ class RoundLoop:
             If the aggregated model has non-finite values (the run diverged).
         """
         outcome = RoundOutcome(server_round)
+        current = {name: array.numpy() for name, array in arrays.items()}
         with seeded_random(round_seed(self.seed, server_round)):
             messages = list(self.strategy.configure_train(server_round, arrays, config or ConfigRecord(),
-                                                          self.grid))
+                                                          self._sampled_grid(server_round)))
         outcome.sent = len(messages)
-        received = exchange(self.grid, messages, self.timeout, self.poll_interval)
+        received = exchange(self.grid, messages, self.timeout, self.poll_interval,
+                            ReplyLimits.for_model(current.values()))
         replies = received.replies
         outcome.train_wait_seconds, outcome.train_reply_lag_seconds = received.wait_seconds, received.last_reply_lag
-        outcome.timed_out = max(outcome.sent - len(replies), 0)
+        unavailable = received.unavailable()  # not uploaded by the deadline, or larger than the model allows
+        outcome.timed_out = max(outcome.sent - len(replies), 0) + len(unavailable)
         answered = [m for m in replies if not m.has_error()]
-        outcome.failed = len(replies) - len(answered)
+        outcome.failed = len(replies) - len(answered) - len(unavailable)
         for message in replies:
             if message.has_error():
+                reason = f"node {received.node_of(message)}: {message.error.reason}"
                 outcome.failure_reasons.append(message.error.reason)
-                log(WARNING, "Round %s: a node's training failed: %s", server_round, message.error.reason)
-        current = {name: array.numpy() for name, array in arrays.items()}
+                log(WARNING, "Round %s: a node's training reply failed: %s", server_round, reason)
+        self._rest(server_round, received.unanswered + [received.node_of(m) for m in unavailable])
         usable = self.check_replies(server_round, answered, current, outcome)
         outcome.dropped = len(answered) - len(usable)
         outcome.used = len(usable)
         if outcome.timed_out:
-            log(WARNING, "Round %s: %s of %s nodes did not reply within %.0f s",
+            log(WARNING, "Round %s: %s of %s nodes did not reply (or finish uploading) within %.0f s",
                 server_round, outcome.timed_out, outcome.sent, self.timeout)
         if len(usable) < max(self.min_train_replies, 1):
             outcome.kept_because = f"fewer usable replies than min_train_replies={self.min_train_replies}"
@@ -387,6 +498,8 @@ class RoundLoop:
             log(WARNING, "Round %s: %s", server_round, outcome.kept_because)
             return arrays, outcome
         outcome.model_updated = True
+        outcome.update_norm = update_norm(new, current)
+        self._flag_norm_jump(server_round, outcome.update_norm, outcome)
         return new_arrays, outcome
 
     def evaluate_round(self, server_round: int, arrays: ArrayRecord, outcome: RoundOutcome,
@@ -394,10 +507,12 @@ class RoundLoop:
         """Client-side evaluation with ``config``, when the strategy samples any node for it."""
         with seeded_random(f"evaluate-{self.seed}-{server_round}"):
             messages = list(self.strategy.configure_evaluate(server_round, arrays, config or ConfigRecord(),
-                                                             self.grid))
+                                                             self._sampled_grid(server_round)))
         if not messages:
             return
-        received = exchange(self.grid, messages, self.timeout, self.poll_interval)
+        received = exchange(self.grid, messages, self.timeout, self.poll_interval,
+                            ReplyLimits.for_model(array.numpy() for array in arrays.values()))
+        self._rest(server_round, received.unanswered + [received.node_of(m) for m in received.unavailable()])
         outcome.evaluate_wait_seconds = received.wait_seconds
         outcome.evaluate_reply_lag_seconds = received.last_reply_lag
         try:
@@ -432,7 +547,8 @@ class RoundLoop:
             "loop": {"seed": self.seed, "min_train_replies": self.min_train_replies,
                      "num_partitions": self.num_partitions, **{
                          name: getattr(self.bounds, name)
-                         for name in ("max_num_examples", "max_update_norm", "max_weight_ratio")}},
+                         for name in ("max_num_examples", "max_update_norm", "max_weight_ratio", "max_norm_ratio")},
+                     "vouched_weights": self.partition_sizes is not None},
             "train_config": config_identity(train_config),
             "evaluate_config": config_identity(evaluate_config),
         }
@@ -523,6 +639,11 @@ class RoundLoop:
             restore_strategy_state(self.strategy, resume_from.strategy_state)
             first_round, clock = resume_from.round + 1, _Clock(resume_from.wall_seconds)
             history = [RoundOutcome.from_json(record) for record in resume_from.history]
+            self.update_norms = [o.update_norm for o in history if o.update_norm is not None]
+            released = self.claims.restore(resume_from.partitions, self.grid.get_node_ids())
+            if released:
+                log(WARNING, "Round loop: node(s) %s held partitions before the resume and are not connected "
+                    "now: their partitions go to the first node that claims them", ", ".join(map(str, released)))
             log(INFO, "Round loop: resuming after round %s from %s", resume_from.round, folder.checkpoint)
 
         def checkpoint_then_report(server_round: int, new_arrays: ArrayRecord, outcome: RoundOutcome) -> None:
@@ -534,6 +655,7 @@ class RoundLoop:
                 settings=settings,
                 identity=identity,
                 history=[record.to_json() for record in history],
+                partitions=dict(self.claims.held),
             ))
             if after_round is not None:
                 after_round(server_round, new_arrays, outcome)
@@ -602,3 +724,24 @@ class _Clock:
 
     def __call__(self) -> float:
         return time.monotonic() - self.started
+
+
+class _WithoutNodes:
+    """A grid whose ``get_node_ids`` leaves out resting nodes, for the strategy's sampling
+    only; where fewer than ``need`` others are connected it leaves none out (Flower's
+    sampling would otherwise wait for more nodes forever)."""
+
+    def __init__(self, grid: Grid, resting: set[int], need: int, server_round: int) -> None:
+        self._grid, self._resting, self._need, self._round = grid, resting, need, server_round
+
+    def get_node_ids(self) -> list[int]:
+        every = list(self._grid.get_node_ids())
+        available = [node for node in every if node not in self._resting]
+        if len(available) < self._need:
+            log(WARNING, "Round %s: only %s nodes besides the resting ones (%s needed): the resting are "
+                "sampled too", self._round, len(available), self._need)
+            return every
+        return available
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._grid, name)

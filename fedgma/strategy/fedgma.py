@@ -45,7 +45,7 @@ class FedGMA(FedAvg):
     that ``fedgma.loop.RoundLoop`` has checked already are not checked again.
     With its default arguments FedGMA takes every well-formed reply as FedAvg
     does; the optional bounds (``max_num_examples``, ``max_weight_ratio``,
-    ``max_update_norm``; see ``validation.ReplyBounds``) clip a reply that
+    ``max_update_norm``, ``max_norm_ratio``; see ``validation.ReplyBounds``) clip a reply that
     exceeds them. Like FedAvg's, this average is not Byzantine-robust.
 
     ``aggregate_train`` needs the weights sent in the same round: call
@@ -82,6 +82,9 @@ class FedGMA(FedAvg):
     max_update_norm : Optional[float] (default: None)
         A reply whose pseudo-gradient has a larger L2 norm is scaled down to it.
         ``None``: no bound.
+    max_norm_ratio : Optional[float] (default: None)
+        A reply whose pseudo-gradient is longer than this many times (>= 1) the
+        round's lower median norm is scaled down to that. ``None``: no bound.
     **kwargs
         Every keyword of :class:`flwr.serverapp.strategy.FedAvg`
         (``fraction_train``, ``min_train_nodes``, ``weighted_by_key``, ...).
@@ -103,9 +106,10 @@ class FedGMA(FedAvg):
         max_num_examples: float | None = None,
         max_weight_ratio: float | None = None,
         max_update_norm: float | None = None,
+        max_norm_ratio: float | None = None,
         **kwargs,
     ) -> None:
-        bounds = ReplyBounds(max_num_examples, max_update_norm, max_weight_ratio)  # checks them
+        bounds = ReplyBounds(max_num_examples, max_update_norm, max_weight_ratio, max_norm_ratio)  # checks them
         if variant not in VARIANTS:
             raise ValueError(f"FedGMA: variant must be one of {VARIANTS}, got {variant!r}")
         if tau is None:

@@ -25,7 +25,7 @@ class FedGMAAdam(FedAdam, FedGMA):
         (``tau`` is FedAdam's own adaptivity constant.)
     agreement_weighted : bool (default: False)
         Weight each client's sign by ``num-examples`` instead of ``1 / K``.
-    max_num_examples, max_weight_ratio, max_update_norm : Optional[float] (default: None)
+    max_num_examples, max_weight_ratio, max_update_norm, max_norm_ratio : Optional[float] (default: None)
         Optional bounds on each reply, as in :class:`FedGMA`.
     **kwargs
         Every keyword of :class:`flwr.serverapp.strategy.FedAdam` (``eta``,
@@ -40,9 +40,10 @@ class FedGMAAdam(FedAdam, FedGMA):
         max_num_examples: float | None = None,
         max_weight_ratio: float | None = None,
         max_update_norm: float | None = None,
+        max_norm_ratio: float | None = None,
         **kwargs,
     ) -> None:
-        bounds = ReplyBounds(max_num_examples, max_update_norm, max_weight_ratio)  # checks them
+        bounds = ReplyBounds(max_num_examples, max_update_norm, max_weight_ratio, max_norm_ratio)  # checks them
         # Validate the mask settings with FedGMA's own checks before FedAdam's
         # constructor chain (which reaches FedGMA.__init__ with its defaults).
         probe = FedGMA(variant="gma", tau=mask_tau, agreement_weighted=agreement_weighted)

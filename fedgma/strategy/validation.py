@@ -238,16 +238,28 @@ class ReplyBounds:
         arrays); a larger update is scaled down to it. Protects against one client
         pushing the model far in one round; costs an honest federation whose updates
         are larger (early rounds, large learning rates): they are shortened.
+    max_norm_ratio : Optional[float]
+        Largest update norm as a multiple (>= 1) of the round's lower median update
+        norm; a longer update is scaled down to it. The same protection without a
+        norm known in advance, following the model as its updates shrink; costs an
+        honest federation whose clients' update norms differ by more than this factor.
     """
 
     max_num_examples: float | None = None
     max_update_norm: float | None = None
     max_weight_ratio: float | None = None
+    max_norm_ratio: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("max_num_examples", "max_update_norm"):
             _check_bound(name, getattr(self, name), 0.0)
-        _check_bound("max_weight_ratio", self.max_weight_ratio, 1.0)
+        for name in ("max_weight_ratio", "max_norm_ratio"):
+            _check_bound(name, getattr(self, name), 1.0)
+
+    @property
+    def bounds_norms(self) -> bool:
+        """True if a bound applies to the update norm (the replies' norms are then needed)."""
+        return self.max_update_norm is not None or self.max_norm_ratio is not None
 
     def weight_limit(self, weights: list[float]) -> tuple[float, str] | None:
         """The largest weight a reply of this round may carry, and why; None: no limit.
@@ -265,28 +277,42 @@ class ReplyBounds:
                            f"{self.max_weight_ratio:g} x the round's lower median {median:g}"))
         return min(limits) if limits else None
 
+    def norm_limit(self, norms: list[float]) -> tuple[float, str] | None:
+        """The largest update norm a reply of this round may have, and why; None: no limit
+        (the ratio, like the weight's, against the lower median)."""
+        limits: list[tuple[float, str]] = []
+        if self.max_update_norm is not None:
+            limits.append((self.max_update_norm, f"max_update_norm {self.max_update_norm:g}"))
+        if self.max_norm_ratio is not None and len(norms) >= 2:
+            median = statistics.median_low(norms)
+            limits.append((self.max_norm_ratio * median,
+                           f"{self.max_norm_ratio:g} x the round's lower median norm {median:.4g}"))
+        return min(limits) if limits else None
+
     def clip(self, reply: CheckedReply, limit: tuple[float, str] | None,
-             global_arrays: dict[str, np.ndarray], weighted_by_key: str) -> CheckedReply:
-        """``reply`` within the bounds: its weight at most ``limit``, its update at most
-        ``max_update_norm``. The message's content is clipped in place too (as Flower's
-        clipping wrappers do), so any strategy that reads the message sees the clipped reply."""
+             global_arrays: dict[str, np.ndarray], weighted_by_key: str,
+             norm_limit: tuple[float, str] | None = None, norm: float | None = None) -> CheckedReply:
+        """``reply`` within the bounds: its weight at most ``limit``, its update norm (``norm``,
+        computed if None) at most ``norm_limit``. The message's content is clipped in place
+        too (as Flower's clipping wrappers do), so any strategy that reads the message sees
+        the clipped reply."""
         weight, arrays, clipped = reply.weight, reply.arrays, list(reply.clipped)
         content = reply.message.content
         if limit is not None and weight > limit[0]:
             clipped.append(f"weight {weight:g} clipped to {limit[0]:g} ({limit[1]})")
             weight = limit[0]
             next(iter(content.metric_records.values()))[weighted_by_key] = weight
-        if self.max_update_norm is not None:
-            norm = update_norm(arrays, global_arrays)
-            if norm > self.max_update_norm:  # False for NaN: a non-finite reply is refused elsewhere
-                scale = self.max_update_norm / norm
+        if norm_limit is not None:
+            norm = update_norm(arrays, global_arrays) if norm is None else norm
+            if norm > norm_limit[0]:  # False for NaN: a non-finite reply is refused elsewhere
+                scale = norm_limit[0] / norm
                 arrays = {
                     name: (global_arrays[name] - scale * (global_arrays[name].astype(np.float64) - value)
                            ).astype(value.dtype)
                     if np.issubdtype(value.dtype, np.floating) else value
                     for name, value in arrays.items()
                 }
-                clipped.append(f"update norm {norm:.4g} scaled to {self.max_update_norm:g}")
+                clipped.append(f"update norm {norm:.4g} scaled to {norm_limit[0]:.4g} ({norm_limit[1]})")
                 record = next(iter(content.array_records.values()))
                 for name, value in arrays.items():
                     record[name] = Array(value)
@@ -359,7 +385,13 @@ def check_replies(
             continue
         good.append(CheckedReply(message, *decoded))
     limit = bounds.weight_limit([reply.weight for reply in good])
-    kept = [bounds.clip(reply, limit, global_arrays, weighted_by_key) for reply in good]
+    norms: list[float | None] = [None] * len(good)
+    norm_limit = None
+    if bounds.bounds_norms:
+        norms = [update_norm(reply.arrays, global_arrays) for reply in good]
+        norm_limit = bounds.norm_limit([norm for norm in norms if norm is not None])
+    kept = [bounds.clip(reply, limit, global_arrays, weighted_by_key, norm_limit, norm)
+            for reply, norm in zip(good, norms, strict=True)]
     return CheckedReplies(kept, global_arrays, weighted_by_key, check_values), refused
 
 
