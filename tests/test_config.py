@@ -136,7 +136,26 @@ def test_the_device_comes_from_the_node_then_the_environment():
 
 
 def test_reply_bounds_resolve_zero_to_no_bound_once_for_loop_and_strategies():
-    assert parse_run_config(settings(max_update_norm=0.0, max_weight_ratio=0.0)).reply_bounds == {
-        "max_num_examples": 100000000, "max_update_norm": None, "max_weight_ratio": None}
-    assert parse_run_config(settings(max_update_norm=2.5, max_weight_ratio=4.0)).reply_bounds == {
-        "max_num_examples": 100000000, "max_update_norm": 2.5, "max_weight_ratio": 4.0}
+    off = settings(max_update_norm=0.0, max_weight_ratio=0.0, max_norm_ratio=0.0)
+    assert parse_run_config(off).reply_bounds == {
+        "max_num_examples": 100000000, "max_update_norm": None, "max_weight_ratio": None, "max_norm_ratio": None}
+    on = settings(max_update_norm=2.5, max_weight_ratio=4.0, max_norm_ratio=3.0)
+    assert parse_run_config(on).reply_bounds == {
+        "max_num_examples": 100000000, "max_update_norm": 2.5, "max_weight_ratio": 4.0, "max_norm_ratio": 3.0}
+    with pytest.raises(ConfigError, match="'max-norm-ratio' must be 0 \\(no bound\\) or >= 1"):
+        parse_run_config(settings(max_norm_ratio=0.5))
+
+
+def test_the_operators_partition_bindings_come_from_the_servers_environment(tmp_path):
+    from fedgma.app.config import BINDINGS_ENV, partition_bindings
+
+    assert partition_bindings({}) is None
+    good = tmp_path / "bindings.json"
+    good.write_text('{"123456789": 0, "987654321": 1}')
+    assert partition_bindings({BINDINGS_ENV: str(good)}) == {123456789: 0, 987654321: 1}
+    for text in ("[1, 2]", '{"x": 0}', '{"1": -1}', '{"1": "0"}', "{}", "not json"):
+        good.write_text(text)
+        with pytest.raises(ConfigError, match=BINDINGS_ENV):
+            partition_bindings({BINDINGS_ENV: str(good)})
+    with pytest.raises(ConfigError, match="not a readable JSON"):
+        partition_bindings({BINDINGS_ENV: str(tmp_path / "missing.json")})

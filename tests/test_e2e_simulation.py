@@ -44,6 +44,8 @@ def test_two_clients_two_rounds_write_metrics_and_model(tmp_path, host_settings)
     for row in rows[1:]:
         assert 0.0 <= float(row["mask-kept-fraction"]) <= float(row["mask-mean"]) <= 1.0
         assert int(row["replies-used"]) == 2
+        # The server computed each partition's size itself: the honest claims agree with it.
+        assert int(row["replies-corrected"]) == 0 and float(row["update-norm"]) > 0
         assert row["client-eval-accuracy"] != ""
         assert 0.0 <= float(row["ood-accuracy"]) <= 1.0
         # The round's parts are timed; a simulated ClientApp has no process of its own.

@@ -13,6 +13,7 @@ environment), and output paths are names under the server's output root
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
@@ -32,12 +33,13 @@ OUTPUT_ROOT_ENV = "FEDGMA_OUTPUT_ROOT"  # server: every run's outputs go below i
 DATA_DIR_ENV = "FEDGMA_DATA_DIR"  # server and nodes: data sets and cached partitions
 DOWNLOAD_ENV = "FEDGMA_DOWNLOAD"  # server and nodes: may torchvision download a missing data set
 DEVICE_ENV = "FEDGMA_DEVICE"  # nodes: where the ClientApp trains (auto | cpu | cuda | cuda:N)
+BINDINGS_ENV = "FEDGMA_PARTITION_BINDINGS"  # server: JSON file {"<node id>": <partition id>}
 
 
 # Settings that do not change the result of the rounds already made (a run may resume with others).
 NOT_RESULT_SETTINGS = frozenset(
     {"output_dir", "run_name", "round_timeout", "reply_poll_interval", "num_server_rounds", "resume",
-     "max_failed_rounds"}
+     "max_failed_rounds", "skip_timed_out_rounds"}
 )
 
 
@@ -60,6 +62,8 @@ class RunConfig:
     max_num_examples: int
     max_weight_ratio: float  # 0: no bound
     max_update_norm: float  # 0: no bound
+    max_norm_ratio: float  # 0: no bound
+    skip_timed_out_rounds: int  # 0: a node that timed out is sampled as usual
     num_partitions: int  # 0: each reply's own declaration bounds its partition-id
     strategy: str
     variant: str
@@ -112,6 +116,7 @@ class RunConfig:
             "max_num_examples": self.max_num_examples,
             "max_update_norm": self.max_update_norm or None,
             "max_weight_ratio": self.max_weight_ratio or None,
+            "max_norm_ratio": self.max_norm_ratio or None,
         }
 
     @property
@@ -226,6 +231,8 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         max_num_examples=_number(raw, "max-num-examples", int, 1),
         max_weight_ratio=_number(raw, "max-weight-ratio", float, 0.0),
         max_update_norm=_number(raw, "max-update-norm", float, 0.0),
+        max_norm_ratio=_number(raw, "max-norm-ratio", float, 0.0),
+        skip_timed_out_rounds=_number(raw, "skip-timed-out-rounds", int, 0),
         num_partitions=_number(raw, "num-partitions", int, 0),
         strategy=_choice(raw, "strategy", STRATEGIES),
         variant=_choice(raw, "variant", VARIANTS),
@@ -263,10 +270,9 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
         )
     if "/" in config.run_name or "\\" in config.run_name or config.run_name in (".", ".."):
         raise ConfigError(f"run config: 'run-name' must be a plain name, got {config.run_name!r}")
-    if 0 < config.max_weight_ratio < 1:
-        raise ConfigError(
-            f"run config: 'max-weight-ratio' must be 0 (no bound) or >= 1, got {config.max_weight_ratio}"
-        )
+    for key, ratio in (("max-weight-ratio", config.max_weight_ratio), ("max-norm-ratio", config.max_norm_ratio)):
+        if 0 < ratio < 1:
+            raise ConfigError(f"run config: {key!r} must be 0 (no bound) or >= 1, got {ratio}")
     return config
 
 
@@ -290,6 +296,30 @@ def run_path(root: Path, key: str, *parts: str) -> Path:
     if not path.is_relative_to(root):
         raise ConfigError(f"run config: {key!r} leads to {path}, outside the output root {root}")
     return path
+
+
+def partition_bindings(environ: Mapping[str, str] | None = None) -> dict[int, int] | None:
+    """The operator's node-to-partition bindings: the JSON file named by
+    ``$FEDGMA_PARTITION_BINDINGS`` (``{"<node id>": <partition id>, ...}``, as
+    ``python -m fedgma.lab.deploy register`` writes it); None when unset.
+
+    Set by whoever runs the ServerApp's process (the SuperLink's operator), never by a run.
+    """
+    value = (os.environ if environ is None else environ).get(BINDINGS_ENV, "")
+    if not value:
+        return None
+    path = Path(value).expanduser()
+    try:
+        raw = json.loads(path.read_text())
+        bindings = {int(node): partition for node, partition in raw.items()}
+    except (OSError, ValueError, AttributeError) as err:
+        raise ConfigError(f"environment: {BINDINGS_ENV}={value}: not a readable JSON object of "
+                          f'{{"<node id>": <partition id>}}: {err}') from err
+    bad = {node: p for node, p in bindings.items() if isinstance(p, bool) or not isinstance(p, int) or p < 0}
+    if bad or not bindings:
+        raise ConfigError(f"environment: {BINDINGS_ENV}={value}: partition ids must be integers >= 0 "
+                          f"and at least one node bound, got {bad or raw}")
+    return bindings
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,18 @@ from flwr.supercore import log
 
 from fedgma.loop import Checkpoint, CheckpointError, RoundLoop, RoundOutcome, RunFolder, resume_point
 
-from .config import ConfigError, RunConfig, data_source, output_root, parse_run_config, run_path
+from .config import (
+    ConfigError,
+    RunConfig,
+    data_source,
+    output_root,
+    parse_run_config,
+    partition_bindings,
+    run_path,
+)
 from .outputs import RunOutputs
 from .strategies import build_strategy, describe
-from .task.data import ColoredSet, load_test_set
+from .task.data import ColoredSet, load_test_set, partition_sizes
 from .task.model import build_model, count_parameters
 from .task.training import evaluate
 
@@ -102,6 +110,7 @@ def main(grid: Grid, context: Context) -> None:
     # Missing data stops the run here too, before anything is written.
     source = data_source()  # the server's own: its environment, never the run config
     id_set, ood_set = load_test_set(config, source, ood=False), load_test_set(config, source, ood=True)
+    bindings = partition_bindings()  # the operator's, from the server's environment
     model = build_model(config.num_classes, seed=config.seed)
     # Resuming: the checkpoint's rounds are the record (rows written after it are dropped).
     outputs = RunOutputs(run_dir, rows=None if checkpoint is None else
@@ -127,6 +136,10 @@ def main(grid: Grid, context: Context) -> None:
         num_partitions=config.partitions_bound,
         poll_interval=config.poll_interval,
         max_failed_rounds=config.failed_rounds_bound,
+        # Each reply weighs what its partition holds, as the server computes it, not what it claims.
+        partition_sizes=partition_sizes(config, source),
+        partition_bindings=bindings,
+        skip_timed_out_rounds=config.skip_timed_out_rounds,
         **config.reply_bounds,
     )
     # A run that cannot succeed raises RunFailed here: Flower ends it as finished:failed, with the cause.

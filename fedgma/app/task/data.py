@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -142,6 +143,26 @@ def load_client_partition(
         return _color(config, images, digits, mine, flip, ood=False, rng=rng)
 
     return _cached(path, build)
+
+
+def partition_sizes(config: RunConfig, source: DataSource) -> Callable[[int, int], int]:
+    """``size(partition_id, num_partitions)``: how many training examples that client holds,
+    computed by the server from the same base set, partitioner, seed and settings the
+    clients use (only the split; no partition is colored), once per ``num_partitions``.
+    The round loop weights each reply by it instead of the client's claim."""
+
+    @functools.lru_cache(maxsize=4)
+    def sizes(num_partitions: int) -> tuple[int, ...]:
+        _, _, _, parts = _training_split(
+            config.dataset, source.path, source.download, config.train_images,
+            num_partitions, config.partitioning, config.dirichlet_alpha, config.seed,
+        )
+        return tuple(len(part) for part in parts)
+
+    def size(partition_id: int, num_partitions: int) -> int:
+        return sizes(num_partitions)[partition_id]
+
+    return size
 
 
 def load_test_set(config: RunConfig, source: DataSource, ood: bool) -> ColoredSet:
