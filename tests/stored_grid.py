@@ -3,8 +3,8 @@
 :class:`StoredGrid` is the real ``HttpGrid``: its ``push_messages`` and ``pull_messages``
 (the object pulls with ``pull_objects`` included) run Flower's own code. Only the HTTP
 client below it is replaced by :class:`RuntimeStandIn`, which keeps messages and objects
-as the SuperLink's store does: a node's reply is handed out as soon as the node has
-announced it, while its objects become available as the node uploads them. How each node
+as the SuperLink's store does: a node's reply is handed out once, as soon as the node
+has announced it, while its objects become available as the node uploads them. How each node
 replies is scripted (:class:`Node`): after how long it announces its reply, how long it
 then takes per object (a node that drips its upload), or never; and what it sends.
 """
@@ -52,6 +52,7 @@ class RuntimeStandIn:
         self.ready_at: dict[str, float] = {}  # object id -> when its upload is done
         self.replies: dict[str, tuple[float, Message]] = {}  # instruction id -> (announced at, reply)
         self.object_pulls = 0
+        self.handed_out: set[str] = set()
 
     # --- what the ServerApp's grid calls -----------------------------------------------
     def PushMessages(self, request):  # noqa: N802 (Flower's method names)
@@ -73,7 +74,8 @@ class RuntimeStandIn:
             if message_id not in self.instructions:
                 continue
             self._announce(message_id, now)
-            if message_id in self.replies:
+            if message_id in self.replies and message_id not in self.handed_out:
+                self.handed_out.add(message_id)  # the SuperLink hands out a reply once
                 reply = self.replies[message_id][1]
                 protos.append(message_to_proto(remove_content_from_message(reply)))
                 trees.append(get_object_tree(reply))

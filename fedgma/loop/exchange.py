@@ -23,7 +23,10 @@ up to 2 hours, so a node that announces its reply and uploads it slowly kept a r
 with a 30 s timeout going for 447.7 s. Here every pull ends at the round's deadline (a
 reply not uploaded by then becomes an error reply, and its node is in
 :meth:`Exchange.unavailable`), and a reply larger than a :class:`ReplyLimits` allows
-is refused before the server has pulled more of it than that.
+is refused before the server has pulled more of it than that. Since the SuperLink hands
+out each reply once and Flower's grid inflates a pull's replies one after the other, the
+replies announced while a stalled upload held a pull are collected by one last pull at
+the deadline: a stalled node costs the others time, never their replies.
 
 ``poll_interval=None`` leaves the wait to the grid's own ``send_and_receive``.
 """
@@ -215,6 +218,7 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float,
     deadline = started + timeout
     arrivals: list[tuple[Message, float]] = []
     pulls = 0
+    last_pull = False
     while pending:
         with _bounded_pulls(grid, poll_interval, deadline, limits or ReplyLimits()):
             pulled = list(grid.pull_messages(sorted(pending)))
@@ -225,8 +229,14 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float,
                 pending.discard(reply.metadata.reply_to_message_id)
                 arrivals.append((reply, arrived))
         remaining = deadline - time.monotonic()
-        if not pending or remaining <= 0:
+        if not pending or last_pull:
             break
+        if remaining <= 0:
+            # One more pull: the SuperLink hands out each reply once, and Flower's grid
+            # inflates a pull's replies one after the other, so replies announced while a
+            # stalled upload held the previous pull until the deadline are still to be had.
+            last_pull = True
+            continue
         time.sleep(min(poll_interval, remaining))
     replies = [reply for reply, _ in arrivals]
     return Exchange(replies, time.monotonic() - started, _last_reply_lag(arrivals), pulls, destinations,
