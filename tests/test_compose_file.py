@@ -67,6 +67,15 @@ def test_compose_file_deploys_fedgma_with_tls_and_supernode_auth():
         # A SuperNode starts once its key is registered, so its restarts are kept for real failures.
         assert node["depends_on"]["register"]["condition"] == "service_completed_successfully"
     assert partitions == {"0", "1", "2"} and len(data_volumes) == 3
+    # `register` writes which node id holds which partition where the ServerApp reads it, and
+    # the SuperLink keeps the environment every container shares.
+    bindings = services["superlink"]["environment"]["FEDGMA_PARTITION_BINDINGS"]
+    assert f"--bindings={bindings}" in services["register"]["command"]
+    state = {v["target"]: v["source"] for v in services["superlink"]["volumes"]}["/state"]
+    assert {v["target"]: v["source"] for v in services["register"]["volumes"]}["/state"] == state
+    assert bindings.startswith("/state/")
+    assert services["superlink"]["environment"]["FLWR_HOME"] == services["supernode-0"]["environment"]["FLWR_HOME"]
+    assert services["superlink"]["environment"]["FEDGMA_FLEET_MAX_MESSAGE_MB"] == "8"
     assert all(s["build"]["context"] == str(ROOT) for s in services.values())
     assert "num-partitions=3" in " ".join(services["control"]["command"])
 
@@ -171,3 +180,20 @@ def test_deploy_secrets_script_makes_certificate_and_keys(tmp_path):
     before = (keys / "supernode-0").read_bytes()
     subprocess.run(["bash", str(script), "--supernodes", "2"], check=True, capture_output=True)
     assert (keys / "supernode-0").read_bytes() == before  # re-running keeps registered keys valid
+
+
+def test_control_resumes_a_run_after_the_superlink_died():
+    """`control` reads the run's checkpoint (the outputs, read-only) to resume a run whose SuperLink
+    died, a bounded number of times (FEDGMA_MAX_RESUMES); the SuperLink restarts with its state."""
+    config = compose_config(ROOT / "docker-compose.yml")
+    services = config["services"]
+    control = services["control"]
+    assert "--outputs=/app/outputs" in control["command"] and "--max-resumes=3" in control["command"]
+    (outputs,) = control["volumes"]
+    assert (outputs["target"], outputs["read_only"]) == ("/app/outputs", True)
+    superlink_outputs = {v["target"]: v["source"] for v in services["superlink"]["volumes"]}["/app/outputs"]
+    assert outputs["source"] == superlink_outputs
+    assert services["superlink"]["restart"] == "on-failure:5"
+    assert "--database=/state/superlink.db" in services["superlink"]["command"]
+    fewer = compose_config(ROOT / "docker-compose.yml", FEDGMA_MAX_RESUMES="1")
+    assert "--max-resumes=1" in fewer["services"]["control"]["command"]

@@ -4,10 +4,14 @@ overrides only that). A 3-round FedGMA run with TLS and SuperNode authentication
 and what the file promises is checked on the running containers: a non-root user without
 capabilities or new privileges, a read-only root, memory, process and restart limits, only the
 keys each container needs, and a Control API that nothing but the one-shot services can reach.
-Everything is torn down afterwards, also on failure."""
+Mid-run, the SuperLink's process is killed with SIGKILL (as at its memory limit): the container
+restarts with its state, and `control`, still in its network namespace, resumes the run from its
+checkpoint to completion, each round once. Everything is torn down afterwards, also on failure."""
 
+import ast
 import csv
 import json
+import re
 import os
 import shutil
 import subprocess
@@ -18,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from fedgma.lab.launch import free_port
+from fedgma.loop.checkpoint import CheckpointError, load_checkpoint
 from run_settings import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.compose]
@@ -89,6 +94,29 @@ for path in ('/app/probe', '/usr/probe'):
 """
 
 
+KILL_SUPERLINK = """
+import os
+for pid in filter(str.isdigit, os.listdir('/proc')):
+    if int(pid) != os.getpid() and b'fedgma.lab.superlink' in open(f'/proc/{pid}/cmdline', 'rb').read():
+        os.kill(int(pid), 9)
+        print('killed', pid)
+"""
+
+
+def wait_for_checkpoint(outputs, control, env, round_number=1, timeout=600):
+    """The run folder (on the host) once its checkpoint holds ``round_number``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for checkpoint in outputs.glob("*/checkpoint.npz"):
+            try:
+                if load_checkpoint(checkpoint.parent).round >= round_number:
+                    return checkpoint.parent
+            except CheckpointError:  # being replaced
+                pass
+        time.sleep(0.5)
+    raise TimeoutError(f"no checkpoint of round {round_number} below {outputs}:\n{container_logs(control, env)}")
+
+
 def wait_for_status(name, env, timeout=300):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -150,6 +178,12 @@ def test_compose_file_runs_fedgma_locked_down_with_podman(tmp_path):
                                             "superlink", "9092"], env).stdout
         live["fleet-from-host"] = run([sys.executable, "-c", CONNECT, "127.0.0.1", str(fleet_port)], env).stdout
         live["ports"] = run(["podman", "port", names["superlink"]], env).stdout
+        # The SuperLink dies mid-run as at its memory limit (SIGKILL; its ServerApp goes with the
+        # container) once round 1 is checkpointed; it restarts with its state, and `control`, in its
+        # network namespace still, resumes the run from the checkpoint.
+        run_dir = wait_for_checkpoint(outputs, names["control"], env)
+        killed = in_container(names["superlink"], env, KILL_SUPERLINK)
+        killed_after = load_checkpoint(run_dir).round
         control_state = wait_for_status(names["control"], env, timeout=900)
         control_logs = container_logs(names["control"], env)
         register_logs = container_logs(names["register"], env)
@@ -165,13 +199,23 @@ def test_compose_file_runs_fedgma_locked_down_with_podman(tmp_path):
     assert down.returncode == 0, down.stderr
     assert left.stdout.strip() == "", f"containers left behind: {left.stdout}"
 
-    # The run completed, its outputs are on the host.
+    # The run completed after one resume, its outputs are on the host.
     assert control_state["ExitCode"] == 0, control_logs + logs
     assert "registered /run/secrets/supernode-2.pub" in register_logs
-    assert "finished:completed" in control_logs, control_logs + logs
-    (run_dir,) = outputs.iterdir()  # on the host: survives `down`
+    # `register` bound each key's node id to its partition; the ServerApp refused no node for it.
+    bound = re.search(r"bindings in /state/partition-bindings.json: (\{.*\})", register_logs)
+    assert bound and sorted(ast.literal_eval(bound.group(1)).values()) == [0, 1, 2], register_logs
+    print(control_logs)
+    assert killed[1].startswith("killed"), killed
+    assert inspected["superlink"]["RestartCount"] >= 1, inspected["superlink"]["RestartCount"]
+    assert "attempt 2 of 4" in control_logs and "resuming after round" in control_logs, control_logs + logs
+    assert control_logs.count("finished:completed") == 1, control_logs + logs
+    assert run_dir.parent == outputs and 1 <= killed_after < 3, killed_after
+    assert load_checkpoint(run_dir).round == 3
+    (only,) = outputs.iterdir()  # on the host: survives `down`
+    assert only == run_dir
     rows = list(csv.DictReader((run_dir / "metrics.csv").open()))
-    assert [int(r["round"]) for r in rows] == [0, 1, 2, 3]
+    assert [int(r["round"]) for r in rows] == [0, 1, 2, 3]  # each round once
     assert all(int(r["replies-used"]) == 3 for r in rows[1:])
     assert (run_dir / "final_model.pt").stat().st_size > 100_000
 

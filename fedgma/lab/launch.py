@@ -416,11 +416,21 @@ class LocalDeployment:
         ``scripts/make-certs.sh``): TLS on every API. ``None``: ``--insecure``.
     settings : HostSettings | None
         The output root and data settings of every process (one machine, one operator).
+    database : Path | None
+        The SuperLink's state file (``--database``): runs, nodes and keys survive a restart
+        (:meth:`restart_superlink`). ``None``: Flower's default, in memory.
+    superexec_secret : Path | None
+        A file with a shared secret: each SuperNode runs with ``--isolation process`` and a
+        ``flower-superexec`` of its own, both given ``--superexec-auth-secret-file``, so the
+        SuperNode's Runtime API hands tasks only to a caller that signs with the secret.
+        ``None``: Flower's default subprocess isolation (the SuperNode starts its own
+        SuperExec, and its Runtime API hands a task to any local caller).
     """
 
     def __init__(
         self, workdir: Path, num_supernodes: int, host: str = "127.0.0.1", certs: Path | None = None,
-        settings: HostSettings | None = None,
+        settings: HostSettings | None = None, database: Path | None = None,
+        superexec_secret: Path | None = None,
     ) -> None:
         self.workdir = workdir
         self.host = host
@@ -435,6 +445,9 @@ class LocalDeployment:
         self.supernodes: list[subprocess.Popen] = []
         self.supernode_ports: list[int] = []
         self.supernode_logs: list[Path] = []
+        self.database = database
+        self.superexec_secret = superexec_secret
+        self.executors: list[subprocess.Popen] = []
 
     @property
     def superlink_log(self) -> Path:
@@ -443,6 +456,19 @@ class LocalDeployment:
     def __enter__(self) -> "LocalDeployment":
         ca = self.certs / "ca.crt" if self.certs else None
         write_connection(self.flwr_home, "deployment", f"{self.host}:{self.http_port}", ca)
+        try:
+            self.start_superlink()
+            for i in range(self.num_supernodes):
+                self.start_supernode(i)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def start_superlink(self, timeout: float = 60) -> subprocess.Popen:
+        """Start the SuperLink (again, after :meth:`kill_superlink`: same ports, same
+        ``database``) and wait until its Control API answers."""
+        ca = self.certs / "ca.crt" if self.certs else None
         if self.certs:
             security = [
                 "--ssl-ca-certfile", str(ca),
@@ -451,6 +477,7 @@ class LocalDeployment:
             ]
         else:
             security = ["--insecure"]
+        state = ["--database", str(self.database)] if self.database is not None else []
         self.superlink = start(
             [
                 str(BIN / "fedgma-superlink"),  # flower-superlink, Fleet messages bounded (fedgma.lab.superlink)
@@ -459,25 +486,29 @@ class LocalDeployment:
                 "--port", str(self.http_port),
                 "--fleet-api-address", f"{self.host}:{self.fleet_port}",
                 "--disable-runtime-dependency-installation",
+                *state,
             ],
             self.env,
             self.superlink_log,
         )
-        try:
-            scheme = "https" if self.certs else "http"
-            wait_for_http(f"{scheme}://{self.host}:{self.http_port}/health", 60, self.superlink, ca)
-            for i in range(self.num_supernodes):
-                self.start_supernode(i)
-        except BaseException:
-            self.__exit__()
-            raise
-        return self
+        scheme = "https" if self.certs else "http"
+        wait_for_http(f"{scheme}://{self.host}:{self.http_port}/health", timeout, self.superlink, ca)
+        return self.superlink
+
+    def kill_superlink(self) -> None:
+        """SIGKILL the SuperLink and everything it started (its ServerApp), as an OOM kill would."""
+        if self.superlink is not None and self.superlink.poll() is None:
+            kill_tree(self.superlink.pid)
+            self.superlink.wait(10)
 
     def start_supernode(self, partition_id: int) -> subprocess.Popen:
-        """Start one SuperNode holding partition ``partition_id``."""
+        """Start one SuperNode holding partition ``partition_id`` (and its SuperExec, when
+        ``superexec_secret`` is set)."""
         port = free_port()
         log = self.workdir / f"supernode-{partition_id}.log"
         security = ["--root-certificates", str(self.certs / "ca.crt")] if self.certs else ["--insecure"]
+        isolation = [] if self.superexec_secret is None else [
+            "--isolation", "process", "--superexec-auth-secret-file", str(self.superexec_secret)]
         process = start(
             [
                 str(BIN / "flower-supernode"),
@@ -485,6 +516,7 @@ class LocalDeployment:
                 "--superlink", f"{self.host}:{self.fleet_port}",
                 "--node-config", f"partition-id={partition_id} num-partitions={self.num_supernodes}",
                 "--port", str(port),
+                *isolation,
             ],
             self.env,
             log,
@@ -492,6 +524,17 @@ class LocalDeployment:
         self.supernodes.append(process)
         self.supernode_logs.append(log)
         self.supernode_ports.append(port)
+        if self.superexec_secret is not None:
+            self.executors.append(start(
+                [
+                    str(BIN / "flower-superexec"),
+                    "--insecure",  # the SuperNode's Runtime API: plain HTTP on its loopback
+                    "--runtime-api-address", f"127.0.0.1:{port}",
+                    "--superexec-auth-secret-file", str(self.superexec_secret),
+                ],
+                self.env,
+                self.workdir / f"superexec-{partition_id}.log",
+            ))
         return process
 
     def wait_for_supernodes(self, timeout: float = 60) -> None:
@@ -510,6 +553,6 @@ class LocalDeployment:
         raise TimeoutError(f"not all {self.num_supernodes} SuperNodes connected within {timeout:.0f} s")
 
     def __exit__(self, *exc) -> None:
-        stop_all(self.supernodes)
+        stop_all([*self.executors, *self.supernodes])
         if self.superlink is not None:
             stop(self.superlink)
