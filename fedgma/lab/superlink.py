@@ -16,8 +16,8 @@ the Control, ServerAppIo or SuperExec APIs). Paths are under ``flwr/`` of flwr 1
    ``ArrayChunk`` objects of at most 5 MiB (``common/constant.py:161``,
    ``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE`` = 5,242,880 bytes), one object per ``PushObject`` /
    ``PullObject`` call, and the largest such message (a full chunk with its node, run id and
-   object id; ``fedgma.lab.benchmarks.largest_honest_message``) is 5,242,993 bytes, i.e. 5 MiB +
-   113 bytes, whatever the model's size. The other 3 MiB are headroom for the object tree of a
+   object id; ``fedgma.lab.benchmarks.largest_honest_message``) is 5,242,995 bytes, i.e. 5 MiB +
+   115 bytes, whatever the model's size. The other 3 MiB are headroom for the object tree of a
    ``PushMessages`` call (about 70 bytes per object: 3 MiB lists some 45,000 chunks, a 220 GiB
    model) and for the app bundle that ``GetFab`` sends (the bound applies to what the SuperLink
    sends too). Records that Flower does not chunk (a ``ConfigRecord`` or ``MetricRecord`` value)
