@@ -85,34 +85,14 @@ def _whole_number(environ: dict[str, str] | None, name: str, default: int, low: 
 
 
 def message_limit(environ: dict[str, str] | None = None) -> int:
-    """The message bound in bytes, from ``$FEDGMA_FLEET_MAX_MESSAGE_MB`` (a whole number of MiB >= 1).
-
-    Parameters
-    ----------
-    environ : dict of str to str, optional
-        The environment to read (default: ``os.environ``).
-
-    Returns
-    -------
-    int
-        The bound in bytes (default 8 MiB).
-    """
+    """The message bound in bytes, from ``$FEDGMA_FLEET_MAX_MESSAGE_MB`` in ``environ`` (default
+    ``os.environ``): a whole number of MiB in [1, 2047], 8 when unset."""
     return _whole_number(environ, LIMIT_ENV, DEFAULT_LIMIT_MB, 1, 2047, "MiB") << 20
 
 
 def call_limit(environ: dict[str, str] | None = None) -> int:
-    """The bound on concurrent Fleet calls, from ``$FEDGMA_FLEET_MAX_CONCURRENT_CALLS``.
-
-    Parameters
-    ----------
-    environ : dict of str to str, optional
-        The environment to read (default: ``os.environ``).
-
-    Returns
-    -------
-    int
-        The number of calls in [1, 1000] (default 64; Flower's own is 1000).
-    """
+    """The bound on concurrent Fleet calls, from ``$FEDGMA_FLEET_MAX_CONCURRENT_CALLS`` in
+    ``environ`` (default ``os.environ``): a whole number in [1, 1000], 64 when unset (Flower's: 1000)."""
     return _whole_number(environ, CALLS_ENV, DEFAULT_CALLS, 1, 1000, "calls")
 
 
