@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What docker-compose.yml mounts, under deploy/ (git-ignored), and the outputs folder:
 #   deploy/certs: ca.crt, server.pem, server.key (SANs: superlink, localhost, 127.0.0.1, and any
-#                 extra NAME_OR_IP given); deploy/keys: SuperNode keys supernode-0..N-1 (+ .pub);
+#                 extra NAME_OR_IP given); deploy/keys: SuperNode keys supernode-0..N-1 (+ .pub)
+#                 and superexec-0..N-1, the secret each SuperNode shares with its SuperExec;
 #   deploy/ca/ca.key: the CA's private key, which no container ever sees;
 #   outputs/: where the SuperLink writes each run's results.
 #   scripts/make-deploy-secrets.sh [--supernodes N] [NAME_OR_IP ...]
@@ -22,7 +23,11 @@ bash scripts/make-supernode-keys.sh deploy/keys "$count"
 chmod 700 deploy/ca
 mkdir -p "$outputs"
 private=(deploy/certs/server.key)
-for ((i = 0; i < count; i++)); do private+=("deploy/keys/supernode-$i"); done
+for ((i = 0; i < count; i++)); do
+    secret=deploy/keys/superexec-$i
+    if [ ! -s "$secret" ]; then (umask 077; head -c 32 /dev/urandom > "$secret"); fi
+    private+=("deploy/keys/supernode-$i" "$secret")
+done
 if [ "$(id -u)" = 0 ]; then
     chown "$app_uid:$app_uid" "${private[@]}" "$outputs"
     chmod 400 "${private[@]}"

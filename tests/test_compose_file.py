@@ -33,7 +33,8 @@ def test_compose_file_matches_the_compose_schema():
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-SERVICES = {"superlink", "register", "control", "supernode-0", "supernode-1", "supernode-2"}
+SERVICES = {"superlink", "register", "control", "supernode-0", "supernode-1", "supernode-2",
+            "superexec-0", "superexec-1", "superexec-2"}
 
 
 def secret_files(config: dict, service: str) -> set[str]:
@@ -51,7 +52,12 @@ def test_compose_file_deploys_fedgma_with_tls_and_supernode_auth():
                  "--ssl-keyfile=/run/secrets/server-key", "--enable-supernode-auth",
                  "--disable-runtime-dependency-installation", "--fleet-api-address=0.0.0.0:9092"):
         assert flag in superlink
-    assert "--insecure" not in json.dumps(config)
+    # Plain text nowhere but between a SuperExec and its SuperNode's Runtime API, on their shared loopback.
+    for name, service in services.items():
+        if name.startswith("superexec-"):
+            assert "--runtime-api-address=127.0.0.1:9094" in service["command"]
+        else:
+            assert "--insecure" not in json.dumps(service), name
     targets = {v["target"]: v for v in services["superlink"]["volumes"]}
     assert targets["/app/outputs"]["type"] == "bind"  # results survive `down`
     partitions, data_volumes = set(), set()
@@ -61,7 +67,17 @@ def test_compose_file_deploys_fedgma_with_tls_and_supernode_auth():
         assert "--root-certificates=/run/secrets/ca-crt" in command and "--superlink=superlink:9092" in command
         assert f"--auth-supernode-private-key=/run/secrets/supernode-{i}" in command
         partitions.add(re.search(r"partition-id=(\d+) num-partitions=3", command).group(1))
-        (data,) = [v for v in node["volumes"] if v["target"] == "/data"]
+        # Process isolation: the SuperNode hands tasks only to its SuperExec, which signs with
+        # their shared secret and runs the ClientApps in the SuperNode's network namespace, with
+        # the node's data volume (the SuperNode itself has none).
+        assert f"--isolation=process --superexec-auth-secret-file=/run/secrets/superexec-{i}" in command
+        executor = services[f"superexec-{i}"]
+        assert executor["network_mode"] == f"service:supernode-{i}"
+        assert " ".join(executor["command"]) == (
+            "flower-superexec --insecure --runtime-api-address=127.0.0.1:9094 "
+            f"--superexec-auth-secret-file=/run/secrets/superexec-{i}")
+        assert not node.get("volumes")
+        (data,) = [v for v in executor["volumes"] if v["target"] == "/data"]
         assert data["type"] == "volume"
         data_volumes.add(data["source"])
         # A SuperNode starts once its key is registered, so its restarts are kept for real failures.
@@ -103,7 +119,8 @@ def test_each_container_gets_only_its_keys():
     assert secret_files(config, "register") == {"ca.crt", "supernode-0.pub", "supernode-1.pub", "supernode-2.pub"}
     assert secret_files(config, "control") == {"ca.crt"}
     for i in range(3):
-        assert secret_files(config, f"supernode-{i}") == {"ca.crt", f"supernode-{i}"}
+        assert secret_files(config, f"supernode-{i}") == {"ca.crt", f"supernode-{i}", f"superexec-{i}"}
+        assert secret_files(config, f"superexec-{i}") == {f"superexec-{i}"}  # not the node's key
     deploy = ROOT / "deploy"
     for name, service in config["services"].items():
         for volume in service.get("volumes", []):
@@ -127,6 +144,7 @@ def test_containers_run_with_least_privilege():
     assert config["services"]["supernode-0"]["restart"] == "on-failure:5"
     smaller = compose_config(ROOT / "docker-compose.yml", FEDGMA_SUPERNODE_MEMORY="1g", FEDGMA_PIDS_LIMIT="256")
     assert smaller["services"]["supernode-1"]["mem_limit"] == str(1 << 30)
+    assert smaller["services"]["superexec-1"]["mem_limit"] == str(1 << 30)
     assert smaller["services"]["superlink"]["pids_limit"] == 256
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^USER app$", dockerfile, re.M) and "ARG APP_UID=49999" in dockerfile
@@ -169,17 +187,20 @@ def test_deploy_secrets_script_makes_certificate_and_keys(tmp_path):
     assert sorted(p.name for p in certs.iterdir()) == ["ca.crt", "server.key", "server.pem"]
     assert sorted(p.name for p in ca.iterdir()) == ["ca.key"] and ca.stat().st_mode & 0o777 == 0o700
     assert (ca / "ca.key").stat().st_mode & 0o777 == 0o600
-    assert sorted(p.name for p in keys.iterdir()) == ["supernode-0", "supernode-0.pub", "supernode-1",
-                                                      "supernode-1.pub"]
+    assert sorted(p.name for p in keys.iterdir()) == ["superexec-0", "superexec-1", "supernode-0", "supernode-0.pub",
+                                                      "supernode-1", "supernode-1.pub"]
+    secrets = [(keys / f"superexec-{i}").read_bytes() for i in (0, 1)]
+    assert [len(secret) for secret in secrets] == [32, 32] and secrets[0] != secrets[1]
     assert "ecdsa-sha2-nistp384" in (keys / "supernode-0.pub").read_text()
     if os.geteuid() == 0:  # the containers' user (49999) owns what they read and write, nothing else
-        for path in (certs / "server.key", keys / "supernode-0", keys / "supernode-1"):
+        for path in (certs / "server.key", keys / "supernode-0", keys / "supernode-1", keys / "superexec-0"):
             assert (path.stat().st_uid, path.stat().st_mode & 0o777) == (49999, 0o400), path
         assert (copy / "outputs").stat().st_uid == 49999
         assert (ca / "ca.key").stat().st_uid == 0
-    before = (keys / "supernode-0").read_bytes()
+    before = (keys / "supernode-0").read_bytes(), (keys / "superexec-0").read_bytes()
     subprocess.run(["bash", str(script), "--supernodes", "2"], check=True, capture_output=True)
-    assert (keys / "supernode-0").read_bytes() == before  # re-running keeps registered keys valid
+    # Re-running keeps registered keys valid and the secrets the running containers share.
+    assert ((keys / "supernode-0").read_bytes(), (keys / "superexec-0").read_bytes()) == before
 
 
 def test_control_resumes_a_run_after_the_superlink_died():

@@ -1,7 +1,8 @@
 """The real docker-compose.yml brought up with podman-compose (the machine has no Docker engine and
 no registry: tests/containers/ prepares a local base image and the dependencies' virtualenv and
 overrides only that). A 3-round FedGMA run with TLS and SuperNode authentication must complete,
-and what the file promises is checked on the running containers: a non-root user without
+each SuperNode handing its ClientApp tasks to its own SuperExec (process isolation with a
+shared secret), and what the file promises is checked on the running containers: a non-root user without
 capabilities or new privileges, a read-only root, memory, process and restart limits, only the
 keys each container needs, and a Control API that nothing but the one-shot services can reach.
 Mid-run, the SuperLink's process is killed with SIGKILL (as at its memory limit): the container
@@ -30,7 +31,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.compose]
 OVERRIDE = ROOT / "tests" / "containers" / "compose.podman.yml"
 PODMAN_COMPOSE = Path(sys.executable).parent / "podman-compose"  # 1.6: pids_limit, depends_on conditions
 APP_UID = 49999
-SERVICES = ("superlink", "register", "control", "supernode-0", "supernode-1", "supernode-2")
+SERVICES = ("superlink", "register", "control", "supernode-0", "supernode-1", "supernode-2",
+            "superexec-0", "superexec-1", "superexec-2")
 
 
 def podman_unavailable() -> str | None:
@@ -166,10 +168,11 @@ def test_compose_file_runs_fedgma_locked_down_with_podman(tmp_path):
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         registered = wait_for_status(names["register"], env)
         assert registered["ExitCode"] == 0, container_logs(names["register"], env)
-        up = run([*compose, "up", "-d", "--no-deps", "supernode-0", "supernode-1", "supernode-2", "control"], env)
+        up = run([*compose, "up", "-d", "--no-deps", "supernode-0", "supernode-1", "supernode-2",
+                  "superexec-0", "superexec-1", "superexec-2", "control"], env)
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
         # While the federation runs: what each running container may do, and who reaches port 8000.
-        for service in ("superlink", "supernode-0"):
+        for service in ("superlink", "supernode-0", "superexec-0"):
             live[service] = in_container(names[service], env, PRIVILEGES)
         live["listeners"] = in_container(names["superlink"], env, LISTENERS)
         live["control-from-supernode"] = run(["podman", "exec", names["supernode-0"], "python", "-c", CONNECT,
@@ -230,13 +233,17 @@ def test_compose_file_runs_fedgma_locked_down_with_podman(tmp_path):
     assert live["ports"].split() == ["9092/tcp", "->", f"127.0.0.1:{fleet_port}"], live["ports"]
     for service in ("register", "control"):
         assert inspected[service]["HostConfig"]["NetworkMode"] == f"container:{inspected['superlink']['Id']}"
+    for i in range(3):  # each SuperExec reaches its SuperNode's Runtime API on their shared loopback
+        assert inspected[f"superexec-{i}"]["HostConfig"]["NetworkMode"] == \
+            f"container:{inspected[f'supernode-{i}']['Id']}"
 
     # 3. Keys only where needed; the CA's private key nowhere.
     expected_secrets = {
         "superlink": {"ca.crt", "server.pem", "server.key"},
         "register": {"ca.crt", "supernode-0.pub", "supernode-1.pub", "supernode-2.pub"},
         "control": {"ca.crt"},
-        **{f"supernode-{i}": {"ca.crt", f"supernode-{i}"} for i in range(3)},
+        **{f"supernode-{i}": {"ca.crt", f"supernode-{i}", f"superexec-{i}"} for i in range(3)},
+        **{f"superexec-{i}": {f"superexec-{i}"} for i in range(3)},  # the ClientApps never see a key
     }
     for service, info in inspected.items():
         sources = {Path(m["Source"]) for m in info["Mounts"] if m["Type"] == "bind"}
@@ -246,7 +253,8 @@ def test_compose_file_runs_fedgma_locked_down_with_podman(tmp_path):
 
     # 4. Least privilege, on the containers as podman runs them.
     memory = {"superlink": 4 << 30, "register": 1 << 30, "control": 1 << 30,
-              **{f"supernode-{i}": 2 << 30 for i in range(3)}}  # FEDGMA_SUPERNODE_MEMORY=2g
+              **{f"{role}-{i}": 2 << 30 for i in range(3) for role in ("supernode", "superexec")}}
+    # (FEDGMA_SUPERNODE_MEMORY=2g)
     for service, info in inspected.items():
         host = info["HostConfig"]
         assert info["Config"]["User"] == f"{APP_UID}:{APP_UID}", service
@@ -258,7 +266,7 @@ def test_compose_file_runs_fedgma_locked_down_with_podman(tmp_path):
         restart = host["RestartPolicy"]
         assert restart["Name"] in ("no", "") or (restart["Name"] == "on-failure"
                                                  and restart["MaximumRetryCount"] == 5), (service, restart)
-    for service in ("superlink", "supernode-0"):
+    for service in ("superlink", "supernode-0", "superexec-0"):
         status, text = live[service]
         first, *writes = text.strip().splitlines()
         assert first.split() == [str(APP_UID), str(APP_UID), "0000000000000000", "1"], (service, text)
