@@ -158,3 +158,24 @@ def test_a_round_whose_update_jumps_by_orders_of_magnitude_is_flagged(caplog):
     _, outcome = loop.train_round(3, arrays)
     assert outcome.warnings and "x the median of the earlier rounds'" in outcome.warnings[0]
     assert outcome.as_row()["update-norm"] > 100
+
+
+def test_without_num_partitions_a_node_cannot_size_its_own_share():
+    # Node 5 declares num-partitions=1: partition 0 of 1 would be the whole data set. The run's
+    # nodes declare 6 (ScriptedGrid: max node id + 1), so it is refused, weights vouched or not.
+    grid = ScriptedGrid({**HONEST, 5: "ok"}, np.random.default_rng(1))
+    liar = grid.reply
+
+    def reply(message, reply_to):
+        answer = liar(message, reply_to)
+        if message.metadata.dst_node_id == 5:
+            answer.content["node"]["num-partitions"] = 1
+            answer.content["node"]["partition-id"] = 0
+        return answer
+
+    grid.reply = reply
+    set_task_identity()
+    loop = RoundLoop(FedAvg(min_train_nodes=1, min_available_nodes=1), grid, timeout=5, partition_sizes=known_size)
+    _, outcome = loop.train_round(1, initial())
+    assert outcome.used == 4 and outcome.drop_reasons == ["node 5: declares num-partitions=1, the run's nodes 6"]
+    assert loop.claims.declared_total == 6

@@ -7,7 +7,8 @@ on arrival order), but a client is free to declare anything. So a declaration is
 accepted only if
 
 - ``partition-id`` is an integer in ``[0, N)``, where ``N`` is the run's
-  ``num-partitions`` when set, else the reply's own ``num-partitions``;
+  ``num-partitions`` when set, else the reply's own ``num-partitions``, which must be the one
+  most replies declared when the run first saw them (so no node sizes its own share);
 - no other reply of the round claims the same partition, unless that partition
   already belongs to this node (then the others are refused); a partition claimed by
   several nodes of which none holds it yet is refused to all of them, since the
@@ -58,7 +59,9 @@ class PartitionClaims:
     bindings: Mapping[int, int] | None = None
     holder: dict[int, int] = field(default_factory=dict)  # partition -> node id
     held: dict[int, int] = field(default_factory=dict)  # node id -> partition
-    totals: dict[int, int] = field(default_factory=dict)  # node id -> num-partitions it declared
+    # Without ``num_partitions``: the num-partitions most replies declared when first seen (a
+    # tie goes to the larger, whose partitions weigh less); later declarations must match it.
+    declared_total: int | None = None
 
     def __post_init__(self) -> None:
         if self.bindings is None:
@@ -130,6 +133,17 @@ class PartitionClaims:
                 refused.append((message, problem))
                 continue
             claims[index] = partition
+        if self.num_partitions is None:  # one num-partitions for the run, else a node could size its own share
+            totals = {index: self.declared(replies[index])[1] for index in claims}  # type: ignore[index]
+            if self.declared_total is None:
+                seen = Counter(total for total in totals.values() if _integer(total))
+                if seen:
+                    self.declared_total = max(seen, key=lambda total: (seen[total], total))  # type: ignore[arg-type]
+            for index, total in totals.items():
+                if self.declared_total is not None and total != self.declared_total:
+                    refused.append((replies[index], f"declares num-partitions={total}, the run's nodes "
+                                                    f"{self.declared_total}"))
+                    del claims[index]
         counts = Counter(claims.values())
         for index, partition in list(claims.items()):
             if counts[partition] > 1 and self.holder.get(partition) is None:
@@ -140,9 +154,6 @@ class PartitionClaims:
             node = replies[index].metadata.src_node_id
             self.holder[partition] = node
             self.held[node] = partition
-            declared_total = self.declared(replies[index])[1]  # type: ignore[index]
-            if _integer(declared_total):
-                self.totals[node] = declared_total  # type: ignore[assignment]
         for message in replies:  # undeclared: only a node the operator bound may send one
             node = message.metadata.src_node_id
             if self.declared(message) is None and self.bindings is not None and node not in self.bindings:
@@ -156,7 +167,7 @@ class PartitionClaims:
         knows them (the run's ``num_partitions``, else what the node declared); None if not."""
         node = message.metadata.src_node_id
         partition = self.held.get(node)
-        total = self.num_partitions if self.num_partitions is not None else self.totals.get(node)
+        total = self.num_partitions if self.num_partitions is not None else self.declared_total
         return None if partition is None or total is None else (partition, total)
 
     def order(self, message: Message) -> tuple[int, int]:
