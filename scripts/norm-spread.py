@@ -1,10 +1,15 @@
 """Honest clients' update norms vs the round's lower median (FedAvg rounds, the app's task code)."""
-import statistics, sys, tomllib, time
-import numpy as np, torch
-from fedgma.app.config import parse_run_config, data_source
+import statistics
+import sys
+import tomllib
+
+import torch
+
+from fedgma.app.config import data_source, parse_run_config
 from fedgma.app.task.data import load_client_partition
 from fedgma.app.task.model import build_model
 from fedgma.app.task.training import train
+
 torch.set_num_threads(1)
 raw = tomllib.load(open("/work/main/pyproject.toml","rb"))["tool"]["flwr"]["app"]["config"]
 N = int(sys.argv[2]); raw.update({"partitioning": sys.argv[1], "train-images": int(sys.argv[3]), "task": sys.argv[4]})

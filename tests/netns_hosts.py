@@ -51,7 +51,7 @@ class VirtualHosts:
         """Prepend to a command line to run it on host ``name``."""
         return ["ip", "netns", "exec", self.namespace(name)]
 
-    def __enter__(self) -> "VirtualHosts":
+    def __enter__(self) -> VirtualHosts:
         try:
             _ip("netns", "add", self.lan)
             self.created.append(self.lan)

@@ -17,16 +17,16 @@ from dataclasses import dataclass
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
+from flwr.app.message import remove_content_from_message
 from flwr.common.serde import message_to_proto
 from flwr.proto.message_pb2 import PullObjectResponse  # pylint: disable=E0611
 from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
     PullAppMessagesResponse,
     PushAppMessagesResponse,
 )
-from flwr.app.message import remove_content_from_message
-from flwr.superlink.grid.http_grid import HttpGrid
 from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects, get_object_tree
 from flwr.supercore.run import Run
+from flwr.superlink.grid.http_grid import HttpGrid
 
 
 @dataclass
@@ -55,7 +55,7 @@ class RuntimeStandIn:
         self.handed_out: set[str] = set()
 
     # --- what the ServerApp's grid calls -----------------------------------------------
-    def PushMessages(self, request):  # noqa: N802 (Flower's method names)
+    def PushMessages(self, request):
         ids = []
         for proto in request.messages_list:
             node = proto.metadata.dst_node_id
@@ -64,10 +64,10 @@ class RuntimeStandIn:
             ids.append(message_id)
         return PushAppMessagesResponse(message_ids=ids, objects_to_push=[], session_id="session")
 
-    def PushObject(self, request):  # noqa: N802
+    def PushObject(self, request):
         raise AssertionError("objects_to_push is empty: nothing is pushed")
 
-    def PullMessages(self, request):  # noqa: N802
+    def PullMessages(self, request):
         now = time.monotonic()
         protos, trees = [], []
         for message_id in request.message_ids:
@@ -81,7 +81,7 @@ class RuntimeStandIn:
                 trees.append(get_object_tree(reply))
         return PullAppMessagesResponse(messages_list=protos, message_object_trees=trees)
 
-    def PullObject(self, request):  # noqa: N802
+    def PullObject(self, request):
         self.object_pulls += 1
         object_id = request.object_id
         if object_id not in self.objects:
@@ -91,7 +91,7 @@ class RuntimeStandIn:
         return PullObjectResponse(object_found=True, object_available=True,
                                   object_content=self.objects[object_id])
 
-    def ConfirmMessageReceived(self, request):  # noqa: N802
+    def ConfirmMessageReceived(self, request):
         return None
 
     # --- the nodes ---------------------------------------------------------------------

@@ -15,9 +15,9 @@ import pytest
 from flwr.proto.runtime_pb2 import AcquireTaskRequest
 from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExecAuthHttpInterceptor
 from flwr.supercore.runtime import RuntimeHttpClient
+from run_settings import ROOT
 
 from fedgma.lab.launch import LocalDeployment, processes_named
-from run_settings import ROOT
 
 pytestmark = pytest.mark.e2e
 
@@ -38,7 +38,7 @@ def acquire(client: RuntimeHttpClient) -> str:
     """One ``AcquireTask`` for a ClientApp task: "task", "no task", or the error."""
     try:
         answer = client.AcquireTask(AcquireTaskRequest(supported_task_types=["flwr-clientapp"]))
-    except Exception as err:  # noqa: BLE001 - the answer is what is recorded
+    except Exception as err:
         return f"{type(err).__name__}: {str(err).splitlines()[0].split(' for url')[0]}"
     return "task" if answer.HasField("task") and answer.token else "no task"
 

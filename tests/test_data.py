@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+from run_settings import settings
 
 from fedgma.app.config import DataSource, parse_run_config
 from fedgma.app.task import base_data
@@ -9,7 +10,6 @@ from fedgma.app.task.base_data import DataUnavailable, load_base_images
 from fedgma.app.task.coloring import OOD_COLORS, TRAIN_BACKGROUND, TRAIN_FOREGROUND
 from fedgma.app.task.data import load_client_partition, load_test_set
 from fedgma.app.task.partition import partition_indices
-from run_settings import settings
 
 
 @pytest.fixture(scope="session")

@@ -15,11 +15,11 @@ import time
 
 import numpy as np
 import pytest
+from run_settings import ROOT
 
 from fedgma.lab.deploy import APP_FAILURE, LOST_SERVERAPP, Attempt, CheckpointState, checkpoint_state, decide
 from fedgma.lab.launch import LocalDeployment
 from fedgma.loop.checkpoint import Checkpoint, load_checkpoint, mark_failed, save_checkpoint
-from run_settings import ROOT
 
 LOST = Attempt(7, "finished:failed", LOST_SERVERAPP)
 CLEAN = CheckpointState(visible=True, round=2)

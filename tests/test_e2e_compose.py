@@ -12,8 +12,8 @@ checkpoint to completion, each round once. Everything is torn down afterwards, a
 import ast
 import csv
 import json
-import re
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import pytest
+from run_settings import ROOT
 
 from fedgma.lab.launch import free_port
 from fedgma.loop.checkpoint import CheckpointError, load_checkpoint
-from run_settings import ROOT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.compose]
 

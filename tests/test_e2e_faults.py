@@ -8,9 +8,9 @@ import time
 import numpy as np
 import pytest
 import torch
+from run_settings import ROOT
 
 from fedgma.lab.launch import LocalDeployment, SimulationRuntime, kill_tree, processes_named
-from run_settings import ROOT
 
 pytestmark = pytest.mark.e2e
 

@@ -12,9 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
+from run_settings import ROOT
 
 from fedgma.lab.launch import BIN, LocalDeployment, free_port, start
-from run_settings import ROOT
 
 pytestmark = pytest.mark.e2e
 

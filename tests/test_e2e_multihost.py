@@ -11,10 +11,10 @@ import sys
 import time
 
 import pytest
-
-from fedgma.lab.launch import BIN, FlowerCli, HostSettings, flower_env, start, stop, write_connection
 from netns_hosts import VirtualHosts, netns_available
 from run_settings import ROOT
+
+from fedgma.lab.launch import BIN, FlowerCli, HostSettings, flower_env, start, stop, write_connection
 
 pytestmark = pytest.mark.e2e
 

@@ -5,10 +5,10 @@ import json
 
 import pytest
 import torch
-
-from fedgma.lab.launch import HostSettings, SimulationRuntime
-from fedgma.app.task.model import build_model
 from run_settings import ROOT
+
+from fedgma.app.task.model import build_model
+from fedgma.lab.launch import HostSettings, SimulationRuntime
 
 pytestmark = pytest.mark.e2e
 

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 from flower_messages import error_reply, set_task_identity, train_reply
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
-from flwr.superlink.grid.inmemory_grid import InMemoryGrid
-
 from flwr.superlink.grid import http_grid
+from flwr.superlink.grid.inmemory_grid import InMemoryGrid
 from stored_grid import Node, StoredGrid
 
 from fedgma.loop.exchange import ReplyLimits, exchange

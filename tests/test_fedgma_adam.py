@@ -1,10 +1,10 @@
 """FedGMA's soft mask under Flower's FedAdam."""
 
 import numpy as np
+from flower_messages import configure, train_reply
 from flwr.serverapp.strategy import FedAdam
 
 from fedgma.strategy import FedGMAAdam, agreement_score, mask_from_agreement
-from flower_messages import configure, train_reply
 
 ADAM = {"eta": 0.01, "eta_l": 0.001, "beta_1": 0.9, "beta_2": 0.99, "tau": 1e-3}
 

@@ -6,10 +6,10 @@ batches with good replies; each batch's result must equal FedGMA on the good rep
 
 import numpy as np
 import pytest
+from flower_messages import configure, raw_reply, train_reply
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from fedgma.strategy import FedGMA
-from flower_messages import configure, raw_reply, train_reply
 
 SHAPES = {"conv.weight": (4, 3, 3, 3), "conv.bias": (4,), "fc.weight": (2, 16), "steps": ()}
 

@@ -6,12 +6,12 @@ import json
 import pytest
 import torch
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
+from run_settings import settings
 
 from fedgma.app.config import parse_run_config
 from fedgma.app.outputs import METRIC_COLUMNS, RunOutputs
 from fedgma.app.strategies import build_strategy, describe
 from fedgma.strategy import FedGMA, FedGMAAdam
-from run_settings import settings
 
 
 @pytest.mark.parametrize(

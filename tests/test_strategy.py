@@ -2,11 +2,11 @@
 
 import numpy as np
 import pytest
+from flower_messages import configure, error_reply, raw_reply, train_reply
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from fedgma.strategy import FedGMA
-from flower_messages import configure, error_reply, raw_reply, train_reply
 
 
 def model_arrays(rng):

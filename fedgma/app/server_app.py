@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from logging import INFO
 from pathlib import Path
 
@@ -38,7 +38,7 @@ def run_directory(config: RunConfig, run_id: int, root: Path) -> Path:
     """``<root>/<output-dir>/<run-name>``; the name defaults to strategy, time and run id."""
     name = config.run_name
     if not name:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+        stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         label = config.strategy if config.strategy != "fedgma" else f"fedgma-{config.variant}"
         name = f"{label}-{stamp}-run{run_id}"
     return run_path(root, "output-dir", config.output_dir, name)

@@ -249,7 +249,7 @@ class TreeMemory:
         while not self._stop.wait(self.interval):
             self.sample()
 
-    def __enter__(self) -> "TreeMemory":
+    def __enter__(self) -> TreeMemory:
         self.sample()
         self._thread.start()
         return self

@@ -72,7 +72,7 @@ def _grid(args: argparse.Namespace) -> int:
         return 2
 
 
-def _reproduce(args: argparse.Namespace, committed: "GridRunner") -> int:
+def _reproduce(args: argparse.Namespace, committed: GridRunner) -> int:
     """Rerun the named finished runs into a scratch folder with this code; 0 if every one's
     metrics equal the committed ones (timing columns aside)."""
     import dataclasses

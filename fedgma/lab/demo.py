@@ -14,7 +14,7 @@ import argparse
 import json
 import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from fedgma.loop.run_folder import RunFolder
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", type=parse_override, metavar="key=value")
     args = parser.parse_args(argv)
 
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     batch_dir = (args.output_dir / f"demo-{stamp}").resolve()
     settings = {
         "num-server-rounds": args.rounds,

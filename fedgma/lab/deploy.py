@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -266,7 +266,7 @@ def follow(cli: FlowerCli, run_id: int, args: argparse.Namespace, deadline: floa
 def default_run_name() -> str:
     """``deploy-<UTC time>``: the run's folder, fixed before the first submission so that a
     resume finds it."""
-    return "deploy-" + datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return "deploy-" + datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -373,7 +373,7 @@ class SimulationRuntime:
         self.process: subprocess.Popen | None = None
         self.cli = FlowerCli(self.env, "sim")
 
-    def __enter__(self) -> "SimulationRuntime":
+    def __enter__(self) -> SimulationRuntime:
         write_connection(self.flwr_home, "sim", f"127.0.0.1:{self.port}")
         self.process = start(
             [
@@ -453,7 +453,7 @@ class LocalDeployment:
     def superlink_log(self) -> Path:
         return self.workdir / "superlink.log"
 
-    def __enter__(self) -> "LocalDeployment":
+    def __enter__(self) -> LocalDeployment:
         ca = self.certs / "ca.crt" if self.certs else None
         write_connection(self.flwr_home, "deployment", f"{self.host}:{self.http_port}", ca)
         try:

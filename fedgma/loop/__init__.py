@@ -29,9 +29,9 @@ _MODULE_OF = {
     "RunFolder": "run_folder",
 }
 __all__ = [
+    "NODE_RECORD",
     "Checkpoint",
     "CheckpointError",
-    "NODE_RECORD",
     "RoundLoop",
     "RoundOutcome",
     "RunFailed",

@@ -40,15 +40,15 @@ _MODULE_OF = {
                      "check_replies", "decode_reply"), "validation"),
 }
 __all__ = [
-    "CheckedReplies",
     "DEFAULT_TAU",
+    "VARIANTS",
+    "CheckedReplies",
     "FedGMA",
     "FedGMAAdam",
     "InvalidReply",
     "MaskStats",
     "MaskedAggregator",
     "ReplyBounds",
-    "VARIANTS",
     "agreement_score",
     "apply_mask_rule",
     "check_replies",
