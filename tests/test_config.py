@@ -5,20 +5,13 @@ from pathlib import Path
 import pytest
 from run_settings import DEFAULTS, settings
 
-from fedgma.app.config import (
-    ConfigError,
-    DataSource,
-    data_source,
-    output_root,
-    parse_node_config,
-    parse_run_config,
-    run_path,
-)
+from fedgma.app.config import DataSource, data_source, output_root, parse_node_config, run_path
+from fedgma.app.settings import ConfigError, parse_run_config
 
 
 def test_defaults_are_valid():
     config = parse_run_config(DEFAULTS)
-    assert config.strategy == "fedgma" and config.variant == "ws" and config.tau is None
+    assert config.strategy.name == "fedgma" and config.strategy.variant == "ws" and config.strategy.tau is None
 
 
 @pytest.mark.parametrize(
@@ -55,8 +48,8 @@ def test_bad_values_name_their_key(override, key):
 
 
 def test_a_poll_interval_of_zero_leaves_the_wait_to_flowers_grid():
-    assert parse_run_config({**DEFAULTS, "reply-poll-interval": 0}).poll_interval is None
-    assert parse_run_config({**DEFAULTS, "reply-poll-interval": 0.25}).poll_interval == 0.25
+    assert parse_run_config({**DEFAULTS, "reply-poll-interval": 0}).federation.poll_interval is None
+    assert parse_run_config({**DEFAULTS, "reply-poll-interval": 0.25}).federation.poll_interval == 0.25
     # Not a result setting: a run may resume with another interval.
     assert "reply-poll-interval" not in parse_run_config(DEFAULTS).result_settings()
 
@@ -69,9 +62,9 @@ def test_missing_key_is_named():
 
 
 def test_tau_accepts_numbers_and_auto():
-    assert parse_run_config(settings(tau=0.6)).tau == 0.6
-    assert parse_run_config(settings(tau=1)).tau == 1.0
-    assert parse_run_config(settings(tau="auto")).tau is None
+    assert parse_run_config(settings(tau=0.6)).strategy.tau == 0.6
+    assert parse_run_config(settings(tau=1)).strategy.tau == 1.0
+    assert parse_run_config(settings(tau="auto")).strategy.tau is None
 
 
 def test_node_config():
@@ -92,7 +85,7 @@ def test_output_paths_must_stay_below_the_output_root(key, value):
 
 def test_relative_output_paths_are_accepted():
     config = parse_run_config(settings(output_dir="study/a", resume="run-1", run_name="run-2"))
-    assert (config.output_dir, config.resume) == ("study/a", "run-1")
+    assert (config.outputs.output_dir, config.outputs.resume) == ("study/a", "run-1")
 
 
 def test_run_path_refuses_a_link_that_leaves_the_root(tmp_path):
@@ -100,7 +93,7 @@ def test_run_path_refuses_a_link_that_leaves_the_root(tmp_path):
     (root / "inside").mkdir(parents=True)
     (root / "link").symlink_to(tmp_path)
     assert run_path(root, "output-dir", "inside", "run") == (root / "inside" / "run").resolve()
-    with pytest.raises(ConfigError, match="'output-dir' leads to .* outside the output root"):
+    with pytest.raises(ConfigError, match=r"'output-dir' leads to .* outside the output root"):
         run_path(root, "output-dir", "link", "run")
 
 
@@ -137,10 +130,10 @@ def test_the_device_comes_from_the_node_then_the_environment():
 
 def test_reply_bounds_resolve_zero_to_no_bound_once_for_loop_and_strategies():
     off = settings(max_update_norm=0.0, max_weight_ratio=0.0, max_norm_ratio=0.0)
-    assert parse_run_config(off).reply_bounds == {
+    assert parse_run_config(off).federation.reply_bounds == {
         "max_num_examples": 100000000, "max_update_norm": None, "max_weight_ratio": None, "max_norm_ratio": None}
     on = settings(max_update_norm=2.5, max_weight_ratio=4.0, max_norm_ratio=3.0)
-    assert parse_run_config(on).reply_bounds == {
+    assert parse_run_config(on).federation.reply_bounds == {
         "max_num_examples": 100000000, "max_update_norm": 2.5, "max_weight_ratio": 4.0, "max_norm_ratio": 3.0}
     with pytest.raises(ConfigError, match="'max-norm-ratio' must be 0 \\(no bound\\) or >= 1"):
         parse_run_config(settings(max_norm_ratio=0.5))

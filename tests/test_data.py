@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from run_settings import settings
 
-from fedgma.app.config import DataSource, parse_run_config
-from fedgma.app.task import base_data
-from fedgma.app.task.base_data import DataUnavailable, load_base_images
-from fedgma.app.task.coloring import OOD_COLORS, TRAIN_BACKGROUND, TRAIN_FOREGROUND
-from fedgma.app.task.data import load_client_partition, load_test_set
+from fedgma.app.config import DataSource
+from fedgma.app.settings import parse_run_config
+from fedgma.app.task.colored import base_data
+from fedgma.app.task.colored.base_data import DataUnavailable, load_base_images
+from fedgma.app.task.colored.coloring import OOD_COLORS, TRAIN_BACKGROUND, TRAIN_FOREGROUND
+from fedgma.app.task.colored.data import load_client_partition, load_test_set
 from fedgma.app.task.partition import partition_indices
 
 
@@ -23,7 +24,7 @@ def base_train(data_dir):
 
 
 def config_for(data_dir, **overrides):
-    return parse_run_config(settings(**overrides))
+    return parse_run_config(settings(**overrides)).task
 
 
 def offline(data_dir):
@@ -175,7 +176,7 @@ def test_partition_cache_returns_identical_data(data_dir):
 
 
 def test_missing_data_is_a_clear_error(tmp_path, monkeypatch):
-    with pytest.raises(DataUnavailable, match="mnist not found.*download=true"):
+    with pytest.raises(DataUnavailable, match=r"mnist not found.*download=true"):
         load_base_images("mnist", tmp_path, train=True, download=False)
     monkeypatch.setattr(base_data, "DEBIAN_FASHION_MNIST", tmp_path / "absent")
     with pytest.raises(DataUnavailable, match="apt-get install dataset-fashion-mnist"):
@@ -183,7 +184,7 @@ def test_missing_data_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_a_process_splits_the_training_set_once_for_all_its_clients(data_dir, monkeypatch):
-    from fedgma.app.task import data as data_module
+    from fedgma.app.task.colored import data as data_module
 
     calls = []
     real = data_module.partition_indices

@@ -7,7 +7,7 @@ import pytest
 import torch
 from run_settings import ROOT
 
-from fedgma.app.task.model import build_model
+from fedgma.app.task.colored.model import build_model
 from fedgma.lab.launch import HostSettings, SimulationRuntime
 
 pytestmark = pytest.mark.e2e

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedgma.app.config import parse_run_config
 from fedgma.app.outputs import RunOutputs
+from fedgma.app.settings import parse_run_config
 from fedgma.lab.experiments import report, toy
 from fedgma.lab.experiments.grids import (
     ABLATION_TAUS,

@@ -17,7 +17,7 @@ from flwr.app.error import Error
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, Result
 from run_settings import settings
 
-from fedgma.app.config import parse_run_config
+from fedgma.app.settings import parse_run_config
 from fedgma.loop import RunFailed
 from fedgma.loop import checkpoint as ckpt
 from fedgma.loop.rounds import NODE_RECORD, RoundLoop, RoundOutcome
@@ -203,7 +203,7 @@ def test_resume_refuses_settings_that_change_the_result(tmp_path):
     saved = saved_checkpoint(2, {"w": np.zeros(2, np.float32)}, settings_=config.result_settings())
 
     def check(config):
-        ckpt.check_resumable(saved, config.result_settings(), config.num_server_rounds)
+        ckpt.check_resumable(saved, config.result_settings(), config.federation.num_server_rounds)
 
     check(parse_run_config(settings(tau=0.6, seed=3, num_server_rounds=9, round_timeout=30.0, run_name="x")))
     with pytest.raises(ckpt.CheckpointError, match=r"seed: 3 -> 4.*tau: 0.6 -> 0.7"):

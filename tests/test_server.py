@@ -8,8 +8,8 @@ import torch
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 from run_settings import settings
 
-from fedgma.app.config import parse_run_config
 from fedgma.app.outputs import METRIC_COLUMNS, RunOutputs
+from fedgma.app.settings import parse_run_config
 from fedgma.app.strategies import build_strategy, describe
 from fedgma.strategy import FedGMA, FedGMAAdam
 
@@ -35,11 +35,11 @@ def test_strategy_settings_reach_the_strategy():
     assert prox.proximal_mu == 0.5
     avgm = build_strategy(parse_run_config(settings(strategy="fedavgm", server_momentum=0.7)))
     assert avgm.server_momentum == 0.7
-    assert describe(parse_run_config(settings(tau=0.6))) == "fedgma-ws(tau=0.6,lr=1)"
-    assert describe(parse_run_config(settings(variant="gma"))) == "fedgma-gma(tau=0.4,lr=1)"
+    assert describe(parse_run_config(settings(tau=0.6)).strategy) == "fedgma-ws(tau=0.6,lr=1)"
+    assert describe(parse_run_config(settings(variant="gma")).strategy) == "fedgma-gma(tau=0.4,lr=1)"
     adam = build_strategy(parse_run_config(settings(strategy="fedgma-adam", tau=0.6, adam_eta=0.05, adam_tau=0.01)))
     assert (adam.mask_threshold, adam.tau, adam.eta, adam.variant) == (0.6, 0.01, 0.05, "gma")
-    assert describe(parse_run_config(settings(strategy="fedgma-adam"))) == "fedgma-gma+fedadam(tau=0.4)"
+    assert describe(parse_run_config(settings(strategy="fedgma-adam")).strategy) == "fedgma-gma+fedadam(tau=0.4)"
 
 
 def test_run_outputs(tmp_path):

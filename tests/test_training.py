@@ -5,8 +5,8 @@ import copy
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from fedgma.app.task.model import build_model, count_parameters
-from fedgma.app.task.training import evaluate, train
+from fedgma.app.task.colored.model import build_model
+from fedgma.app.task.training import count_parameters, evaluate, train
 
 
 def separable_loader(seed=0, n=256):

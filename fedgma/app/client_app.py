@@ -1,7 +1,7 @@
-"""The ClientApp: local SGD on this node's colored partition.
+"""The ClientApp: local training on this node's partition of the run's task.
 
 Flower 1.39 starts a new ClientApp process per message in deployment; the
-partition is therefore read from its on-disk cache (see ``fedgma.app.task.data``),
+task reads its partition from an on-disk cache (e.g. ``fedgma.app.task.colored.data``),
 built only the first time.
 """
 
@@ -11,6 +11,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
@@ -18,12 +19,10 @@ from flwr.clientapp import ClientApp
 
 from fedgma.loop.partitions import NODE_RECORD
 
-from .config import parse_node_config, parse_run_config
-from .task.data import load_client_partition
-from .task.model import build_model
-from .task.training import evaluate as evaluate_model
+from .config import NodeIdentity, parse_node_config
+from .settings import RunConfig, parse_run_config
+from .task import Task, TaskData, make_task
 from .task.training import resolve_device
-from .task.training import train as train_model
 
 app = ClientApp()
 
@@ -46,13 +45,14 @@ def clientapp_start_seconds() -> float | None:
     return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
 
 
-def _setup(msg: Message, context: Context):
+def _setup(msg: Message, context: Context) -> tuple[RunConfig, NodeIdentity, Task, TaskData, torch.nn.Module]:
     config = parse_run_config(dict(context.run_config))
     node = parse_node_config(dict(context.node_config))
-    data = load_client_partition(config, node.partition_id, node.num_partitions, node.data)
-    model = build_model(config.num_classes)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    return config, node, data, model.to(resolve_device(node.device))
+    task = make_task(config.task)
+    data = task.client_data(node.data, node.partition_id, node.num_partitions)
+    model = task.model()
+    model.load_state_dict(msg.content.array_records["arrays"].to_torch_state_dict())
+    return config, node, task, data, model.to(resolve_device(node.device))
 
 
 @app.train()
@@ -68,21 +68,14 @@ def train(msg: Message, context: Context) -> Message:
     started = clientapp_start_seconds()
     pull_wait = time.time() - (started or 0.0) - msg.metadata.created_at
     setup_start = time.perf_counter()
-    config, node, data, model = _setup(msg, context)
+    config, node, task, data, model = _setup(msg, context)
     train_start = time.perf_counter()
-    server_round = int(msg.content["config"].get("server-round", 0))
-    proximal_mu = float(msg.content["config"].get("proximal-mu", 0.0))  # sent by FedProx
-    # Shuffling differs per round and client but is reproducible from the seed.
-    seed = (config.seed * 1_000_003 + server_round) * 10_007 + node.partition_id
-    torch.manual_seed(seed)
-    loss = train_model(
-        model,
-        data.loader(config.batch_size, shuffle=True, seed=seed),
-        epochs=config.local_epochs,
-        lr=config.client_lr,
-        proximal_mu=proximal_mu,
-    )
-    metrics = {
+    instruction = msg.content.config_records["config"]
+    server_round = int(cast(int, instruction.get("server-round", 0)))
+    proximal_mu = float(cast(float, instruction.get("proximal-mu", 0.0)))  # sent by FedProx
+    seed = (config.task.seed * 1_000_003 + server_round) * 10_007 + node.partition_id
+    loss = task.train(model, data, config.training, seed=seed, proximal_mu=proximal_mu)
+    metrics: dict[str, int | float | list[int] | list[float]] = {
         "train-loss": loss,
         "num-examples": len(data),
         "pull-wait-seconds": max(pull_wait, 0.0),
@@ -105,7 +98,7 @@ def train(msg: Message, context: Context) -> Message:
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
     """Evaluate the received global weights on this node's partition."""
-    config, _, data, model = _setup(msg, context)
-    loss, accuracy = evaluate_model(model, data.loader(512, shuffle=False))
+    _, _, task, data, model = _setup(msg, context)
+    loss, accuracy = task.evaluate(model, data)
     metrics = MetricRecord({"eval-loss": loss, "eval-accuracy": accuracy, "num-examples": len(data)})
     return Message(content=RecordDict({"metrics": metrics}), reply_to=msg)

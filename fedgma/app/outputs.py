@@ -9,7 +9,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -17,7 +16,7 @@ import torch
 from fedgma.loop.atomic import atomic_write
 from fedgma.loop.run_folder import RunFolder
 
-from .config import RunConfig
+from .settings import RunConfig
 
 METRIC_COLUMNS = (
     "round",
@@ -91,7 +90,7 @@ class RunOutputs:
 
     def write_config(self, config: RunConfig, extra: dict) -> None:
         """Save the run settings and facts such as the run id."""
-        payload = json.dumps({**asdict(config), **extra}, indent=2).encode()
+        payload = json.dumps({**config.flat(), **extra}, indent=2).encode()
         atomic_write(self.files.config, lambda f: f.write(payload))
 
     def add_row(self, row: dict[str, float | int]) -> None:

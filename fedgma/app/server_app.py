@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from logging import INFO
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
@@ -14,55 +15,44 @@ from flwr.supercore import log
 
 from fedgma.loop import Checkpoint, CheckpointError, RoundLoop, RoundOutcome, RunFolder, resume_point
 
-from .config import (
-    ConfigError,
-    RunConfig,
-    data_source,
-    output_root,
-    parse_run_config,
-    partition_bindings,
-    run_path,
-)
+from .config import data_source, output_root, partition_bindings, run_path
 from .outputs import RunOutputs
+from .settings import ConfigError, RunConfig, parse_run_config
 from .strategies import build_strategy, describe
-from .task.data import ColoredSet, load_test_set, partition_sizes
-from .task.model import build_model, count_parameters
-from .task.training import evaluate
+from .task import Task, TaskData, make_task
+from .task.training import count_parameters
 
 app = ServerApp()
 
-EVAL_BATCH_SIZE = 512
-
-
 def run_directory(config: RunConfig, run_id: int, root: Path) -> Path:
     """``<root>/<output-dir>/<run-name>``; the name defaults to strategy, time and run id."""
-    name = config.run_name
+    name = config.outputs.run_name
     if not name:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-        label = config.strategy if config.strategy != "fedgma" else f"fedgma-{config.variant}"
+        strategy = config.strategy
+        label = strategy.name if strategy.name != "fedgma" else f"fedgma-{strategy.variant}"
         name = f"{label}-{stamp}-run{run_id}"
-    return run_path(root, "output-dir", config.output_dir, name)
+    return run_path(root, "output-dir", config.outputs.output_dir, name)
 
 
 def central_evaluation(
-    model: torch.nn.Module, id_set: ColoredSet, ood_set: ColoredSet
+    task: Task, model: torch.nn.Module, test_sets: Mapping[str, TaskData]
 ) -> Callable[[int, ArrayRecord], MetricRecord]:
-    """``evaluate_fn`` for the round loop: the global model on the ID and OOD test sets."""
-    id_loader = id_set.loader(EVAL_BATCH_SIZE, shuffle=False)
-    ood_loader = ood_set.loader(EVAL_BATCH_SIZE, shuffle=False)
+    """``evaluate_fn`` for the round loop: the global model on each of the task's test sets."""
 
     def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         # The model is only an evaluation buffer: each round loads the global weights into it.
         model.load_state_dict(arrays.to_torch_state_dict())
-        id_loss, id_acc = evaluate(model, id_loader)
-        ood_loss, ood_acc = evaluate(model, ood_loader)
-        return MetricRecord({"id-accuracy": id_acc, "id-loss": id_loss, "ood-accuracy": ood_acc,
-                             "ood-loss": ood_loss})
+        metrics: dict[str, int | float | list[int] | list[float]] = {}
+        for name, data in test_sets.items():
+            loss, accuracy = task.evaluate(model, data)
+            metrics |= {f"{name}-accuracy": accuracy, f"{name}-loss": loss}
+        return MetricRecord(metrics)
 
     return evaluate_fn
 
 
-def format_table(rows: list[dict]) -> str:
+def format_table(rows: list[dict[str, Any]]) -> str:
     """A short text table of the per-round accuracies."""
     lines = [f"{'round':>5} {'ID acc':>7} {'OOD acc':>8} {'mask kept':>9} {'seconds':>8}"]
     for row in rows:
@@ -77,7 +67,7 @@ def format_table(rows: list[dict]) -> str:
 
 def resume_directory(config: RunConfig, root: Path) -> Path:
     """The run directory named by ``resume`` (relative to ``<root>/<output-dir>``)."""
-    return run_path(root, "resume", config.output_dir, config.resume)
+    return run_path(root, "resume", config.outputs.output_dir, config.outputs.resume)
 
 
 def open_run(config: RunConfig, run_id: int, root: Path) -> tuple[Path, Checkpoint | None]:
@@ -85,10 +75,10 @@ def open_run(config: RunConfig, run_id: int, root: Path) -> tuple[Path, Checkpoi
 
     Both stay below ``root``, the output root that the server's operator sets.
     """
-    if config.resume:
+    if config.outputs.resume:
         run_dir = resume_directory(config, root)
         try:
-            checkpoint = resume_point(run_dir, config.result_settings(), config.num_server_rounds)
+            checkpoint = resume_point(run_dir, config.result_settings(), config.federation.num_server_rounds)
         except CheckpointError as err:
             raise ConfigError(f"run config: 'resume': {err}") from err
         return run_dir, checkpoint
@@ -109,15 +99,16 @@ def main(grid: Grid, context: Context) -> None:
     run_dir, checkpoint = open_run(config, context.run_id, output_root())
     # Missing data stops the run here too, before anything is written.
     source = data_source()  # the server's own: its environment, never the run config
-    id_set, ood_set = load_test_set(config, source, ood=False), load_test_set(config, source, ood=True)
+    task = make_task(config.task)
+    test_sets = task.test_sets(source)
     bindings = partition_bindings()  # the operator's, from the server's environment
-    model = build_model(config.num_classes, seed=config.seed)
+    model = task.model(seed=config.task.seed)
     # Resuming: the checkpoint's rounds are the record (rows written after it are dropped).
     outputs = RunOutputs(run_dir, rows=None if checkpoint is None else
                          [RoundOutcome.from_json(record).as_row() for record in checkpoint.history])
     outputs.write_config(
         config,
-        {"run-id": context.run_id, "strategy-label": describe(config),
+        {"run-id": context.run_id, "strategy-label": describe(config.strategy),
          "model-parameters": count_parameters(model)},
     )
     log(INFO, "FedGMA app: writing outputs to %s", outputs.run_dir)
@@ -127,30 +118,31 @@ def main(grid: Grid, context: Context) -> None:
 
     log(INFO, "Starting %s strategy:", strategy.__class__.__name__)
     strategy.summary()
+    federation = config.federation
     loop = RoundLoop(
         strategy=strategy,
         grid=grid,
-        timeout=config.round_timeout,
-        min_train_replies=config.min_train_replies,
-        seed=config.seed,
-        num_partitions=config.partitions_bound,
-        poll_interval=config.poll_interval,
-        max_failed_rounds=config.failed_rounds_bound,
+        timeout=federation.round_timeout,
+        min_train_replies=federation.min_train_replies,
+        seed=config.task.seed,
+        num_partitions=federation.partitions_bound,
+        poll_interval=federation.poll_interval,
+        max_failed_rounds=federation.failed_rounds_bound,
         # Each reply weighs what its partition holds, as the server computes it, not what it claims.
-        partition_sizes=partition_sizes(config, source),
+        partition_sizes=task.partition_sizes(source),
         partition_bindings=bindings,
-        skip_timed_out_rounds=config.skip_timed_out_rounds,
-        **config.reply_bounds,
+        skip_timed_out_rounds=federation.skip_timed_out_rounds,
+        **federation.reply_bounds,
     )
     # A run that cannot succeed raises RunFailed here: Flower ends it as finished:failed, with the cause.
-    result = loop.run_checkpointed(ArrayRecord(model.state_dict()), config.num_server_rounds, run_dir,
+    result = loop.run_checkpointed(ArrayRecord(model.state_dict()), federation.num_server_rounds, run_dir,
                                    settings=config.result_settings(), resume_from=checkpoint,
-                                   evaluate_fn=central_evaluation(model, id_set, ood_set),
+                                   evaluate_fn=central_evaluation(task, model, test_sets),
                                    after_round=after_round)
     model_path = outputs.save_model(result.arrays.to_torch_state_dict())
-    summary = outputs.write_summary(describe(config))
-    log(INFO, "FedGMA app: %s on %s/%s, %s partitioning", describe(config), config.dataset,
-        config.task, config.partitioning)
+    summary = outputs.write_summary(describe(config.strategy))
+    log(INFO, "FedGMA app: %s on %s/%s, %s partitioning", describe(config.strategy), config.task.dataset,
+        config.task.name, config.task.partitioning)
     for line in format_table(outputs.rows).splitlines():
         log(INFO, "%s", line)
     log(INFO, "FedGMA app: final OOD accuracy %.4f (peak %.4f), final model %s",

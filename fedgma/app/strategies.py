@@ -1,15 +1,88 @@
-"""Build the strategy named by the run setting ``strategy``.
+"""The strategies a run may name: one registry entry each (its builder and its label).
 
 FedGMA is ours; every baseline is Flower's own class, configured, not rewritten.
+Adding a strategy is one entry in :data:`STRATEGIES`; the ``strategy`` setting, the
+app, the grids and the report all read it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, cast
+
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
 from fedgma.strategy import FedGMA, FedGMAAdam
+from fedgma.strategy.masking import DEFAULT_TAU, Variant
 
-from .config import RunConfig
+if TYPE_CHECKING:  # settings.py reads the registry's names
+    from .settings import RunConfig, StrategySettings
+
+
+def mask_tau(settings: StrategySettings) -> float:
+    """FedGMA's agreement threshold: ``tau``, or the variant's default for "auto"
+    (fedgma-adam always uses the ``gma`` mask)."""
+    if settings.tau is not None:
+        return settings.tau
+    return DEFAULT_TAU["gma" if settings.name == "fedgma-adam" else settings.variant]
+
+
+def _common(config: RunConfig) -> dict[str, Any]:
+    nodes = config.federation.min_nodes
+    return {
+        "fraction_train": config.federation.fraction_train,
+        "fraction_evaluate": config.federation.fraction_evaluate,
+        "min_train_nodes": nodes,
+        "min_evaluate_nodes": nodes,  # FedAvg sets it to 0 when fraction_evaluate is 0
+        "min_available_nodes": nodes,
+    }
+
+
+def _adam(config: RunConfig) -> dict[str, Any]:
+    s = config.strategy
+    return {"eta": s.adam_eta, "eta_l": config.training.client_lr, "beta_1": s.adam_beta_1,
+            "beta_2": s.adam_beta_2, "tau": s.adam_tau}
+
+
+def _fedgma(config: RunConfig) -> FedAvg:
+    s = config.strategy
+    return FedGMA(variant=cast(Variant, s.variant), tau=mask_tau(s), server_lr=s.server_lr,
+                  agreement_weighted=s.agreement_weighted, **config.federation.reply_bounds, **_common(config))
+
+
+def _fedgma_adam(config: RunConfig) -> FedAvg:
+    # The gma mask replaces FedAdam's average; `tau` is the mask's, `adam-tau` Adam's.
+    s = config.strategy
+    return FedGMAAdam(mask_tau=mask_tau(s), agreement_weighted=s.agreement_weighted,
+                      **config.federation.reply_bounds, **_adam(config), **_common(config))
+
+
+@dataclass(frozen=True)
+class StrategyEntry:
+    """How to build a strategy from the run settings, and how to name it in outputs."""
+
+    build: Callable[[RunConfig], FedAvg]
+    label: Callable[[StrategySettings], str]
+
+
+def _plain(name: str) -> Callable[[StrategySettings], str]:
+    return lambda _: name
+
+
+STRATEGIES: dict[str, StrategyEntry] = {
+    "fedgma": StrategyEntry(
+        _fedgma, lambda s: f"fedgma-{s.variant}(tau={mask_tau(s):g},lr={s.server_lr:g})"),
+    "fedavg": StrategyEntry(lambda c: FedAvg(**_common(c)), _plain("fedavg")),
+    "fedavgm": StrategyEntry(
+        lambda c: FedAvgM(server_learning_rate=c.strategy.server_lr, server_momentum=c.strategy.server_momentum,
+                          **_common(c)),
+        _plain("fedavgm")),
+    "fedprox": StrategyEntry(lambda c: FedProx(proximal_mu=c.strategy.proximal_mu, **_common(c)),
+                             _plain("fedprox")),
+    "fedadam": StrategyEntry(lambda c: FedAdam(**_adam(c), **_common(c)), _plain("fedadam")),
+    "fedgma-adam": StrategyEntry(_fedgma_adam, lambda s: f"fedgma-gma+fedadam(tau={mask_tau(s):g})"),
+}
 
 
 def build_strategy(config: RunConfig) -> FedAvg:
@@ -18,52 +91,9 @@ def build_strategy(config: RunConfig) -> FedAvg:
     The round loop checks every reply once, for every strategy; FedGMA takes the same
     bounds, which it applies only to replies the loop has not checked.
     """
-    common = {
-        "fraction_train": config.fraction_train,
-        "fraction_evaluate": config.fraction_evaluate,
-        "min_train_nodes": config.min_nodes,
-        "min_evaluate_nodes": config.min_nodes,  # FedAvg sets it to 0 when fraction_evaluate is 0
-        "min_available_nodes": config.min_nodes,
-    }
-    if config.strategy == "fedgma":
-        return FedGMA(
-            variant=config.variant,
-            tau=config.mask_tau,
-            server_lr=config.server_lr,
-            agreement_weighted=config.agreement_weighted,
-            **config.reply_bounds,
-            **common,
-        )
-    if config.strategy == "fedavg":
-        return FedAvg(**common)
-    if config.strategy == "fedavgm":
-        return FedAvgM(
-            server_learning_rate=config.server_lr, server_momentum=config.server_momentum, **common
-        )
-    if config.strategy == "fedprox":
-        return FedProx(proximal_mu=config.proximal_mu, **common)
-    adam = {
-        "eta": config.adam_eta,
-        "eta_l": config.client_lr,
-        "beta_1": config.adam_beta_1,
-        "beta_2": config.adam_beta_2,
-        "tau": config.adam_tau,
-    }
-    if config.strategy == "fedadam":
-        return FedAdam(**adam, **common)
-    if config.strategy == "fedgma-adam":
-        # The gma mask replaces FedAdam's average; `tau` is the mask's, `adam-tau` Adam's.
-        return FedGMAAdam(
-            mask_tau=config.mask_tau, agreement_weighted=config.agreement_weighted,
-            **config.reply_bounds, **adam, **common,
-        )
-    raise ValueError(f"unknown strategy {config.strategy!r}")
+    return STRATEGIES[config.strategy.name].build(config)
 
 
-def describe(config: RunConfig) -> str:
+def describe(settings: StrategySettings) -> str:
     """A short label such as ``fedgma-ws(tau=0.8,lr=1)`` or ``fedavg``."""
-    if config.strategy == "fedgma-adam":
-        return f"fedgma-gma+fedadam(tau={config.mask_tau:g})"
-    if config.strategy != "fedgma":
-        return config.strategy
-    return f"fedgma-{config.variant}(tau={config.mask_tau:g},lr={config.server_lr:g})"
+    return STRATEGIES[settings.name].label(settings)

@@ -26,7 +26,7 @@ def resolve_device(name: str) -> torch.device:
 
 def train(
     model: nn.Module,
-    loader: DataLoader,
+    loader: DataLoader[tuple[torch.Tensor, torch.Tensor]],
     epochs: int,
     lr: float,
     proximal_mu: float = 0.0,
@@ -60,7 +60,7 @@ def train(
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
+def evaluate(model: nn.Module, loader: DataLoader[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
     """Return ``(mean cross-entropy loss, accuracy)`` of ``model`` on ``loader``, on its device."""
     model.eval()
     device = next(model.parameters()).device
@@ -75,3 +75,8 @@ def evaluate(model: nn.Module, loader: DataLoader) -> tuple[float, float]:
     if seen == 0:
         raise ValueError("evaluation got no examples")
     return loss / seen, correct / seen
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

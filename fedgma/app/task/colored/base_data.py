@@ -9,9 +9,11 @@ error that says how to get the data.
 
 from __future__ import annotations
 
+import functools
 import gzip
 import shutil
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
 
@@ -32,7 +34,7 @@ _IDX_SIZES = {
 _CLASS_NAMES = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 
 
-def _dataset_class(dataset: str):
+def _dataset_class(dataset: str) -> Any:
     from torchvision import datasets
 
     return getattr(datasets, _CLASS_NAMES[dataset])
@@ -51,6 +53,10 @@ def _has_raw_files(dataset: str, root: Path) -> bool:
     return all((raw / name.removesuffix(".gz")).is_file() for name, _ in _dataset_class(dataset).resources)
 
 
+def _write(data: bytes, handle: IO[bytes]) -> None:
+    handle.write(data)
+
+
 def _unpack_debian_files(root: Path, source: Path | None = None) -> bool:
     """Unpack Debian's Fashion-MNIST into torchvision's layout; False if absent."""
     source = source or DEBIAN_FASHION_MNIST
@@ -67,7 +73,7 @@ def _unpack_debian_files(root: Path, source: Path | None = None) -> bool:
                 f"{source / name} unpacks to {len(unpacked)} bytes, expected {_IDX_SIZES[target]}"
             )
         # Concurrent ClientApp processes may unpack at once.
-        atomic_write(raw / target, lambda f, data=unpacked: f.write(data))
+        atomic_write(raw / target, functools.partial(_write, unpacked))
     return True
 
 

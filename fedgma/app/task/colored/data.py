@@ -14,17 +14,19 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from fedgma.loop.atomic import atomic_write
 
-from ..config import DataSource, RunConfig
+from ...config import DataSource
+from ...settings import TaskSettings
+from ..partition import partition_indices
 from .base_data import load_base_images
 from .coloring import client_flip_probability, color_binary, color_ten_class
-from .partition import partition_indices
 
 CACHE_VERSION = 2
 
@@ -46,10 +48,10 @@ class ColoredSet:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def loader(self, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader:
+    def loader(self, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
         """A DataLoader of float images in [0, 1] and int64 labels."""
         images = torch.from_numpy(self.images).float().div_(255.0)
-        dataset = TensorDataset(images, torch.from_numpy(self.labels))
+        dataset = cast(Dataset[tuple[torch.Tensor, torch.Tensor]], TensorDataset(images, torch.from_numpy(self.labels)))
         generator = torch.Generator().manual_seed(seed) if shuffle else None
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
@@ -57,21 +59,21 @@ class ColoredSet:
 _FIELDS = ("images", "labels", "digits", "colors", "rows")
 
 
-def _key(config: RunConfig, **extra) -> str:
+def _key(config: TaskSettings, **extra: Any) -> str:
     settings = {
         "version": CACHE_VERSION,
         "dataset": config.dataset,
-        "task": config.task,
+        "task": config.name,
         "seed": config.seed,
         **extra,
     }
-    if config.task == "binary":
+    if config.name == "binary":
         settings["label_noise"] = config.label_noise
     blob = json.dumps(settings, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def _cached(path: Path, build) -> ColoredSet:
+def _cached(path: Path, build: Callable[[], ColoredSet]) -> ColoredSet:
     if path.is_file():
         with np.load(path) as stored:
             return ColoredSet(**{k: stored[k] for k in _FIELDS})
@@ -88,9 +90,10 @@ def _subset(n: int, wanted: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=wanted, replace=False))
 
 
-def _color(config: RunConfig, images, digits, rows, flip: float, ood: bool, rng) -> ColoredSet:
+def _color(config: TaskSettings, images: np.ndarray, digits: np.ndarray, rows: np.ndarray, flip: float, ood: bool,
+           rng: np.random.Generator) -> ColoredSet:
     images, digits = images[rows], digits[rows]
-    if config.task == "binary":
+    if config.name == "binary":
         noise = 0.0 if ood else config.label_noise
         colored, labels, colors = color_binary(images, digits, flip, rng, noise)
     else:
@@ -116,7 +119,7 @@ def _training_split(
 
 
 def load_client_partition(
-    config: RunConfig, partition_id: int, num_partitions: int, source: DataSource
+    config: TaskSettings, partition_id: int, num_partitions: int, source: DataSource
 ) -> ColoredSet:
     """Return the colored training data of one client (built once, then cached under ``source``)."""
     key = _key(
@@ -145,7 +148,7 @@ def load_client_partition(
     return _cached(path, build)
 
 
-def partition_sizes(config: RunConfig, source: DataSource) -> Callable[[int, int], int]:
+def partition_sizes(config: TaskSettings, source: DataSource) -> Callable[[int, int], int]:
     """``size(partition_id, num_partitions)``: how many training examples that client holds,
     computed by the server from the same base set, partitioner, seed and settings the
     clients use (only the split; no partition is colored), once per ``num_partitions``.
@@ -165,7 +168,7 @@ def partition_sizes(config: RunConfig, source: DataSource) -> Callable[[int, int
     return size
 
 
-def load_test_set(config: RunConfig, source: DataSource, ood: bool) -> ColoredSet:
+def load_test_set(config: TaskSettings, source: DataSource, ood: bool) -> ColoredSet:
     """Return the central in-distribution (``ood=False``) or OOD test set."""
     flip = config.ood_color_flip if ood else (config.color_flip_min + config.color_flip_max) / 2
     key = _key(config, split="test", test_images=config.test_images, ood=ood, flip=flip)

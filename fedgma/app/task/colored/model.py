@@ -36,7 +36,8 @@ class ColoredMnistCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits for a batch ``[B, 3, 28, 28]``."""
-        return self.classifier(self.features(x))
+        logits: torch.Tensor = self.classifier(self.features(x))
+        return logits
 
 
 def build_model(num_classes: int, seed: int | None = None) -> ColoredMnistCNN:
@@ -46,8 +47,3 @@ def build_model(num_classes: int, seed: int | None = None) -> ColoredMnistCNN:
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return ColoredMnistCNN(num_classes)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of trainable parameters."""
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)

@@ -1,0 +1,87 @@
+"""Each run setting is declared once (fedgma/app/settings.py); the files made from it are current."""
+
+import re
+from pathlib import Path
+
+import pytest
+from flwr.serverapp.strategy import FedAvg
+from run_settings import DEFAULTS, settings
+
+from fedgma.app.settings import (
+    ConfigError,
+    defaults,
+    markdown_table,
+    parse_run_config,
+    pyproject_block,
+    specs,
+)
+from fedgma.app.strategies import STRATEGIES, build_strategy, describe
+from fedgma.app.task import TASKS, make_task
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_pyproject_holds_the_generated_block_and_its_defaults():
+    text = (ROOT / "pyproject.toml").read_text()
+    body = text.split("[tool.flwr.app.config]\n", 1)[1].split("\n[", 1)[0]
+    assert body == pyproject_block(), "run `fedgma settings --write`"
+    assert defaults() == DEFAULTS
+
+
+def test_docs_hold_the_generated_table():
+    text = (ROOT / "docs" / "settings.md").read_text()
+    block = re.search(r"<!-- settings:begin -->\n(.*?)<!-- settings:end -->", text, re.S)
+    assert block is not None and block.group(1) == markdown_table(), "run `fedgma settings --write`"
+
+
+@pytest.mark.parametrize("key", sorted(specs()))
+def test_every_declared_bound_is_enforced_and_names_its_key(key):
+    _, spec = specs()[key]
+    bad: list[object] = [None]  # a missing value's stand-in: every kind refuses None
+    if spec.kind in ("int", "float"):
+        bad += ["1"]
+        if spec.low is not None:
+            bad.append(spec.low if spec.low_open else spec.low - 1)
+        if spec.high is not None:
+            bad.append(spec.high + 1)
+    elif spec.kind == "choice":
+        bad += ["no-such-" + key]
+    elif spec.kind == "flag":
+        bad += [1, "true"]
+    for value in bad:
+        with pytest.raises(ConfigError, match=f"'{key}'"):
+            parse_run_config({**DEFAULTS, key: value})
+
+
+def test_a_missing_key_is_named_for_every_setting():
+    for key in DEFAULTS:
+        raw = dict(DEFAULTS)
+        del raw[key]
+        with pytest.raises(ConfigError, match=f"missing key '{key}'"):
+            parse_run_config(raw)
+
+
+def test_the_flat_record_and_the_result_settings():
+    config = parse_run_config(settings(strategy="fedprox", task="ten-class", seed=3, run_name="a"))
+    flat = config.flat()
+    assert (flat["strategy"], flat["task"], flat["seed"], flat["run_name"]) == ("fedprox", "ten-class", 3, "a")
+    assert set(flat) == {key.replace("-", "_") for key in DEFAULTS}
+    result = config.result_settings()
+    assert "seed" in result and "tau" in result
+    assert not {"run-name", "output-dir", "resume", "round-timeout", "num-server-rounds"} & set(result)
+
+
+@pytest.mark.parametrize("name", sorted(STRATEGIES))
+def test_every_registered_strategy_builds_and_has_a_label(name):
+    config = parse_run_config(settings(strategy=name))
+    strategy = build_strategy(config)
+    assert isinstance(strategy, FedAvg)
+    assert describe(config.strategy).startswith(name.split("-")[0])
+
+
+@pytest.mark.parametrize("name", sorted(TASKS))
+def test_every_registered_task_builds_a_model(name):
+    config = parse_run_config(settings(task=name))
+    task = make_task(config.task)
+    model = task.model(seed=0)
+    assert sum(p.numel() for p in model.parameters()) > 0
