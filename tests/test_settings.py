@@ -9,8 +9,10 @@ from run_settings import DEFAULTS, settings
 
 from fedgma.app.settings import (
     ConfigError,
+    RunConfig,
     defaults,
     markdown_table,
+    not_result_settings,
     parse_run_config,
     pyproject_block,
     specs,
@@ -85,3 +87,11 @@ def test_every_registered_task_builds_a_model(name):
     task = make_task(config.task)
     model = task.model(seed=0)
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_a_saved_record_reads_back_to_the_same_settings():
+    config = parse_run_config(settings(strategy="fedgma-adam", tau=0.3, output_dir="x/y", label_noise=0.25))
+    assert RunConfig.from_flat({**config.flat(), "run-id": 7}) == config
+    auto = parse_run_config(DEFAULTS)
+    assert RunConfig.from_flat(auto.flat()) == auto and auto.flat()["tau"] is None
+    assert not_result_settings() == {key for key in DEFAULTS if key not in auto.result_settings()}

@@ -197,6 +197,17 @@ class RunConfig:
         return {_key(f).replace("-", "_"): getattr(getattr(self, group), f.name)
                 for group, f in _all_fields()}
 
+    @classmethod
+    def from_flat(cls, flat: dict[str, Any]) -> RunConfig:
+        """The settings a run's ``config.json`` keeps (:meth:`flat`, facts such as the run id
+        ignored; settings it lacks take their defaults), validated again."""
+        raw = defaults()
+        for key in raw:
+            name = key.replace("-", "_")
+            if name in flat:
+                raw[key] = "auto" if key == "tau" and flat[name] is None else flat[name]
+        return parse_run_config(raw)
+
     def result_settings(self) -> dict[str, Any]:
         """The settings whose change would change the run's result, by key (a checkpoint
         keeps them, and a resumed run must have the same)."""
@@ -220,6 +231,11 @@ def _all_fields() -> Iterator[tuple[str, Any]]:
 def specs() -> dict[str, tuple[str, Spec]]:
     """Every setting's key -> (group, :class:`Spec`), in declaration order."""
     return {_key(f): (group, _spec(f)) for group, f in _all_fields()}
+
+
+def not_result_settings() -> frozenset[str]:
+    """The keys of the settings a run may resume with changed (they do not change its rounds)."""
+    return frozenset(key for key, (_, spec) in specs().items() if not spec.result)
 
 
 def defaults() -> dict[str, Any]:
