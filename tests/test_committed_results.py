@@ -1,7 +1,8 @@
-"""The committed full-grid results: complete, made with the grid's settings, and what the README shows.
+"""The committed full-grid results: complete, made with the grid's settings, and what the docs show.
 
 These read ``results/full`` (committed CSVs and JSON, no weights) and rebuild the combined CSV and
-the README's results block from them with the documented code, so a hand edit or a stale report fails.
+the results block of docs/experiments.md from them with the documented code, so a hand edit or a
+stale report fails.
 """
 
 import csv
@@ -65,13 +66,19 @@ def test_the_combined_csv_is_rebuilt_from_the_runs(tmp_path):
     assert rebuilt.read_text() == (RESULTS / "results.csv").read_text()
 
 
-def test_the_readme_results_block_is_the_reports_output(tmp_path):
-    readme = (ROOT / "README.md").read_text()
-    block = readme.split(report.BEGIN, 1)[1].split(report.END, 1)[0].strip("\n")
+RESULTS_DOC = ROOT / "docs" / "experiments.md"  # the one file that holds the results block
+
+
+def test_the_results_block_is_the_reports_output(tmp_path):
+    text = RESULTS_DOC.read_text()
+    assert text.count(report.BEGIN) == 1 and text.count(report.END) == 1
+    assert report.BEGIN not in (ROOT / "README.md").read_text(), "the results block lives in docs/experiments.md only"
+    block = text.split(report.BEGIN, 1)[1].split(report.END, 1)[0].strip("\n")
     # Figures go to a scratch copy of docs/figures so the committed PNGs are left alone;
-    # links are relative to the README either way.
-    expected = report.build_markdown(RESULTS, tmp_path / "docs" / "figures", tmp_path).strip("\n")
-    assert block == expected, "README results block is stale: run the `fedgma report` command it shows"
+    # links are relative to the document's folder (docs/) either way.
+    expected = report.build_markdown(RESULTS, tmp_path / "docs" / "figures", tmp_path / "docs").strip("\n")
+    assert block == expected, ("results block of docs/experiments.md is stale: run "
+                               "`fedgma report results/full --readme docs/experiments.md --figures docs/figures`")
     paper_step = any("client-step" in run.studies for run in report.load_runs(RESULTS))
     for name in ("figure2.png", "baselines.png", "ablations.png") + (("client_step.png",) if paper_step else ()):
         assert (ROOT / "docs" / "figures" / name).is_file()
