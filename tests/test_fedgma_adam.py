@@ -61,6 +61,6 @@ def test_adam_sees_the_masked_pseudo_gradient():
 
 def test_adam_tau_and_mask_tau_are_separate():
     strategy = FedGMAAdam(mask_tau=None, **ADAM)
-    assert strategy.mask_threshold == 0.4
+    assert strategy.mask_tau == 0.4
     assert strategy.tau == ADAM["tau"]
     assert strategy.variant == "gma"

@@ -23,6 +23,7 @@ from fedgma.loop import checkpoint as ckpt
 from fedgma.loop.rounds import NODE_RECORD, RoundLoop, RoundOutcome
 from fedgma.loop.run_folder import RunFolder
 from fedgma.strategy import FedGMA, FedGMAAdam
+from fedgma.strategy.validation import ReplyBounds
 
 TESTS = Path(__file__).resolve().parent
 
@@ -244,25 +245,25 @@ def test_a_checkpoint_from_an_earlier_version_is_refused_with_a_reason(tmp_path)
 
 
 def test_update_norm_and_weight_bounds_clip_instead_of_dropping():
-    from fedgma.strategy.validation import ReplyBounds, check_replies
+    from fedgma.strategy.validation import check_replies
 
     x = {"w": np.zeros((2, 2), np.float32)}
     y = {"w": np.full((2, 2), 0.5, np.float32)}  # ||x - y|| = 1.0
     replies = [train_reply(1, y, 10), train_reply(2, x, 20), train_reply(3, x, 1000)]
     checked, refused = check_replies(replies, x, "num-examples", ReplyBounds(max_update_norm=0.25))
     assert not refused and len(checked) == 3
-    first = checked.checked[0]
+    first = checked[0]
     np.testing.assert_allclose(first.arrays["w"], np.full((2, 2), 0.125), rtol=1e-6)  # scaled to norm 0.25
     np.testing.assert_allclose(replies[0].content["arrays"]["w"].numpy(), first.arrays["w"])  # the message too
     assert first.clipped == ("update norm 1 scaled to 0.25 (max_update_norm 0.25)",)
-    assert not checked.checked[1].clipped
+    assert not checked[1].clipped
     # Weights: 10x the lower median (20) is 200; 1000 counts as 200, and the message says so.
     checked, refused = check_replies(replies, x, "num-examples", ReplyBounds(max_weight_ratio=10))
-    assert [r.weight for r in checked.checked] == [10, 20, 200] and not refused
+    assert [r.weight for r in checked] == [10, 20, 200] and not refused
     assert replies[2].content["metrics"]["num-examples"] == 200
-    assert "clipped to 200 (10 x the round's lower median 20)" in checked.checked[2].clipped[0]
+    assert "clipped to 200 (10 x the round's lower median 20)" in checked[2].clipped[0]
     checked, _ = check_replies([train_reply(1, y, 50)], x, "num-examples", ReplyBounds(max_num_examples=9))
-    assert checked.checked[0].weight == 9
+    assert checked[0].weight == 9
     with pytest.raises(ValueError, match="max_weight_ratio"):
         ReplyBounds(max_weight_ratio=0.5)
     with pytest.raises(ValueError, match="max_norm_ratio"):
@@ -270,7 +271,7 @@ def test_update_norm_and_weight_bounds_clip_instead_of_dropping():
 
 
 def test_the_norm_ratio_clips_an_update_far_longer_than_the_rounds_median():
-    from fedgma.strategy.validation import ReplyBounds, check_replies, update_norm
+    from fedgma.strategy.validation import check_replies, update_norm
 
     x = {"w": np.zeros(4, np.float32)}
     honest = [np.array([0.1, -0.1, 0.0, 0.1], np.float32), np.array([0.05, 0.0, 0.1, 0.0], np.float32),
@@ -281,11 +282,11 @@ def test_the_norm_ratio_clips_an_update_far_longer_than_the_rounds_median():
     median = sorted(norms)[1]  # the lower median of four
     checked, refused = check_replies(replies, x, "num-examples", ReplyBounds(max_norm_ratio=3))
     assert not refused
-    got = [update_norm(r.arrays, x) for r in checked.checked]
+    got = [update_norm(r.arrays, x) for r in checked]
     np.testing.assert_allclose(got[:3], norms[:3])  # honest updates untouched
     assert got[3] == pytest.approx(3 * median, rel=1e-5)  # the liar's, scaled to 3x the median
-    np.testing.assert_allclose(checked.checked[3].arrays["w"] / got[3], shifted / norms[3], rtol=1e-5)  # same direction
-    assert "3 x the round's lower median norm" in checked.checked[3].clipped[0]
+    np.testing.assert_allclose(checked[3].arrays["w"] / got[3], shifted / norms[3], rtol=1e-5)  # same direction
+    assert "3 x the round's lower median norm" in checked[3].clipped[0]
 
 
 def test_a_reply_with_fractional_or_bad_weight_is_read_as_fedavg_reads_it():
@@ -323,16 +324,16 @@ def test_a_claimed_weight_counts_in_full_by_default_and_as_the_bound_when_set(li
     set_task_identity()
     honest = {n: "ok" for n in range(1, 5)}  # node n claims 10 n examples
 
-    def round_with(behaviour, **bounds):
+    def round_with(behaviour, **options):
         loop = RoundLoop(strategy(min_train_nodes=1, min_available_nodes=1),
-                         ScriptedGrid(behaviour, np.random.default_rng(1)), timeout=5, **bounds)
+                         ScriptedGrid(behaviour, np.random.default_rng(1)), timeout=5, **options)
         return loop.train_round(1, initial())
 
     taken, outcome = round_with({**honest, 5: liar})
     assert (outcome.used, outcome.dropped, outcome.clipped) == (5, 0, 0)
     if strategy is FedAvg:  # the attack the bound exists for: the claim takes the average
         assert np.abs(taken["w"].numpy() - initial()["w"].numpy()).min() > 90
-    clipped, outcome = round_with({**honest, 5: liar}, max_weight_ratio=10)
+    clipped, outcome = round_with({**honest, 5: liar}, bounds=ReplyBounds(max_weight_ratio=10))
     assert (outcome.used, outcome.dropped, outcome.clipped) == (5, 0, 1)
     expected, _ = round_with({**honest, 5: "liar-300"})
     for name in ("w", "b"):
@@ -570,22 +571,23 @@ def test_a_checkpoint_resumes_only_with_the_same_strategy_and_loop(tmp_path):
     what differs, even with empty settings."""
     set_task_identity()
     behaviour = {1: "ok", 2: "ok"}
-    RoundLoop(FedGMA(tau=0.8, min_available_nodes=1), ScriptedGrid(behaviour, np.random.default_rng(0)),
+    RoundLoop(FedGMA(mask_tau=0.8, min_available_nodes=1), ScriptedGrid(behaviour, np.random.default_rng(0)),
               timeout=5).run_checkpointed(initial(), 2, tmp_path, train_config=ConfigRecord({"lr": 0.1}))
     saved = ckpt.resume_point(tmp_path, {}, 4)
     cases = [
         (FedAvg(min_available_nodes=1), {}, "class: 'fedgma.strategy.fedgma.FedGMA' -> "
                                              "'flwr.serverapp.strategy.fedavg.FedAvg'"),
-        (FedGMA(tau=0.6, min_available_nodes=1), {}, "strategy.settings.tau: 0.8 -> 0.6"),
-        (FedGMA(tau=0.8, min_available_nodes=1), {"seed": 1}, "loop.seed: 0 -> 1"),
-        (FedGMA(tau=0.8, min_available_nodes=1), {"max_weight_ratio": 10.0}, "loop.max_weight_ratio: None -> 10.0"),
+        (FedGMA(mask_tau=0.6, min_available_nodes=1), {}, "strategy.settings.mask_tau: 0.8 -> 0.6"),
+        (FedGMA(mask_tau=0.8, min_available_nodes=1), {"seed": 1}, "loop.seed: 0 -> 1"),
+        (FedGMA(mask_tau=0.8, min_available_nodes=1), {"bounds": ReplyBounds(max_weight_ratio=10.0)},
+         "loop.max_weight_ratio: None -> 10.0"),
     ]
     for strategy, loop_settings, difference in cases:
         loop = RoundLoop(strategy, ScriptedGrid(behaviour, np.random.default_rng(0)), timeout=5, **loop_settings)
         with pytest.raises(ckpt.CheckpointError, match="the strategy or the round loop differs") as refused:
             loop.run_checkpointed(initial(), 4, tmp_path, resume_from=saved, train_config=ConfigRecord({"lr": 0.1}))
         assert difference in str(refused.value)
-    loop = RoundLoop(FedGMA(tau=0.8, min_available_nodes=1), ScriptedGrid(behaviour, np.random.default_rng(0)),
+    loop = RoundLoop(FedGMA(mask_tau=0.8, min_available_nodes=1), ScriptedGrid(behaviour, np.random.default_rng(0)),
                      timeout=5)
     with pytest.raises(ckpt.CheckpointError, match=r"train_config.lr: 0.1 -> 0.2"):
         loop.run_checkpointed(initial(), 4, tmp_path, resume_from=saved, train_config=ConfigRecord({"lr": 0.2}))

@@ -13,6 +13,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
 from fedgma.loop import Checkpoint, CheckpointError, RoundLoop, RoundOutcome, RunFolder, resume_point
+from fedgma.strategy import ReplyBounds
 
 from .config import (
     ConfigError,
@@ -140,7 +141,7 @@ def main(grid: Grid, context: Context) -> None:
         partition_sizes=partition_sizes(config, source),
         partition_bindings=bindings,
         skip_timed_out_rounds=config.skip_timed_out_rounds,
-        **config.reply_bounds,
+        bounds=ReplyBounds(**config.reply_bounds),
     )
     # A run that cannot succeed raises RunFailed here: Flower ends it as finished:failed, with the cause.
     result = loop.run_checkpointed(ArrayRecord(model.state_dict()), config.num_server_rounds, run_dir,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
-from fedgma.strategy import FedGMA, FedGMAAdam
+from fedgma.strategy import FedGMA, FedGMAAdam, ReplyBounds
 
 from .config import RunConfig
 
@@ -28,10 +28,10 @@ def build_strategy(config: RunConfig) -> FedAvg:
     if config.strategy == "fedgma":
         return FedGMA(
             variant=config.variant,
-            tau=config.mask_tau,
+            mask_tau=config.mask_tau,
             server_lr=config.server_lr,
             agreement_weighted=config.agreement_weighted,
-            **config.reply_bounds,
+            bounds=ReplyBounds(**config.reply_bounds),
             **common,
         )
     if config.strategy == "fedavg":
@@ -55,7 +55,7 @@ def build_strategy(config: RunConfig) -> FedAvg:
         # The gma mask replaces FedAdam's average; `tau` is the mask's, `adam-tau` Adam's.
         return FedGMAAdam(
             mask_tau=config.mask_tau, agreement_weighted=config.agreement_weighted,
-            **config.reply_bounds, **adam, **common,
+            bounds=ReplyBounds(**config.reply_bounds), **adam, **common,
         )
     raise ValueError(f"unknown strategy {config.strategy!r}")
 

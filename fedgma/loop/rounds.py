@@ -9,8 +9,10 @@ Flower leaves to the app:
 - every training reply is checked once, against the global model, before any
   strategy sees it (``fedgma.strategy.validation.check_replies``; Flower's
   baselines would otherwise end the run on one malformed reply), and bad ones are
-  dropped with a log line naming the node; FedGMA takes the checked arrays as they
-  are instead of checking the replies again;
+  dropped with a log line naming the node; a strategy with ``aggregate_checked``
+  (``fedgma.strategy.validation.AggregatesCheckedReplies``: FedGMA, FedGMAAdam) is
+  handed the checked replies, decoded arrays included, and does not check them
+  again; any other strategy gets their messages through ``aggregate_train``;
 - optional bounds on a reply's claimed weight and update norm clip it (off by
   default: honest federations get FedAvg's result);
 - a reply whose declared partition is out of range, claimed by another node, or
@@ -30,7 +32,9 @@ Flower leaves to the app:
   model and says so; after ``max_failed_rounds`` rounds in a row in which the model
   did not move (that, or every update zero), or when the aggregated model is not
   finite, the run ends with :class:`RunFailed`, naming the cause;
-- replies that failed, timed out, were dropped or clipped are counted per round;
+- replies that failed, timed out, were dropped, clipped or used are counted per round
+  (``RoundOutcome``; the loop owns the ``replies-*`` counts: a strategy handed
+  checked replies does not count them);
 - replies are pulled every ``poll_interval`` seconds (0.2 by default) instead of
   the 3 s of Flower's deployed grid (``fedgma.loop.exchange``);
 - the round's parts are timed: waiting for training replies, aggregation,
@@ -59,7 +63,16 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
-from fedgma.strategy.validation import ReplyBounds, all_finite, check_replies, log_adjusted, update_norm
+from fedgma.strategy.validation import (
+    AggregatesCheckedReplies,
+    CheckedReply,
+    ReplyBounds,
+    all_finite,
+    check_replies,
+    log_adjusted,
+    num_clipped,
+    update_norm,
+)
 
 from .checkpoint import (
     Checkpoint,
@@ -282,8 +295,8 @@ class RoundLoop:
         Fewer usable training replies than this keep the global model for the round.
     seed : int (default: 0)
         Seeds node sampling per round.
-    max_num_examples, max_weight_ratio, max_update_norm, max_norm_ratio : Optional[float] (default: None)
-        Optional bounds on each training reply, which clip it
+    bounds : Optional[ReplyBounds] (default: None)
+        Bounds on each training reply's weight and update norm, which clip it
         (``fedgma.strategy.validation.ReplyBounds``). None: no bound, as in FedAvg.
     num_partitions : Optional[int]
         Partitions in the federation, bounding the ``partition-id`` a reply may
@@ -319,21 +332,17 @@ class RoundLoop:
     timeout: float = 3600.0
     min_train_replies: int = 1
     seed: int = 0
-    max_num_examples: float | None = None
-    max_update_norm: float | None = None
-    max_weight_ratio: float | None = None
+    bounds: ReplyBounds | None = None
     num_partitions: int | None = None
     poll_interval: float | None = DEFAULT_POLL_INTERVAL
     max_failed_rounds: int | None = DEFAULT_MAX_FAILED_ROUNDS
-    max_norm_ratio: float | None = None
     partition_sizes: PartitionSizes | None = None
     partition_bindings: Mapping[int, int] | None = None
     skip_timed_out_rounds: int = 0
 
     def __post_init__(self) -> None:
         self.claims = PartitionClaims(self.num_partitions, self.partition_bindings)
-        self.bounds = ReplyBounds(self.max_num_examples, self.max_update_norm, self.max_weight_ratio,
-                                  self.max_norm_ratio)
+        self._bounds = ReplyBounds.coerce(self.bounds)
         if isinstance(self.skip_timed_out_rounds, bool) or not isinstance(self.skip_timed_out_rounds, int) \
                 or self.skip_timed_out_rounds < 0:
             raise ValueError(f"RoundLoop: skip_timed_out_rounds must be an integer >= 0, "
@@ -354,8 +363,9 @@ class RoundLoop:
         outcome.drop_reasons.append(reason)
 
     def check_replies(self, server_round: int, replies: list[Message], global_arrays: dict[str, np.ndarray],
-                      outcome: RoundOutcome) -> list[Message]:
-        """The replies that may reach the strategy, in a fixed order; the others are logged."""
+                      outcome: RoundOutcome) -> list[CheckedReply]:
+        """The replies that may reach the strategy, checked and in a fixed order; the others are
+        logged and their reasons kept in ``outcome``."""
         accepted, refused = self.claims.check(replies)
         if self.partition_sizes is not None:
             accepted, unknown = self._vouch_weights(server_round, accepted, outcome)
@@ -363,12 +373,20 @@ class RoundLoop:
         for message, problem in refused:
             self._drop(server_round, message, problem, outcome)
         checked, refused = check_replies(sorted(accepted, key=self.claims.order), global_arrays,
-                                         self.strategy.weighted_by_key, self.bounds)
+                                         self.strategy.weighted_by_key, self._bounds)
         for message, problem in refused:
             self._drop(server_round, message, problem, outcome)
         log_adjusted(f"Round {server_round}", checked)
-        outcome.clipped = checked.num_clipped
+        outcome.clipped = num_clipped(checked)
         return checked
+
+    def aggregate(self, server_round: int, checked: list[CheckedReply]
+                  ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Hand the checked replies to the strategy: as they are to ``aggregate_checked``, or
+        their (clipped) messages to Flower's ``aggregate_train``."""
+        if isinstance(self.strategy, AggregatesCheckedReplies):
+            return self.strategy.aggregate_checked(server_round, checked)
+        return self.strategy.aggregate_train(server_round, [reply.message for reply in checked])
 
     def _vouch_weights(self, server_round: int, replies: list[Message], outcome: RoundOutcome
                        ) -> tuple[list[Message], list[tuple[Message, str]]]:
@@ -473,7 +491,7 @@ class RoundLoop:
                     "the global model is kept", server_round, len(usable), self.min_train_replies)
             return arrays, outcome
         aggregate_start = time.perf_counter()
-        new_arrays, metrics = self.strategy.aggregate_train(server_round, usable)
+        new_arrays, metrics = self.aggregate(server_round, usable)
         outcome.aggregate_seconds = time.perf_counter() - aggregate_start
         outcome.train_metrics = metrics
         if metrics is not None:
@@ -546,7 +564,7 @@ class RoundLoop:
             "strategy": strategy_identity(self.strategy),
             "loop": {"seed": self.seed, "min_train_replies": self.min_train_replies,
                      "num_partitions": self.num_partitions, **{
-                         name: getattr(self.bounds, name)
+                         name: getattr(self._bounds, name)
                          for name in ("max_num_examples", "max_update_norm", "max_weight_ratio", "max_norm_ratio")},
                      "vouched_weights": self.partition_sizes is not None},
             "train_config": config_identity(train_config),

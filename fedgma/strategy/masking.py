@@ -24,6 +24,26 @@ VARIANTS: tuple[str, ...] = ("ws", "gma")
 DEFAULT_TAU: dict[str, float] = {"ws": 0.8, "gma": 0.4}
 
 
+def resolve_tau(variant: str, tau: float | None = None) -> float:
+    """The mask's agreement threshold: ``tau``, or ``variant``'s default for None.
+
+    The one place the default is chosen (``DEFAULT_TAU``: 0.8 for ``"ws"``, 0.4 for
+    ``"gma"``) and the threshold checked; FedGMA, FedGMAAdam and the app call it.
+
+    Raises
+    ------
+    ValueError
+        If ``variant`` is unknown or ``tau`` is not a number in ``[0, 1]``.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"FedGMA: variant must be one of {VARIANTS}, got {variant!r}")
+    if tau is None:
+        return DEFAULT_TAU[variant]
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 <= tau <= 1.0:
+        raise ValueError(f"FedGMA: mask_tau must be a number in [0, 1], got {tau!r}")
+    return float(tau)
+
+
 def agreement_score(sign_sum: np.ndarray, total_weight: float) -> np.ndarray:
     """Return ``A = |sign_sum| / total_weight``, the per-coordinate sign agreement.
 
