@@ -55,7 +55,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from logging import INFO, WARNING
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -96,6 +96,8 @@ ConfigSource = ConfigRecord | Callable[[int], ConfigRecord] | None
 EvaluateFn = Callable[[int, ArrayRecord], MetricRecord | None]
 
 PartitionSizes = Callable[[int, int], int]
+MetricValue = int | float | list[int] | list[float]  # a MetricRecord's values
+RowValue = MetricValue | str
 
 DEFAULT_MAX_FAILED_ROUNDS = 3
 # A round whose update is this many times the median of the earlier rounds' is flagged.
@@ -147,12 +149,12 @@ class RoundOutcome:
         """Training was asked for and the model did not move."""
         return self.round > 0 and self.sent > 0 and not self.model_updated
 
-    def as_row(self) -> dict[str, float | int | str]:
+    def as_row(self) -> dict[str, RowValue]:
         """One flat row: the training metrics, the client evaluation's under ``client-``,
         the central evaluation's under their own names, then the counts and timings."""
-        row: dict[str, float | int | str] = {
+        row: dict[str, RowValue] = {
             "round": self.round,
-            **dict(self.central_metrics or {}),
+            **_entries(self.central_metrics),
             "central-eval-seconds": round(self.central_eval_seconds, 4),
             "round-seconds": round(self.round_seconds, 3),
             "wall-seconds": round(self.wall_seconds, 3),
@@ -160,8 +162,8 @@ class RoundOutcome:
         if self.round == 0:  # the initial model: no replies, only its central evaluation
             return row
         # Central metrics win over training metrics of the same name, as before.
-        row = {**dict(self.train_metrics or {}), **row}
-        for key, value in (self.evaluate_metrics or {}).items():
+        row = {**_entries(self.train_metrics), **row}
+        for key, value in _entries(self.evaluate_metrics).items():
             row[f"client-{key}"] = value
         row.update({
             "replies-sent": self.sent,
@@ -206,6 +208,10 @@ class RoundOutcome:
         for name in _METRIC_FIELDS:
             values[name] = None if values.get(name) is None else MetricRecord(values[name])
         return cls(**values)
+
+
+def _entries(metrics: MetricRecord | None) -> dict[str, MetricValue]:
+    return dict(metrics) if metrics is not None else {}
 
 
 def short_reason(reason: str) -> str:
@@ -423,7 +429,8 @@ class RoundLoop:
             return self.grid
         need = max(int(getattr(self.strategy, "min_available_nodes", 0)),
                    int(getattr(self.strategy, "min_train_nodes", 0)), 1)
-        return _WithoutNodes(self.grid, resting, need, server_round)
+        # A proxy, not a Grid subclass: every other attribute is the grid's own.
+        return cast(Grid, _WithoutNodes(self.grid, resting, need, server_round))
 
     def _rest(self, server_round: int, nodes: list[int]) -> None:
         """Leave ``nodes`` (timed out this round) out of the next ``skip_timed_out_rounds`` samples."""
@@ -475,7 +482,7 @@ class RoundLoop:
         for message in replies:
             if message.has_error():
                 reason = f"node {received.node_of(message)}: {message.error.reason}"
-                outcome.failure_reasons.append(message.error.reason)
+                outcome.failure_reasons.append(str(message.error.reason))
                 log(WARNING, "Round %s: a node's training reply failed: %s", server_round, reason)
         self._rest(server_round, received.unanswered + [received.node_of(m) for m in unavailable])
         usable = self.check_replies(server_round, answered, current, outcome)

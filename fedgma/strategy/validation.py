@@ -68,7 +68,7 @@ def array_view(array: Array) -> np.ndarray:
     if array.stype == SType.NUMPY and isinstance(data, (bytes, bytearray, memoryview)):
         header = _npy_header_bytes(data)
         parsed = _npy_header(header) if header is not None else None
-        if parsed is None:
+        if header is None or parsed is None:
             return array.numpy()
         shape, fortran_order, dtype = parsed
         if not dtype.hasobject:
