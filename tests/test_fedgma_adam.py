@@ -47,7 +47,7 @@ def test_adam_sees_the_masked_pseudo_gradient():
     total = sum(n for _, n in replies)
     for name, xv in x.items():
         g = [xv.astype(np.float64) - y[name] for y, _ in replies]
-        g_bar = sum(n * gk for gk, (_, n) in zip(g, replies)) / total
+        g_bar = sum(n * gk for gk, (_, n) in zip(g, replies, strict=True)) / total
         a = agreement_score(sum(np.sign(gk) for gk in g), len(g))
         m = mask_from_agreement(a, 0.9, "gma")
         delta = -m * g_bar

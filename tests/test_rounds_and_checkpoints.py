@@ -102,7 +102,7 @@ class ScriptedGrid:
 
     def push_messages(self, messages):
         ids = [f"pushed-{len(self.waiting) + i}" for i, _ in enumerate(messages)]
-        for message_id, message in zip(ids, messages):
+        for message_id, message in zip(ids, messages, strict=True):
             reply = self.reply(message, message_id)
             if reply is not None:
                 self.waiting[message_id] = reply
@@ -192,7 +192,7 @@ def test_checkpoint_round_trip_with_fedadam_and_fedavgm_state(tmp_path):
                 for k in value:
                     np.testing.assert_array_equal(loaded.strategy_state[attr][k], value[k])
             else:
-                for a, b in zip(loaded.strategy_state[attr], value):
+                for a, b in zip(loaded.strategy_state[attr], value, strict=True):
                     np.testing.assert_array_equal(a, b)
         fresh = type(strategy)()
         ckpt.restore_strategy_state(fresh, loaded.strategy_state)
@@ -270,6 +270,37 @@ def test_update_norm_and_weight_bounds_clip_instead_of_dropping():
         ReplyBounds(max_norm_ratio=0.9)
 
 
+@pytest.mark.parametrize("strategy", [FedGMA, FedGMAAdam, FedAvg])
+def test_the_loop_checks_each_reply_once_and_owns_the_reply_counts(strategy, monkeypatch):
+    """The loop checks the replies; FedGMA (and FedGMAAdam) are handed them checked and do not
+    check them again, Flower's FedAvg gets their messages. The replies-* counts are the loop's."""
+    import fedgma.loop.rounds as rounds
+    import fedgma.strategy.fedgma as fedgma_module
+
+    calls = {"loop": 0, "strategy": 0}
+
+    def counting(where, check):
+        def counted(*args, **kwargs):
+            calls[where] += 1
+            return check(*args, **kwargs)
+        return counted
+
+    monkeypatch.setattr(rounds, "check_replies", counting("loop", rounds.check_replies))
+    monkeypatch.setattr(fedgma_module, "check_replies", counting("strategy", fedgma_module.check_replies))
+    set_task_identity()
+    loop = RoundLoop(strategy(min_train_nodes=1, min_available_nodes=1),
+                     ScriptedGrid({1: "ok", 2: "ok", 3: "nan", 4: "error"}, np.random.default_rng(1)), timeout=5)
+    _, outcome = loop.train_round(1, initial())
+    assert calls == {"loop": 1, "strategy": 0}
+    assert (outcome.used, outcome.dropped, outcome.failed, outcome.model_updated) == (2, 1, 1, True)
+    assert not any(key.startswith("replies-") for key in outcome.train_metrics or {})
+    assert outcome.as_row()["replies-used"] == 2
+    if strategy is not FedAvg:
+        assert "mask-kept-fraction" in (outcome.train_metrics or {})
+    with pytest.raises(TypeError, match="ReplyBounds"):
+        RoundLoop(strategy(), loop.grid, bounds={"max_norm_ratio": 3.0})
+
+
 def test_the_norm_ratio_clips_an_update_far_longer_than_the_rounds_median():
     from fedgma.strategy.validation import check_replies, update_norm
 
@@ -343,7 +374,8 @@ def test_a_claimed_weight_counts_in_full_by_default_and_as_the_bound_when_set(li
         ys = [grid.reply(m, "x") for m in FedAvg(min_train_nodes=1, min_available_nodes=1).configure_train(
             1, initial(), ConfigRecord(), grid)]
         weights = np.array([r.content["metrics"]["num-examples"] for r in ys], dtype=np.float64)
-        by_hand = sum(w * r.content["arrays"]["w"].numpy().astype(np.float64) for w, r in zip(weights, ys)) / weights.sum()
+        by_hand = sum(w * r.content["arrays"]["w"].numpy().astype(np.float64)
+                      for w, r in zip(weights, ys, strict=True)) / weights.sum()
         np.testing.assert_allclose(clipped["w"].numpy(), by_hand, rtol=1e-5)
 
 
@@ -448,7 +480,8 @@ def test_start_takes_strategy_starts_arguments_and_returns_its_result():
     assert train_seen == [(r, 0.05) for r in (1, 2, 3) for _ in range(3)]
     assert {cfg["batch"] for kind, _, _, cfg in grid.seen if kind == MessageType.EVALUATE} == {8}
     assert sorted(result.evaluate_metrics_serverapp) == [0, 1, 2, 3]
-    assert sorted(result.train_metrics_clientapp) == [1, 2, 3] and sorted(result.evaluate_metrics_clientapp) == [1, 2, 3]
+    assert sorted(result.train_metrics_clientapp) == [1, 2, 3]
+    assert sorted(result.evaluate_metrics_clientapp) == [1, 2, 3]
     norms = [result.evaluate_metrics_serverapp[r]["norm"] for r in range(4)]
     assert norms[0] == pytest.approx(float(sum(np.square(a.numpy()).sum() for a in initial().values())))
     assert result.evaluate_metrics_serverapp[3]["norm"] == pytest.approx(

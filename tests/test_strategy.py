@@ -7,7 +7,8 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from fedgma.strategy import FedGMA
-from fedgma.strategy.validation import ReplyBounds
+from fedgma.strategy.masking import resolve_tau
+from fedgma.strategy.validation import ReplyBounds, check_replies
 
 
 def model_arrays(rng):
@@ -71,7 +72,7 @@ def test_error_replies_are_skipped():
     good = client_replies(rng, global_arrays, k=3)
     strategy = FedGMA(variant="gma")
     configure(strategy, global_arrays)
-    with_errors, metrics = strategy.aggregate_train(1, good + [error_reply(9), error_reply(10)])
+    with_errors, metrics = strategy.aggregate_train(1, [*good, error_reply(9), error_reply(10)])
     configure(strategy, global_arrays)
     alone, _ = strategy.aggregate_train(1, good)
     for name, value in as_numpy(with_errors).items():
@@ -135,6 +136,45 @@ def test_bad_keywords_are_refused(kwargs, message):
 def test_variant_default_thresholds():
     assert FedGMA(variant="ws").mask_tau == 0.8
     assert FedGMA(variant="gma").mask_tau == 0.4
+    # One resolution, the app's too: None -> the variant's default; a given value is checked.
+    assert (resolve_tau("ws", None), resolve_tau("gma", None), resolve_tau("gma", 1)) == (0.8, 0.4, 1.0)
+    with pytest.raises(ValueError, match="variant"):
+        resolve_tau("fedsgd", 0.5)
+    with pytest.raises(ValueError, match="mask_tau"):
+        resolve_tau("ws", True)
+
+
+def test_bounds_travel_as_one_reply_bounds():
+    assert FedGMA().bounds == ReplyBounds()  # None: no bound, as FedAvg
+    assert FedGMA(bounds=ReplyBounds(max_update_norm=2.0)).bounds.max_update_norm == 2.0
+    with pytest.raises(TypeError, match="ReplyBounds"):
+        FedGMA(bounds={"max_weight_ratio": 10})
+    with pytest.raises(TypeError):  # the loose keywords are gone
+        FedGMA(max_weight_ratio=10)
+
+
+def test_checked_replies_are_aggregated_as_aggregate_train_would():
+    """aggregate_checked (the round loop's hand-off) folds what check_replies kept: the same bits
+    as aggregate_train, which checks the replies itself and also counts them."""
+    rng = np.random.default_rng(5)
+    x = model_arrays(rng)
+    replies = client_replies(rng, x)
+    standalone = FedGMA(variant="gma")
+    configure(standalone, x)
+    ours, own_metrics = standalone.aggregate_train(1, replies)
+    handed = FedGMA(variant="gma")
+    configure(handed, x)
+    checked, refused = check_replies(replies, x, handed.weighted_by_key, handed.bounds)
+    assert not refused
+    theirs, metrics = handed.aggregate_checked(1, checked)
+    for name in x:
+        np.testing.assert_array_equal(ours[name].numpy(), theirs[name].numpy())
+    assert "replies-used" in own_metrics and not any(key.startswith("replies-") for key in metrics)
+    assert metrics["mask-mean"] == own_metrics["mask-mean"]
+    other = {name: np.zeros((1, *value.shape), value.dtype) for name, value in x.items()}
+    wrong, _ = check_replies(client_replies(rng, other), other, "num-examples", ReplyBounds())
+    with pytest.raises(ValueError, match="not checked against this round's global weights"):
+        handed.aggregate_checked(1, wrong)
 
 
 def peak_extra_bytes(strategy, global_arrays, replies):
@@ -187,7 +227,7 @@ def test_a_client_lying_about_its_example_count_counts_as_the_bound_when_one_is_
 
     def replies(liar_claim):
         honest = [train_reply(node, moved[node - 1], 150 + node) for node in range(1, 6)]
-        return honest[:2] + [train_reply(66, target, liar_claim)] + honest[2:]
+        return [*honest[:2], train_reply(66, target, liar_claim), *honest[2:]]
 
     def aggregate(strategy, claim_):
         configure(strategy, global_arrays)
