@@ -532,7 +532,7 @@ SIMULATED_REASON = (
 
 
 def test_a_failure_reason_is_named_in_one_line():
-    from fedgma.loop.rounds import short_reason
+    from fedgma.loop.outcome import short_reason
 
     assert short_reason(SIMULATED_REASON) == "KeyError: 'lr'"
     assert short_reason("<class 'KeyError'>:<'lr'>") == "<class 'KeyError'>:<'lr'>"  # deployed
