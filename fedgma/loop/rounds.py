@@ -156,7 +156,9 @@ class RoundLoop:
     Parameters
     ----------
     strategy : FedAvg
-        Any of Flower's FedAvg-family strategies (FedGMA included).
+        Any of Flower's FedAvg-family strategies (FedGMA included). One with
+        ``aggregate_checked`` (FedGMA, FedGMAAdam) gets the replies the loop checked
+        as they are; any other gets their messages through ``aggregate_train``.
     grid : Grid
     timeout : float (default: 3600)
         Seconds to wait for one round's replies; a dead node costs at most this.

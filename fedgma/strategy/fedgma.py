@@ -47,7 +47,8 @@ class FedGMA(FedAvg):
     cast to the model's dtype and logged, as FedAvg would average it.
     ``aggregate_train`` (what ``Strategy.start`` calls) checks every reply;
     ``fedgma.loop.RoundLoop`` checks the replies itself and hands them over
-    checked to ``aggregate_checked``. With ``bounds=None`` FedGMA takes every
+    checked to ``aggregate_checked`` (so a subclass that changes one of the two
+    should change both). With ``bounds=None`` FedGMA takes every
     well-formed reply as FedAvg does; :class:`~fedgma.strategy.validation.ReplyBounds`
     clip a reply that exceeds them. Like FedAvg's, this average is not
     Byzantine-robust.
