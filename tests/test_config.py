@@ -7,6 +7,7 @@ from run_settings import DEFAULTS, settings
 
 from fedgma.app.config import DataSource, data_source, output_root, parse_node_config, run_path
 from fedgma.app.settings import ConfigError, parse_run_config
+from fedgma.strategy import ReplyBounds
 
 
 def test_defaults_are_valid():
@@ -130,11 +131,11 @@ def test_the_device_comes_from_the_node_then_the_environment():
 
 def test_reply_bounds_resolve_zero_to_no_bound_once_for_loop_and_strategies():
     off = settings(max_update_norm=0.0, max_weight_ratio=0.0, max_norm_ratio=0.0)
-    assert parse_run_config(off).federation.reply_bounds == {
-        "max_num_examples": 100000000, "max_update_norm": None, "max_weight_ratio": None, "max_norm_ratio": None}
+    assert parse_run_config(off).federation.reply_bounds == ReplyBounds(
+        max_num_examples=100000000, max_update_norm=None, max_weight_ratio=None, max_norm_ratio=None)
     on = settings(max_update_norm=2.5, max_weight_ratio=4.0, max_norm_ratio=3.0)
-    assert parse_run_config(on).federation.reply_bounds == {
-        "max_num_examples": 100000000, "max_update_norm": 2.5, "max_weight_ratio": 4.0, "max_norm_ratio": 3.0}
+    assert parse_run_config(on).federation.reply_bounds == ReplyBounds(
+        max_num_examples=100000000, max_update_norm=2.5, max_weight_ratio=4.0, max_norm_ratio=3.0)
     with pytest.raises(ConfigError, match="'max-norm-ratio' must be 0 \\(no bound\\) or >= 1"):
         parse_run_config(settings(max_norm_ratio=0.5))
 

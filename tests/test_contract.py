@@ -16,7 +16,7 @@ from fedgma.strategy import FedGMA, FedGMAAdam
 
 # FedGMA settings whose update is FedAvg's average: ws with no extra step, gma with every
 # coordinate kept (tau = 0: the mask is 1 everywhere).
-FEDAVG_EQUIVALENT = {"ws-lr0": {"variant": "ws", "server_lr": 0.0}, "gma-tau0": {"variant": "gma", "tau": 0.0}}
+FEDAVG_EQUIVALENT = {"ws-lr0": {"variant": "ws", "server_lr": 0.0}, "gma-tau0": {"variant": "gma", "mask_tau": 0.0}}
 
 
 def model(rng) -> dict[str, np.ndarray]:
@@ -94,7 +94,8 @@ def test_honest_size_skewed_federations_get_fedavgs_result(fedgma, sizes):
     for name in x:
         np.testing.assert_allclose(ours[name], theirs[name], rtol=1e-5, atol=1e-6)
     set_task_identity()
-    for strategy in (type(fedgma)(variant=fedgma.variant, tau=fedgma.tau, server_lr=fedgma.server_lr), FedAvg()):
+    again = type(fedgma)(variant=fedgma.variant, mask_tau=fedgma.mask_tau, server_lr=fedgma.server_lr)
+    for strategy in (again, FedAvg()):
         grid = CannedGrid(replies)
         result = RoundLoop(strategy, grid, timeout=5, poll_interval=None).start(global_record(x), num_rounds=1)
         assert result.train_metrics_clientapp[1].get("replies-used", 10) == 10
@@ -145,7 +146,7 @@ def test_a_float_for_an_integer_array_is_still_refused():
     rng = np.random.default_rng(4)
     x = {**model(rng), "steps": np.array(7, dtype=np.int64)}
     bad = {**moved(rng, x), "steps": np.array(7.5)}
-    ours, metrics = aggregate(FedGMA(), x, [train_reply(1, bad, 10), train_reply(2, moved(rng, x), 10)])
+    _, metrics = aggregate(FedGMA(), x, [train_reply(1, bad, 10), train_reply(2, moved(rng, x), 10)])
     assert metrics["replies-used"] == 1 and metrics["replies-dropped"] == 1
 
 

@@ -47,7 +47,7 @@ def test_adam_sees_the_masked_pseudo_gradient():
     total = sum(n for _, n in replies)
     for name, xv in x.items():
         g = [xv.astype(np.float64) - y[name] for y, _ in replies]
-        g_bar = sum(n * gk for gk, (_, n) in zip(g, replies)) / total
+        g_bar = sum(n * gk for gk, (_, n) in zip(g, replies, strict=True)) / total
         a = agreement_score(sum(np.sign(gk) for gk in g), len(g))
         m = mask_from_agreement(a, 0.9, "gma")
         delta = -m * g_bar
@@ -61,6 +61,6 @@ def test_adam_sees_the_masked_pseudo_gradient():
 
 def test_adam_tau_and_mask_tau_are_separate():
     strategy = FedGMAAdam(mask_tau=None, **ADAM)
-    assert strategy.mask_threshold == 0.4
+    assert strategy.mask_tau == 0.4
     assert strategy.tau == ADAM["tau"]
     assert strategy.variant == "gma"

@@ -18,7 +18,7 @@ from test_rounds_and_checkpoints import ScriptedGrid, initial
 from fedgma.loop import RoundLoop
 from fedgma.loop.checkpoint import load_checkpoint
 from fedgma.strategy import FedGMA
-from fedgma.strategy.validation import update_norm
+from fedgma.strategy.validation import ReplyBounds, update_norm
 
 HONEST = {n: "ok" for n in range(1, 5)}  # node n holds partition n and claims 10 n examples, truthfully
 
@@ -57,7 +57,8 @@ def test_a_claimed_weight_is_replaced_by_the_partition_size_the_server_knows(cla
 
 def test_with_two_nodes_a_tiny_claim_neither_drops_the_honest_reply_nor_takes_the_model():
     # Seen deployed with min-nodes=2: a claim of 1e-6 examples set the model alone.
-    vouched, outcome = one_round({1: "ok", 5: "liar-1e-06"}, partition_sizes=known_size, max_norm_ratio=3)
+    vouched, outcome = one_round({1: "ok", 5: "liar-1e-06"}, partition_sizes=known_size,
+                                 bounds=ReplyBounds(max_norm_ratio=3))
     assert (outcome.used, outcome.dropped, outcome.corrected) == (2, 0, 1)
     honest_only, _ = one_round({1: "ok"})
     start = {k: v.numpy() for k, v in initial().items()}

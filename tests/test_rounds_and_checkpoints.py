@@ -23,6 +23,7 @@ from fedgma.loop import checkpoint as ckpt
 from fedgma.loop.rounds import NODE_RECORD, RoundLoop, RoundOutcome
 from fedgma.loop.run_folder import RunFolder
 from fedgma.strategy import FedGMA, FedGMAAdam
+from fedgma.strategy.validation import ReplyBounds
 
 TESTS = Path(__file__).resolve().parent
 
@@ -101,7 +102,7 @@ class ScriptedGrid:
 
     def push_messages(self, messages):
         ids = [f"pushed-{len(self.waiting) + i}" for i, _ in enumerate(messages)]
-        for message_id, message in zip(ids, messages):
+        for message_id, message in zip(ids, messages, strict=True):
             reply = self.reply(message, message_id)
             if reply is not None:
                 self.waiting[message_id] = reply
@@ -191,7 +192,7 @@ def test_checkpoint_round_trip_with_fedadam_and_fedavgm_state(tmp_path):
                 for k in value:
                     np.testing.assert_array_equal(loaded.strategy_state[attr][k], value[k])
             else:
-                for a, b in zip(loaded.strategy_state[attr], value):
+                for a, b in zip(loaded.strategy_state[attr], value, strict=True):
                     np.testing.assert_array_equal(a, b)
         fresh = type(strategy)()
         ckpt.restore_strategy_state(fresh, loaded.strategy_state)
@@ -244,33 +245,64 @@ def test_a_checkpoint_from_an_earlier_version_is_refused_with_a_reason(tmp_path)
 
 
 def test_update_norm_and_weight_bounds_clip_instead_of_dropping():
-    from fedgma.strategy.validation import ReplyBounds, check_replies
+    from fedgma.strategy.validation import check_replies
 
     x = {"w": np.zeros((2, 2), np.float32)}
     y = {"w": np.full((2, 2), 0.5, np.float32)}  # ||x - y|| = 1.0
     replies = [train_reply(1, y, 10), train_reply(2, x, 20), train_reply(3, x, 1000)]
     checked, refused = check_replies(replies, x, "num-examples", ReplyBounds(max_update_norm=0.25))
     assert not refused and len(checked) == 3
-    first = checked.checked[0]
+    first = checked[0]
     np.testing.assert_allclose(first.arrays["w"], np.full((2, 2), 0.125), rtol=1e-6)  # scaled to norm 0.25
     np.testing.assert_allclose(replies[0].content["arrays"]["w"].numpy(), first.arrays["w"])  # the message too
     assert first.clipped == ("update norm 1 scaled to 0.25 (max_update_norm 0.25)",)
-    assert not checked.checked[1].clipped
+    assert not checked[1].clipped
     # Weights: 10x the lower median (20) is 200; 1000 counts as 200, and the message says so.
     checked, refused = check_replies(replies, x, "num-examples", ReplyBounds(max_weight_ratio=10))
-    assert [r.weight for r in checked.checked] == [10, 20, 200] and not refused
+    assert [r.weight for r in checked] == [10, 20, 200] and not refused
     assert replies[2].content["metrics"]["num-examples"] == 200
-    assert "clipped to 200 (10 x the round's lower median 20)" in checked.checked[2].clipped[0]
+    assert "clipped to 200 (10 x the round's lower median 20)" in checked[2].clipped[0]
     checked, _ = check_replies([train_reply(1, y, 50)], x, "num-examples", ReplyBounds(max_num_examples=9))
-    assert checked.checked[0].weight == 9
+    assert checked[0].weight == 9
     with pytest.raises(ValueError, match="max_weight_ratio"):
         ReplyBounds(max_weight_ratio=0.5)
     with pytest.raises(ValueError, match="max_norm_ratio"):
         ReplyBounds(max_norm_ratio=0.9)
 
 
+@pytest.mark.parametrize("strategy", [FedGMA, FedGMAAdam, FedAvg])
+def test_the_loop_checks_each_reply_once_and_owns_the_reply_counts(strategy, monkeypatch):
+    """The loop checks the replies; FedGMA (and FedGMAAdam) are handed them checked and do not
+    check them again, Flower's FedAvg gets their messages. The replies-* counts are the loop's."""
+    import fedgma.loop.rounds as rounds
+    import fedgma.strategy.fedgma as fedgma_module
+
+    calls = {"loop": 0, "strategy": 0}
+
+    def counting(where, check):
+        def counted(*args, **kwargs):
+            calls[where] += 1
+            return check(*args, **kwargs)
+        return counted
+
+    monkeypatch.setattr(rounds, "check_replies", counting("loop", rounds.check_replies))
+    monkeypatch.setattr(fedgma_module, "check_replies", counting("strategy", fedgma_module.check_replies))
+    set_task_identity()
+    loop = RoundLoop(strategy(min_train_nodes=1, min_available_nodes=1),
+                     ScriptedGrid({1: "ok", 2: "ok", 3: "nan", 4: "error"}, np.random.default_rng(1)), timeout=5)
+    _, outcome = loop.train_round(1, initial())
+    assert calls == {"loop": 1, "strategy": 0}
+    assert (outcome.used, outcome.dropped, outcome.failed, outcome.model_updated) == (2, 1, 1, True)
+    assert not any(key.startswith("replies-") for key in outcome.train_metrics or {})
+    assert outcome.as_row()["replies-used"] == 2
+    if strategy is not FedAvg:
+        assert "mask-kept-fraction" in (outcome.train_metrics or {})
+    with pytest.raises(TypeError, match="ReplyBounds"):
+        RoundLoop(strategy(), loop.grid, bounds={"max_norm_ratio": 3.0})
+
+
 def test_the_norm_ratio_clips_an_update_far_longer_than_the_rounds_median():
-    from fedgma.strategy.validation import ReplyBounds, check_replies, update_norm
+    from fedgma.strategy.validation import check_replies, update_norm
 
     x = {"w": np.zeros(4, np.float32)}
     honest = [np.array([0.1, -0.1, 0.0, 0.1], np.float32), np.array([0.05, 0.0, 0.1, 0.0], np.float32),
@@ -281,11 +313,11 @@ def test_the_norm_ratio_clips_an_update_far_longer_than_the_rounds_median():
     median = sorted(norms)[1]  # the lower median of four
     checked, refused = check_replies(replies, x, "num-examples", ReplyBounds(max_norm_ratio=3))
     assert not refused
-    got = [update_norm(r.arrays, x) for r in checked.checked]
+    got = [update_norm(r.arrays, x) for r in checked]
     np.testing.assert_allclose(got[:3], norms[:3])  # honest updates untouched
     assert got[3] == pytest.approx(3 * median, rel=1e-5)  # the liar's, scaled to 3x the median
-    np.testing.assert_allclose(checked.checked[3].arrays["w"] / got[3], shifted / norms[3], rtol=1e-5)  # same direction
-    assert "3 x the round's lower median norm" in checked.checked[3].clipped[0]
+    np.testing.assert_allclose(checked[3].arrays["w"] / got[3], shifted / norms[3], rtol=1e-5)  # same direction
+    assert "3 x the round's lower median norm" in checked[3].clipped[0]
 
 
 def test_a_reply_with_fractional_or_bad_weight_is_read_as_fedavg_reads_it():
@@ -323,16 +355,16 @@ def test_a_claimed_weight_counts_in_full_by_default_and_as_the_bound_when_set(li
     set_task_identity()
     honest = {n: "ok" for n in range(1, 5)}  # node n claims 10 n examples
 
-    def round_with(behaviour, **bounds):
+    def round_with(behaviour, **options):
         loop = RoundLoop(strategy(min_train_nodes=1, min_available_nodes=1),
-                         ScriptedGrid(behaviour, np.random.default_rng(1)), timeout=5, **bounds)
+                         ScriptedGrid(behaviour, np.random.default_rng(1)), timeout=5, **options)
         return loop.train_round(1, initial())
 
     taken, outcome = round_with({**honest, 5: liar})
     assert (outcome.used, outcome.dropped, outcome.clipped) == (5, 0, 0)
     if strategy is FedAvg:  # the attack the bound exists for: the claim takes the average
         assert np.abs(taken["w"].numpy() - initial()["w"].numpy()).min() > 90
-    clipped, outcome = round_with({**honest, 5: liar}, max_weight_ratio=10)
+    clipped, outcome = round_with({**honest, 5: liar}, bounds=ReplyBounds(max_weight_ratio=10))
     assert (outcome.used, outcome.dropped, outcome.clipped) == (5, 0, 1)
     expected, _ = round_with({**honest, 5: "liar-300"})
     for name in ("w", "b"):
@@ -342,7 +374,8 @@ def test_a_claimed_weight_counts_in_full_by_default_and_as_the_bound_when_set(li
         ys = [grid.reply(m, "x") for m in FedAvg(min_train_nodes=1, min_available_nodes=1).configure_train(
             1, initial(), ConfigRecord(), grid)]
         weights = np.array([r.content["metrics"]["num-examples"] for r in ys], dtype=np.float64)
-        by_hand = sum(w * r.content["arrays"]["w"].numpy().astype(np.float64) for w, r in zip(weights, ys)) / weights.sum()
+        by_hand = sum(w * r.content["arrays"]["w"].numpy().astype(np.float64)
+                      for w, r in zip(weights, ys, strict=True)) / weights.sum()
         np.testing.assert_allclose(clipped["w"].numpy(), by_hand, rtol=1e-5)
 
 
@@ -447,7 +480,8 @@ def test_start_takes_strategy_starts_arguments_and_returns_its_result():
     assert train_seen == [(r, 0.05) for r in (1, 2, 3) for _ in range(3)]
     assert {cfg["batch"] for kind, _, _, cfg in grid.seen if kind == MessageType.EVALUATE} == {8}
     assert sorted(result.evaluate_metrics_serverapp) == [0, 1, 2, 3]
-    assert sorted(result.train_metrics_clientapp) == [1, 2, 3] and sorted(result.evaluate_metrics_clientapp) == [1, 2, 3]
+    assert sorted(result.train_metrics_clientapp) == [1, 2, 3]
+    assert sorted(result.evaluate_metrics_clientapp) == [1, 2, 3]
     norms = [result.evaluate_metrics_serverapp[r]["norm"] for r in range(4)]
     assert norms[0] == pytest.approx(float(sum(np.square(a.numpy()).sum() for a in initial().values())))
     assert result.evaluate_metrics_serverapp[3]["norm"] == pytest.approx(
@@ -498,7 +532,7 @@ SIMULATED_REASON = (
 
 
 def test_a_failure_reason_is_named_in_one_line():
-    from fedgma.loop.rounds import short_reason
+    from fedgma.loop.outcome import short_reason
 
     assert short_reason(SIMULATED_REASON) == "KeyError: 'lr'"
     assert short_reason("<class 'KeyError'>:<'lr'>") == "<class 'KeyError'>:<'lr'>"  # deployed
@@ -570,22 +604,23 @@ def test_a_checkpoint_resumes_only_with_the_same_strategy_and_loop(tmp_path):
     what differs, even with empty settings."""
     set_task_identity()
     behaviour = {1: "ok", 2: "ok"}
-    RoundLoop(FedGMA(tau=0.8, min_available_nodes=1), ScriptedGrid(behaviour, np.random.default_rng(0)),
+    RoundLoop(FedGMA(mask_tau=0.8, min_available_nodes=1), ScriptedGrid(behaviour, np.random.default_rng(0)),
               timeout=5).run_checkpointed(initial(), 2, tmp_path, train_config=ConfigRecord({"lr": 0.1}))
     saved = ckpt.resume_point(tmp_path, {}, 4)
     cases = [
         (FedAvg(min_available_nodes=1), {}, "class: 'fedgma.strategy.fedgma.FedGMA' -> "
                                              "'flwr.serverapp.strategy.fedavg.FedAvg'"),
-        (FedGMA(tau=0.6, min_available_nodes=1), {}, "strategy.settings.tau: 0.8 -> 0.6"),
-        (FedGMA(tau=0.8, min_available_nodes=1), {"seed": 1}, "loop.seed: 0 -> 1"),
-        (FedGMA(tau=0.8, min_available_nodes=1), {"max_weight_ratio": 10.0}, "loop.max_weight_ratio: None -> 10.0"),
+        (FedGMA(mask_tau=0.6, min_available_nodes=1), {}, "strategy.settings.mask_tau: 0.8 -> 0.6"),
+        (FedGMA(mask_tau=0.8, min_available_nodes=1), {"seed": 1}, "loop.seed: 0 -> 1"),
+        (FedGMA(mask_tau=0.8, min_available_nodes=1), {"bounds": ReplyBounds(max_weight_ratio=10.0)},
+         "loop.max_weight_ratio: None -> 10.0"),
     ]
     for strategy, loop_settings, difference in cases:
         loop = RoundLoop(strategy, ScriptedGrid(behaviour, np.random.default_rng(0)), timeout=5, **loop_settings)
         with pytest.raises(ckpt.CheckpointError, match="the strategy or the round loop differs") as refused:
             loop.run_checkpointed(initial(), 4, tmp_path, resume_from=saved, train_config=ConfigRecord({"lr": 0.1}))
         assert difference in str(refused.value)
-    loop = RoundLoop(FedGMA(tau=0.8, min_available_nodes=1), ScriptedGrid(behaviour, np.random.default_rng(0)),
+    loop = RoundLoop(FedGMA(mask_tau=0.8, min_available_nodes=1), ScriptedGrid(behaviour, np.random.default_rng(0)),
                      timeout=5)
     with pytest.raises(ckpt.CheckpointError, match=r"train_config.lr: 0.1 -> 0.2"):
         loop.run_checkpointed(initial(), 4, tmp_path, resume_from=saved, train_config=ConfigRecord({"lr": 0.2}))

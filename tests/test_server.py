@@ -30,7 +30,7 @@ def test_strategy_setting_selects_flowers_classes(name, cls):
 
 def test_strategy_settings_reach_the_strategy():
     gma = build_strategy(parse_run_config(settings(variant="gma", server_lr=0.1, agreement_weighted=True)))
-    assert (gma.variant, gma.tau, gma.server_lr, gma.agreement_weighted) == ("gma", 0.4, 0.1, True)
+    assert (gma.variant, gma.mask_tau, gma.server_lr, gma.agreement_weighted) == ("gma", 0.4, 0.1, True)
     prox = build_strategy(parse_run_config(settings(strategy="fedprox", proximal_mu=0.5)))
     assert prox.proximal_mu == 0.5
     avgm = build_strategy(parse_run_config(settings(strategy="fedavgm", server_momentum=0.7)))
@@ -38,7 +38,7 @@ def test_strategy_settings_reach_the_strategy():
     assert describe(parse_run_config(settings(tau=0.6)).strategy) == "fedgma-ws(tau=0.6,lr=1)"
     assert describe(parse_run_config(settings(variant="gma")).strategy) == "fedgma-gma(tau=0.4,lr=1)"
     adam = build_strategy(parse_run_config(settings(strategy="fedgma-adam", tau=0.6, adam_eta=0.05, adam_tau=0.01)))
-    assert (adam.mask_threshold, adam.tau, adam.eta, adam.variant) == (0.6, 0.01, 0.05, "gma")
+    assert (adam.mask_tau, adam.tau, adam.eta, adam.variant) == (0.6, 0.01, 0.05, "gma")
     assert describe(parse_run_config(settings(strategy="fedgma-adam")).strategy) == "fedgma-gma+fedadam(tau=0.4)"
 
 

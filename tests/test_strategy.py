@@ -7,6 +7,8 @@ from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
 from fedgma.strategy import FedGMA
+from fedgma.strategy.masking import resolve_tau
+from fedgma.strategy.validation import ReplyBounds, check_replies
 
 
 def model_arrays(rng):
@@ -40,7 +42,7 @@ def run_both(fedgma, rng):
 
 @pytest.mark.parametrize(
     "strategy",
-    [FedGMA(variant="gma", tau=0.0, server_lr=1.0), FedGMA(variant="ws", server_lr=0.0)],
+    [FedGMA(variant="gma", mask_tau=0.0, server_lr=1.0), FedGMA(variant="ws", server_lr=0.0)],
     ids=["gma-tau0-lr1", "ws-lr0"],
 )
 def test_degenerate_settings_equal_flowers_fedavg(strategy):
@@ -54,7 +56,7 @@ def test_degenerate_settings_equal_flowers_fedavg(strategy):
 
 
 def test_masked_step_differs_from_fedavg_and_reports_the_mask():
-    ours, metrics, theirs, _ = run_both(FedGMA(variant="ws", tau=0.0, server_lr=1.0), np.random.default_rng(1))
+    ours, metrics, theirs, _ = run_both(FedGMA(variant="ws", mask_tau=0.0, server_lr=1.0), np.random.default_rng(1))
     # tau = 0 keeps every coordinate: x - 2 g_bar, i.e. twice FedAvg's step.
     assert metrics["mask-kept-fraction"] == 1.0 and metrics["mask-mean"] == 1.0
     for name, value in as_numpy(ours).items():
@@ -70,7 +72,7 @@ def test_error_replies_are_skipped():
     good = client_replies(rng, global_arrays, k=3)
     strategy = FedGMA(variant="gma")
     configure(strategy, global_arrays)
-    with_errors, metrics = strategy.aggregate_train(1, good + [error_reply(9), error_reply(10)])
+    with_errors, metrics = strategy.aggregate_train(1, [*good, error_reply(9), error_reply(10)])
     configure(strategy, global_arrays)
     alone, _ = strategy.aggregate_train(1, good)
     for name, value in as_numpy(with_errors).items():
@@ -97,7 +99,7 @@ def test_malformed_replies_are_dropped_and_never_reach_the_model():
         raw_reply(17, RecordDict()),
         raw_reply(18, RecordDict({"metrics": MetricRecord({"num-examples": 3})})),
     ]
-    strategy = FedGMA(variant="ws", tau=0.6, server_lr=0.5)
+    strategy = FedGMA(variant="ws", mask_tau=0.6, server_lr=0.5)
     configure(strategy, global_arrays)
     mixed, metrics = strategy.aggregate_train(1, bad[:4] + good + bad[4:])
     configure(strategy, global_arrays)
@@ -120,8 +122,8 @@ def test_no_usable_reply_keeps_the_model():
     ("kwargs", "message"),
     [
         ({"variant": "fedsgd"}, "variant"),
-        ({"tau": 1.5}, "tau"),
-        ({"tau": -0.1}, "tau"),
+        ({"mask_tau": 1.5}, "mask_tau"),
+        ({"mask_tau": -0.1}, "mask_tau"),
         ({"server_lr": -1.0}, "server_lr"),
         ({"server_lr": float("nan")}, "server_lr"),
     ],
@@ -132,8 +134,47 @@ def test_bad_keywords_are_refused(kwargs, message):
 
 
 def test_variant_default_thresholds():
-    assert FedGMA(variant="ws").tau == 0.8
-    assert FedGMA(variant="gma").tau == 0.4
+    assert FedGMA(variant="ws").mask_tau == 0.8
+    assert FedGMA(variant="gma").mask_tau == 0.4
+    # One resolution, the app's too: None -> the variant's default; a given value is checked.
+    assert (resolve_tau("ws", None), resolve_tau("gma", None), resolve_tau("gma", 1)) == (0.8, 0.4, 1.0)
+    with pytest.raises(ValueError, match="variant"):
+        resolve_tau("fedsgd", 0.5)
+    with pytest.raises(ValueError, match="mask_tau"):
+        resolve_tau("ws", True)
+
+
+def test_bounds_travel_as_one_reply_bounds():
+    assert FedGMA().bounds == ReplyBounds()  # None: no bound, as FedAvg
+    assert FedGMA(bounds=ReplyBounds(max_update_norm=2.0)).bounds.max_update_norm == 2.0
+    with pytest.raises(TypeError, match="ReplyBounds"):
+        FedGMA(bounds={"max_weight_ratio": 10})
+    with pytest.raises(TypeError):  # the loose keywords are gone
+        FedGMA(max_weight_ratio=10)
+
+
+def test_checked_replies_are_aggregated_as_aggregate_train_would():
+    """aggregate_checked (the round loop's hand-off) folds what check_replies kept: the same bits
+    as aggregate_train, which checks the replies itself and also counts them."""
+    rng = np.random.default_rng(5)
+    x = model_arrays(rng)
+    replies = client_replies(rng, x)
+    standalone = FedGMA(variant="gma")
+    configure(standalone, x)
+    ours, own_metrics = standalone.aggregate_train(1, replies)
+    handed = FedGMA(variant="gma")
+    configure(handed, x)
+    checked, refused = check_replies(replies, x, handed.weighted_by_key, handed.bounds)
+    assert not refused
+    theirs, metrics = handed.aggregate_checked(1, checked)
+    for name in x:
+        np.testing.assert_array_equal(ours[name].numpy(), theirs[name].numpy())
+    assert "replies-used" in own_metrics and not any(key.startswith("replies-") for key in metrics)
+    assert metrics["mask-mean"] == own_metrics["mask-mean"]
+    other = {name: np.zeros((1, *value.shape), value.dtype) for name, value in x.items()}
+    wrong, _ = check_replies(client_replies(rng, other), other, "num-examples", ReplyBounds())
+    with pytest.raises(ValueError, match="not checked against this round's global weights"):
+        handed.aggregate_checked(1, wrong)
 
 
 def peak_extra_bytes(strategy, global_arrays, replies):
@@ -186,7 +227,7 @@ def test_a_client_lying_about_its_example_count_counts_as_the_bound_when_one_is_
 
     def replies(liar_claim):
         honest = [train_reply(node, moved[node - 1], 150 + node) for node in range(1, 6)]
-        return honest[:2] + [train_reply(66, target, liar_claim)] + honest[2:]
+        return [*honest[:2], train_reply(66, target, liar_claim), *honest[2:]]
 
     def aggregate(strategy, claim_):
         configure(strategy, global_arrays)
@@ -196,7 +237,7 @@ def test_a_client_lying_about_its_example_count_counts_as_the_bound_when_one_is_
     assert metrics["replies-used"] == 6 and metrics["replies-clipped"] == 0
     if variant == "gma":  # gma at its default threshold keeps FedAvg's step where clients agree
         assert np.abs(as_numpy(taken)["fc.weight"] - global_arrays["fc.weight"]).max() > 10
-    clipped, metrics = aggregate(FedGMA(variant=variant, max_weight_ratio=10), claim)
+    clipped, metrics = aggregate(FedGMA(variant=variant, bounds=ReplyBounds(max_weight_ratio=10)), claim)
     assert metrics["replies-used"] == 6 and metrics["replies-clipped"] == 1 and metrics["replies-dropped"] == 0
     honest_claim, _ = aggregate(FedGMA(variant=variant), 1530)
     for name, value in as_numpy(clipped).items():
@@ -208,7 +249,7 @@ def test_weight_bound_keeps_honest_spread_and_clips_above_it():
     global_arrays = model_arrays(rng)
     counts = [40, 100, 120, 400]  # 10x the lower median (100) is 1000: none clipped
     replies = [train_reply(i + 1, {n: v - 0.01 for n, v in global_arrays.items()}, c) for i, c in enumerate(counts)]
-    strategy = FedGMA(max_weight_ratio=10)
+    strategy = FedGMA(bounds=ReplyBounds(max_weight_ratio=10))
     configure(strategy, global_arrays)
     _, metrics = strategy.aggregate_train(1, replies)
     assert (metrics["replies-used"], metrics["replies-clipped"]) == (4, 0)
@@ -218,11 +259,10 @@ def test_weight_bound_keeps_honest_spread_and_clips_above_it():
     assert (metrics["replies-used"], metrics["replies-clipped"]) == (5, 1)
     assert replies[-1].content["metrics"]["num-examples"] == 1200  # the lower median of five is 120
     with pytest.raises(ValueError, match="max_weight_ratio"):
-        FedGMA(max_weight_ratio=0.5)
+        FedGMA(bounds=ReplyBounds(max_weight_ratio=0.5))
 
 
 def test_the_weight_limit_uses_the_lower_median():
-    from fedgma.strategy.validation import ReplyBounds
 
     ratio = ReplyBounds(max_weight_ratio=10)
     assert ratio.weight_limit([500, 10**15])[0] == 5000  # measured against 500, not their mean

@@ -132,7 +132,7 @@ def main(grid: Grid, context: Context) -> None:
         partition_sizes=task.partition_sizes(source),
         partition_bindings=bindings,
         skip_timed_out_rounds=federation.skip_timed_out_rounds,
-        **federation.reply_bounds,
+        bounds=federation.reply_bounds,
     )
     # A run that cannot succeed raises RunFailed here: Flower ends it as finished:failed, with the cause.
     result = loop.run_checkpointed(ArrayRecord(model.state_dict()), federation.num_server_rounds, run_dir,

@@ -17,6 +17,7 @@ from pathlib import PurePosixPath
 from typing import Any, Literal, TypeVar, cast
 
 from fedgma.strategy.masking import VARIANTS
+from fedgma.strategy.validation import ReplyBounds
 
 from .strategies import STRATEGIES
 from .task import TASKS
@@ -103,14 +104,10 @@ class Federation:
         return self.num_partitions or None
 
     @property
-    def reply_bounds(self) -> dict[str, float | None]:
-        """The bounds on every training reply, as the library takes them; 0 is no bound."""
-        return {
-            "max_num_examples": self.max_num_examples,
-            "max_update_norm": self.max_update_norm or None,
-            "max_weight_ratio": self.max_weight_ratio or None,
-            "max_norm_ratio": self.max_norm_ratio or None,
-        }
+    def reply_bounds(self) -> ReplyBounds:
+        """The bounds on every training reply, as the loop and FedGMA take them; 0 is no bound."""
+        return ReplyBounds(max_num_examples=self.max_num_examples, max_update_norm=self.max_update_norm or None,
+                           max_weight_ratio=self.max_weight_ratio or None, max_norm_ratio=self.max_norm_ratio or None)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, cast
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 
 from fedgma.strategy import FedGMA, FedGMAAdam
-from fedgma.strategy.masking import DEFAULT_TAU, Variant
+from fedgma.strategy.masking import Variant, resolve_tau
 
 if TYPE_CHECKING:  # settings.py reads the registry's names
     from .settings import RunConfig, StrategySettings
@@ -23,9 +23,7 @@ if TYPE_CHECKING:  # settings.py reads the registry's names
 def mask_tau(settings: StrategySettings) -> float:
     """FedGMA's agreement threshold: ``tau``, or the variant's default for "auto"
     (fedgma-adam always uses the ``gma`` mask)."""
-    if settings.tau is not None:
-        return settings.tau
-    return DEFAULT_TAU["gma" if settings.name == "fedgma-adam" else settings.variant]
+    return resolve_tau("gma" if settings.name == "fedgma-adam" else settings.variant, settings.tau)
 
 
 def _common(config: RunConfig) -> dict[str, Any]:
@@ -47,15 +45,15 @@ def _adam(config: RunConfig) -> dict[str, Any]:
 
 def _fedgma(config: RunConfig) -> FedAvg:
     s = config.strategy
-    return FedGMA(variant=cast(Variant, s.variant), tau=mask_tau(s), server_lr=s.server_lr,
-                  agreement_weighted=s.agreement_weighted, **config.federation.reply_bounds, **_common(config))
+    return FedGMA(variant=cast(Variant, s.variant), mask_tau=mask_tau(s), server_lr=s.server_lr,
+                  agreement_weighted=s.agreement_weighted, bounds=config.federation.reply_bounds, **_common(config))
 
 
 def _fedgma_adam(config: RunConfig) -> FedAvg:
     # The gma mask replaces FedAdam's average; `tau` is the mask's, `adam-tau` Adam's.
     s = config.strategy
     return FedGMAAdam(mask_tau=mask_tau(s), agreement_weighted=s.agreement_weighted,
-                      **config.federation.reply_bounds, **_adam(config), **_common(config))
+                      bounds=config.federation.reply_bounds, **_adam(config), **_common(config))
 
 
 @dataclass(frozen=True)

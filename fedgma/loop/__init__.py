@@ -13,8 +13,9 @@ from fedgma import lazy_attributes
 
 if TYPE_CHECKING:
     from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, resume_point
+    from .outcome import RoundOutcome, RunFailed
     from .partitions import NODE_RECORD
-    from .rounds import RoundLoop, RoundOutcome, RunFailed
+    from .rounds import RoundLoop
     from .run_folder import RunFolder
 
 _MODULE_OF = {
@@ -24,8 +25,8 @@ _MODULE_OF = {
     "resume_point": "checkpoint",
     "NODE_RECORD": "partitions",
     "RoundLoop": "rounds",
-    "RoundOutcome": "rounds",
-    "RunFailed": "rounds",
+    "RoundOutcome": "outcome",
+    "RunFailed": "outcome",
     "RunFolder": "run_folder",
 }
 __all__ = [

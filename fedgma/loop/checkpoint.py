@@ -140,15 +140,15 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     kinds: dict[str, str] = {}
     for name, value in checkpoint.arrays.items():
         arrays[f"global/{name}"] = value
-    for attr, value in checkpoint.strategy_state.items():
-        if value is None:
+    for attr, state in checkpoint.strategy_state.items():
+        if state is None:
             kinds[attr] = "none"
-        elif isinstance(value, dict):
+        elif isinstance(state, dict):
             kinds[attr] = "dict"
-            arrays.update({f"state/{attr}/{k}": v for k, v in value.items()})
+            arrays.update({f"state/{attr}/{k}": v for k, v in state.items()})
         else:
             kinds[attr] = "list"
-            arrays.update({f"state/{attr}/{i}": v for i, v in enumerate(value)})
+            arrays.update({f"state/{attr}/{i}": v for i, v in enumerate(state)})
     meta = {
         "round": checkpoint.round,
         "array-names": list(checkpoint.arrays),
@@ -164,7 +164,7 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     }
     arrays["meta"] = np.array(json.dumps(meta))
     buffer = io.BytesIO()
-    np.savez(buffer, **arrays)
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]  # the stub reads **arrays as its allow_pickle
     payload = buffer.getvalue()
     path = RunFolder(run_dir).checkpoint
     atomic_write(path, lambda f: f.write(payload))

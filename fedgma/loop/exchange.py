@@ -178,13 +178,15 @@ def _bounded_pulls(grid: Grid, retry_after: float, deadline: float, limits: Repl
 
         options.update(initial_backoff=retry_after, backoff_cap=max(retry_after, MAX_OBJECT_RETRY_DELAY),
                        max_time=max(deadline - time.monotonic(), 0.0))
-        return pull_objects(object_ids, counted, **options)
+        contents: dict[str, bytes] = pull_objects(object_ids, counted, **options)
+        return contents
 
-    module.pull_objects = bounded  # type: ignore[union-attr]
+    # Flower's module is patched for the round's pulls only (it has no hook for them).
+    module.pull_objects = bounded  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        module.pull_objects = pull_objects  # type: ignore[union-attr]
+        module.pull_objects = pull_objects  # type: ignore[attr-defined]
 
 
 def _last_reply_lag(arrivals: list[tuple[Message, float]]) -> float | None:
@@ -210,7 +212,7 @@ def exchange(grid: Grid, messages: Iterable[Message], timeout: float,
     if poll_interval <= 0:
         raise ValueError(f"poll_interval must be > 0 seconds (or None), got {poll_interval!r}")
     destinations = {message_id: message.metadata.dst_node_id
-                    for message_id, message in zip(grid.push_messages(messages), messages) if message_id}
+                    for message_id, message in zip(grid.push_messages(messages), messages, strict=False) if message_id}
     pending = set(destinations)
     if len(pending) < len(messages):
         log(WARNING, "%s of %s messages could not be pushed to the SuperLink", len(messages) - len(pending),

@@ -33,14 +33,18 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from flwr.app import Message
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeIs
 
 NODE_RECORD = "node"  # ConfigRecord a ClientApp adds to its reply: {"partition-id", "num-partitions"}
 UNDECLARED = 2**62  # sort key of a reply that declares no partition: after every real one
 
 
-def _integer(value: object) -> bool:
+def _integer(value: object) -> TypeIs[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
@@ -102,12 +106,11 @@ class PartitionClaims:
             return f"partition-id {partition!r} is not an integer"
         if declared_total is not None and not _integer(declared_total):
             return f"num-partitions {declared_total!r} is not an integer"
+        total = declared_total
         if self.num_partitions is not None:
             if declared_total is not None and declared_total != self.num_partitions:
                 return f"declares num-partitions={declared_total}, the run has {self.num_partitions}"
             total = self.num_partitions
-        else:
-            total = declared_total
         if partition < 0 or (total is not None and partition >= total):
             return f"partition-id {partition} is out of range [0, {total})"
         return None
@@ -116,6 +119,7 @@ class PartitionClaims:
         """Split one round's replies into accepted ones and ``(reply, reason)`` refusals."""
         refused: list[tuple[Message, str]] = []
         claims: dict[int, int] = {}  # index in replies -> claimed partition
+        totals: dict[int, object] = {}  # index in replies -> declared num-partitions
         for index, message in enumerate(replies):
             declaration = self.declared(message)
             if declaration is None:
@@ -123,7 +127,11 @@ class PartitionClaims:
             partition, total = declaration
             node = message.metadata.src_node_id
             problem = self._range_problem(partition, total)
-            if problem is None and self.bindings is not None and node not in self.bindings:
+            if problem is not None:
+                refused.append((message, problem))
+                continue
+            assert _integer(partition)  # _range_problem refuses any other
+            if self.bindings is not None and node not in self.bindings:
                 problem = f"node {node} has no partition in the operator's bindings"
             if problem is None and node in self.held and self.held[node] != partition:
                 problem = f"node {node} holds partition {self.held[node]} and now claims {partition}"
@@ -132,13 +140,12 @@ class PartitionClaims:
             if problem is not None:
                 refused.append((message, problem))
                 continue
-            claims[index] = partition
+            claims[index], totals[index] = partition, total
         if self.num_partitions is None:  # one num-partitions for the run, else a node could size its own share
-            totals = {index: self.declared(replies[index])[1] for index in claims}  # type: ignore[index]
             if self.declared_total is None:
                 seen = Counter(total for total in totals.values() if _integer(total))
                 if seen:
-                    self.declared_total = max(seen, key=lambda total: (seen[total], total))  # type: ignore[arg-type]
+                    self.declared_total = max(seen, key=lambda total: (seen[total], total))
             for index, total in totals.items():
                 if self.declared_total is not None and total != self.declared_total:
                     refused.append((replies[index], f"declares num-partitions={total}, the run's nodes "

@@ -9,8 +9,10 @@ Flower leaves to the app:
 - every training reply is checked once, against the global model, before any
   strategy sees it (``fedgma.strategy.validation.check_replies``; Flower's
   baselines would otherwise end the run on one malformed reply), and bad ones are
-  dropped with a log line naming the node; FedGMA takes the checked arrays as they
-  are instead of checking the replies again;
+  dropped with a log line naming the node; a strategy with ``aggregate_checked``
+  (``fedgma.strategy.validation.AggregatesCheckedReplies``: FedGMA, FedGMAAdam) is
+  handed the checked replies, decoded arrays included, and does not check them
+  again; any other strategy gets their messages through ``aggregate_train``;
 - optional bounds on a reply's claimed weight and update norm clip it (off by
   default: honest federations get FedAvg's result);
 - a reply whose declared partition is out of range, claimed by another node, or
@@ -30,7 +32,9 @@ Flower leaves to the app:
   model and says so; after ``max_failed_rounds`` rounds in a row in which the model
   did not move (that, or every update zero), or when the aggregated model is not
   finite, the run ends with :class:`RunFailed`, naming the cause;
-- replies that failed, timed out, were dropped or clipped are counted per round;
+- replies that failed, timed out, were dropped, clipped or used are counted per round
+  (``RoundOutcome``; the loop owns the ``replies-*`` counts: a strategy handed
+  checked replies does not count them);
 - replies are pulled every ``poll_interval`` seconds (0.2 by default) instead of
   the 3 s of Flower's deployed grid (``fedgma.loop.exchange``);
 - the round's parts are timed: waiting for training replies, aggregation,
@@ -42,16 +46,14 @@ from __future__ import annotations
 
 import io
 import random
-import re
 import statistics
 import time
-from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from logging import INFO, WARNING
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord
@@ -59,7 +61,16 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
-from fedgma.strategy.validation import ReplyBounds, all_finite, check_replies, log_adjusted, update_norm
+from fedgma.strategy.validation import (
+    AggregatesCheckedReplies,
+    CheckedReply,
+    ReplyBounds,
+    all_finite,
+    check_replies,
+    log_adjusted,
+    num_clipped,
+    update_norm,
+)
 
 from .checkpoint import (
     Checkpoint,
@@ -73,6 +84,7 @@ from .checkpoint import (
     strategy_state,
 )
 from .exchange import DEFAULT_POLL_INTERVAL, ReplyLimits, exchange
+from .outcome import RoundOutcome, RunFailed, result_of
 from .partitions import NODE_RECORD, PartitionClaims
 from .run_folder import RunFolder
 
@@ -87,123 +99,6 @@ PartitionSizes = Callable[[int, int], int]
 DEFAULT_MAX_FAILED_ROUNDS = 3
 # A round whose update is this many times the median of the earlier rounds' is flagged.
 NORM_JUMP_FACTOR = 100.0
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-# The line that names a Python exception in a traceback ("KeyError: 'lr'").
-_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Warning)(: .*)?$")
-_METRIC_FIELDS = ("train_metrics", "evaluate_metrics", "central_metrics")
-
-
-class RunFailed(RuntimeError):
-    """The run cannot succeed; the message names the cause. Raised out of the ServerApp's
-    ``main``, it ends the run as ``finished:failed`` with the message in the run's log."""
-
-
-@dataclass
-class RoundOutcome:
-    """What happened in one round: counts of replies, whether the model moved, timings, the
-    aggregated client metrics and the central evaluation. Round 0 is the initial model."""
-
-    round: int
-    sent: int = 0
-    failed: int = 0
-    timed_out: int = 0
-    dropped: int = 0
-    clipped: int = 0
-    corrected: int = 0  # replies whose claimed weight differed from their partition's known size
-    used: int = 0
-    model_updated: bool = False
-    train_wait_seconds: float = 0.0
-    aggregate_seconds: float = 0.0
-    evaluate_wait_seconds: float = 0.0
-    central_eval_seconds: float = 0.0
-    round_seconds: float = 0.0
-    wall_seconds: float = 0.0  # the run's elapsed time when the round ended (a resumed run continues it)
-    train_reply_lag_seconds: float | None = None
-    evaluate_reply_lag_seconds: float | None = None
-    train_metrics: MetricRecord | None = None
-    evaluate_metrics: MetricRecord | None = None
-    central_metrics: MetricRecord | None = None
-    drop_reasons: list[str] = field(default_factory=list)
-    failure_reasons: list[str] = field(default_factory=list)
-    kept_because: str = ""  # why the global model did not move this round
-    update_norm: float | None = None  # L2 norm of the global model's change this round
-    warnings: list[str] = field(default_factory=list)
-
-    @property
-    def stalled(self) -> bool:
-        """Training was asked for and the model did not move."""
-        return self.round > 0 and self.sent > 0 and not self.model_updated
-
-    def as_row(self) -> dict[str, float | int | str]:
-        """One flat row: the training metrics, the client evaluation's under ``client-``,
-        the central evaluation's under their own names, then the counts and timings."""
-        row: dict[str, float | int | str] = {
-            "round": self.round,
-            **dict(self.central_metrics or {}),
-            "central-eval-seconds": round(self.central_eval_seconds, 4),
-            "round-seconds": round(self.round_seconds, 3),
-            "wall-seconds": round(self.wall_seconds, 3),
-        }
-        if self.round == 0:  # the initial model: no replies, only its central evaluation
-            return row
-        # Central metrics win over training metrics of the same name, as before.
-        row = {**dict(self.train_metrics or {}), **row}
-        for key, value in (self.evaluate_metrics or {}).items():
-            row[f"client-{key}"] = value
-        row.update({
-            "replies-sent": self.sent,
-            "replies-failed": self.failed,
-            "replies-timed-out": self.timed_out,
-            "replies-dropped": self.dropped,
-            "replies-clipped": self.clipped,
-            "replies-corrected": self.corrected,
-            "replies-used": self.used,
-            "model-updated": int(self.model_updated),
-            "update-norm": "" if self.update_norm is None else round(self.update_norm, 6),
-            "train-wait-seconds": round(self.train_wait_seconds, 4),
-            "aggregate-seconds": round(self.aggregate_seconds, 4),
-            "client-eval-wait-seconds": round(self.evaluate_wait_seconds, 4),
-        })
-        # Seconds from the newest reply's creation to the server holding it (empty without replies).
-        for key, lag in (("train-reply-lag-seconds", self.train_reply_lag_seconds),
-                         ("client-eval-reply-lag-seconds", self.evaluate_reply_lag_seconds)):
-            row[key] = "" if lag is None else round(lag, 4)
-        return row
-
-    def describe(self) -> str:
-        """The round's replies in a few words, with the first reasons for failures and drops."""
-        text = (f"round {self.round}: {self.sent} sent, {self.failed} failed, {self.timed_out} timed out, "
-                f"{self.dropped} dropped, {self.used} usable")
-        failures = Counter(short_reason(reason) for reason in self.failure_reasons)
-        reasons = [f"{count} x {reason}" for reason, count in failures.most_common(3)]
-        reasons += self.drop_reasons[:3]
-        text += f" ({'; '.join(reasons)})" if reasons else ""
-        return text + (f"; {self.kept_because}" if self.kept_because else "")
-
-    def to_json(self) -> dict[str, Any]:
-        """The outcome as JSON values (a checkpoint keeps one per round)."""
-        record = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name in _METRIC_FIELDS:
-            record[name] = None if record[name] is None else dict(record[name])
-        return record
-
-    @classmethod
-    def from_json(cls, record: dict[str, Any]) -> RoundOutcome:
-        values = dict(record)
-        for name in _METRIC_FIELDS:
-            values[name] = None if values.get(name) is None else MetricRecord(values[name])
-        return cls(**values)
-
-
-def short_reason(reason: str) -> str:
-    """An error reply's reason in one line. Deployed, Flower sends ``<class 'KeyError'>:<'lr'>``;
-    simulated, Ray's whole traceback (with colour codes), whose root cause is its first
-    exception line (``KeyError: 'lr'``)."""
-    lines = [line for line in _ANSI.sub("", reason).splitlines() if line.strip()]
-    if len(lines) <= 1:
-        return lines[0] if lines else reason
-    named = [line for line in lines if _EXCEPTION_LINE.match(line) and not line.rstrip().endswith(":")]
-    return (named or lines[-1:])[0].strip()[:300]
 
 
 def keep_dtypes(new: ArrayRecord, old: ArrayRecord) -> ArrayRecord:
@@ -253,19 +148,6 @@ def config_for(source: ConfigSource, server_round: int) -> ConfigRecord:
     return ConfigRecord(dict(source))
 
 
-def result_of(arrays: ArrayRecord, history: list[RoundOutcome]) -> Result:
-    """A Flower ``Result``: the final arrays and each round's metrics, as ``Strategy.start`` returns."""
-    result = Result(arrays=arrays)
-    for outcome in history:
-        if outcome.train_metrics is not None:
-            result.train_metrics_clientapp[outcome.round] = outcome.train_metrics
-        if outcome.evaluate_metrics is not None:
-            result.evaluate_metrics_clientapp[outcome.round] = outcome.evaluate_metrics
-        if outcome.central_metrics is not None:
-            result.evaluate_metrics_serverapp[outcome.round] = outcome.central_metrics
-    return result
-
-
 @dataclass
 class RoundLoop:
     """Runs the rounds of a FedAvg-family strategy on a grid, as ``Strategy.start`` does,
@@ -274,7 +156,9 @@ class RoundLoop:
     Parameters
     ----------
     strategy : FedAvg
-        Any of Flower's FedAvg-family strategies (FedGMA included).
+        Any of Flower's FedAvg-family strategies (FedGMA included). One with
+        ``aggregate_checked`` (FedGMA, FedGMAAdam) gets the replies the loop checked
+        as they are; any other gets their messages through ``aggregate_train``.
     grid : Grid
     timeout : float (default: 3600)
         Seconds to wait for one round's replies; a dead node costs at most this.
@@ -282,8 +166,8 @@ class RoundLoop:
         Fewer usable training replies than this keep the global model for the round.
     seed : int (default: 0)
         Seeds node sampling per round.
-    max_num_examples, max_weight_ratio, max_update_norm, max_norm_ratio : Optional[float] (default: None)
-        Optional bounds on each training reply, which clip it
+    bounds : Optional[ReplyBounds] (default: None)
+        Bounds on each training reply's weight and update norm, which clip it
         (``fedgma.strategy.validation.ReplyBounds``). None: no bound, as in FedAvg.
     num_partitions : Optional[int]
         Partitions in the federation, bounding the ``partition-id`` a reply may
@@ -319,21 +203,17 @@ class RoundLoop:
     timeout: float = 3600.0
     min_train_replies: int = 1
     seed: int = 0
-    max_num_examples: float | None = None
-    max_update_norm: float | None = None
-    max_weight_ratio: float | None = None
+    bounds: ReplyBounds | None = None
     num_partitions: int | None = None
     poll_interval: float | None = DEFAULT_POLL_INTERVAL
     max_failed_rounds: int | None = DEFAULT_MAX_FAILED_ROUNDS
-    max_norm_ratio: float | None = None
     partition_sizes: PartitionSizes | None = None
     partition_bindings: Mapping[int, int] | None = None
     skip_timed_out_rounds: int = 0
 
     def __post_init__(self) -> None:
         self.claims = PartitionClaims(self.num_partitions, self.partition_bindings)
-        self.bounds = ReplyBounds(self.max_num_examples, self.max_update_norm, self.max_weight_ratio,
-                                  self.max_norm_ratio)
+        self._bounds = ReplyBounds.coerce(self.bounds)
         if isinstance(self.skip_timed_out_rounds, bool) or not isinstance(self.skip_timed_out_rounds, int) \
                 or self.skip_timed_out_rounds < 0:
             raise ValueError(f"RoundLoop: skip_timed_out_rounds must be an integer >= 0, "
@@ -354,8 +234,9 @@ class RoundLoop:
         outcome.drop_reasons.append(reason)
 
     def check_replies(self, server_round: int, replies: list[Message], global_arrays: dict[str, np.ndarray],
-                      outcome: RoundOutcome) -> list[Message]:
-        """The replies that may reach the strategy, in a fixed order; the others are logged."""
+                      outcome: RoundOutcome) -> list[CheckedReply]:
+        """The replies that may reach the strategy, checked and in a fixed order; the others are
+        logged and their reasons kept in ``outcome``."""
         accepted, refused = self.claims.check(replies)
         if self.partition_sizes is not None:
             accepted, unknown = self._vouch_weights(server_round, accepted, outcome)
@@ -363,12 +244,20 @@ class RoundLoop:
         for message, problem in refused:
             self._drop(server_round, message, problem, outcome)
         checked, refused = check_replies(sorted(accepted, key=self.claims.order), global_arrays,
-                                         self.strategy.weighted_by_key, self.bounds)
+                                         self.strategy.weighted_by_key, self._bounds)
         for message, problem in refused:
             self._drop(server_round, message, problem, outcome)
         log_adjusted(f"Round {server_round}", checked)
-        outcome.clipped = checked.num_clipped
+        outcome.clipped = num_clipped(checked)
         return checked
+
+    def aggregate(self, server_round: int, checked: list[CheckedReply]
+                  ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Hand the checked replies to the strategy: as they are to ``aggregate_checked``, or
+        their (clipped) messages to Flower's ``aggregate_train``."""
+        if isinstance(self.strategy, AggregatesCheckedReplies):
+            return self.strategy.aggregate_checked(server_round, checked)
+        return self.strategy.aggregate_train(server_round, [reply.message for reply in checked])
 
     def _vouch_weights(self, server_round: int, replies: list[Message], outcome: RoundOutcome
                        ) -> tuple[list[Message], list[tuple[Message, str]]]:
@@ -405,7 +294,8 @@ class RoundLoop:
             return self.grid
         need = max(int(getattr(self.strategy, "min_available_nodes", 0)),
                    int(getattr(self.strategy, "min_train_nodes", 0)), 1)
-        return _WithoutNodes(self.grid, resting, need, server_round)
+        # A proxy, not a Grid subclass: every other attribute is the grid's own.
+        return cast(Grid, _WithoutNodes(self.grid, resting, need, server_round))
 
     def _rest(self, server_round: int, nodes: list[int]) -> None:
         """Leave ``nodes`` (timed out this round) out of the next ``skip_timed_out_rounds`` samples."""
@@ -457,7 +347,7 @@ class RoundLoop:
         for message in replies:
             if message.has_error():
                 reason = f"node {received.node_of(message)}: {message.error.reason}"
-                outcome.failure_reasons.append(message.error.reason)
+                outcome.failure_reasons.append(str(message.error.reason))
                 log(WARNING, "Round %s: a node's training reply failed: %s", server_round, reason)
         self._rest(server_round, received.unanswered + [received.node_of(m) for m in unavailable])
         usable = self.check_replies(server_round, answered, current, outcome)
@@ -473,7 +363,7 @@ class RoundLoop:
                     "the global model is kept", server_round, len(usable), self.min_train_replies)
             return arrays, outcome
         aggregate_start = time.perf_counter()
-        new_arrays, metrics = self.strategy.aggregate_train(server_round, usable)
+        new_arrays, metrics = self.aggregate(server_round, usable)
         outcome.aggregate_seconds = time.perf_counter() - aggregate_start
         outcome.train_metrics = metrics
         if metrics is not None:
@@ -546,7 +436,7 @@ class RoundLoop:
             "strategy": strategy_identity(self.strategy),
             "loop": {"seed": self.seed, "min_train_replies": self.min_train_replies,
                      "num_partitions": self.num_partitions, **{
-                         name: getattr(self.bounds, name)
+                         name: getattr(self._bounds, name)
                          for name in ("max_num_examples", "max_update_norm", "max_weight_ratio", "max_norm_ratio")},
                      "vouched_weights": self.partition_sizes is not None},
             "train_config": config_identity(train_config),

@@ -1,7 +1,7 @@
 """The FedGMA strategy, its mask math and the checks a training reply must pass.
 
 Names are imported on first use (see ``fedgma.loop``): the ClientApp reads only
-``DEFAULT_TAU`` and should not load the strategies to get it.
+``DEFAULT_TAU`` (or ``resolve_tau``) and should not load the strategies to get it.
 """
 
 from __future__ import annotations
@@ -21,10 +21,12 @@ if TYPE_CHECKING:
         agreement_score,
         apply_mask_rule,
         mask_from_agreement,
+        resolve_tau,
         server_update,
     )
     from .validation import (
-        CheckedReplies,
+        AggregatesCheckedReplies,
+        CheckedReply,
         InvalidReply,
         ReplyBounds,
         check_replies,
@@ -35,14 +37,15 @@ _MODULE_OF = {
     "FedGMA": "fedgma",
     "FedGMAAdam": "fedgma_adam",
     **dict.fromkeys(("DEFAULT_TAU", "VARIANTS", "MaskedAggregator", "MaskStats", "agreement_score",
-                     "apply_mask_rule", "mask_from_agreement", "server_update"), "masking"),
-    **dict.fromkeys(("CheckedReplies", "InvalidReply", "ReplyBounds",
+                     "apply_mask_rule", "mask_from_agreement", "resolve_tau", "server_update"), "masking"),
+    **dict.fromkeys(("AggregatesCheckedReplies", "CheckedReply", "InvalidReply", "ReplyBounds",
                      "check_replies", "decode_reply"), "validation"),
 }
 __all__ = [
     "DEFAULT_TAU",
     "VARIANTS",
-    "CheckedReplies",
+    "AggregatesCheckedReplies",
+    "CheckedReply",
     "FedGMA",
     "FedGMAAdam",
     "InvalidReply",
@@ -54,6 +57,7 @@ __all__ = [
     "check_replies",
     "decode_reply",
     "mask_from_agreement",
+    "resolve_tau",
     "server_update",
 ]
 

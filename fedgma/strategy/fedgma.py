@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from logging import ERROR, INFO, WARNING
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -11,12 +12,14 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from .masking import DEFAULT_TAU, VARIANTS, MaskedAggregator, MaskStats, Variant
-from .validation import CheckedReplies, ReplyBounds, all_finite, check_replies, log_adjusted
+from .masking import MaskedAggregator, MaskStats, Variant, resolve_tau
+from .validation import CheckedReply, ReplyBounds, all_finite, check_replies, log_adjusted, num_clipped
 
-# Metrics FedGMA adds to each round's training metrics.
-OWN_METRICS = ("mask-kept-fraction", "mask-mean", "agreement-mean", "replies-used", "replies-dropped",
-               "replies-failed", "replies-clipped")
+# Metrics FedGMA adds to each round's training metrics: the mask's, always; the replies'
+# counts only where FedGMA checks the replies itself (``aggregate_train``). Under
+# ``fedgma.loop.RoundLoop`` the loop checks them and owns these counts (``RoundOutcome``).
+MASK_METRICS = ("mask-kept-fraction", "mask-mean", "agreement-mean")
+REPLY_METRICS = ("replies-used", "replies-dropped", "replies-failed", "replies-clipped")
 
 
 class FedGMA(FedAvg):
@@ -41,18 +44,21 @@ class FedGMA(FedAvg):
     values, a positive finite weight); a malformed reply is logged with its node
     id and left out, where FedAvg's consistency check would end the ServerApp.
     An array of a wider dtype of the same kind (float64 for a float32 model) is
-    cast to the model's dtype and logged, as FedAvg would average it. Replies
-    that ``fedgma.loop.RoundLoop`` has checked already are not checked again.
-    With its default arguments FedGMA takes every well-formed reply as FedAvg
-    does; the optional bounds (``max_num_examples``, ``max_weight_ratio``,
-    ``max_update_norm``, ``max_norm_ratio``; see ``validation.ReplyBounds``) clip a reply that
-    exceeds them. Like FedAvg's, this average is not Byzantine-robust.
+    cast to the model's dtype and logged, as FedAvg would average it.
+    ``aggregate_train`` (what ``Strategy.start`` calls) checks every reply;
+    ``fedgma.loop.RoundLoop`` checks the replies itself and hands them over
+    checked to ``aggregate_checked`` (so a subclass that changes one of the two
+    should change both). With ``bounds=None`` FedGMA takes every
+    well-formed reply as FedAvg does; :class:`~fedgma.strategy.validation.ReplyBounds`
+    clip a reply that exceeds them. Like FedAvg's, this average is not
+    Byzantine-robust.
 
     ``aggregate_train`` needs the weights sent in the same round: call
     ``configure_train`` first (as ``Strategy.start`` and ``RoundLoop`` do). The
-    metrics FedGMA adds (``mask-kept-fraction``, ``replies-used``, ...) never
-    replace a client metric of the same name: that one is kept, and FedGMA's goes
-    under ``fedgma-<name>``, with a warning.
+    metrics FedGMA adds (``mask-kept-fraction``, ``mask-mean``, ``agreement-mean``;
+    from ``aggregate_train`` also ``replies-used``, ``-dropped``, ``-failed`` and
+    ``-clipped``) never replace a client metric of the same name: that one is
+    kept, and FedGMA's goes under ``fedgma-<name>``, with a warning.
     Arrays that are not floating point (e.g. BatchNorm's
     ``num_batches_tracked``) are never masked: they take the example-weighted
     average of the clients' values, rounded back to their dtype.
@@ -65,26 +71,17 @@ class FedGMA(FedAvg):
     variant : str (default: "ws")
         ``"ws"`` (workshop paper: binary mask, extra step on top of FedAvg) or
         ``"gma"`` (journal version: soft mask replacing the average).
-    tau : Optional[float] (default: None)
-        Agreement threshold in ``[0, 1]``. ``None`` means 0.8 for ``"ws"`` and
-        0.4 for ``"gma"``.
+    mask_tau : Optional[float] (default: None)
+        Agreement threshold ``tau`` of the mask, in ``[0, 1]``. ``None`` means the
+        variant's default (``masking.resolve_tau``: 0.8 for ``"ws"``, 0.4 for ``"gma"``).
     server_lr : float (default: 1.0)
         Server step size ``eta_s >= 0``.
     agreement_weighted : bool (default: False)
         Weight each client's sign by ``num-examples`` instead of ``1 / K``.
-    max_num_examples : Optional[float] (default: None)
-        A reply claiming more examples counts as this many. ``None``: no bound.
-    max_weight_ratio : Optional[float] (default: None)
-        A reply claiming more than this many times (>= 1) the round's lower median
-        number of examples counts as that many, so one client cannot take the
-        average by claiming a huge count; it costs honest clients holding more
-        than that share. ``None``: no bound, as in FedAvg.
-    max_update_norm : Optional[float] (default: None)
-        A reply whose pseudo-gradient has a larger L2 norm is scaled down to it.
-        ``None``: no bound.
-    max_norm_ratio : Optional[float] (default: None)
-        A reply whose pseudo-gradient is longer than this many times (>= 1) the
-        round's lower median norm is scaled down to that. ``None``: no bound.
+    bounds : Optional[ReplyBounds] (default: None)
+        Bounds on each reply's weight and update norm, which clip a reply that
+        exceeds them (see :class:`~fedgma.strategy.validation.ReplyBounds`).
+        ``None``: no bound, as in FedAvg.
     **kwargs
         Every keyword of :class:`flwr.serverapp.strategy.FedAvg`
         (``fraction_train``, ``min_train_nodes``, ``weighted_by_key``, ...).
@@ -92,30 +89,24 @@ class FedGMA(FedAvg):
     Raises
     ------
     ValueError
-        If ``variant`` is unknown, ``tau`` is outside ``[0, 1]`` or ``server_lr`` is
-        negative.
+        If ``variant`` is unknown, ``mask_tau`` is outside ``[0, 1]`` or ``server_lr``
+        is negative.
+    TypeError
+        If ``bounds`` is neither a ``ReplyBounds`` nor None.
     """
 
     def __init__(
         self,
-        *args,
+        *args: Any,
         variant: Variant = "ws",
-        tau: float | None = None,
+        mask_tau: float | None = None,
         server_lr: float = 1.0,
         agreement_weighted: bool = False,
-        max_num_examples: float | None = None,
-        max_weight_ratio: float | None = None,
-        max_update_norm: float | None = None,
-        max_norm_ratio: float | None = None,
-        **kwargs,
+        bounds: ReplyBounds | None = None,
+        **kwargs: Any,
     ) -> None:
-        bounds = ReplyBounds(max_num_examples, max_update_norm, max_weight_ratio, max_norm_ratio)  # checks them
-        if variant not in VARIANTS:
-            raise ValueError(f"FedGMA: variant must be one of {VARIANTS}, got {variant!r}")
-        if tau is None:
-            tau = DEFAULT_TAU[variant]
-        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 <= tau <= 1.0:
-            raise ValueError(f"FedGMA: tau must be a number in [0, 1], got {tau!r}")
+        reply_bounds = ReplyBounds.coerce(bounds)
+        threshold = resolve_tau(variant, mask_tau)
         if (
             isinstance(server_lr, bool)
             or not isinstance(server_lr, (int, float))
@@ -125,17 +116,19 @@ class FedGMA(FedAvg):
             raise ValueError(f"FedGMA: server_lr must be a finite number >= 0, got {server_lr!r}")
         super().__init__(*args, **kwargs)
         self.variant: Variant = variant
-        self.tau = float(tau)
+        self.mask_tau = threshold
         self.server_lr = float(server_lr)
         self.agreement_weighted = bool(agreement_weighted)
-        self.bounds = bounds
+        self.bounds = reply_bounds
         self._current_arrays: dict[str, np.ndarray] | None = None
+        # Set by FedGMAAdam.aggregate_checked for the one aggregate_train call it makes.
+        self._handed_over: Sequence[CheckedReply] | None = None
 
     def summary(self) -> None:
         """Log summary configuration of the strategy."""
         log(INFO, "\t├──> FedGMA settings:")
         log(INFO, "\t│\t├── Variant: %s", self.variant)
-        log(INFO, "\t│\t├── Agreement threshold tau: %s", self.mask_threshold)
+        log(INFO, "\t│\t├── Agreement threshold mask_tau: %s", self.mask_tau)
         log(INFO, "\t│\t├── Server learning rate: %s", self.server_lr)
         log(INFO, "\t│\t└── Agreement weighted by examples: %s", self.agreement_weighted)
         super().summary()
@@ -149,15 +142,11 @@ class FedGMA(FedAvg):
     def current_arrays(self, arrays: ArrayRecord | dict[str, np.ndarray] | None) -> None:
         # An ArrayRecord (what configure_train receives) or NumPy arrays by name.
         if isinstance(arrays, ArrayRecord):
-            arrays = {name: array.numpy() for name, array in arrays.items()}
+            self._current_arrays = {name: array.numpy() for name, array in arrays.items()}
         elif arrays is not None:
-            arrays = {name: np.asarray(value) for name, value in arrays.items()}
-        self._current_arrays = arrays
-
-    @property
-    def mask_threshold(self) -> float:
-        """The agreement threshold of the mask (``tau``)."""
-        return self.tau
+            self._current_arrays = {name: np.asarray(value) for name, value in arrays.items()}
+        else:
+            self._current_arrays = None
 
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -171,33 +160,77 @@ class FedGMA(FedAvg):
         server_round: int,
         replies: Iterable[Message],
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Aggregate the replies with the FedGMA mask.
+        """Check each reply, then aggregate the good ones with the FedGMA mask.
 
         Returns ``(None, None)`` when no usable reply arrived, so the global
-        model stays as it was.
+        model stays as it was. The metrics count the replies used, dropped,
+        failed and clipped (``replies-*``).
         """
+        if self._handed_over is not None:
+            checked, self._handed_over = self._handed_over, None
+            return self._aggregate_checked(server_round, checked)
+        self._sent_arrays()
+        replies = list(replies)
+        # Flower's own consistency check would end the run on one malformed
+        # reply; each reply is checked against the global model below instead.
+        answered, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
+        result = self._check_and_fold(server_round, answered)
+        if result is None:
+            return None, None
+        new_arrays, stats, used, dropped, clipped = result
+        counts = (len(used), dropped, len(replies) - len(answered), clipped)
+        return self._result(server_round, new_arrays, stats, used, dict(zip(REPLY_METRICS, counts, strict=True)))
+
+    def aggregate_checked(
+        self, server_round: int, replies: Sequence[CheckedReply]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate replies checked by the caller, as they are, with the FedGMA mask.
+
+        ``replies`` passed ``validation.check_replies`` this round against the weights
+        given to ``configure_train``, with this strategy's ``weighted_by_key``
+        (``fedgma.loop.RoundLoop`` hands them over so). They are not checked again,
+        and the caller counts them: the metrics hold the mask's only.
+
+        Raises
+        ------
+        ValueError
+            If a reply's arrays differ in name, shape or dtype from this round's weights.
+        """
+        return self._aggregate_checked(server_round, replies)
+
+    def _aggregate_checked(
+        self, server_round: int, replies: Sequence[CheckedReply]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        current = self._sent_arrays()
+        for reply in replies:
+            if reply.arrays.keys() != current.keys() or any(
+                value.shape != current[name].shape or value.dtype != current[name].dtype
+                for name, value in reply.arrays.items()
+            ):
+                raise ValueError(f"FedGMA round {server_round}: a checked reply (node "
+                                 f"{reply.message.metadata.src_node_id}) was not checked against "
+                                 "this round's global weights")
+        new_arrays, stats, used = self._fold(replies)
+        return self._result(server_round, new_arrays, stats, used, {})
+
+    def _sent_arrays(self) -> dict[str, np.ndarray]:
         if self.current_arrays is None:
             raise RuntimeError(
                 "FedGMA.aggregate_train called before configure_train: "
                 "the global weights of this round are unknown"
             )
-        if isinstance(replies, CheckedReplies) and replies.checked_against(self.current_arrays,
-                                                                           self.weighted_by_key):
-            # Checked once this round, by the round loop, against the same global model.
-            new_arrays, stats, used = self._fold(replies)
-            dropped = failed = 0
-            clipped = replies.num_clipped
-        else:
-            replies = list(replies)
-            # Flower's own consistency check would end the run on one malformed
-            # reply; each reply is checked against the global model below instead.
-            answered, _ = self._check_and_log_replies(replies, is_train=True, validate=False)
-            failed = len(replies) - len(answered)
-            result = self._check_and_fold(server_round, answered)
-            if result is None:
-                return None, None
-            new_arrays, stats, used, dropped, clipped = result
-        if not used:
+        return self.current_arrays
+
+    def _result(
+        self,
+        server_round: int,
+        new_arrays: dict[str, np.ndarray],
+        stats: MaskStats | None,
+        used: list[RecordDict],
+        reply_counts: dict[str, int],
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The new global arrays and the round's metrics (the clients', then FedGMA's)."""
+        if not used or stats is None:
             log(WARNING, "FedGMA round %s: no usable reply; the global model is unchanged", server_round)
             return None, None
         array_record = ArrayRecord(
@@ -205,9 +238,10 @@ class FedGMA(FedAvg):
             {name: Array(np.require(value, requirements="C")) for name, value in new_arrays.items()}
         )
         metrics = self.train_metrics_aggr_fn(used, self.weighted_by_key)
-        assert stats is not None
-        own = dict(zip(OWN_METRICS, (stats.kept_fraction, stats.mask_mean, stats.agreement_mean,
-                                     len(used), dropped, failed, clipped), strict=True))
+        own: dict[str, float | int] = {
+            **dict(zip(MASK_METRICS, (stats.kept_fraction, stats.mask_mean, stats.agreement_mean), strict=True)),
+            **reply_counts,
+        }
         for name, value in own.items():
             if name in metrics:
                 log(WARNING, "FedGMA round %s: the clients report a metric %r too; it is kept, and "
@@ -228,15 +262,13 @@ class FedGMA(FedAvg):
         the result non-finite, which one pass over the result detects. Only then are
         the replies checked again, value by value, so that the bad ones are dropped.
         """
-        assert self.current_arrays is not None
-        checked, refused = check_replies(replies, self.current_arrays, self.weighted_by_key,
-                                         self.bounds, check_values=False)
+        current = self._sent_arrays()
+        checked, refused = check_replies(replies, current, self.weighted_by_key, self.bounds, check_values=False)
         with np.errstate(all="ignore"):  # NaN/Inf from a bad reply are expected here, and caught
             new_arrays, stats, used = self._fold(checked)
         if used and not _all_finite(new_arrays):
             log(WARNING, "FedGMA round %s: non-finite values in the replies; checking each one", server_round)
-            checked, refused = check_replies(replies, self.current_arrays, self.weighted_by_key,
-                                             self.bounds, check_values=True)
+            checked, refused = check_replies(replies, current, self.weighted_by_key, self.bounds, check_values=True)
             new_arrays, stats, used = self._fold(checked)
             if used and not _all_finite(new_arrays):
                 log(ERROR, "FedGMA round %s: the aggregate of finite replies overflowed; "
@@ -246,27 +278,28 @@ class FedGMA(FedAvg):
             log(WARNING, "FedGMA round %s: dropped the reply of node %s: %s", server_round,
                 message.metadata.src_node_id, reason)
         log_adjusted(f"FedGMA round {server_round}", checked)
-        return new_arrays, stats, used, len(refused), checked.num_clipped
+        return new_arrays, stats, used, len(refused), num_clipped(checked)
 
-    def _fold(self, checked: CheckedReplies) -> tuple[dict[str, np.ndarray], MaskStats | None, list[RecordDict]]:
+    def _fold(
+        self, checked: Sequence[CheckedReply]
+    ) -> tuple[dict[str, np.ndarray], MaskStats | None, list[RecordDict]]:
         """Fold checked replies into a fresh aggregator; returns (arrays, stats, used)."""
-        assert self.current_arrays is not None
         aggregator = MaskedAggregator(
-            self.current_arrays,
+            self._sent_arrays(),
             variant=self.variant,
-            tau=self.mask_threshold,
+            tau=self.mask_tau,
             server_lr=self.server_lr,
             agreement_weighted=self.agreement_weighted,
         )
         pending: list[tuple[dict[str, np.ndarray], float]] = []  # views into the replies' bytes
-        for reply in checked.checked:
+        for reply in checked:
             if all(value.base is not None for value in reply.arrays.values()):
                 pending.append((reply.arrays, reply.weight))  # folded together below, block by block
             else:
                 aggregator.add(reply.arrays, reply.weight)  # a decoded copy: fold now, do not keep it
         aggregator.add_many(pending)
         del pending
-        used = [reply.message.content for reply in checked.checked]
+        used = [reply.message.content for reply in checked]
         if not used:
             return {}, None, used
         new_arrays, stats = aggregator.result()

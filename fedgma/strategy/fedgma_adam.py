@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import FedAdam
 
 from .fedgma import FedGMA
-from .validation import ReplyBounds
+from .masking import resolve_tau
+from .validation import CheckedReply, ReplyBounds
 
 
 class FedGMAAdam(FedAdam, FedGMA):
@@ -16,17 +21,18 @@ class FedGMAAdam(FedAdam, FedGMA):
     server optimizers. Here FedAdam's first step, the plain FedAvg average, is
     replaced by FedGMA's ``x_t - m * g_bar`` (``gma`` mask, server step 1), so
     FedAdam's ``delta_t = -m * g_bar`` and its moments see the masked update.
-    Replies are checked exactly as in :class:`FedGMA`.
+    Replies are checked, or handed over checked, exactly as in :class:`FedGMA`.
 
     Parameters
     ----------
     mask_tau : Optional[float] (default: None)
-        Agreement threshold of the mask in ``[0, 1]``; ``None`` means 0.4.
-        (``tau`` is FedAdam's own adaptivity constant.)
+        Agreement threshold of the mask in ``[0, 1]``; ``None`` means 0.4
+        (``masking.resolve_tau("gma", None)``). ``tau`` is FedAdam's own
+        adaptivity constant.
     agreement_weighted : bool (default: False)
         Weight each client's sign by ``num-examples`` instead of ``1 / K``.
-    max_num_examples, max_weight_ratio, max_update_norm, max_norm_ratio : Optional[float] (default: None)
-        Optional bounds on each reply, as in :class:`FedGMA`.
+    bounds : Optional[ReplyBounds] (default: None)
+        Bounds on each reply, as in :class:`FedGMA`. ``None``: no bound.
     **kwargs
         Every keyword of :class:`flwr.serverapp.strategy.FedAdam` (``eta``,
         ``eta_l``, ``beta_1``, ``beta_2``, ``tau``, ``fraction_train``, ...).
@@ -37,24 +43,30 @@ class FedGMAAdam(FedAdam, FedGMA):
         *,
         mask_tau: float | None = None,
         agreement_weighted: bool = False,
-        max_num_examples: float | None = None,
-        max_weight_ratio: float | None = None,
-        max_update_norm: float | None = None,
-        max_norm_ratio: float | None = None,
-        **kwargs,
+        bounds: ReplyBounds | None = None,
+        **kwargs: Any,
     ) -> None:
-        bounds = ReplyBounds(max_num_examples, max_update_norm, max_weight_ratio, max_norm_ratio)  # checks them
-        # Validate the mask settings with FedGMA's own checks before FedAdam's
-        # constructor chain (which reaches FedGMA.__init__ with its defaults).
-        probe = FedGMA(variant="gma", tau=mask_tau, agreement_weighted=agreement_weighted)
+        # Checked before FedAdam's constructor chain, which reaches FedGMA.__init__
+        # with its defaults (set again below).
+        reply_bounds = ReplyBounds.coerce(bounds)
+        threshold = resolve_tau("gma", mask_tau)
         super().__init__(**kwargs)
         self.variant = "gma"
-        self.mask_tau = probe.tau
+        self.mask_tau = threshold
         self.server_lr = 1.0
-        self.agreement_weighted = probe.agreement_weighted
-        self.bounds = bounds
+        self.agreement_weighted = bool(agreement_weighted)
+        self.bounds = reply_bounds
 
-    @property
-    def mask_threshold(self) -> float:
-        """The agreement threshold of the mask (``self.tau`` is FedAdam's constant)."""
-        return self.mask_tau
+    def aggregate_checked(
+        self, server_round: int, replies: Sequence[CheckedReply]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """FedAdam's step over the masked average of replies checked by the caller.
+
+        FedAdam's ``aggregate_train`` asks FedGMA's for the average; the checked
+        replies are handed over for that one call, so they are not checked again.
+        """
+        self._handed_over = replies
+        try:
+            return FedAdam.aggregate_train(self, server_round, [reply.message for reply in replies])
+        finally:
+            self._handed_over = None

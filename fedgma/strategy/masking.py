@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
+import numpy.typing as npt
 
 Variant = Literal["ws", "gma"]
 # Elements per block of the streaming fold: two float32 scratch blocks of 256 KiB
@@ -22,6 +23,26 @@ Variant = Literal["ws", "gma"]
 BLOCK = 1 << 16
 VARIANTS: tuple[str, ...] = ("ws", "gma")
 DEFAULT_TAU: dict[str, float] = {"ws": 0.8, "gma": 0.4}
+
+
+def resolve_tau(variant: str, tau: float | None = None) -> float:
+    """The mask's agreement threshold: ``tau``, or ``variant``'s default for None.
+
+    The one place the default is chosen (``DEFAULT_TAU``: 0.8 for ``"ws"``, 0.4 for
+    ``"gma"``) and the threshold checked; FedGMA, FedGMAAdam and the app call it.
+
+    Raises
+    ------
+    ValueError
+        If ``variant`` is unknown or ``tau`` is not a number in ``[0, 1]``.
+    """
+    if variant not in VARIANTS:
+        raise ValueError(f"FedGMA: variant must be one of {VARIANTS}, got {variant!r}")
+    if tau is None:
+        return DEFAULT_TAU[variant]
+    if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0.0 <= tau <= 1.0:
+        raise ValueError(f"FedGMA: mask_tau must be a number in [0, 1], got {tau!r}")
+    return float(tau)
 
 
 def agreement_score(sign_sum: np.ndarray, total_weight: float) -> np.ndarray:
@@ -32,7 +53,8 @@ def agreement_score(sign_sum: np.ndarray, total_weight: float) -> np.ndarray:
     sum_k n_k`` (agreement weighted by examples). ``sign(0) = 0``, so a client
     whose pseudo-gradient is exactly zero lowers the agreement.
     """
-    return np.abs(sign_sum) / total_weight
+    score: np.ndarray = np.abs(sign_sum) / total_weight
+    return score
 
 
 def mask_from_agreement(agreement: np.ndarray, tau: float, variant: Variant) -> np.ndarray:
@@ -50,10 +72,13 @@ def apply_mask_rule(
     ``gma``: soft mask, ``1`` where ``A >= tau`` else ``A``; computed as ``max(A, kept)``,
     which is that since ``0 <= A <= 1``, in place into ``out`` when given.
     """
+    mask: np.ndarray
     if variant == "ws":
-        return kept.astype(agreement.dtype)
+        mask = kept.astype(agreement.dtype)
+        return mask
     if variant == "gma":
-        return np.maximum(agreement, kept, out=out, dtype=agreement.dtype)
+        mask = np.maximum(agreement, kept, out=out, dtype=agreement.dtype)
+        return mask
     raise ValueError(f"Unknown FedGMA variant {variant!r}; expected one of {VARIANTS}")
 
 
@@ -78,10 +103,13 @@ def server_update(
     step = mask * g_bar
     if server_lr != 1.0:
         step *= server_lr
+    new: np.ndarray
     if variant == "ws":
-        return x - g_bar - step
+        new = x - g_bar - step
+        return new
     if variant == "gma":
-        return x - step
+        new = x - step
+        return new
     raise ValueError(f"Unknown FedGMA variant {variant!r}; expected one of {VARIANTS}")
 
 
@@ -200,7 +228,7 @@ class MaskedAggregator:
         self.total_examples += sum(weights)
 
     @staticmethod
-    def _sums(sums: dict[str, np.ndarray], name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+    def _sums(sums: dict[str, np.ndarray], name: str, shape: tuple[int, ...], dtype: npt.DTypeLike) -> np.ndarray:
         if name not in sums:
             sums[name] = np.zeros(shape, dtype=dtype)
         return sums[name]

@@ -6,13 +6,13 @@ import functools
 import io
 import math
 import statistics
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from logging import WARNING
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
-from flwr.app import Array, Message, RecordDict
+from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 from flwr.common.constant import SType
 from flwr.supercore import log
 
@@ -68,7 +68,7 @@ def array_view(array: Array) -> np.ndarray:
     if array.stype == SType.NUMPY and isinstance(data, (bytes, bytearray, memoryview)):
         header = _npy_header_bytes(data)
         parsed = _npy_header(header) if header is not None else None
-        if parsed is None:
+        if header is None or parsed is None:
             return array.numpy()
         shape, fortran_order, dtype = parsed
         if not dtype.hasobject:
@@ -214,6 +214,25 @@ class CheckedReply:
     clipped: tuple[str, ...] = ()
 
 
+@runtime_checkable
+class AggregatesCheckedReplies(Protocol):
+    """A strategy that takes training replies its caller has checked already.
+
+    ``fedgma.loop.RoundLoop`` checks every training reply once (:func:`check_replies`,
+    against the arrays it gave the strategy's ``configure_train`` that round, with the
+    strategy's ``weighted_by_key``). A strategy with ``aggregate_checked`` gets the checked
+    replies, decoded arrays included; any other strategy gets their (clipped) messages
+    through Flower's ``aggregate_train``. ``aggregate_train`` itself, as
+    ``Strategy.start`` calls it, must check every reply.
+    """
+
+    def aggregate_checked(
+        self, server_round: int, replies: Sequence[CheckedReply]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Aggregate replies that passed :func:`check_replies` this round, in their order."""
+        ...
+
+
 @dataclass(frozen=True)
 class ReplyBounds:
     """Bounds on what one training reply may contribute; None: no bound (FedAvg's behaviour).
@@ -249,6 +268,21 @@ class ReplyBounds:
     max_update_norm: float | None = None
     max_weight_ratio: float | None = None
     max_norm_ratio: float | None = None
+
+    @classmethod
+    def coerce(cls, bounds: ReplyBounds | None) -> ReplyBounds:
+        """``bounds`` as given, or no bounds for None (how FedGMA and the round loop take them).
+
+        Raises
+        ------
+        TypeError
+            If ``bounds`` is neither a ``ReplyBounds`` nor None.
+        """
+        if bounds is None:
+            return cls()
+        if not isinstance(bounds, ReplyBounds):
+            raise TypeError(f"FedGMA: bounds must be a ReplyBounds or None, got {type(bounds).__name__}")
+        return bounds
 
     def __post_init__(self) -> None:
         for name in ("max_num_examples", "max_update_norm"):
@@ -328,52 +362,21 @@ def _check_bound(name: str, value: float | None, low: float) -> None:
         raise ValueError(f"FedGMA: {name} must be None or a finite number >= {low:g}, got {value!r}")
 
 
-class CheckedReplies(list):
-    """The messages of replies that passed :func:`check_replies`, in order.
-
-    A plain list of ``Message`` to any Flower strategy; ``FedGMA`` also reads the
-    decoded arrays it carries instead of checking the replies again.
-    """
-
-    def __init__(self, checked: list[CheckedReply], global_arrays: dict[str, np.ndarray],
-                 weighted_by_key: str, values_checked: bool) -> None:
-        super().__init__(reply.message for reply in checked)
-        self.checked = checked
-        self.global_arrays = global_arrays
-        self.weighted_by_key = weighted_by_key
-        self.values_checked = values_checked
-
-    @property
-    def num_clipped(self) -> int:
-        """How many of these replies were clipped to a bound."""
-        return sum(1 for reply in self.checked if reply.clipped)
-
-    def checked_against(self, global_arrays: dict[str, np.ndarray], weighted_by_key: str) -> bool:
-        """True if these replies were checked against arrays like ``global_arrays``."""
-        return (
-            weighted_by_key == self.weighted_by_key
-            and list(global_arrays) == list(self.global_arrays)
-            and all(
-                global_arrays[name].shape == self.global_arrays[name].shape
-                and global_arrays[name].dtype == self.global_arrays[name].dtype
-                for name in global_arrays
-            )
-        )
-
-
 def check_replies(
     replies: Iterable[Message],
     global_arrays: dict[str, np.ndarray],
     weighted_by_key: str,
     bounds: ReplyBounds,
     check_values: bool = True,
-) -> tuple[CheckedReplies, list[tuple[Message, str]]]:
+) -> tuple[list[CheckedReply], list[tuple[Message, str]]]:
     """Check one round's training replies against the global arrays; the one place that does.
 
     Each reply is decoded and checked (:func:`decode_reply`); a malformed one is left out.
     The well-formed ones are then held to ``bounds`` (:meth:`ReplyBounds.clip`: a weight
     above the round's limit, or an update above the norm bound, is clipped). Returns the
     good replies, in their given order, and ``(message, reason)`` for each one left out.
+    With ``check_values=False`` the values are not checked for finiteness (see
+    :func:`decode_reply`): only :class:`fedgma.strategy.FedGMA`'s own fast path does that.
     """
     good: list[CheckedReply] = []
     refused: list[tuple[Message, str]] = []
@@ -392,12 +395,17 @@ def check_replies(
         norm_limit = bounds.norm_limit([norm for norm in norms if norm is not None])
     kept = [bounds.clip(reply, limit, global_arrays, weighted_by_key, norm_limit, norm)
             for reply, norm in zip(good, norms, strict=True)]
-    return CheckedReplies(kept, global_arrays, weighted_by_key, check_values), refused
+    return kept, refused
 
 
-def log_adjusted(where: str, checked: CheckedReplies) -> None:
+def num_clipped(checked: Sequence[CheckedReply]) -> int:
+    """How many of the checked replies were clipped to a bound."""
+    return sum(1 for reply in checked if reply.clipped)
+
+
+def log_adjusted(where: str, checked: Sequence[CheckedReply]) -> None:
     """Log each checked reply that was cast to the model's dtypes or clipped to a bound."""
-    for reply in checked.checked:
+    for reply in checked:
         node = reply.message.metadata.src_node_id
         if reply.cast:
             log(WARNING, "%s: node %s's reply was cast to the model's dtypes (%s)", where, node,

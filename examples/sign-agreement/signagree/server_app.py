@@ -31,7 +31,7 @@ def main(grid: Grid, context: Context) -> None:
     num_clients = int(config["num-clients"])
     run_dir = Path(os.environ.get("SIGNAGREE_OUTPUT_ROOT", "outputs")) / str(config["run-name"])
     strategy = FedGMA(fraction_train=1.0, fraction_evaluate=0.0, min_available_nodes=2,
-                      variant="ws", tau=float(config["tau"]), server_lr=float(config["server-lr"]))
+                      variant="ws", mask_tau=float(config["tau"]), server_lr=float(config["server-lr"]))
     loop = RoundLoop(strategy, grid, timeout=60.0, min_train_replies=2, seed=0)
     # What the clients train with, sent every round (the checkpoint records it, as it does the
     # strategy's settings: a run resumes only with the same).
