@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from fedgma.loop import Checkpoint, CheckpointError, RoundLoop, RoundOutcome, RunFolder, resume_point
+from fedgma.loop import Checkpoint, CheckpointError, RoundLoop, RoundOutcome, resume_point
 
 from .config import (
     ConfigError,
@@ -21,9 +21,9 @@ from .config import (
     output_root,
     parse_run_config,
     partition_bindings,
-    run_path,
 )
-from .outputs import RunOutputs
+from .outputs import RunOutputs, outcome_row
+from .run_folder import RunFolder
 from .strategies import build_strategy, describe
 from .task.data import ColoredSet, load_test_set, partition_sizes
 from .task.model import build_model, count_parameters
@@ -41,7 +41,7 @@ def run_directory(config: RunConfig, run_id: int, root: Path) -> Path:
         stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
         label = config.strategy if config.strategy != "fedgma" else f"fedgma-{config.variant}"
         name = f"{label}-{stamp}-run{run_id}"
-    return run_path(root, "output-dir", config.output_dir, name)
+    return RunFolder.at(root, config.output_dir, name, "output-dir").path
 
 
 def central_evaluation(
@@ -77,7 +77,7 @@ def format_table(rows: list[dict]) -> str:
 
 def resume_directory(config: RunConfig, root: Path) -> Path:
     """The run directory named by ``resume`` (relative to ``<root>/<output-dir>``)."""
-    return run_path(root, "resume", config.output_dir, config.resume)
+    return RunFolder.at(root, config.output_dir, config.resume, "resume").path
 
 
 def open_run(config: RunConfig, run_id: int, root: Path) -> tuple[Path, Checkpoint | None]:
@@ -114,7 +114,7 @@ def main(grid: Grid, context: Context) -> None:
     model = build_model(config.num_classes, seed=config.seed)
     # Resuming: the checkpoint's rounds are the record (rows written after it are dropped).
     outputs = RunOutputs(run_dir, rows=None if checkpoint is None else
-                         [RoundOutcome.from_json(record).as_row() for record in checkpoint.history])
+                         [outcome_row(RoundOutcome.from_json(record)) for record in checkpoint.history])
     outputs.write_config(
         config,
         {"run-id": context.run_id, "strategy-label": describe(config),
@@ -123,7 +123,7 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "FedGMA app: writing outputs to %s", outputs.run_dir)
 
     def after_round(server_round: int, new_arrays: ArrayRecord, outcome: RoundOutcome) -> None:
-        outputs.add_row(outcome.as_row())
+        outputs.add_row(outcome_row(outcome))
 
     log(INFO, "Starting %s strategy:", strategy.__class__.__name__)
     strategy.summary()

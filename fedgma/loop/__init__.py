@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, resume_point
     from .partitions import NODE_RECORD
     from .rounds import RoundLoop, RoundOutcome, RunFailed
-    from .run_folder import RunFolder
 
 _MODULE_OF = {
     "Checkpoint": "checkpoint",
@@ -26,7 +25,6 @@ _MODULE_OF = {
     "RoundLoop": "rounds",
     "RoundOutcome": "rounds",
     "RunFailed": "rounds",
-    "RunFolder": "run_folder",
 }
 __all__ = [
     "NODE_RECORD",
@@ -35,7 +33,6 @@ __all__ = [
     "RoundLoop",
     "RoundOutcome",
     "RunFailed",
-    "RunFolder",
     "load_checkpoint",
     "resume_point",
 ]
