@@ -111,10 +111,6 @@ class Grid:
     scale: Scale
     runs: tuple[RunSpec, ...]
 
-    @property
-    def total_rounds(self) -> int:
-        return sum(int(run.run_config["num-server-rounds"]) for run in self.runs)
-
 
 def _run(scale: Scale, setting: str, label: str, seed: int, study: str, **extra) -> RunSpec:
     key, strategy = STRATEGIES[label]

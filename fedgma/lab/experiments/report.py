@@ -16,9 +16,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedgma.loop.run_folder import RunFolder
-
-from .colour_probe import load_probes
+from ..markdown import replace_block
 from .grids import (
     ABLATION_SETTING,
     ABLATION_WS,
@@ -31,6 +29,7 @@ from .grids import (
     SETTINGS,
     STRATEGIES,
 )
+from .results import grid_run_folders, load_probes
 from .verdicts import THRESHOLD_POINTS, overall, paired
 
 SETTING_TITLES = {
@@ -61,9 +60,6 @@ class Run:
     tau: float | None
     client_lr: float | None
     rounds: list[dict[str, float]]
-
-    def series(self, key: str) -> list[float]:
-        return [r[key] for r in self.rounds]
 
     @property
     def trained(self) -> list[dict[str, float]]:
@@ -200,7 +196,8 @@ def mask_comparisons(runs: list[Run], study: str) -> list[str]:
             references = [BASELINE] + ([control] if control and control != BASELINE else [])
             for reference in references:
                 against = _select(runs, setting, reference, study)
-                diffs = {m: paired(_seed_values(chosen, m), _seed_values(against, m)) for m in ("peak_ood", "final_ood")}
+                diffs = {m: paired(_seed_values(chosen, m), _seed_values(against, m))
+                         for m in ("peak_ood", "final_ood")}
                 if diffs["peak_ood"] is None:
                     continue
                 is_control = reference == control
@@ -213,7 +210,8 @@ def mask_comparisons(runs: list[Run], study: str) -> list[str]:
                                     f"*{diffs['peak_ood'].verdict}*, final {diffs['final_ood'].format()} "
                                     f"*{diffs['final_ood'].verdict}*")
                 lines.append(f"| {SETTING_TITLES[setting]} | {label} | {reference}"
-                             f"{' (its no-mask control)' if is_control and reference == BASELINE else ''} | {diffs['peak_ood'].format()} "
+                             f"{' (its no-mask control)' if is_control and reference == BASELINE else ''} "
+                             f"| {diffs['peak_ood'].format()} "
                              f"| {diffs['final_ood'].format()} | {judged or '-'} |")
             if control in STUDY_LABELS[study] and not _select(runs, setting, control, study):
                 lines.append(f"| {SETTING_TITLES[setting]} | {label} | {control} | not run | not run | - |")
@@ -223,12 +221,12 @@ def mask_comparisons(runs: list[Run], study: str) -> list[str]:
     if len(lines) == 2:
         return []
     if not verdict_lines:
-        return lines + ["", "No FedGMA run here has its no-mask control, so there is no verdict on the mask."]
-    return lines + ["", f"Verdicts ({STUDY_TITLES[study]}), FedGMA against its no-mask control, peak and final "
-                        f"OOD accuracy: *mask helps* when the paired difference's 95 % interval lies above 0 and "
-                        f"its mean is at least {THRESHOLD_POINTS:g} point, *mask hurts* in the mirror case, "
-                        f"else *no detectable effect*. gma's control is FedAvg (its mask only shrinks "
-                        f"FedAvg's step).", ""] + verdict_lines
+        return [*lines, "", "No FedGMA run here has its no-mask control, so there is no verdict on the mask."]
+    return [*lines, "", f"Verdicts ({STUDY_TITLES[study]}), FedGMA against its no-mask control, peak and final "
+                    f"OOD accuracy: *mask helps* when the paired difference's 95 % interval lies above 0 and "
+                    f"its mean is at least {THRESHOLD_POINTS:g} point, *mask hurts* in the mirror case, "
+                    f"else *no detectable effect*. gma's control is FedAvg (its mask only shrinks "
+                    f"FedAvg's step).", "", *verdict_lines]
 
 
 def probe_table(runs: list[Run], probes: dict[str, dict[str, float]]) -> list[str]:
@@ -312,9 +310,9 @@ def _plot_curves(ax, runs: list[Run], labels, setting: str, study: str) -> None:
         length = min(len(r.rounds) for r in chosen)
         rounds = [r["round"] for r in chosen[0].rounds[:length]]
         curves = [[row["ood-accuracy"] * 100 for row in r.rounds[:length]] for r in chosen]
-        mean = [statistics.fmean(col) for col in zip(*curves)]
-        low = [min(col) for col in zip(*curves)]
-        high = [max(col) for col in zip(*curves)]
+        mean = [statistics.fmean(col) for col in zip(*curves, strict=False)]
+        low = [min(col) for col in zip(*curves, strict=False)]
+        high = [max(col) for col in zip(*curves, strict=False)]
         style = {"color": "black", "linewidth": 2} if label == BASELINE else {"linewidth": 1.3}
         if label in NO_MASK_CONTROLS.values() and label != BASELINE:
             style["linestyle"] = "--"
@@ -335,7 +333,7 @@ def plot_settings(runs: list[Run], labels, path: Path, title: str, study: str = 
 
     rows = (len(settings) + 1) // 2
     fig, axes = plt.subplots(rows, 2, figsize=(12, 4.25 * rows + 0.5), squeeze=False)
-    for ax, setting in zip(axes.flat, settings):
+    for ax, setting in zip(axes.flat, settings, strict=False):
         _plot_curves(ax, runs, labels, setting, study)
     handles, names = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, [n.rsplit(" (n=", 1)[0] for n in names], loc="lower center", ncol=(len(labels) + 1) // 2,
@@ -375,7 +373,7 @@ def plot_ablations(runs: list[Run], default_tau: float, path: Path, dataset: str
     epochs = sorted({r.local_epochs for r in runs if "epochs" in r.studies})
     for label in (BASELINE, ABLATION_WS):
         groups = [_select(runs, ABLATION_SETTING, label, study="epochs", local_epochs=e) for e in epochs]
-        points = [(e, g) for e, g in zip(epochs, groups) if g]
+        points = [(e, g) for e, g in zip(epochs, groups, strict=False) if g]
         right.errorbar([e for e, _ in points], [100 * statistics.fmean(r.final_ood for r in g) for _, g in points],
                        yerr=[100 * statistics.stdev(r.final_ood for r in g) if len(g) > 1 else 0
                              for _, g in points], marker="o", capsize=3, label=f"{label}: final OOD accuracy")
@@ -424,7 +422,7 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
     if not runs:
         raise ValueError(f"{results_dir / 'results.csv'} holds no finished run yet")
     reference = next((r for r in runs if "main" in r.studies), runs[0])
-    any_config = json.loads(RunFolder(results_dir / "runs" / reference.name).config.read_text())
+    any_config = grid_run_folders(results_dir)[reference.name].read_config()
     dataset = any_config["dataset"]
     planned = len(manifest["runs"])
     probes = load_probes(results_dir)
@@ -471,7 +469,7 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
     comparisons = mask_comparisons(runs, "main")
     if comparisons:
         out += ["", f"**Does the mask matter? Client step {client_lr:g}** (colored {dataset}; differences in OOD "
-                    "accuracy points, mean [95 % interval] over paired seeds)", ""] + comparisons
+                "accuracy points, mean [95 % interval] over paired seeds)", "", *comparisons]
     paper_step = [r for r in runs if "client-step" in r.studies]
     if paper_step:
         step = paper_step[0].client_lr
@@ -493,9 +491,9 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
     if probe_lines := probe_table(runs, probes):
         images = next(iter(probes.values()))["images"]
         out += ["", f"**What the 10-class models learn** (colored {dataset}; `fedgma probe`): each run's final "
-                    f"model on its {images} central test images, each painted in the training colours of another "
-                    "class. *Follows shape*: it answers the image's class; *follows colour*: the class whose "
-                    "colours the image wears (chance: 0.10 and 0.10).", ""] + probe_lines
+                f"model on its {images} central test images, each painted in the training colours of another "
+                "class. *Follows shape*: it answers the image's class; *follows colour*: the class whose "
+                "colours the image wears (chance: 0.10 and 0.10).", "", *probe_lines]
     if any("tau" in r.studies for r in runs):
         out += ["", f"**Ablation: tau** (binary non-IID, FedGMA ws, eta_s = 1, colored {dataset})", ""]
         out += tau_table(runs, default_tau)
@@ -506,16 +504,6 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
         plot_ablations(runs, default_tau, figures_dir / "ablations.png", dataset)
         out += ["", f"![Ablations: tau and local epochs]({link('ablations.png')})"]
     return "\n".join(out) + "\n"
-
-
-def replace_block(readme: Path, block: str) -> None:
-    """Put ``block`` between the README's results markers."""
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{readme} has no {BEGIN} ... {END} block to replace")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{block}{END}{tail}")
 
 
 def write_report(results_dir: Path, figures_dir: Path | None = None, readme: Path | None = None,
@@ -529,6 +517,10 @@ def write_report(results_dir: Path, figures_dir: Path | None = None, readme: Pat
     print(f"report: {markdown}; figures in {figures_dir}")
     if readme is not None:
         readme = readme.resolve()
-        replace_block(readme, build_markdown(results_dir, figures_dir, readme.parent))
+        block = build_markdown(results_dir, figures_dir, readme.parent)
+        try:
+            readme.write_text(replace_block(readme.read_text(), BEGIN, END, block))
+        except ValueError as err:
+            raise ValueError(f"{readme}: {err}") from None
         print(f"report: results block of {readme} replaced")
     return markdown
