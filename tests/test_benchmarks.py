@@ -25,7 +25,7 @@ def test_round_parts_split_the_round_and_sum_to_it():
     ]
     parts = round_latency.round_parts(rows)
     # Means: round 25, train wait 14 = pull 2 + start 4 + work 5 + lag 2 + rest 1; eval 8 = 7 + 1; other 1.5.
-    by_key = dict(zip([label for label, _ in round_latency.ROUND_PARTS], parts.values()))
+    by_key = dict(zip([label for label, _ in round_latency.ROUND_PARTS], parts.values(), strict=False))
     assert list(by_key.values()) == pytest.approx([2, 4, 5, 2, 1, 0.5, 7, 1, 1, 1.5])
     assert parts["round"] == 25 and sum(by_key.values()) == pytest.approx(25)
     # Simulation: no ClientApp process start (empty cells) and nothing missing.
@@ -80,7 +80,8 @@ def test_replace_block_rewrites_only_its_own_block_and_appends_new_ones():
 def test_tree_memory_counts_the_memory_of_child_processes():
     size = 200 * 2**20
     code = f"b = b'x' * {size}; import time; time.sleep(3)"  # written, so resident
-    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {code!r}])"])
+    child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {code!r}])"
+    parent = subprocess.Popen([sys.executable, "-c", child])
     try:
         with TreeMemory(parent.pid, interval=0.1) as memory:
             deadline = time.monotonic() + 20
@@ -105,6 +106,7 @@ def test_targets_name_the_worst_case_and_say_missed():
     time_row = rows["aggregate_train FedGMA / FedAvg <= 1.3 at every K and P"]
     assert "worst 1.40 (FedGMA ws, P = 1M, K = 10)" in time_row and time_row.endswith("**missed** |")
     assert "FedGMA 36 - 100 %" in rows["aggregation throughput >= 50 % of the copy bound"]
-    assert "FedGMA ws 1.100" in rows["extra memory flat in K"] and rows["extra memory flat in K"].endswith("**missed** |")
+    flat = rows["extra memory flat in K"]
+    assert "FedGMA ws 1.100" in flat and flat.endswith("**missed** |")
     assert rows["round time FedGMA / FedAvg <= 1.02"].endswith("| met |")
     assert rows["bytes per client per round, ratio 1.00"].endswith("| met |")

@@ -40,7 +40,7 @@ class ReadsShape(nn.Module):
 def test_swapped_colours_are_another_classes_training_colours():
     probe = _probe()
     assert np.all(probe.colour_labels != probe.shape_labels)
-    for image, colour in zip(probe.images, probe.colour_labels):
+    for image, colour in zip(probe.images, probe.colour_labels, strict=False):
         fg = image[:, 14, 14] / 255.0
         bg = image[:, 0, 0] / 255.0
         assert min(np.abs(TRAIN_FOREGROUND[colour] - fg).max(axis=1)) < 0.01

@@ -10,6 +10,7 @@ import pytest
 
 from fedgma.app.config import parse_run_config
 from fedgma.app.outputs import RunOutputs
+from fedgma.deploy.app_folder import app_defaults
 from fedgma.lab.experiments import report, toy
 from fedgma.lab.experiments.grids import (
     ABLATION_TAUS,
@@ -21,7 +22,6 @@ from fedgma.lab.experiments.grids import (
     grid_by_name,
 )
 from fedgma.lab.experiments.runner import GridMismatch, GridRunner
-from fedgma.lab.project import app_defaults
 
 
 def test_full_grid_has_every_setting_strategy_and_seed_once():
@@ -118,15 +118,15 @@ def test_combined_csv_and_report_numbers(tmp_path):
     assert runs[fedgma.name].peak_ood == 0.7 and runs[fedgma.name].final_ood == 0.65
     assert runs[fedgma.name].seconds_per_round == 3.0  # rounds 2+ only: round-seconds 3
     text = report.build_markdown(tmp_path, tmp_path / "fig", tmp_path)
-    line = next(l for l in text.splitlines() if l.startswith("| FedGMA ws, eta_s=1 |"))
+    line = next(ln for ln in text.splitlines() if ln.startswith("| FedGMA ws, eta_s=1 |"))
     assert "| 0.7000 | 0.6500 | 0.9000 | +10.0 | +10.0 | 3.00 |" in line
     # Against its no-mask control: peak 0.70 - 0.75, final 0.65 - 0.60; one seed gives no interval.
-    line = next(l for l in text.splitlines() if "| FedAvg, server step 2 (no mask) |" in l and "FedGMA" in l)
+    line = next(ln for ln in text.splitlines() if "| FedAvg, server step 2 (no mask) |" in ln and "FedGMA" in ln)
     assert "| -5.0 (n=1) | +5.0 (n=1) | peak: too few seeds, final: too few seeds |" in line
     # The paper's client step has its own table and comparison.
     assert "**binary, non-IID, the paper's client step 0.001, 2 rounds**" in text
-    line = next(l for l in text.splitlines() if l.startswith("| binary, non-IID | FedGMA ws, eta_s=1 | FedAvg |")
-                and "(n=1)" in l and "-10.0" in l)
+    line = next(ln for ln in text.splitlines() if ln.startswith("| binary, non-IID | FedGMA ws, eta_s=1 | FedAvg |")
+                and "(n=1)" in ln and "-10.0" in ln)
     assert "| +10.0 (n=1) | -10.0 (n=1) |" in line
     for figure in ("figure2.png", "client_step.png"):
         assert (tmp_path / "fig" / figure).stat().st_size > 10_000
@@ -193,7 +193,7 @@ def test_metrics_differences_ignore_only_the_timings(tmp_path):
 def test_one_override_parser_reads_values_as_flowers_run_config_does():
     import argparse
 
-    from fedgma.lab.project import parse_override, parse_overrides
+    from fedgma.deploy.app_folder import parse_override, parse_overrides
 
     assert parse_override("tau=0.8") == ("tau", 0.8)
     assert parse_override("num-server-rounds=3") == ("num-server-rounds", 3)
@@ -215,7 +215,7 @@ def test_a_tool_without_its_extra_says_which_install_it_needs(tmp_path):
     import sys
 
     code = ("import sys; sys.modules['matplotlib'] = None\n"
-            "from fedgma.lab import cli\n"
+            "from fedgma import cli\n"
             f"sys.exit(cli.main(['report', 'results/full', '--markdown', r'{tmp_path / 'r.md'}', "
             f"'--figures', r'{tmp_path}']))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

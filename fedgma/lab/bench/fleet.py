@@ -84,11 +84,10 @@ def largest_honest_message(chunk_bytes: int | None = None) -> int:
 def _superlink(launcher: str, home: Path, env: dict[str, str]) -> tuple[object, int]:
     """Start an insecure ``launcher`` on loopback; (its process, its Fleet port) once it answers."""
     from fedgma.deploy.flower import flower_env
-    from fedgma.deploy.processes import BIN, SUPERLINK, free_port, start, wait_for_http
+    from fedgma.deploy.processes import free_port, launch_command, start, wait_for_http
 
     fleet, http = free_port(), free_port()
-    command = list(SUPERLINK) if launcher == "fedgma superlink" else [str(BIN / launcher)]
-    process = start([*command, "--insecure", "--host", "127.0.0.1", "--port", str(http),
+    process = start([*launch_command(launcher), "--insecure", "--host", "127.0.0.1", "--port", str(http),
                      "--fleet-api-address", f"127.0.0.1:{fleet}", "--disable-runtime-dependency-installation"],
                     {**flower_env(home), **env}, home.with_suffix(".log"))
     try:
