@@ -10,6 +10,7 @@ import pytest
 
 from fedgma.app.config import parse_run_config
 from fedgma.app.outputs import RunOutputs
+from fedgma.app.server_app import run_directory
 from fedgma.deploy.app_folder import app_defaults
 from fedgma.lab.experiments import report, toy
 from fedgma.lab.experiments.grids import (
@@ -88,9 +89,9 @@ def test_quick_grid_has_the_full_grids_runs_with_fewer_rounds():
 
 
 def fake_run(runner, spec, ood):
-    """A finished run's files as the ServerApp writes them."""
-    outputs = RunOutputs(runner.runs_dir / spec.name)
+    """A finished run's files as the ServerApp writes them, where it puts them."""
     config = runner.validated(spec)
+    outputs = RunOutputs(run_directory(config, 1, runner.runs_dir))
     outputs.write_config(config, {"run-id": 1})
     for round_number, acc in enumerate(ood):
         outputs.add_row({"round": round_number, "wall-seconds": round_number, "round-seconds": 1.0 + round_number,
@@ -132,8 +133,37 @@ def test_combined_csv_and_report_numbers(tmp_path):
         assert (tmp_path / "fig" / figure).stat().st_size > 10_000
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.BEGIN}\nold\n{report.END}\nrest\n")
-    report.replace_block(readme, "new table\n")
+    report.write_readme_block(readme, "new table\n")
     assert readme.read_text() == f"intro\n{report.BEGIN}\nnew table\n{report.END}\nrest\n"
+
+
+def test_a_grid_with_output_dir_finds_its_runs_where_the_app_put_them(tmp_path):
+    """output-dir=x: the app writes <runs>/x/<run-name>; the grid, its report and the probe look there."""
+    from fedgma.lab.experiments.results import grid_run_folders
+
+    runner = GridRunner(grid_by_name("smoke"), tmp_path, overrides={"output-dir": "x"})
+    runner.results_dir.mkdir(parents=True, exist_ok=True)
+    runner.write_manifest()
+    for spec in runner.grid.runs:
+        fake_run(runner, spec, [0.5, 0.6, 0.55])
+        assert (runner.runs_dir / "x" / spec.name / "summary.json").is_file()
+    assert all(finished for _, finished in runner.status())
+    with runner.write_combined().open() as handle:
+        assert len(list(csv.DictReader(handle))) == 3 * len(runner.grid.runs)
+    folders = grid_run_folders(tmp_path)
+    assert {name: f.path for name, f in folders.items()} == {
+        s.name: runner.runs_dir / "x" / s.name for s in runner.grid.runs}
+    assert report.build_markdown(tmp_path, tmp_path / "fig", tmp_path)  # reads a run's config.json there
+
+
+def test_the_demo_finds_its_runs_where_the_app_puts_them(tmp_path):
+    from fedgma.deploy.app_folder import app_dir
+    from fedgma.lab import demo
+
+    for extra in ({}, {"output-dir": "x"}, {"output-dir": "x/y"}):
+        run_config = {"num-server-rounds": 1, "strategy": "fedavg", "run-name": "fedavg", **extra}
+        config = parse_run_config({**app_defaults(), **run_config})
+        assert demo.run_folder(tmp_path, app_dir(), run_config).path == run_directory(config, 1, tmp_path)
 
 
 def test_margin_is_the_mean_of_paired_seed_differences():
@@ -179,6 +209,7 @@ def test_app_defaults_are_the_pyproject_settings():
 
 
 def test_metrics_differences_ignore_only_the_timings(tmp_path):
+    from fedgma.app.run_folder import RunFolder
     from fedgma.lab.experiments.runner import metrics_differences
 
     header = "round,wall-seconds,id-accuracy,train-wait-seconds,replies-used\n"
@@ -186,8 +217,9 @@ def test_metrics_differences_ignore_only_the_timings(tmp_path):
                        ("c", "0,1.5,0.5,,\n1,3.25,0.7500001,0.5,10\n")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.csv").write_text(header + rows)
-    assert metrics_differences(tmp_path / "a", tmp_path / "b") == []
-    assert metrics_differences(tmp_path / "a", tmp_path / "c") == ["round 1 id-accuracy: 0.75 -> 0.7500001"]
+    a, b, c = (RunFolder(tmp_path / name) for name in "abc")
+    assert metrics_differences(a, b) == []
+    assert metrics_differences(a, c) == ["round 1 id-accuracy: 0.75 -> 0.7500001"]
 
 
 def test_one_override_parser_reads_values_as_flowers_run_config_does():

@@ -26,6 +26,12 @@ STRATEGIES = {
 }
 
 
+def run_folder(output_root: Path, app: Path, run_config: dict[str, object]) -> RunFolder:
+    """Where the ServerApp puts a run of ``app`` with ``run_config``:
+    ``<output root>/<output-dir>/<run-name>`` (``output-dir``: the app's default unless set)."""
+    return RunFolder.of_run(output_root, {"output-dir": app_defaults(app).get("output-dir", ""), **run_config})
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     """``fedgma demo``'s options."""
     parser.add_argument("--clients", type=int, default=10, help="simulated SuperNodes (default 10)")
@@ -60,9 +66,7 @@ def main(args: argparse.Namespace) -> int:
         for label, strategy in STRATEGIES.items():
             run_name = strategy["strategy"] + (f"-{strategy['variant']}" if "variant" in strategy else "")
             run_config = {**settings, **strategy, "run-name": run_name}
-            # Where the ServerApp puts it: <output root>/<output-dir>/<run-name>.
-            folder = RunFolder.of_run(batch_dir, {"output-dir": app_defaults(app).get("output-dir", ""),
-                                                  **run_config})
+            folder = run_folder(batch_dir, app, run_config)
             shown = [0]
 
             def progress(label: str = label, folder: RunFolder = folder, shown: list[int] = shown) -> None:

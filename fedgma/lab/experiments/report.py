@@ -506,6 +506,14 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
     return "\n".join(out) + "\n"
 
 
+def write_readme_block(readme: Path, block: str) -> None:
+    """Put ``block`` between the README's results markers (:data:`BEGIN`, :data:`END`)."""
+    try:
+        readme.write_text(replace_block(readme.read_text(), BEGIN, END, block))
+    except ValueError as err:
+        raise ValueError(f"{readme}: {err}") from None
+
+
 def write_report(results_dir: Path, figures_dir: Path | None = None, readme: Path | None = None,
                  markdown: Path | None = None) -> Path:
     """Write the markdown report (and the README block); returns the markdown path."""
@@ -517,10 +525,6 @@ def write_report(results_dir: Path, figures_dir: Path | None = None, readme: Pat
     print(f"report: {markdown}; figures in {figures_dir}")
     if readme is not None:
         readme = readme.resolve()
-        block = build_markdown(results_dir, figures_dir, readme.parent)
-        try:
-            readme.write_text(replace_block(readme.read_text(), BEGIN, END, block))
-        except ValueError as err:
-            raise ValueError(f"{readme}: {err}") from None
+        write_readme_block(readme, build_markdown(results_dir, figures_dir, readme.parent))
         print(f"report: results block of {readme} replaced")
     return markdown
