@@ -11,6 +11,7 @@ import io
 import json
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -59,12 +60,12 @@ class RunOutputs:
         payload = buffer.getvalue().encode()
         atomic_write(self.metrics_path, lambda f: f.write(payload))
 
-    def write_config(self, config: RunConfig, extra: dict) -> None:
+    def write_config(self, config: RunConfig, extra: dict[str, Any]) -> None:
         """Save the run settings and facts such as the run id."""
         payload = json.dumps({**asdict(config), **extra}, indent=2).encode()
         atomic_write(self.files.config, lambda f: f.write(payload))
 
-    def add_row(self, row: dict[str, float | int]) -> None:
+    def add_row(self, row: dict[str, float | int | str]) -> None:
         """Append one round's metrics (missing ones left empty; an undeclared one raises
         ``UnknownMetric``: see :func:`outcome_row`)."""
         clean = metrics_row(row)
@@ -78,7 +79,7 @@ class RunOutputs:
         atomic_write(path, lambda f: torch.save(state_dict, f))
         return path
 
-    def write_summary(self, label: str) -> dict:
+    def write_summary(self, label: str) -> dict[str, Any]:
         """Save and return the final row plus the best OOD accuracy."""
         rounds = [r for r in self.rows if r["round"] != 0] or self.rows
         last = rounds[-1]

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from logging import INFO
 from pathlib import Path
+from typing import Any
 
 import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
@@ -62,7 +63,7 @@ def central_evaluation(
     return evaluate_fn
 
 
-def format_table(rows: list[dict]) -> str:
+def format_table(rows: list[dict[str, Any]]) -> str:
     """A short text table of the per-round accuracies."""
     lines = [f"{'round':>5} {'ID acc':>7} {'OOD acc':>8} {'mask kept':>9} {'seconds':>8}"]
     for row in rows:

@@ -121,7 +121,7 @@ def _key_bound_interceptor(base: type) -> type:
     from flwr.proto.fleet_pb2 import ActivateNodeRequest, RegisterNodeFleetRequest
     from flwr.supercore import log
 
-    class KeyBoundNodeAuthInterceptor(base):  # type: ignore[misc, valid-type]
+    class KeyBoundNodeAuthInterceptor(base):  # type: ignore[misc]
         """Flower's ``NodeAuthServerInterceptor`` that also refuses a ``RegisterNode`` or
         ``ActivateNode`` call whose body's public key is not the key that signed the call."""
 

@@ -152,7 +152,7 @@ def _demo(args: argparse.Namespace) -> int:
 APP_HELP = "the Flower app folder to run (default: the source checkout, else the current directory)"
 
 
-def configure(commands: argparse._SubParsersAction) -> None:
+def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     """Add the research subcommands to ``fedgma``'s parser."""
 
     grid = commands.add_parser("grid", help="run or inspect a named experiment grid")

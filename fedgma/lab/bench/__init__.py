@@ -22,6 +22,7 @@ import os
 import platform
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,7 @@ def machine() -> str:
             f"NumPy {np.__version__}")
 
 
-def target_lines(times: list[dict], peaks: dict[str, list[float]], payload: dict[str, float],
+def target_lines(times: list[dict[str, float]], peaks: dict[str, list[float]], payload: dict[str, float],
                  rounds: tuple[float, float, float]) -> list[str]:
     """Issue 6's targets against this run's figures, one row each."""
     gma_names = ("FedGMA ws", "FedGMA gma")
@@ -81,7 +82,7 @@ BENCH_PARTS = ("aggregation", "memory", "payload", "rounds", "scale", "imports",
 QUICK_PARTS = ("aggregation", "memory", "payload", "imports")
 
 
-def _keep(figures: dict, key: str, result: tuple[list[str], object]) -> list[str]:
+def _keep(figures: dict[str, Any], key: str, result: tuple[list[str], object]) -> list[str]:
     """Store a part's figures under ``key``; return its table lines."""
     lines, figures[key] = result
     return lines
@@ -108,7 +109,7 @@ def main(output: Path | None, quick: bool = False, parts: tuple[str, ...] | None
     sizes = [1_000_000] if quick else [1_000_000, 10_000_000]
     clients = [10, 50] if quick else [10, 50, 100]
     blocks: dict[str, list[str]] = {"machine": [f"Machine: {machine()}."]}
-    figures: dict = {}  # what the targets are checked against
+    figures: dict[str, Any] = {}  # what the targets are checked against
     print(blocks["machine"][0], flush=True)
 
     def emit(name: str, header: list[str], rows: list[str], seconds: float) -> None:

@@ -8,9 +8,11 @@ import statistics
 import time
 import tracemalloc
 from collections.abc import Callable
+from typing import cast
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 
 from fedgma.strategy import FedGMA
@@ -25,6 +27,11 @@ class _Grid:
 
     def get_node_ids(self) -> list[int]:
         return self.nodes
+
+
+def _grid(nodes: int) -> Grid:
+    """A stand-in for Flower's ``Grid``: the strategies ask it for node ids only."""
+    return cast(Grid, _Grid(nodes))
 
 
 def _identity() -> None:
@@ -54,23 +61,23 @@ def replies(x: dict[str, np.ndarray], clients: int, rng: np.random.Generator) ->
         metadata = Metadata(run_id=1, message_id=f"m{k}", src_node_id=k + 1, dst_node_id=0,
                             reply_to_message_id="i", group_id="1", created_at=0.0, ttl=3600.0,
                             message_type=MessageType.TRAIN)
-        out.append(Message(content=content, metadata=metadata))
+        # A reply as the SuperLink hands it over (Flower's own constructor, which its typing leaves out).
+        out.append(Message(content=content, metadata=metadata))  # type: ignore[call-overload]
     return out
 
 
 def _strategies() -> dict[str, Callable[[], FedAvg]]:
-    common = {"min_train_nodes": 1, "min_available_nodes": 1}
     return {
-        "FedAvg (Flower)": lambda: FedAvg(**common),
-        "FedGMA ws": lambda: FedGMA(variant="ws", **common),
-        "FedGMA gma": lambda: FedGMA(variant="gma", **common),
+        "FedAvg (Flower)": lambda: FedAvg(min_train_nodes=1, min_available_nodes=1),
+        "FedGMA ws": lambda: FedGMA(variant="ws", min_train_nodes=1, min_available_nodes=1),
+        "FedGMA gma": lambda: FedGMA(variant="gma", min_train_nodes=1, min_available_nodes=1),
     }
 
 
 def _aggregate(make: Callable[[], FedAvg], x: dict[str, np.ndarray], msgs: list[Message]) -> float:
     strategy = make()
     list(strategy.configure_train(1, ArrayRecord({k: Array(v) for k, v in x.items()}), ConfigRecord(),
-                                  _Grid(len(msgs))))
+                                  _grid(len(msgs))))
     gc.collect()
     start = time.perf_counter()
     arrays, _ = strategy.aggregate_train(1, msgs)
@@ -92,7 +99,7 @@ def copy_bandwidth(nbytes: int = 400 * 2**20, repeats: int = 5) -> float:
     return nbytes / min(times)
 
 
-def time_table(sizes: list[int], clients: list[int], repeats: int) -> tuple[list[str], list[dict]]:
+def time_table(sizes: list[int], clients: list[int], repeats: int) -> tuple[list[str], list[dict[str, float]]]:
     rng = np.random.default_rng(0)
     bandwidth = copy_bandwidth()
     results = []
@@ -142,7 +149,7 @@ def memory_table(parameters: int, clients: list[int]) -> tuple[list[str], dict[s
         for name, make in _strategies().items():
             strategy = make()
             list(strategy.configure_train(1, ArrayRecord({n: Array(v) for n, v in x.items()}), ConfigRecord(),
-                                          _Grid(k)))
+                                          _grid(k)))
             gc.collect()
             tracemalloc.start()
             base = tracemalloc.get_traced_memory()[0]
@@ -161,14 +168,14 @@ def payload_bytes(parameters: int) -> tuple[list[str], dict[str, float]]:
     x = ArrayRecord({k: Array(v) for k, v in model(parameters, rng).items()})
     sizes = {}
     for name, make in _strategies().items():
-        messages = list(make().configure_train(1, x, ConfigRecord(), _Grid(4)))
+        messages = list(make().configure_train(1, x, ConfigRecord(), _grid(4)))
         per_client = []
         for message in messages:
             total = 0
             for record in message.content.array_records.values():
                 total += sum(len(a.data) for a in record.values())
-            for record in message.content.config_records.values():
-                total += sum(len(str(k)) + len(str(v)) for k, v in record.items())
+            for config in message.content.config_records.values():
+                total += sum(len(str(k)) + len(str(v)) for k, v in config.items())
             per_client.append(total)
         sizes[name] = statistics.fmean(per_client)
     base = sizes["FedAvg (Flower)"]

@@ -4,6 +4,7 @@ Flower's ``flower-superlink`` and ``fedgma superlink`` (``fedgma bench --parts f
 from __future__ import annotations
 
 import functools
+import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +33,7 @@ def send_raw(address: str, nbytes: int, timeout: float = 60.0) -> str:
         try:
             call(_zeros(nbytes), timeout=timeout)
         except grpc.RpcError as err:
-            return err.code().name
+            return str(err.code().name)
     return "OK"
 
 
@@ -81,7 +82,7 @@ def largest_honest_message(chunk_bytes: int | None = None) -> int:
     return largest
 
 
-def _superlink(launcher: str, home: Path, env: dict[str, str]) -> tuple[object, int]:
+def _superlink(launcher: str, home: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
     """Start an insecure ``launcher`` on loopback; (its process, its Fleet port) once it answers."""
     from fedgma.deploy.flower import flower_env
     from fedgma.deploy.processes import free_port, launch_command, start, wait_for_http
@@ -175,7 +176,7 @@ def flood(address: str, pids: list[int], count: int, nbytes: int, timeout: float
             try:
                 call(_zeros(nbytes), timeout=timeout)
             except grpc.RpcError as err:
-                return err.code().name
+                return str(err.code().name)
         return "OK"
 
     sampler = threading.Thread(target=sample, daemon=True)

@@ -101,6 +101,13 @@ class RunSpec:
     studies: tuple[str, ...]
     run_config: dict[str, object] = field(hash=False)
 
+    @property
+    def rounds(self) -> int:
+        """Its ``num-server-rounds``."""
+        value = self.run_config["num-server-rounds"]
+        assert isinstance(value, int)
+        return value
+
 
 @dataclass(frozen=True)
 class Grid:
@@ -112,7 +119,7 @@ class Grid:
     runs: tuple[RunSpec, ...]
 
 
-def _run(scale: Scale, setting: str, label: str, seed: int, study: str, **extra) -> RunSpec:
+def _run(scale: Scale, setting: str, label: str, seed: int, study: str, **extra: object) -> RunSpec:
     key, strategy = STRATEGIES[label]
     rounds = scale.binary_rounds if setting.startswith("binary") else scale.ten_class_rounds
     run_config: dict[str, object] = {

@@ -13,8 +13,10 @@ import json
 import os
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
 from ..markdown import replace_block
 from .grids import (
@@ -113,11 +115,12 @@ def load_runs(results_dir: Path) -> list[Run]:
              if k not in ("run", "setting", "strategy", "seed", "studies", "dataset", "client-lr")}
             for row in rows
         ]
-        metrics.sort(key=lambda r: r["round"])
+        metrics.sort(key=lambda r: r["round"] or 0.0)  # every row has its round
         runs.append(Run(
             name=name, setting=first["setting"], strategy=first["strategy"], seed=int(first["seed"]),
             studies=tuple(first["studies"].split("+")), local_epochs=int(float(first["local-epochs"])),
-            tau=_number(first["tau"]), client_lr=_number(first.get("client-lr", "")), rounds=metrics,
+            tau=_number(first["tau"]), client_lr=_number(first.get("client-lr", "")),
+            rounds=cast(list[dict[str, float]], metrics),  # the columns read here are never empty
         ))
     return runs
 
@@ -146,7 +149,7 @@ def margin(runs: list[Run], baseline: list[Run], metric: str) -> str:
     return f"{statistics.fmean(diffs):+.1f} ± {statistics.stdev(diffs):.1f}"
 
 
-def _select(runs: list[Run], setting: str, strategy: str, study: str = "main", **facts) -> list[Run]:
+def _select(runs: list[Run], setting: str, strategy: str, study: str = "main", **facts: object) -> list[Run]:
     chosen = [r for r in runs if r.setting == setting and r.strategy == strategy and study in r.studies]
     for key, value in facts.items():
         chosen = [r for r in chosen if getattr(r, key) == value]
@@ -198,21 +201,23 @@ def mask_comparisons(runs: list[Run], study: str) -> list[str]:
                 against = _select(runs, setting, reference, study)
                 diffs = {m: paired(_seed_values(chosen, m), _seed_values(against, m))
                          for m in ("peak_ood", "final_ood")}
-                if diffs["peak_ood"] is None:
+                peak, final = diffs["peak_ood"], diffs["final_ood"]
+                if peak is None or final is None:
                     continue
+                checked = {"peak_ood": peak, "final_ood": final}
                 is_control = reference == control
                 judged = ""
                 if is_control:
-                    judged = ", ".join(f"{name}: {diffs[m].verdict}" for m, name in (("peak_ood", "peak"),
+                    judged = ", ".join(f"{name}: {checked[m].verdict}" for m, name in (("peak_ood", "peak"),
                                                                                       ("final_ood", "final")))
-                    verdicts += [diffs["peak_ood"].verdict, diffs["final_ood"].verdict]
-                    evidence.append(f"{label} vs {reference}: peak {diffs['peak_ood'].format()} "
-                                    f"*{diffs['peak_ood'].verdict}*, final {diffs['final_ood'].format()} "
-                                    f"*{diffs['final_ood'].verdict}*")
+                    verdicts += [peak.verdict, final.verdict]
+                    evidence.append(f"{label} vs {reference}: peak {peak.format()} "
+                                    f"*{peak.verdict}*, final {final.format()} "
+                                    f"*{final.verdict}*")
                 lines.append(f"| {SETTING_TITLES[setting]} | {label} | {reference}"
                              f"{' (its no-mask control)' if is_control and reference == BASELINE else ''} "
-                             f"| {diffs['peak_ood'].format()} "
-                             f"| {diffs['final_ood'].format()} | {judged or '-'} |")
+                             f"| {peak.format()} "
+                             f"| {final.format()} | {judged or '-'} |")
             if control in STUDY_LABELS[study] and not _select(runs, setting, control, study):
                 lines.append(f"| {SETTING_TITLES[setting]} | {label} | {control} | not run | not run | - |")
         if evidence:
@@ -302,7 +307,7 @@ def round_time_ratio(runs: list[Run]) -> tuple[float, float, float] | None:
     return a, b, a / b
 
 
-def _plot_curves(ax, runs: list[Run], labels, setting: str, study: str) -> None:
+def _plot_curves(ax: Any, runs: list[Run], labels: Sequence[str], setting: str, study: str) -> None:
     for label in labels:
         chosen = _select(runs, setting, label, study)
         if not chosen:
@@ -313,7 +318,7 @@ def _plot_curves(ax, runs: list[Run], labels, setting: str, study: str) -> None:
         mean = [statistics.fmean(col) for col in zip(*curves, strict=False)]
         low = [min(col) for col in zip(*curves, strict=False)]
         high = [max(col) for col in zip(*curves, strict=False)]
-        style = {"color": "black", "linewidth": 2} if label == BASELINE else {"linewidth": 1.3}
+        style: dict[str, Any] = {"color": "black", "linewidth": 2} if label == BASELINE else {"linewidth": 1.3}
         if label in NO_MASK_CONTROLS.values() and label != BASELINE:
             style["linestyle"] = "--"
         (line,) = ax.plot(rounds, mean, label=f"{label} (n={len(chosen)})", **style)
@@ -324,7 +329,7 @@ def _plot_curves(ax, runs: list[Run], labels, setting: str, study: str) -> None:
     ax.grid(alpha=0.3)
 
 
-def plot_settings(runs: list[Run], labels, path: Path, title: str, study: str = "main",
+def plot_settings(runs: list[Run], labels: Sequence[str], path: Path, title: str, study: str = "main",
                   settings: tuple[str, ...] = tuple(SETTINGS)) -> None:
     import matplotlib
 
@@ -389,7 +394,7 @@ def plot_ablations(runs: list[Run], default_tau: float, path: Path, dataset: str
     plt.close(fig)
 
 
-def _hyperparameters(manifest: dict, config: dict) -> list[str]:
+def _hyperparameters(manifest: dict[str, Any], config: dict[str, Any]) -> list[str]:
     scale = manifest["scale"]
     clients = scale["clients"]
     rows = [
@@ -426,7 +431,7 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
     dataset = any_config["dataset"]
     planned = len(manifest["runs"])
     probes = load_probes(results_dir)
-    default_tau = float(STRATEGIES[ABLATION_WS][1]["tau"])
+    default_tau = float(cast(float, STRATEGIES[ABLATION_WS][1]["tau"]))
 
     def link(name: str) -> str:
         return Path(os.path.relpath(figures_dir / name, relative_to)).as_posix()

@@ -179,14 +179,14 @@ class GridRunner:
         if not todo:
             self.write_combined()
             return 0
-        rounds_left = sum(int(s.run_config["num-server-rounds"]) for s in todo)
+        rounds_left = sum(s.rounds for s in todo)
         started = time.monotonic()
         rounds_done = 0
         failures: list[str] = []
         federation = f"num-supernodes={self.grid.scale.clients} client-resources-num-cpus=1"
         with SimulationRuntime(self.results_dir / "runtime", self.host) as runtime:
             for index, spec in enumerate(todo, start=total - len(todo) + 1):
-                rounds = int(spec.run_config["num-server-rounds"])
+                rounds = spec.rounds
                 folder = self.folder(spec)
                 metrics_path = folder.metrics
                 # An interrupted run continues from its last checkpoint.
@@ -195,8 +195,8 @@ class GridRunner:
                     metrics_path.unlink()  # an attempt that never finished a round
                 shown = [len([r for r in folder.rows() if r["round"] != "0"])]
 
-                def progress(spec=spec, index=index, rounds=rounds, folder=folder, shown=shown,
-                             before=rounds_done):
+                def progress(spec: RunSpec = spec, index: int = index, rounds: int = rounds,
+                             folder: RunFolder = folder, shown: list[int] = shown, before: int = rounds_done) -> None:
                     rows = [r for r in folder.rows() if r["round"] != "0"]
                     for row in rows[shown[0]:]:
                         done = before + int(row["round"])

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Literal, cast
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def client_loss(w: np.ndarray, client: int) -> tuple[np.ndarray, np.ndarray]:
     return l1 + l2, g1 + g2
 
 
-def trajectory(start, method: tuple[str, float, float] | None) -> np.ndarray:
+def trajectory(start: tuple[float, float], method: tuple[str, float, float] | None) -> np.ndarray:
     """The global point after every round, starting at ``start``."""
     x = np.asarray(start, dtype=np.float64)
     path = [x]
@@ -64,7 +65,8 @@ def trajectory(start, method: tuple[str, float, float] | None) -> np.ndarray:
             x = (replies[0] + replies[1]) / 2
         else:
             variant, tau, server_lr = method
-            aggregator = MaskedAggregator({"w": x}, variant=variant, tau=tau, server_lr=server_lr)
+            aggregator = MaskedAggregator({"w": x}, variant=cast(Literal["ws", "gma"], variant), tau=tau,
+                                          server_lr=server_lr)
             for y in replies:
                 aggregator.add({"w": y}, 1.0)
             x = aggregator.result()[0]["w"]
