@@ -1,6 +1,6 @@
 """The ``fedgma`` command: every tool of the project, one subcommand each.
 
-What the container image runs (``fedgma[deploy]``, :mod:`fedgma.deploy`)::
+What the container image runs (``fedgma[deploy]``, :mod:`fedgma.deployment`)::
 
     fedgma superlink [flower-superlink options]   # flower-superlink, its Fleet API hardened
     fedgma compose register --superlink ... --ca ... --keys ... --supernodes N
@@ -20,7 +20,7 @@ import importlib.util
 import signal
 import sys
 
-from fedgma.deploy import compose
+from fedgma.deployment import compose
 from fedgma.lab import commands as lab
 
 DEPLOY_HINT = "pip install 'fedgma[deploy]'"
@@ -43,7 +43,7 @@ def _superlink(argv: list[str]) -> int:
     if problem is not None:
         print(f"fedgma superlink: {problem}", file=sys.stderr)
         return 2
-    from fedgma.deploy.superlink import main as superlink_main
+    from fedgma.deployment.superlink import main as superlink_main
 
     superlink_main(argv)
     return 0

@@ -61,7 +61,7 @@ def test_probe_run_reads_a_finished_runs_files_and_writes_its_result(tmp_path, s
 
     from fedgma.app.config import DataSource, parse_run_config
     from fedgma.app.task.model import build_model
-    from fedgma.deploy.app_folder import app_defaults
+    from fedgma.deployment.app_folder import app_defaults
     from fedgma.lab.experiments.colour_probe import probe_grid
     from fedgma.lab.experiments.results import PROBE_FILE, load_probes
 

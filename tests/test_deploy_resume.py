@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from run_settings import ROOT
 
-from fedgma.deploy.local import LocalDeployment
-from fedgma.deploy.resume import APP_FAILURE, LOST_SERVERAPP, Attempt, CheckpointState, checkpoint_state, decide
+from fedgma.deployment.local import LocalDeployment
+from fedgma.deployment.resume import APP_FAILURE, LOST_SERVERAPP, Attempt, CheckpointState, checkpoint_state, decide
 from fedgma.loop.checkpoint import Checkpoint, load_checkpoint, mark_failed, save_checkpoint
 
 LOST = Attempt(7, "finished:failed", LOST_SERVERAPP)

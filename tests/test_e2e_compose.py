@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from run_settings import ROOT
 
-from fedgma.deploy.processes import free_port
+from fedgma.deployment.processes import free_port
 from fedgma.loop.checkpoint import CheckpointError, load_checkpoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.compose]

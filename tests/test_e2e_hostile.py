@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 from run_settings import ROOT
 
-from fedgma.deploy.local import LocalDeployment
-from fedgma.deploy.processes import BIN, free_port, start
+from fedgma.deployment.local import LocalDeployment
+from fedgma.deployment.processes import BIN, free_port, start
 
 pytestmark = pytest.mark.e2e
 

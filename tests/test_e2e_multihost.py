@@ -14,8 +14,8 @@ import pytest
 from netns_hosts import VirtualHosts, netns_available
 from run_settings import ROOT
 
-from fedgma.deploy.flower import FlowerCli, HostSettings, flower_env, write_connection
-from fedgma.deploy.processes import BIN, SUPERLINK, start, stop
+from fedgma.deployment.flower import FlowerCli, HostSettings, flower_env, write_connection
+from fedgma.deployment.processes import BIN, SUPERLINK, start, stop
 
 pytestmark = pytest.mark.e2e
 

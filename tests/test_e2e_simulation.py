@@ -8,7 +8,7 @@ import torch
 from run_settings import ROOT
 
 from fedgma.app.task.model import build_model
-from fedgma.deploy.flower import HostSettings, SimulationRuntime
+from fedgma.deployment.flower import HostSettings, SimulationRuntime
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ import pytest
 from fedgma.app.config import parse_run_config
 from fedgma.app.outputs import RunOutputs
 from fedgma.app.server_app import run_directory
-from fedgma.deploy.app_folder import app_defaults
+from fedgma.deployment.app_folder import app_defaults
 from fedgma.lab.experiments import report, toy
 from fedgma.lab.experiments.grids import (
     ABLATION_TAUS,
@@ -157,7 +157,7 @@ def test_a_grid_with_output_dir_finds_its_runs_where_the_app_put_them(tmp_path):
 
 
 def test_the_demo_finds_its_runs_where_the_app_puts_them(tmp_path):
-    from fedgma.deploy.app_folder import app_dir
+    from fedgma.deployment.app_folder import app_dir
     from fedgma.lab import demo
 
     for extra in ({}, {"output-dir": "x"}, {"output-dir": "x/y"}):
@@ -225,7 +225,7 @@ def test_metrics_differences_ignore_only_the_timings(tmp_path):
 def test_one_override_parser_reads_values_as_flowers_run_config_does():
     import argparse
 
-    from fedgma.deploy.app_folder import parse_override, parse_overrides
+    from fedgma.deployment.app_folder import parse_override, parse_overrides
 
     assert parse_override("tau=0.8") == ("tau", 0.8)
     assert parse_override("num-server-rounds=3") == ("num-server-rounds", 3)

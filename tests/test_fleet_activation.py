@@ -13,8 +13,8 @@ from flwr.proto.fleet_pb2 import ActivateNodeRequest, ActivateNodeResponse
 from flwr.supercore.date import now
 from flwr.supercore.primitives.asymmetric import generate_key_pairs, public_key_to_bytes, sign_message
 
-from fedgma.deploy.flower import FlowerCli, flower_env, write_connection
-from fedgma.deploy.processes import free_port, launch_command, start, stop, wait_for_http
+from fedgma.deployment.flower import FlowerCli, flower_env, write_connection
+from fedgma.deployment.processes import free_port, launch_command, start, stop, wait_for_http
 
 pytestmark = pytest.mark.e2e
 

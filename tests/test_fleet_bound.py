@@ -5,9 +5,9 @@ call is refused unread."""
 
 import pytest
 
-from fedgma.deploy.flower import flower_env
-from fedgma.deploy.processes import descendants, free_port, launch_command, start, stop, wait_for_http
-from fedgma.deploy.superlink import call_limit, message_limit
+from fedgma.deployment.flower import flower_env
+from fedgma.deployment.processes import descendants, free_port, launch_command, start, stop, wait_for_http
+from fedgma.deployment.superlink import call_limit, message_limit
 from fedgma.lab.bench.fleet import flood, largest_honest_message, send_raw
 
 pytestmark = pytest.mark.e2e

@@ -1,5 +1,5 @@
 """The package's layout: library (fedgma.strategy, fedgma.loop) <- Flower app (fedgma.app) <-
-deployment tooling (fedgma.deploy: what the container image runs) <- research tooling (fedgma.lab)
+deployment tooling (fedgma.deployment: what the container image runs) <- research tooling (fedgma.lab)
 <- the ``fedgma`` command (fedgma.cli, fedgma.__main__), imports pointing one way; the library
 needs neither torch nor the app; the app bundle Flower sends to SuperNodes holds the library
 and the app only."""
@@ -21,9 +21,9 @@ COMMAND = ("fedgma.cli", "fedgma.__main__")
 ALLOWED = {
     "library": LIBRARY,
     "app": (*LIBRARY, "fedgma.app"),
-    "deploy": (*LIBRARY, "fedgma.app", "fedgma.deploy"),
-    "lab": (*LIBRARY, "fedgma.app", "fedgma.deploy", "fedgma.lab"),
-    "command": (*LIBRARY, "fedgma.app", "fedgma.deploy", "fedgma.lab", *COMMAND),
+    "deployment": (*LIBRARY, "fedgma.app", "fedgma.deployment"),
+    "lab": (*LIBRARY, "fedgma.app", "fedgma.deployment", "fedgma.lab"),
+    "command": (*LIBRARY, "fedgma.app", "fedgma.deployment", "fedgma.lab", *COMMAND),
 }
 
 
@@ -31,7 +31,7 @@ def layer(module: str) -> str:
     module = module.removesuffix(".__init__")
     if module.startswith(LIBRARY) or module == "fedgma":
         return "library"
-    for prefix in ("app", "deploy", "lab"):
+    for prefix in ("app", "deployment", "lab"):
         if module == f"fedgma.{prefix}" or module.startswith(f"fedgma.{prefix}."):
             return prefix
     assert module in COMMAND, f"{module}: in no layer (add it to one)"
@@ -75,7 +75,7 @@ def test_the_library_imports_without_torch_or_the_app():
         "    sys.modules[name] = None  # an import of it raises ImportError\n"
         "from fedgma.strategy import FedGMA, FedGMAAdam\n"
         "from fedgma.loop import RoundLoop, resume_point\n"
-        "tooling = ('fedgma.app', 'fedgma.deploy', 'fedgma.lab', 'fedgma.cli')\n"
+        "tooling = ('fedgma.app', 'fedgma.deployment', 'fedgma.lab', 'fedgma.cli')\n"
         "assert not any(m.startswith(tooling) for m in sys.modules)\n"
         "print('ok')\n"
     )
@@ -101,7 +101,7 @@ def test_the_client_app_imports_only_what_training_from_the_cached_partition_nee
     assert {m for m in loaded if not m.startswith("fedgma.app")} == {
         "fedgma", "fedgma.loop", "fedgma.loop.partitions", "fedgma.loop.atomic", "fedgma.strategy",
         "fedgma.strategy.masking"}
-    assert not any(m.startswith(("fedgma.lab", "fedgma.deploy", "fedgma.cli", "fedgma.app.server_app",
+    assert not any(m.startswith(("fedgma.lab", "fedgma.deployment", "fedgma.cli", "fedgma.app.server_app",
                                  "fedgma.app.outputs", "fedgma.app.run_folder")) for m in loaded)
 
 

@@ -16,7 +16,7 @@ import pytest
 from run_settings import ROOT
 
 from fedgma import cli
-from fedgma.deploy import app_folder
+from fedgma.deployment import app_folder
 
 BUILD = """
 import sys

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedgma.app.config import ConfigError, parse_run_config
-from fedgma.deploy.app_folder import AppFolderNotFound, app_defaults, app_dir, parse_override
-from fedgma.deploy.flower import HostSettings
+from fedgma.deployment.app_folder import AppFolderNotFound, app_defaults, app_dir, parse_override
+from fedgma.deployment.flower import HostSettings
 
 # What the research tools need beyond the core (flwr, NumPy): the app and lab extras ...
 LAB_MODULES = ("torch", "torchvision", "flwr_datasets", "matplotlib")

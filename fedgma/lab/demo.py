@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fedgma.app.run_folder import RunFolder
-from fedgma.deploy.app_folder import app_defaults, app_dir, parse_override
-from fedgma.deploy.flower import HostSettings, SimulationRuntime
+from fedgma.deployment.app_folder import app_defaults, app_dir, parse_override
+from fedgma.deployment.flower import HostSettings, SimulationRuntime
 
 STRATEGIES = {
     "FedGMA (ws)": {"strategy": "fedgma", "variant": "ws"},

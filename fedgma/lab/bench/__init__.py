@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from fedgma.deploy.app_folder import app_defaults, app_dir
+from fedgma.deployment.app_folder import app_defaults, app_dir
 
 from ..markdown import bench_markers, replace_block
 from . import round_latency

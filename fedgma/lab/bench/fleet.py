@@ -84,8 +84,8 @@ def largest_honest_message(chunk_bytes: int | None = None) -> int:
 
 def _superlink(launcher: str, home: Path, env: dict[str, str]) -> tuple[subprocess.Popen[bytes], int]:
     """Start an insecure ``launcher`` on loopback; (its process, its Fleet port) once it answers."""
-    from fedgma.deploy.flower import flower_env
-    from fedgma.deploy.processes import free_port, launch_command, start, wait_for_http
+    from fedgma.deployment.flower import flower_env
+    from fedgma.deployment.processes import free_port, launch_command, start, wait_for_http
 
     fleet, http = free_port(), free_port()
     process = start([*launch_command(launcher), "--insecure", "--host", "127.0.0.1", "--port", str(http),
@@ -94,7 +94,7 @@ def _superlink(launcher: str, home: Path, env: dict[str, str]) -> tuple[subproce
     try:
         wait_for_http(f"http://127.0.0.1:{http}/health", 60, process)  # Fleet starts before HTTP
     except BaseException:
-        from fedgma.deploy.processes import stop
+        from fedgma.deployment.processes import stop
 
         stop(process)
         raise
@@ -107,7 +107,7 @@ def fleet_messages(sizes_mb: tuple[int, ...] = (10, 100, 300)) -> list[str]:
     import tempfile
     import threading
 
-    from fedgma.deploy.processes import stop
+    from fedgma.deployment.processes import stop
 
     lines = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -209,8 +209,8 @@ def fleet_flood(setups: tuple[tuple[str, dict[str, str], int], ...] = FLOOD_SETU
     """
     import tempfile
 
-    from fedgma.deploy.processes import descendants, stop
-    from fedgma.deploy.superlink import call_limit, message_limit
+    from fedgma.deployment.processes import descendants, stop
+    from fedgma.deployment.superlink import call_limit, message_limit
 
     lines = []
     with tempfile.TemporaryDirectory() as tmp:

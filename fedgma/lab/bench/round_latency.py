@@ -101,8 +101,8 @@ def measure(app: Path, rounds: int = 5, repeats: int = 2, supernodes: int = 3, i
     after alternating, so that a drifting machine weighs on both alike), ``rounds`` measured
     rounds each; their mean round parts, and the SuperLink's CPU (share of one core) with the
     SuperNodes connected and no run."""
-    from fedgma.deploy.flower import FlowerCli, HostSettings, SimulationRuntime
-    from fedgma.deploy.local import LocalDeployment
+    from fedgma.deployment.flower import FlowerCli, HostSettings, SimulationRuntime
+    from fedgma.deployment.local import LocalDeployment
 
     rows: dict[tuple[str, str], list[dict[str, str]]] = {key: [] for key in product(MODES, LOOPS)}
     superlink_cpu: dict[str, list[float]] = {loop: [0.0, 0.0] for loop in LOOPS}  # CPU seconds, wall seconds

@@ -41,7 +41,7 @@ class TreeMemory:
         return 0
 
     def sample(self) -> int:
-        from fedgma.deploy.processes import descendants
+        from fedgma.deployment.processes import descendants
 
         pids = [self.root, *descendants(self.root)]
         total = sum(self.pss(pid) for pid in pids)
@@ -67,7 +67,7 @@ def round_times(app: Path, rounds: int = 16, repeats: int = 3) -> tuple[list[str
     """Seconds per round of FedGMA (ws) and FedAvg in the same simulation settings, alternating runs."""
     import tempfile
 
-    from fedgma.deploy.flower import HostSettings, SimulationRuntime
+    from fedgma.deployment.flower import HostSettings, SimulationRuntime
 
     settings = {"num-server-rounds": rounds, "min-nodes": 10, "train-images": 5000, "test-images": 2000,
                 "partitioning": "iid"}
@@ -100,7 +100,7 @@ def simulation_scale(app: Path, clients: int = 1000, sampled: int = 100, rounds:
     """FedGMA ws in simulation with many virtual clients: seconds per round and peak memory."""
     import tempfile
 
-    from fedgma.deploy.flower import HostSettings, SimulationRuntime
+    from fedgma.deployment.flower import HostSettings, SimulationRuntime
 
     config = {"num-server-rounds": rounds, "strategy": "fedgma", "variant": "ws", "min-nodes": sampled,
               "fraction-train": sampled / clients, "train-images": 0, "test-images": 2000,

@@ -26,7 +26,7 @@ from fedgma.app.task.base_data import load_base_images
 from fedgma.app.task.coloring import TRAIN_BACKGROUND, TRAIN_FOREGROUND, paint
 from fedgma.app.task.data import load_test_set
 from fedgma.app.task.model import build_model
-from fedgma.deploy.app_folder import app_defaults
+from fedgma.deployment.app_folder import app_defaults
 from fedgma.loop.atomic import atomic_write
 
 from .results import PROBE_FILE, grid_run_folders, saved_settings

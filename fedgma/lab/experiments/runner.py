@@ -27,8 +27,8 @@ from pathlib import Path
 
 from fedgma.app.config import NOT_RESULT_SETTINGS, RunConfig, parse_run_config
 from fedgma.app.run_folder import METRIC_COLUMNS, RunFolder
-from fedgma.deploy.app_folder import app_defaults, app_dir
-from fedgma.deploy.flower import HostSettings, SimulationRuntime
+from fedgma.deployment.app_folder import app_defaults, app_dir
+from fedgma.deployment.flower import HostSettings, SimulationRuntime
 from fedgma.loop.atomic import atomic_write
 
 from .grids import Grid, RunSpec
@@ -66,7 +66,7 @@ class GridRunner:
     run_timeout : float
         Seconds allowed per run.
     app : Path | None
-        The Flower app folder to submit (default: :func:`fedgma.deploy.app_folder.app_dir`).
+        The Flower app folder to submit (default: :func:`fedgma.deployment.app_folder.app_dir`).
     echo : callable
         Where progress lines go.
     """
