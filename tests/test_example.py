@@ -15,10 +15,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fedgma.lab.launch import free_port, processes_named, stop_trees
 from readme_blocks import code_blocks
 from run_settings import ROOT
 
+from fedgma.lab.launch import free_port, processes_named, stop_trees
 from fedgma.loop import load_checkpoint
 
 pytestmark = pytest.mark.e2e

@@ -11,10 +11,10 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from fedgma.lab.launch import HostSettings, SimulationRuntime
 from readme_blocks import code_blocks
 from run_settings import ROOT
 
+from fedgma.lab.launch import HostSettings, SimulationRuntime
 from fedgma.loop import RunFolder, load_checkpoint
 
 pytestmark = pytest.mark.e2e

@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fedgma.loop.run_folder import RunFolder
 from flower_messages import error_reply, global_record, set_task_identity, train_reply
 from flwr.app import ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.app.error import Error
@@ -22,6 +21,7 @@ from fedgma.app.config import parse_run_config
 from fedgma.loop import RunFailed
 from fedgma.loop import checkpoint as ckpt
 from fedgma.loop.rounds import NODE_RECORD, RoundLoop, RoundOutcome
+from fedgma.loop.run_folder import RunFolder
 from fedgma.strategy import FedGMA, FedGMAAdam
 
 TESTS = Path(__file__).resolve().parent
