@@ -174,7 +174,9 @@ def stop_trees(pids: Sequence[int], grace: float = 10.0, reap: Callable[[], obje
     _signal_all([pid for pid in tree if _alive(pid)], signal.SIGKILL)
 
 
-def start(command: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path | None = None) -> subprocess.Popen[bytes]:
+def start(
+    command: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
     """Start a Flower process in its own process group, output to ``log_path``, in ``cwd``
     (default: ours), which the ServerApp and ClientApps it starts inherit."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
