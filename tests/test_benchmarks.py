@@ -6,8 +6,10 @@ import time
 
 import pytest
 
-from fedgma.lab import round_latency
-from fedgma.lab.benchmarks import TreeMemory, ratio_interval, replace_block, target_lines
+from fedgma.lab.bench import round_latency, target_lines
+from fedgma.lab.bench.aggregation import ratio_interval
+from fedgma.lab.bench.rounds import TreeMemory
+from fedgma.lab.markdown import bench_markers, replace_block
 
 
 def test_round_parts_split_the_round_and_sum_to_it():
@@ -23,17 +25,17 @@ def test_round_parts_split_the_round_and_sum_to_it():
     ]
     parts = round_latency.round_parts(rows)
     # Means: round 25, train wait 14 = pull 2 + start 4 + work 5 + lag 2 + rest 1; eval 8 = 7 + 1; other 1.5.
-    by_key = dict(zip([label for label, _ in round_latency.PARTS], parts.values()))
+    by_key = dict(zip([label for label, _ in round_latency.ROUND_PARTS], parts.values(), strict=False))
     assert list(by_key.values()) == pytest.approx([2, 4, 5, 2, 1, 0.5, 7, 1, 1, 1.5])
     assert parts["round"] == 25 and sum(by_key.values()) == pytest.approx(25)
     # Simulation: no ClientApp process start (empty cells) and nothing missing.
     simulated = [{**rows[0], "clientapp-start-seconds": ""}]
-    assert round_latency.round_parts(simulated)[round_latency.PARTS[1][0]] == 0.0
+    assert round_latency.round_parts(simulated)[round_latency.ROUND_PARTS[1][0]] == 0.0
 
 
 def test_the_latency_table_gives_shares_ratios_and_the_superlink_cpu():
     def measured(round_s, cpu=None):
-        parts = {label: round_s / len(round_latency.PARTS) for label, _ in round_latency.PARTS}
+        parts = {label: round_s / len(round_latency.ROUND_PARTS) for label, _ in round_latency.ROUND_PARTS}
         return round_latency.Measured({**parts, "round": round_s}, 10, cpu)
 
     results = {("simulated", "before"): measured(2.0), ("simulated", "after"): measured(2.0),
@@ -68,17 +70,18 @@ def test_ratio_interval_brackets_the_ratio_of_means_and_is_reproducible():
 
 def test_replace_block_rewrites_only_its_own_block_and_appends_new_ones():
     text = "# B\n<!-- bench:a:begin -->\nold a\n<!-- bench:a:end -->\nkeep\n"
-    text = replace_block(text, "a", "new a\n")
+    text = replace_block(text, *bench_markers("a"), append_missing=True, block="new a\n")
     assert text == "# B\n<!-- bench:a:begin -->\nnew a\n<!-- bench:a:end -->\nkeep\n"
-    text = replace_block(text, "b", "b\n")
+    text = replace_block(text, *bench_markers("b"), append_missing=True, block="b\n")
     assert text.endswith("keep\n\n<!-- bench:b:begin -->\nb\n<!-- bench:b:end -->\n")
-    assert replace_block(text, "a", "again\n").count("again") == 1
+    assert replace_block(text, *bench_markers("a"), append_missing=True, block="again\n").count("again") == 1
 
 
 def test_tree_memory_counts_the_memory_of_child_processes():
     size = 200 * 2**20
     code = f"b = b'x' * {size}; import time; time.sleep(3)"  # written, so resident
-    parent = subprocess.Popen([sys.executable, "-c", f"import subprocess, sys; subprocess.run([sys.executable, '-c', {code!r}])"])
+    child = f"import subprocess, sys; subprocess.run([sys.executable, '-c', {code!r}])"
+    parent = subprocess.Popen([sys.executable, "-c", child])
     try:
         with TreeMemory(parent.pid, interval=0.1) as memory:
             deadline = time.monotonic() + 20
@@ -103,6 +106,7 @@ def test_targets_name_the_worst_case_and_say_missed():
     time_row = rows["aggregate_train FedGMA / FedAvg <= 1.3 at every K and P"]
     assert "worst 1.40 (FedGMA ws, P = 1M, K = 10)" in time_row and time_row.endswith("**missed** |")
     assert "FedGMA 36 - 100 %" in rows["aggregation throughput >= 50 % of the copy bound"]
-    assert "FedGMA ws 1.100" in rows["extra memory flat in K"] and rows["extra memory flat in K"].endswith("**missed** |")
+    flat = rows["extra memory flat in K"]
+    assert "FedGMA ws 1.100" in flat and flat.endswith("**missed** |")
     assert rows["round time FedGMA / FedAvg <= 1.02"].endswith("| met |")
     assert rows["bytes per client per round, ratio 1.00"].endswith("| met |")

@@ -17,7 +17,8 @@ from flwr.supercore.interceptors import RuntimeVersionHttpInterceptor, SuperExec
 from flwr.supercore.runtime import RuntimeHttpClient
 from run_settings import ROOT
 
-from fedgma.lab.launch import LocalDeployment, processes_named
+from fedgma.deployment.local import LocalDeployment
+from fedgma.deployment.processes import processes_named
 
 pytestmark = pytest.mark.e2e
 

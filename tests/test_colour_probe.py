@@ -40,7 +40,7 @@ class ReadsShape(nn.Module):
 def test_swapped_colours_are_another_classes_training_colours():
     probe = _probe()
     assert np.all(probe.colour_labels != probe.shape_labels)
-    for image, colour in zip(probe.images, probe.colour_labels):
+    for image, colour in zip(probe.images, probe.colour_labels, strict=False):
         fg = image[:, 14, 14] / 255.0
         bg = image[:, 0, 0] / 255.0
         assert min(np.abs(TRAIN_FOREGROUND[colour] - fg).max(axis=1)) < 0.01
@@ -61,8 +61,9 @@ def test_probe_run_reads_a_finished_runs_files_and_writes_its_result(tmp_path, s
 
     from fedgma.app.config import DataSource, parse_run_config
     from fedgma.app.task.model import build_model
-    from fedgma.lab.experiments.colour_probe import PROBE_FILE, load_probes, probe_grid
-    from fedgma.lab.project import app_defaults
+    from fedgma.deployment.app_folder import app_defaults
+    from fedgma.lab.experiments.colour_probe import probe_grid
+    from fedgma.lab.experiments.results import PROBE_FILE, load_probes
 
     source = DataSource(shared_data_dir, download=False)
     for name, task in (("ten", "ten-class"), ("two", "binary")):

@@ -25,8 +25,9 @@ def compose_config(path: Path, **env) -> dict:
 
 
 def test_compose_file_matches_the_compose_schema():
-    result = subprocess.run([str(Path(sys.executable).parent / "check-jsonschema"), "--builtin-schema", "vendor.compose-spec",
-                             str(ROOT / "docker-compose.yml")], capture_output=True, text=True)
+    checker = str(Path(sys.executable).parent / "check-jsonschema")
+    result = subprocess.run([checker, "--builtin-schema", "vendor.compose-spec", str(ROOT / "docker-compose.yml")],
+                            capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
 
 
@@ -44,7 +45,7 @@ def test_compose_file_deploys_fedgma_with_tls_and_supernode_auth():
     services = config["services"]
     assert set(services) == SERVICES
     superlink = " ".join(services["superlink"]["command"])
-    assert superlink.startswith("python -m fedgma.lab.superlink ")  # Fleet messages bounded
+    assert superlink.startswith("python -m fedgma superlink ")  # Fleet messages bounded
     for flag in ("--ssl-ca-certfile=/run/secrets/ca-crt", "--ssl-certfile=/run/secrets/server-pem",
                  "--ssl-keyfile=/run/secrets/server-key", "--enable-supernode-auth",
                  "--disable-runtime-dependency-installation", "--fleet-api-address=0.0.0.0:9092"):

@@ -1,8 +1,8 @@
-"""``python -m fedgma.lab.deploy run`` resumes a run whose ServerApp was lost with the SuperLink.
+"""``fedgma compose run`` resumes a run whose ServerApp was lost with the SuperLink.
 
 The decision (fast, no processes): which endings are retried, as a resume or anew, and which are
 not (a run that failed for its own reasons; no resume left). End to end on loopback: a
-``fedgma-superlink`` with a ``--database`` file, TLS and two SuperNodes; a run with a bad setting
+``fedgma superlink`` with a ``--database`` file, TLS and two SuperNodes; a run with a bad setting
 is not retried and ``run`` exits 1; a 3-round run whose SuperLink is killed with SIGKILL after a
 checkpointed round and restarted on the same database is resumed by ``run`` from its checkpoint
 and completes, each round in ``metrics.csv`` once, and ``run`` exits 0."""
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from run_settings import ROOT
 
-from fedgma.lab.deploy import APP_FAILURE, LOST_SERVERAPP, Attempt, CheckpointState, checkpoint_state, decide
-from fedgma.lab.launch import LocalDeployment
+from fedgma.deployment.local import LocalDeployment
+from fedgma.deployment.resume import APP_FAILURE, LOST_SERVERAPP, Attempt, CheckpointState, checkpoint_state, decide
 from fedgma.loop.checkpoint import Checkpoint, load_checkpoint, mark_failed, save_checkpoint
 
 LOST = Attempt(7, "finished:failed", LOST_SERVERAPP)
@@ -62,8 +62,8 @@ def test_the_checkpoint_state_is_read_from_the_output_root(tmp_path):
 
 
 def deploy_run(deployment, certs, run_config, log_path, *extra):
-    """``python -m fedgma.lab.deploy run`` against the deployment, output to ``log_path``."""
-    command = [sys.executable, "-m", "fedgma.lab.deploy", "run", f"--superlink=127.0.0.1:{deployment.http_port}",
+    """``fedgma compose run`` against the deployment, output to ``log_path``."""
+    command = [sys.executable, "-m", "fedgma", "compose", "run", f"--superlink=127.0.0.1:{deployment.http_port}",
                f"--ca={certs / 'ca.crt'}", f"--flwr-home={log_path.parent / 'deploy-home'}",
                f"--run-config={run_config}", "--poll=1", "--superlink-wait=120", "--timeout=600", *extra]
     with log_path.open("wb") as log:

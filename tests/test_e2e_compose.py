@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from run_settings import ROOT
 
-from fedgma.lab.launch import free_port
+from fedgma.deployment.processes import free_port
 from fedgma.loop.checkpoint import CheckpointError, load_checkpoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.compose]
@@ -99,7 +99,7 @@ for path in ('/app/probe', '/usr/probe'):
 KILL_SUPERLINK = """
 import os
 for pid in filter(str.isdigit, os.listdir('/proc')):
-    if int(pid) != os.getpid() and b'fedgma.lab.superlink' in open(f'/proc/{pid}/cmdline', 'rb').read():
+    if int(pid) != os.getpid() and b'fedgma\\x00superlink' in open(f'/proc/{pid}/cmdline', 'rb').read():
         os.kill(int(pid), 9)
         print('killed', pid)
 """

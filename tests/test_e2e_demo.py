@@ -1,17 +1,17 @@
-"""The README's main job (python -m fedgma.lab.demo), at a small size."""
+"""The README's main job (fedgma demo), at a small size."""
 
 import json
 
 import pytest
 
-from fedgma.lab import demo
+from fedgma import cli
 
 pytestmark = pytest.mark.e2e
 
 
 def test_main_job_compares_fedgma_and_fedavg(tmp_path, shared_data_dir, capsys):
-    status = demo.main([
-        "--clients", "2", "--rounds", "1", "--output-dir", str(tmp_path),
+    status = cli.main([
+        "demo", "--clients", "2", "--rounds", "1", "--output-dir", str(tmp_path),
         "--data-dir", str(shared_data_dir), "--no-download",
         "train-images=2000", "test-images=1000", "partitioning=iid", "local-epochs=1",
     ])
@@ -26,8 +26,8 @@ def test_main_job_compares_fedgma_and_fedavg(tmp_path, shared_data_dir, capsys):
 
 
 def test_main_job_reports_a_failed_run_and_exits_non_zero(tmp_path, shared_data_dir, capsys):
-    status = demo.main([
-        "--clients", "2", "--rounds", "6", "--output-dir", str(tmp_path),
+    status = cli.main([
+        "demo", "--clients", "2", "--rounds", "6", "--output-dir", str(tmp_path),
         "--data-dir", str(shared_data_dir), "--no-download",
         "train-images=1000", "test-images=500", "local-epochs=1", "client-lr=1e6",
     ])

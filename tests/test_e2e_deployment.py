@@ -7,7 +7,7 @@ import subprocess
 import pytest
 from run_settings import ROOT
 
-from fedgma.lab.launch import LocalDeployment
+from fedgma.deployment.local import LocalDeployment
 
 SMALL_RUN = {"train-images": 2000, "test-images": 1000}
 

@@ -10,7 +10,9 @@ import pytest
 import torch
 from run_settings import ROOT
 
-from fedgma.lab.launch import LocalDeployment, SimulationRuntime, kill_tree, processes_named
+from fedgma.deployment.flower import SimulationRuntime
+from fedgma.deployment.local import LocalDeployment
+from fedgma.deployment.processes import kill_tree, processes_named
 
 pytestmark = pytest.mark.e2e
 

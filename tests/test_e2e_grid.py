@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from fedgma.lab import cli
+from fedgma import cli
 
 pytestmark = pytest.mark.e2e
 

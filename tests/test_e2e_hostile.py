@@ -1,4 +1,4 @@
-"""Hostile client hosts against a real deployment (fedgma-superlink + flower-supernode on loopback).
+"""Hostile client hosts against a real deployment (fedgma superlink + flower-supernode on loopback).
 
 Two SuperNodes are honest; two more run on hosts whose operator turned hostile
 (``tests/hostile/sitecustomize.py``): one claims 1e-6 examples for weights shifted by 100 (seen
@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from run_settings import ROOT
 
-from fedgma.lab.launch import BIN, LocalDeployment, free_port, start
+from fedgma.deployment.local import LocalDeployment
+from fedgma.deployment.processes import BIN, free_port, start
 
 pytestmark = pytest.mark.e2e
 

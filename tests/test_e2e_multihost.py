@@ -14,7 +14,8 @@ import pytest
 from netns_hosts import VirtualHosts, netns_available
 from run_settings import ROOT
 
-from fedgma.lab.launch import BIN, FlowerCli, HostSettings, flower_env, start, stop, write_connection
+from fedgma.deployment.flower import FlowerCli, HostSettings, flower_env, write_connection
+from fedgma.deployment.processes import BIN, SUPERLINK, start, stop
 
 pytestmark = pytest.mark.e2e
 
@@ -86,7 +87,7 @@ def test_three_client_hosts_with_tls_and_supernode_auth(tmp_path, shared_data_di
         try:
             superlink_log = tmp_path / "superlink.log"
             superlink = start([
-                *hosts.prefix("server"), str(BIN / "fedgma-superlink"),
+                *hosts.prefix("server"), *SUPERLINK,
                 "--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile", str(certs / "server.pem"),
                 "--ssl-keyfile", str(certs / "server.key"), "--enable-supernode-auth",
                 "--host", "127.0.0.1", "--port", str(CONTROL_PORT), "--fleet-api-address", f"{server}:{FLEET_PORT}",

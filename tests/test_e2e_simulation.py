@@ -8,7 +8,7 @@ import torch
 from run_settings import ROOT
 
 from fedgma.app.task.colored.model import build_model
-from fedgma.lab.launch import HostSettings, SimulationRuntime
+from fedgma.deployment.flower import HostSettings, SimulationRuntime
 
 pytestmark = pytest.mark.e2e
 

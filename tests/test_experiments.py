@@ -10,6 +10,8 @@ import pytest
 
 from fedgma.app.outputs import RunOutputs
 from fedgma.app.settings import parse_run_config
+from fedgma.app.server_app import run_directory
+from fedgma.deployment.app_folder import app_defaults
 from fedgma.lab.experiments import report, toy
 from fedgma.lab.experiments.grids import (
     ABLATION_TAUS,
@@ -21,7 +23,6 @@ from fedgma.lab.experiments.grids import (
     grid_by_name,
 )
 from fedgma.lab.experiments.runner import GridMismatch, GridRunner
-from fedgma.lab.project import app_defaults
 
 
 def test_full_grid_has_every_setting_strategy_and_seed_once():
@@ -88,9 +89,9 @@ def test_quick_grid_has_the_full_grids_runs_with_fewer_rounds():
 
 
 def fake_run(runner, spec, ood):
-    """A finished run's files as the ServerApp writes them."""
-    outputs = RunOutputs(runner.runs_dir / spec.name)
+    """A finished run's files as the ServerApp writes them, where it puts them."""
     config = runner.validated(spec)
+    outputs = RunOutputs(run_directory(config, 1, runner.runs_dir))
     outputs.write_config(config, {"run-id": 1})
     for round_number, acc in enumerate(ood):
         outputs.add_row({"round": round_number, "wall-seconds": round_number, "round-seconds": 1.0 + round_number,
@@ -118,22 +119,51 @@ def test_combined_csv_and_report_numbers(tmp_path):
     assert runs[fedgma.name].peak_ood == 0.7 and runs[fedgma.name].final_ood == 0.65
     assert runs[fedgma.name].seconds_per_round == 3.0  # rounds 2+ only: round-seconds 3
     text = report.build_markdown(tmp_path, tmp_path / "fig", tmp_path)
-    line = next(l for l in text.splitlines() if l.startswith("| FedGMA ws, eta_s=1 |"))
+    line = next(ln for ln in text.splitlines() if ln.startswith("| FedGMA ws, eta_s=1 |"))
     assert "| 0.7000 | 0.6500 | 0.9000 | +10.0 | +10.0 | 3.00 |" in line
     # Against its no-mask control: peak 0.70 - 0.75, final 0.65 - 0.60; one seed gives no interval.
-    line = next(l for l in text.splitlines() if "| FedAvg, server step 2 (no mask) |" in l and "FedGMA" in l)
+    line = next(ln for ln in text.splitlines() if "| FedAvg, server step 2 (no mask) |" in ln and "FedGMA" in ln)
     assert "| -5.0 (n=1) | +5.0 (n=1) | peak: too few seeds, final: too few seeds |" in line
     # The paper's client step has its own table and comparison.
     assert "**binary, non-IID, the paper's client step 0.001, 2 rounds**" in text
-    line = next(l for l in text.splitlines() if l.startswith("| binary, non-IID | FedGMA ws, eta_s=1 | FedAvg |")
-                and "(n=1)" in l and "-10.0" in l)
+    line = next(ln for ln in text.splitlines() if ln.startswith("| binary, non-IID | FedGMA ws, eta_s=1 | FedAvg |")
+                and "(n=1)" in ln and "-10.0" in ln)
     assert "| +10.0 (n=1) | -10.0 (n=1) |" in line
     for figure in ("figure2.png", "client_step.png"):
         assert (tmp_path / "fig" / figure).stat().st_size > 10_000
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.BEGIN}\nold\n{report.END}\nrest\n")
-    report.replace_block(readme, "new table\n")
+    report.write_readme_block(readme, "new table\n")
     assert readme.read_text() == f"intro\n{report.BEGIN}\nnew table\n{report.END}\nrest\n"
+
+
+def test_a_grid_with_output_dir_finds_its_runs_where_the_app_put_them(tmp_path):
+    """output-dir=x: the app writes <runs>/x/<run-name>; the grid, its report and the probe look there."""
+    from fedgma.lab.experiments.results import grid_run_folders
+
+    runner = GridRunner(grid_by_name("smoke"), tmp_path, overrides={"output-dir": "x"})
+    runner.results_dir.mkdir(parents=True, exist_ok=True)
+    runner.write_manifest()
+    for spec in runner.grid.runs:
+        fake_run(runner, spec, [0.5, 0.6, 0.55])
+        assert (runner.runs_dir / "x" / spec.name / "summary.json").is_file()
+    assert all(finished for _, finished in runner.status())
+    with runner.write_combined().open() as handle:
+        assert len(list(csv.DictReader(handle))) == 3 * len(runner.grid.runs)
+    folders = grid_run_folders(tmp_path)
+    assert {name: f.path for name, f in folders.items()} == {
+        s.name: runner.runs_dir / "x" / s.name for s in runner.grid.runs}
+    assert report.build_markdown(tmp_path, tmp_path / "fig", tmp_path)  # reads a run's config.json there
+
+
+def test_the_demo_finds_its_runs_where_the_app_puts_them(tmp_path):
+    from fedgma.deployment.app_folder import app_dir
+    from fedgma.lab import demo
+
+    for extra in ({}, {"output-dir": "x"}, {"output-dir": "x/y"}):
+        run_config = {"num-server-rounds": 1, "strategy": "fedavg", "run-name": "fedavg", **extra}
+        config = parse_run_config({**app_defaults(), **run_config})
+        assert demo.run_folder(tmp_path, app_dir(), run_config).path == run_directory(config, 1, tmp_path)
 
 
 def test_margin_is_the_mean_of_paired_seed_differences():
@@ -179,6 +209,7 @@ def test_app_defaults_are_the_pyproject_settings():
 
 
 def test_metrics_differences_ignore_only_the_timings(tmp_path):
+    from fedgma.app.run_folder import RunFolder
     from fedgma.lab.experiments.runner import metrics_differences
 
     header = "round,wall-seconds,id-accuracy,train-wait-seconds,replies-used\n"
@@ -186,14 +217,15 @@ def test_metrics_differences_ignore_only_the_timings(tmp_path):
                        ("c", "0,1.5,0.5,,\n1,3.25,0.7500001,0.5,10\n")):
         (tmp_path / name).mkdir()
         (tmp_path / name / "metrics.csv").write_text(header + rows)
-    assert metrics_differences(tmp_path / "a", tmp_path / "b") == []
-    assert metrics_differences(tmp_path / "a", tmp_path / "c") == ["round 1 id-accuracy: 0.75 -> 0.7500001"]
+    a, b, c = (RunFolder(tmp_path / name) for name in "abc")
+    assert metrics_differences(a, b) == []
+    assert metrics_differences(a, c) == ["round 1 id-accuracy: 0.75 -> 0.7500001"]
 
 
 def test_one_override_parser_reads_values_as_flowers_run_config_does():
     import argparse
 
-    from fedgma.lab.project import parse_override, parse_overrides
+    from fedgma.deployment.app_folder import parse_override, parse_overrides
 
     assert parse_override("tau=0.8") == ("tau", 0.8)
     assert parse_override("num-server-rounds=3") == ("num-server-rounds", 3)
@@ -215,7 +247,7 @@ def test_a_tool_without_its_extra_says_which_install_it_needs(tmp_path):
     import sys
 
     code = ("import sys; sys.modules['matplotlib'] = None\n"
-            "from fedgma.lab import cli\n"
+            "from fedgma import cli\n"
             f"sys.exit(cli.main(['report', 'results/full', '--markdown', r'{tmp_path / 'r.md'}', "
             f"'--figures', r'{tmp_path}']))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

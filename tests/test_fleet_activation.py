@@ -1,4 +1,4 @@
-"""fedgma-superlink binds a SuperNode's activation to the key that signs it: a fresh key that signs
+"""fedgma superlink binds a SuperNode's activation to the key that signs it: a fresh key that signs
 an ActivateNodeRequest carrying a registered node's public key is refused, the node's own key still
 activates it. Plain flower-superlink 1.39 accepts the rogue activation (docs/flower-grpc-activation.md)."""
 
@@ -13,7 +13,8 @@ from flwr.proto.fleet_pb2 import ActivateNodeRequest, ActivateNodeResponse
 from flwr.supercore.date import now
 from flwr.supercore.primitives.asymmetric import generate_key_pairs, public_key_to_bytes, sign_message
 
-from fedgma.lab.launch import BIN, FlowerCli, flower_env, free_port, start, stop, wait_for_http, write_connection
+from fedgma.deployment.flower import FlowerCli, flower_env, write_connection
+from fedgma.deployment.processes import free_port, launch_command, start, stop, wait_for_http
 
 pytestmark = pytest.mark.e2e
 
@@ -43,7 +44,7 @@ def activate(address: str, ca: Path, body_key: bytes, signer) -> tuple[str, str]
     return "OK", str(response.node_id)
 
 
-@pytest.mark.parametrize("launcher", ["fedgma-superlink", "flower-superlink"])
+@pytest.mark.parametrize("launcher", ["fedgma superlink", "flower-superlink"])
 def test_activation_is_bound_to_the_signing_key(tmp_path, launcher):
     keys, certs = tmp_path / "keys", tmp_path / "certs"
     subprocess.run(["bash", str(ROOT / "scripts/make-certs.sh"), str(certs)], check=True, capture_output=True)
@@ -59,7 +60,7 @@ def test_activation_is_bound_to_the_signing_key(tmp_path, launcher):
     fleet, http = free_port(), free_port()
     write_connection(home, "local", f"127.0.0.1:{http}", certs / "ca.crt")
     log_path = tmp_path / "superlink.log"
-    process = start([str(BIN / launcher), "--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile",
+    process = start([*launch_command(launcher), "--ssl-ca-certfile", str(certs / "ca.crt"), "--ssl-certfile",
                      str(certs / "server.pem"), "--ssl-keyfile", str(certs / "server.key"),
                      "--enable-supernode-auth", "--host", "127.0.0.1",
                      "--port", str(http), "--fleet-api-address", f"127.0.0.1:{fleet}",
@@ -80,7 +81,7 @@ def test_activation_is_bound_to_the_signing_key(tmp_path, launcher):
     log = log_path.read_text(errors="replace")
 
     assert unregistered[0] != "OK", unregistered  # no node has that key
-    if launcher == "fedgma-superlink":
+    if launcher == "fedgma superlink":
         assert by_rogue == ("UNAUTHENTICATED", "Public key in the request does not match the key that signed it")
         assert "refused ActivateNodeRequest" in log, log
         assert by_node[0] == "OK" and int(by_node[1]) > 0, by_node  # the node itself still activates

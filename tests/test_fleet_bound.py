@@ -1,13 +1,14 @@
-"""fedgma-superlink: flower-superlink with the Fleet API's message bound set, so an oversized
+"""fedgma superlink: flower-superlink with the Fleet API's message bound set, so an oversized
 message is refused before it is read (flower-superlink itself reads it), a bound derived from the
 largest message an honest SuperNode sends, and a bound on concurrent Fleet calls beyond which a
 call is refused unread."""
 
 import pytest
 
-from fedgma.lab.benchmarks import flood, largest_honest_message, send_raw
-from fedgma.lab.launch import BIN, descendants, flower_env, free_port, start, stop, wait_for_http
-from fedgma.lab.superlink import call_limit, message_limit
+from fedgma.deployment.flower import flower_env
+from fedgma.deployment.processes import descendants, free_port, launch_command, start, stop, wait_for_http
+from fedgma.deployment.superlink import call_limit, message_limit
+from fedgma.lab.bench.fleet import flood, largest_honest_message, send_raw
 
 pytestmark = pytest.mark.e2e
 
@@ -37,7 +38,7 @@ def test_the_default_bound_holds_the_largest_honest_message():
 
 def _superlink(tmp_path, launcher, env):
     fleet, http = free_port(), free_port()
-    process = start([str(BIN / launcher), "--insecure", "--host", "127.0.0.1", "--port", str(http),
+    process = start([*launch_command(launcher), "--insecure", "--host", "127.0.0.1", "--port", str(http),
                      "--fleet-api-address", f"127.0.0.1:{fleet}", "--disable-runtime-dependency-installation"],
                     {**flower_env(tmp_path / "home"), **env}, tmp_path / "superlink.log")
     try:
@@ -50,7 +51,7 @@ def _superlink(tmp_path, launcher, env):
 
 @pytest.mark.parametrize("calls", [2, 1000])
 def test_calls_beyond_the_bound_are_refused(tmp_path, calls):
-    process, address = _superlink(tmp_path, "fedgma-superlink", {"FEDGMA_FLEET_MAX_MESSAGE_MB": "2",
+    process, address = _superlink(tmp_path, "fedgma superlink", {"FEDGMA_FLEET_MAX_MESSAGE_MB": "2",
                                                                  "FEDGMA_FLEET_MAX_CONCURRENT_CALLS": str(calls)})
     try:
         result = flood(address, [process.pid, *descendants(process.pid)], 40, (2 << 20) - 4096, timeout=30)
@@ -65,12 +66,12 @@ def test_calls_beyond_the_bound_are_refused(tmp_path, calls):
         assert result.answers == {"UNAUTHENTICATED": 40}
 
 
-@pytest.mark.parametrize("launcher", ["fedgma-superlink", "flower-superlink"])
+@pytest.mark.parametrize("launcher", ["fedgma superlink", "flower-superlink"])
 def test_an_oversized_fleet_message_is_refused_unread(tmp_path, launcher):
     env = flower_env(tmp_path / "home")
     env["FEDGMA_FLEET_MAX_MESSAGE_MB"] = "2"
     fleet, http = free_port(), free_port()
-    process = start([str(BIN / launcher), "--insecure", "--host", "127.0.0.1", "--port", str(http),
+    process = start([*launch_command(launcher), "--insecure", "--host", "127.0.0.1", "--port", str(http),
                      "--fleet-api-address", f"127.0.0.1:{fleet}", "--disable-runtime-dependency-installation"],
                     env, tmp_path / "superlink.log")
     try:
@@ -80,7 +81,7 @@ def test_an_oversized_fleet_message_is_refused_unread(tmp_path, launcher):
         stop(process)
     log = (tmp_path / "superlink.log").read_text(errors="replace")
     assert small == "UNAUTHENTICATED"  # read, then refused for its missing credentials
-    if launcher == "fedgma-superlink":
+    if launcher == "fedgma superlink":
         assert large == "RESOURCE_EXHAUSTED" and "above 2 MiB are refused" in log
     else:
         assert large == "UNAUTHENTICATED"  # 1.39 reads messages up to 2 GiB

@@ -6,7 +6,8 @@ import sys
 
 import pytest
 
-from fedgma.lab.launch import LocalDeployment, _ephemeral_range, free_port
+from fedgma.deployment.local import LocalDeployment
+from fedgma.deployment.processes import _ephemeral_range, free_port
 
 
 def test_free_ports_are_distinct_bindable_and_below_the_ephemeral_range():

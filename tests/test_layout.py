@@ -1,6 +1,8 @@
 """The package's layout: library (fedgma.strategy, fedgma.loop) <- Flower app (fedgma.app) <-
-tooling (fedgma.lab), imports pointing one way; the library needs neither torch nor the app;
-the app bundle Flower sends to SuperNodes holds the library and the app only."""
+deployment tooling (fedgma.deployment: what the container image runs) <- research tooling (fedgma.lab)
+<- the ``fedgma`` command (fedgma.cli, fedgma.__main__), imports pointing one way; the library
+needs neither torch nor the app; the app bundle Flower sends to SuperNodes holds the library
+and the app only."""
 
 import ast
 import importlib
@@ -14,15 +16,26 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGE = ROOT / "fedgma"
 LIBRARY = ("fedgma.strategy", "fedgma.loop")
+COMMAND = ("fedgma.cli", "fedgma.__main__")
 # What each layer may import of this project (besides itself).
-ALLOWED = {"library": LIBRARY, "app": LIBRARY + ("fedgma.app",), "lab": LIBRARY + ("fedgma.app", "fedgma.lab")}
+ALLOWED = {
+    "library": LIBRARY,
+    "app": (*LIBRARY, "fedgma.app"),
+    "deployment": (*LIBRARY, "fedgma.app", "fedgma.deployment"),
+    "lab": (*LIBRARY, "fedgma.app", "fedgma.deployment", "fedgma.lab"),
+    "command": (*LIBRARY, "fedgma.app", "fedgma.deployment", "fedgma.lab", *COMMAND),
+}
 
 
 def layer(module: str) -> str:
     module = module.removesuffix(".__init__")
     if module.startswith(LIBRARY) or module == "fedgma":
         return "library"
-    return "app" if module.startswith("fedgma.app") else "lab"
+    for prefix in ("app", "deployment", "lab"):
+        if module == f"fedgma.{prefix}" or module.startswith(f"fedgma.{prefix}."):
+            return prefix
+    assert module in COMMAND, f"{module}: in no layer (add it to one)"
+    return "command"
 
 
 def project_imports(path: Path) -> list[str]:
@@ -62,7 +75,8 @@ def test_the_library_imports_without_torch_or_the_app():
         "    sys.modules[name] = None  # an import of it raises ImportError\n"
         "from fedgma.strategy import FedGMA, FedGMAAdam\n"
         "from fedgma.loop import RoundLoop, resume_point\n"
-        "assert not any(m.startswith(('fedgma.app', 'fedgma.lab')) for m in sys.modules)\n"
+        "tooling = ('fedgma.app', 'fedgma.deployment', 'fedgma.lab', 'fedgma.cli')\n"
+        "assert not any(m.startswith(tooling) for m in sys.modules)\n"
         "print('ok')\n"
     )
     result = subprocess.run([sys.executable, "-c", blocker], capture_output=True, text=True, cwd=ROOT)
@@ -87,7 +101,8 @@ def test_the_client_app_imports_only_what_training_from_the_cached_partition_nee
     assert {m for m in loaded if not m.startswith("fedgma.app")} == {
         "fedgma", "fedgma.loop", "fedgma.loop.partitions", "fedgma.loop.atomic", "fedgma.strategy",
         "fedgma.strategy.masking"}
-    assert not any(m.startswith(("fedgma.lab", "fedgma.app.server_app", "fedgma.app.outputs")) for m in loaded)
+    assert not any(m.startswith(("fedgma.lab", "fedgma.deployment", "fedgma.cli", "fedgma.app.server_app",
+                                 "fedgma.app.outputs", "fedgma.app.run_folder")) for m in loaded)
 
 
 @pytest.mark.parametrize("package", ["fedgma.loop", "fedgma.strategy"])
@@ -130,6 +145,12 @@ def test_the_app_bundle_holds_the_library_and_the_app_only(tmp_path, copy):
         tracked = [n for n in tracked if n in ("pyproject.toml", "README.md", "LICENSE") or n.startswith("fedgma/")]
     expected = {"pyproject.toml", "README.md", "LICENSE"} | {
         str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py")
-        if layer(".".join(p.relative_to(ROOT).with_suffix("").parts)) != "lab"
+        if layer(".".join(p.relative_to(ROOT).with_suffix("").parts)) in ("library", "app")
     }
     assert build_fab(tracked, tmp_path) == expected
+
+
+def test_the_demo_does_not_import_the_grid_runner():
+    """The demo runs two strategies with the deployment tooling; grids are another tool."""
+    names = project_imports(PACKAGE / "lab" / "demo.py")
+    assert not [n for n in names if n.startswith("fedgma.lab.experiments")], names

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from run_settings import ROOT
 
-from fedgma.lab import cli, project
+from fedgma import cli
+from fedgma.deployment import app_folder
 
 BUILD = """
 import sys
@@ -45,7 +46,8 @@ def distributions(tmp_path_factory) -> tuple[Path, Path]:
 
 def test_the_sdist_holds_the_package_and_no_tests_that_could_not_run(distributions):
     sdist, _ = distributions
-    names = [name.split("/", 1)[1] for name in tarfile.open(sdist).getnames() if "/" in name]
+    with tarfile.open(sdist) as archive:
+        names = [name.split("/", 1)[1] for name in archive.getnames() if "/" in name]
     assert {"pyproject.toml", "README.md", "LICENSE", "fedgma/loop/rounds.py", "fedgma/strategy/fedgma.py",
             "fedgma/app/server_app.py"} <= set(names)
     assert not [n for n in names if n.startswith(("tests/", "examples/", "results/"))]
@@ -59,7 +61,8 @@ def test_the_wheel_says_what_it_is_and_where_to_read_more(distributions):
         entry_points = archive.read(metadata_name.replace("METADATA", "entry_points.txt")).decode()
         assert not [n for n in archive.namelist() if n.startswith("tests/")]
     classifiers = metadata.get_all("Classifier")
-    assert "Programming Language :: Python :: 3.11" in classifiers and "Programming Language :: Python :: 3.12" in classifiers
+    assert "Programming Language :: Python :: 3.11" in classifiers
+    assert "Programming Language :: Python :: 3.12" in classifiers
     assert any(c.startswith("Topic :: Scientific/Engineering") for c in classifiers)
     urls = dict(u.split(", ", 1) for u in metadata.get_all("Project-URL"))
     assert urls["Paper (ws variant)"] == "https://arxiv.org/abs/2104.10322" and "Flower" in urls
@@ -69,7 +72,8 @@ def test_the_wheel_says_what_it_is_and_where_to_read_more(distributions):
     assert 'flwr[simulation]<1.43,>=1.39; extra == "app"' in requires
     assert 'flwr[simulation]==1.39.*; extra == "deploy"' in requires
     assert [r for r in requires if "1.39.*" in r] == ['flwr[simulation]==1.39.*; extra == "deploy"']
-    assert "fedgma = fedgma.lab.cli:main" in entry_points and "fedgma-superlink" in entry_points
+    # One command for every tool: fedgma superlink | compose | grid | report | ...
+    assert [line for line in entry_points.splitlines() if "=" in line] == ["fedgma = fedgma.cli:main"]
 
 
 def test_a_command_without_its_extra_says_in_one_line_what_it_needs(monkeypatch, capsys):
@@ -84,14 +88,54 @@ def test_a_command_without_its_extra_says_in_one_line_what_it_needs(monkeypatch,
 
 
 def test_the_app_folder_is_the_checkout_or_a_clone_in_the_current_directory(monkeypatch, tmp_path, capsys):
-    assert project.app_dir() == ROOT
-    monkeypatch.setattr(project, "SOURCE_DIR", tmp_path / "site-packages")  # an installed package
+    assert app_folder.app_dir() == ROOT
+    monkeypatch.setattr(app_folder, "SOURCE_DIR", tmp_path / "site-packages")  # an installed package
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(project.AppFolderNotFound):
-        project.app_dir()
-    for argv in (["grid", "status", "smoke"], ["bench", "--quick"], ["probe", "results/full"]):
+    with pytest.raises(app_folder.AppFolderNotFound):
+        app_folder.app_dir()
+    for argv in (["grid", "status", "smoke"], ["bench", "--quick"], ["probe", "results/full"], ["demo"]):
         assert cli.main(argv) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and f"fedgma {argv[0]}: needs this repository's Flower app folder" in err
+    # --app names it; a folder that is not the app is refused in one line.
+    assert app_folder.app_dir(ROOT) == ROOT
+    assert cli.main(["grid", "status", "smoke", "--app", str(tmp_path), "--results-dir", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"fedgma grid: --app {tmp_path} is not this project's Flower app folder" in err
+    assert cli.main(["grid", "status", "smoke", "--app", str(ROOT), "--results-dir", str(tmp_path / "r")]) == 0
+    assert "runs finished in" in capsys.readouterr().out
     monkeypatch.chdir(ROOT)  # run in a clone: found there
-    assert project.app_dir() == ROOT
+    assert app_folder.app_dir() == ROOT
+
+
+def test_superlink_without_flower_1_39_says_so_in_one_line(monkeypatch, capsys):
+    import flwr
+
+    monkeypatch.setattr(flwr, "__version__", "1.40.0")
+    assert cli.main(["superlink", "--help"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("fedgma superlink: needs flwr 1.39") and "fedgma[deploy]" in err
+
+
+def test_the_installed_wheel_runs_the_fedgma_command_outside_a_checkout(distributions, tmp_path):
+    """From the wheel's files alone (no checkout, no app folder): the command and a tool that
+    needs no app folder work; one that does takes it from --app."""
+    _, wheel = distributions
+    installed = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(installed)
+    work = tmp_path / "elsewhere"
+    work.mkdir()
+
+    def fedgma(*argv: str) -> subprocess.CompletedProcess:
+        code = f"import sys; sys.path.insert(0, {str(installed)!r}); from fedgma.cli import main; sys.exit(main())"
+        return subprocess.run([sys.executable, "-c", code, *argv], cwd=work, capture_output=True, text=True)
+
+    helped = fedgma("--help")
+    assert helped.returncode == 0 and "superlink" in helped.stdout and "compose" in helped.stdout
+    assert fedgma("compose", "run", "--help").returncode == 0
+    toy = fedgma("toy", str(work / "toy.png"))
+    assert toy.returncode == 0 and (work / "toy.png").is_file(), toy.stderr
+    status = fedgma("grid", "status", "smoke", "--results-dir", str(work / "r"))
+    assert status.returncode == 2 and status.stderr.count("\n") == 1 and "--app DIR" in status.stderr
+    status = fedgma("grid", "status", "smoke", "--results-dir", str(work / "r"), "--app", str(ROOT))
+    assert status.returncode == 0 and "runs finished in" in status.stdout, status.stderr

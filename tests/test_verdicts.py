@@ -77,10 +77,10 @@ def test_mask_comparisons_judge_fedgma_against_its_control_not_fedavg():
                  _run("binary-iid", ws, seed, base + 0.13, base + 0.08 + 0.002 * seed),
                  _run("binary-iid", control, seed, base + 0.13, base + 0.08)]
     lines = report.mask_comparisons(runs, "main")
-    against_fedavg = next(l for l in lines if l.startswith(f"| binary, IID | {ws} | FedAvg |"))
-    against_control = next(l for l in lines if l.startswith(f"| binary, IID | {ws} | {control} |"))
+    against_fedavg = next(ln for ln in lines if ln.startswith(f"| binary, IID | {ws} | FedAvg |"))
+    against_control = next(ln for ln in lines if ln.startswith(f"| binary, IID | {ws} | {control} |"))
     final_vs_avg = PairedDifference((8.0, 8.2, 8.4))
     assert final_vs_avg.verdict == HELPS and final_vs_avg.format() in against_fedavg
     assert f"final: {NO_EFFECT}" in against_control and f"peak: {NO_EFFECT}" in against_control
-    verdict = next(l for l in lines if l.startswith("- **binary, IID**"))
+    verdict = next(ln for ln in lines if ln.startswith("- **binary, IID**"))
     assert verdict.startswith(f"- **binary, IID**: {NO_EFFECT} (")

@@ -1,5 +1,5 @@
-"""What a run leaves in its folder ``<output-dir>/<run-name>/`` (the file names:
-``fedgma.loop.run_folder.RunFolder``): the validated settings, one metrics row per round
+"""What a run leaves in its folder ``<output-dir>/<run-name>/`` (its place, file names and
+metric columns: :mod:`fedgma.app.run_folder`): the validated settings, one metrics row per round
 (round 0 is the initial model; appended as the run goes, so an interrupted run keeps its
 rows), the final global ``state_dict`` (``torch.load`` it) and a summary.
 """
@@ -10,55 +10,27 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from fedgma.loop import RoundOutcome
 from fedgma.loop.atomic import atomic_write
-from fedgma.loop.run_folder import RunFolder
 
 from .settings import RunConfig
+from .run_folder import METRIC_COLUMNS, RunFolder, metrics_row
 
-METRIC_COLUMNS = (
-    "round",
-    "wall-seconds",
-    "round-seconds",
-    "id-accuracy",
-    "id-loss",
-    "ood-accuracy",
-    "ood-loss",
-    "train-loss",
-    "mask-kept-fraction",
-    "mask-mean",
-    "agreement-mean",
-    "replies-sent",
-    "replies-used",
-    "replies-failed",
-    "replies-timed-out",
-    "replies-dropped",
-    "replies-clipped",
-    "replies-corrected",
-    "model-updated",
-    "update-norm",
-    "client-eval-loss",
-    "client-eval-accuracy",
-    # Where a round's time goes (seconds). Server: waiting for the training replies,
-    # aggregation, waiting for client evaluation replies, central evaluation; of each
-    # wait, the part after the newest reply was made (its upload and the server's polling).
-    "train-wait-seconds",
-    "train-reply-lag-seconds",
-    "aggregate-seconds",
-    "client-eval-wait-seconds",
-    "client-eval-reply-lag-seconds",
-    "central-eval-seconds",
-    # Clients (mean over the used replies): from the instruction's creation to the
-    # ClientApp starting (deployed: the SuperNode's pull and the SuperExec's launch;
-    # simulated: waiting for a worker), ClientApp process start-up (deployment only),
-    # settings + partition + model, local training.
-    "pull-wait-seconds",
-    "clientapp-start-seconds",
-    "setup-seconds",
-    "train-seconds",
-)
+__all__ = ["METRIC_COLUMNS", "RunOutputs", "outcome_row"]
+
+
+def outcome_row(outcome: RoundOutcome) -> dict[str, float | int | str]:
+    """The round's ``metrics.csv`` row. The clients name their own metrics: of those, only
+    the declared columns are kept (``num-examples``, or whatever a client adds, is not); every
+    other name must be a declared column."""
+    row = outcome.as_row()
+    from_clients = set(outcome.train_metrics or {}) | {f"client-{k}" for k in outcome.evaluate_metrics or {}}
+    return {k: v for k, v in row.items() if k in METRIC_COLUMNS or k not in from_clients}
+
 
 
 class RunOutputs:
@@ -79,8 +51,7 @@ class RunOutputs:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.files = RunFolder(run_dir)
         self.metrics_path = self.files.metrics
-        self.rows: list[dict[str, float | int | str]] = [
-            {column: row.get(column, "") for column in METRIC_COLUMNS} for row in rows or []]
+        self.rows: list[dict[str, float | int | str]] = [metrics_row(row) for row in rows or []]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
         writer.writeheader()
@@ -88,14 +59,15 @@ class RunOutputs:
         payload = buffer.getvalue().encode()
         atomic_write(self.metrics_path, lambda f: f.write(payload))
 
-    def write_config(self, config: RunConfig, extra: dict) -> None:
+    def write_config(self, config: RunConfig, extra: dict[str, Any]) -> None:
         """Save the run settings and facts such as the run id."""
         payload = json.dumps({**config.flat(), **extra}, indent=2).encode()
         atomic_write(self.files.config, lambda f: f.write(payload))
 
-    def add_row(self, row: dict[str, float | int]) -> None:
-        """Append one round's metrics (unknown keys are ignored, missing ones left empty)."""
-        clean = {column: row.get(column, "") for column in METRIC_COLUMNS}
+    def add_row(self, row: dict[str, float | int | str]) -> None:
+        """Append one round's metrics (missing ones left empty; an undeclared one raises
+        ``UnknownMetric``: see :func:`outcome_row`)."""
+        clean = metrics_row(row)
         self.rows.append(clean)
         with self.metrics_path.open("a", newline="") as handle:
             csv.DictWriter(handle, fieldnames=METRIC_COLUMNS, lineterminator="\n").writerow(clean)
@@ -106,7 +78,7 @@ class RunOutputs:
         atomic_write(path, lambda f: torch.save(state_dict, f))
         return path
 
-    def write_summary(self, label: str) -> dict:
+    def write_summary(self, label: str) -> dict[str, Any]:
         """Save and return the final row plus the best OOD accuracy."""
         rounds = [r for r in self.rows if r["round"] != 0] or self.rows
         last = rounds[-1]

@@ -13,10 +13,11 @@ from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore import log
 
-from fedgma.loop import Checkpoint, CheckpointError, RoundLoop, RoundOutcome, RunFolder, resume_point
+from fedgma.loop import Checkpoint, CheckpointError, RoundLoop, RoundOutcome, resume_point
 
-from .config import data_source, output_root, partition_bindings, run_path
-from .outputs import RunOutputs
+from .config import data_source, output_root, partition_bindings
+from .outputs import RunOutputs, outcome_row
+from .run_folder import RunFolder
 from .settings import ConfigError, RunConfig, parse_run_config
 from .strategies import build_strategy, describe
 from .task import Task, TaskData, make_task
@@ -32,7 +33,7 @@ def run_directory(config: RunConfig, run_id: int, root: Path) -> Path:
         strategy = config.strategy
         label = strategy.name if strategy.name != "fedgma" else f"fedgma-{strategy.variant}"
         name = f"{label}-{stamp}-run{run_id}"
-    return run_path(root, "output-dir", config.outputs.output_dir, name)
+    return RunFolder.at(root, config.outputs.output_dir, name, "output-dir").path
 
 
 def central_evaluation(
@@ -67,7 +68,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def resume_directory(config: RunConfig, root: Path) -> Path:
     """The run directory named by ``resume`` (relative to ``<root>/<output-dir>``)."""
-    return run_path(root, "resume", config.outputs.output_dir, config.outputs.resume)
+    return RunFolder.at(root, config.outputs.output_dir, config.outputs.resume, "resume").path
 
 
 def open_run(config: RunConfig, run_id: int, root: Path) -> tuple[Path, Checkpoint | None]:
@@ -105,7 +106,7 @@ def main(grid: Grid, context: Context) -> None:
     model = task.model(seed=config.task.seed)
     # Resuming: the checkpoint's rounds are the record (rows written after it are dropped).
     outputs = RunOutputs(run_dir, rows=None if checkpoint is None else
-                         [RoundOutcome.from_json(record).as_row() for record in checkpoint.history])
+                         [outcome_row(RoundOutcome.from_json(record)) for record in checkpoint.history])
     outputs.write_config(
         config,
         {"run-id": context.run_id, "strategy-label": describe(config.strategy),
@@ -114,7 +115,7 @@ def main(grid: Grid, context: Context) -> None:
     log(INFO, "FedGMA app: writing outputs to %s", outputs.run_dir)
 
     def after_round(server_round: int, new_arrays: ArrayRecord, outcome: RoundOutcome) -> None:
-        outputs.add_row(outcome.as_row())
+        outputs.add_row(outcome_row(outcome))
 
     log(INFO, "Starting %s strategy:", strategy.__class__.__name__)
     strategy.summary()

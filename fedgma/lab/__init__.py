@@ -1,5 +1,6 @@
-"""Host-side tooling: process launcher, demo, experiment grids, reports, benchmarks, the
-compose control service and the ``fedgma`` command. Needs the ``lab`` extra.
+"""Research tools: experiment grids, reports, verdicts, the colour probe, the toy figure,
+benchmarks and the demo (``fedgma grid|report|probe|toy|bench|demo``). Needs the ``lab`` extra.
 
-Not part of the Flower app bundle (``fab-include``); the app never imports it.
+Builds on :mod:`fedgma.deployment` (processes, Flower CLI, the app folder); not part of the Flower
+app bundle (``fab-include``); nothing below it imports it.
 """

@@ -1,6 +1,6 @@
 """The main job: FedGMA against FedAvg on Flower's simulation runtime.
 
-``python -m fedgma.lab.demo`` runs each strategy as a real ``flwr run`` of this app
+``fedgma demo`` runs each strategy as a real ``flwr run`` of this app
 (binary colored task, non-IID, 10 clients, 5 rounds by default) and prints the
 out-of-distribution (OOD) and in-distribution (ID) accuracy per strategy.
 Extra ``key=value`` arguments override run settings of ``pyproject.toml``; where the
@@ -11,17 +11,14 @@ are this machine's settings, given to the runtime, not run settings.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from fedgma.loop.run_folder import RunFolder
-
-from .experiments.runner import read_rows
-from .launch import HostSettings, SimulationRuntime
-from .project import app_dir, parse_override
+from fedgma.app.run_folder import RunFolder
+from fedgma.deployment.app_folder import app_defaults, app_dir, parse_override
+from fedgma.deployment.flower import HostSettings, SimulationRuntime
 
 STRATEGIES = {
     "FedGMA (ws)": {"strategy": "fedgma", "variant": "ws"},
@@ -29,20 +26,30 @@ STRATEGIES = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedgma.lab.demo", description=__doc__.splitlines()[0])
+def run_folder(output_root: Path, app: Path, run_config: dict[str, object]) -> RunFolder:
+    """Where the ServerApp puts a run of ``app`` with ``run_config``:
+    ``<output root>/<output-dir>/<run-name>`` (``output-dir``: the app's default unless set)."""
+    return RunFolder.of_run(output_root, {"output-dir": app_defaults(app).get("output-dir", ""), **run_config})
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """``fedgma demo``'s options."""
     parser.add_argument("--clients", type=int, default=10, help="simulated SuperNodes (default 10)")
     parser.add_argument("--rounds", type=int, default=5, help="server rounds (default 5)")
-    parser.add_argument("--output-dir", type=Path, default=app_dir() / "outputs")
+    parser.add_argument("--output-dir", type=Path, help="this machine's output root (default: outputs in the "
+                        "app folder)")
     parser.add_argument("--data-dir", type=Path, help="data sets and cached partitions "
                         "(default: $FEDGMA_DATA_DIR, else ~/.cache/fedgma)")
     parser.add_argument("--no-download", action="store_true", help="never download a missing data set")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per run")
     parser.add_argument("overrides", nargs="*", type=parse_override, metavar="key=value")
-    args = parser.parse_args(argv)
 
+
+def main(args: argparse.Namespace) -> int:
+    """Run FedGMA and FedAvg, print their accuracies; 0 when both completed."""
+    app = app_dir(getattr(args, "app", None))
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
-    batch_dir = (args.output_dir / f"demo-{stamp}").resolve()
+    batch_dir = ((args.output_dir or app / "outputs") / f"demo-{stamp}").resolve()
     settings = {
         "num-server-rounds": args.rounds,
         "min-nodes": min(2, args.clients),
@@ -59,11 +66,11 @@ def main(argv: list[str] | None = None) -> int:
         for label, strategy in STRATEGIES.items():
             run_name = strategy["strategy"] + (f"-{strategy['variant']}" if "variant" in strategy else "")
             run_config = {**settings, **strategy, "run-name": run_name}
-            metrics_path = RunFolder(batch_dir / run_name).metrics
+            folder = run_folder(batch_dir, app, run_config)
             shown = [0]
 
-            def progress(label=label, metrics_path=metrics_path, shown=shown) -> None:
-                rows = read_rows(metrics_path)
+            def progress(label: str = label, folder: RunFolder = folder, shown: list[int] = shown) -> None:
+                rows = folder.rows()
                 for row in rows[shown[0]:]:
                     print(f"  {label:<12} round {row['round']:>3}/{args.rounds}: "
                           f"OOD acc {float(row['ood-accuracy']):.4f}  ID acc {float(row['id-accuracy']):.4f}  "
@@ -72,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
 
             started = time.monotonic()
             run_id = runtime.cli.submit(
-                app_dir(), run_config, f"num-supernodes={args.clients} client-resources-num-cpus=1"
+                app, run_config, f"num-supernodes={args.clients} client-resources-num-cpus=1"
             )
             print(f"{label}: run {run_id} started", flush=True)
             outcome = runtime.cli.wait(run_id, args.timeout, on_poll=progress)
@@ -81,10 +88,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{label}: run {run_id} ended {outcome.status} ({outcome.details}); "
                       f"SuperLink log: {runtime.workdir / 'superlink.log'}", file=sys.stderr)
                 return 1
-            summary = json.loads(RunFolder(batch_dir / run_name).summary.read_text())
+            summary = folder.read_summary()
             summary["seconds"] = time.monotonic() - started
             summaries[label] = summary
-            dataset = json.loads(RunFolder(batch_dir / run_name).config.read_text())["dataset"]
+            dataset = folder.read_config()["dataset"]
 
     print()
     print(f"Colored {dataset}, {settings['task']} task, {settings['partitioning']} split, "
@@ -93,9 +100,5 @@ def main(argv: list[str] | None = None) -> int:
     for label, s in summaries.items():
         print(f"{label:<12} {s['final-ood-accuracy']:>13.4f} {s['peak-ood-accuracy']:>12.4f} "
               f"{s['final-id-accuracy']:>12.4f} {s['seconds']:>7.1f}")
-    print(f"Per-round metrics: {batch_dir}/<strategy>/metrics.csv")
+    print(f"Per-round metrics: {folder.path.parent}/<strategy>/metrics.csv")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,6 @@ if TYPE_CHECKING:
     from .outcome import RoundOutcome, RunFailed
     from .partitions import NODE_RECORD
     from .rounds import RoundLoop
-    from .run_folder import RunFolder
 
 _MODULE_OF = {
     "Checkpoint": "checkpoint",
@@ -27,7 +26,6 @@ _MODULE_OF = {
     "RoundLoop": "rounds",
     "RoundOutcome": "outcome",
     "RunFailed": "outcome",
-    "RunFolder": "run_folder",
 }
 __all__ = [
     "NODE_RECORD",
@@ -36,7 +34,6 @@ __all__ = [
     "RoundLoop",
     "RoundOutcome",
     "RunFailed",
-    "RunFolder",
     "load_checkpoint",
     "resume_point",
 ]

@@ -1,6 +1,6 @@
 """Round checkpoints: what a run needs to continue exactly where it stopped.
 
-``RunFolder(run_dir).checkpoint`` holds, after every completed round: the round
+``run_dir / CHECKPOINT_FILE`` holds, after every completed round: the round
 number, the global weights, the strategy's own state (FedAvgM's momentum,
 FedAdam's moments; FedGMA keeps none across rounds), what the run is (the
 strategy's class and settings, the loop's settings, the caller's ``settings``),
@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from .atomic import atomic_write
-from .run_folder import RunFolder
+
+CHECKPOINT_FILE = "checkpoint.npz"
 
 # Strategy attributes that carry state from one round to the next (Flower's FedAvgM, FedOpt family).
 STATE_ATTRIBUTES = ("momentum_vector", "m_t", "v_t")
@@ -166,14 +167,14 @@ def save_checkpoint(run_dir: Path, checkpoint: Checkpoint) -> Path:
     buffer = io.BytesIO()
     np.savez(buffer, **arrays)  # type: ignore[arg-type]  # the stub reads **arrays as its allow_pickle
     payload = buffer.getvalue()
-    path = RunFolder(run_dir).checkpoint
+    path = Path(run_dir) / CHECKPOINT_FILE
     atomic_write(path, lambda f: f.write(payload))
     return path
 
 
 def load_checkpoint(run_dir: Path) -> Checkpoint | None:
     """Read the run folder's checkpoint; None if the run has none yet."""
-    path = RunFolder(run_dir).checkpoint
+    path = Path(run_dir) / CHECKPOINT_FILE
     if not path.is_file():
         return None
     try:

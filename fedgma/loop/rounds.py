@@ -73,6 +73,7 @@ from fedgma.strategy.validation import (
 )
 
 from .checkpoint import (
+    CHECKPOINT_FILE,
     Checkpoint,
     CheckpointError,
     check_resumable,
@@ -86,7 +87,6 @@ from .checkpoint import (
 from .exchange import DEFAULT_POLL_INTERVAL, ReplyLimits, exchange
 from .outcome import RoundOutcome, RunFailed, result_of
 from .partitions import NODE_RECORD, PartitionClaims
-from .run_folder import RunFolder
 
 __all__ = ["NODE_RECORD", "RoundLoop", "RoundOutcome", "RunFailed"]
 
@@ -510,13 +510,14 @@ class RoundLoop:
         outcome (``Result.*`` metrics, counts, timings) for whatever ``after_round`` records.
         When the run fails (:class:`RunFailed`), the checkpoint records why.
         """
-        folder = RunFolder(Path(run_dir))
-        folder.path.mkdir(parents=True, exist_ok=True)
+        folder = Path(run_dir)
+        checkpoint_file = folder / CHECKPOINT_FILE
+        folder.mkdir(parents=True, exist_ok=True)
         settings = dict(settings or {})
         identity = self.identity(train_config, evaluate_config)
         if resume_from is None:
-            if folder.checkpoint.exists():
-                raise CheckpointError(f"{folder.path} already holds a checkpoint: resume from it, "
+            if checkpoint_file.exists():
+                raise CheckpointError(f"{folder} already holds a checkpoint: resume from it, "
                                       "or choose another folder")
             arrays, first_round, clock = initial_arrays, 1, _Clock(0.0)
             history: list[RoundOutcome] = []
@@ -524,7 +525,7 @@ class RoundLoop:
             check_resumable(resume_from, settings, num_rounds, identity, model=initial_arrays)
             if resume_from.failure:
                 log(WARNING, "Round loop: the run in %s ended failed after round %s (%s); resuming it",
-                    folder.path, resume_from.round, resume_from.failure)
+                    folder, resume_from.round, resume_from.failure)
             arrays = ArrayRecord({name: Array(value) for name, value in resume_from.arrays.items()})
             restore_strategy_state(self.strategy, resume_from.strategy_state)
             first_round, clock = resume_from.round + 1, _Clock(resume_from.wall_seconds)
@@ -534,10 +535,10 @@ class RoundLoop:
             if released:
                 log(WARNING, "Round loop: node(s) %s held partitions before the resume and are not connected "
                     "now: their partitions go to the first node that claims them", ", ".join(map(str, released)))
-            log(INFO, "Round loop: resuming after round %s from %s", resume_from.round, folder.checkpoint)
+            log(INFO, "Round loop: resuming after round %s from %s", resume_from.round, checkpoint_file)
 
         def checkpoint_then_report(server_round: int, new_arrays: ArrayRecord, outcome: RoundOutcome) -> None:
-            save_checkpoint(folder.path, Checkpoint(
+            save_checkpoint(folder, Checkpoint(
                 round=server_round,
                 arrays={name: array.numpy() for name, array in new_arrays.items()},
                 strategy_state=strategy_state(self.strategy),
@@ -560,7 +561,7 @@ class RoundLoop:
             return self._rounds(arrays, first_round, num_rounds, train_config, evaluate_config, evaluate_fn,
                                 history, clock, checkpoint_then_report)
         except RunFailed as failure:
-            mark_failed(folder.path, str(failure))
+            mark_failed(folder, str(failure))
             raise
 
     def _rounds(self, arrays: ArrayRecord, first_round: int, num_rounds: int, train_config: ConfigSource,

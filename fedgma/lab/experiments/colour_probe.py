@@ -11,24 +11,26 @@ report reads it without the model (weights are not committed).
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
 from fedgma.app.config import DataSource, RunConfig
+from fedgma.app.run_folder import RunFolder
 from fedgma.app.task.base_data import load_base_images
 from fedgma.app.task.coloring import TRAIN_BACKGROUND, TRAIN_FOREGROUND, paint
 from fedgma.app.task.data import load_test_set
 from fedgma.app.task.model import build_model
+from fedgma.deployment.app_folder import app_defaults
 from fedgma.loop.atomic import atomic_write
-from fedgma.loop.run_folder import RunFolder
 
-from .runner import saved_settings
+from .results import PROBE_FILE, grid_run_folders, saved_settings
 
-PROBE_FILE = "colour_probe.json"
 NUM_CLASSES = 10
 
 
@@ -65,13 +67,13 @@ def shape_or_colour(model: nn.Module, probe: SwappedColours, batch_size: int = 5
             "neither": 1.0 - shape - colour}
 
 
-def probe_run(run_dir: Path, source: DataSource) -> dict[str, object]:
+def probe_run(folder: RunFolder, source: DataSource, defaults: dict[str, Any]) -> dict[str, object]:
     """Probe a finished 10-class run's final model on its own central test images; writes
-    :data:`PROBE_FILE` in the run folder and returns what it wrote."""
-    folder = RunFolder(run_dir)
-    config = RunConfig(**saved_settings(run_dir))
+    :data:`PROBE_FILE` in the run folder and returns what it wrote (``defaults``: the app's
+    default settings, for settings added after the run was made)."""
+    config = RunConfig(**saved_settings(folder, defaults))
     if config.task != "ten-class":
-        raise ValueError(f"{run_dir}: the colour probe is for the 10-class task, not {config.task!r}")
+        raise ValueError(f"{folder.path}: the colour probe is for the 10-class task, not {config.task!r}")
     if not folder.model.is_file():
         raise FileNotFoundError(f"{folder.model} does not exist: the probe needs the run's final model")
     test = load_test_set(config, source, ood=False)  # the run's own test images (rows and classes)
@@ -79,25 +81,22 @@ def probe_run(run_dir: Path, source: DataSource) -> dict[str, object]:
     probe = swapped_colour_set(grey, test.labels, config.seed)
     model = build_model(NUM_CLASSES)
     model.load_state_dict(torch.load(folder.model, map_location="cpu", weights_only=True))
-    result = {"run": run_dir.name, "dataset": config.dataset, **shape_or_colour(model, probe)}
+    result = {"run": folder.path.name, "dataset": config.dataset, **shape_or_colour(model, probe)}
     payload = (json.dumps(result, indent=2) + "\n").encode()
-    atomic_write(run_dir / PROBE_FILE, lambda f: f.write(payload))
+    atomic_write(folder.path / PROBE_FILE, lambda f: f.write(payload))
     return result
 
 
-def probe_grid(results_dir: Path, source: DataSource, echo=print) -> int:
-    """Probe every 10-class run of a grid that still has its final model; returns how many."""
+def probe_grid(results_dir: Path, source: DataSource, echo: Callable[[str], object] = print,
+               app: Path | None = None) -> int:
+    """Probe every 10-class run of a grid that still has its final model; returns how many
+    (``app``: the Flower app folder, for its default settings)."""
     done = 0
-    for run_dir in sorted((results_dir / "runs").iterdir()):
-        if not RunFolder(run_dir).model.is_file() or saved_settings(run_dir)["task"] != "ten-class":
+    defaults = app_defaults(app)
+    for name, folder in grid_run_folders(results_dir).items():
+        if not folder.model.is_file() or saved_settings(folder, defaults)["task"] != "ten-class":
             continue
-        result = probe_run(run_dir, source)
-        echo(f"{run_dir.name}: follows shape {result['follows-shape']:.3f}, colour {result['follows-colour']:.3f}")
+        result = probe_run(folder, source, defaults)
+        echo(f"{name}: follows shape {result['follows-shape']:.3f}, colour {result['follows-colour']:.3f}")
         done += 1
     return done
-
-
-def load_probes(results_dir: Path) -> dict[str, dict[str, float]]:
-    """The probe results committed in a grid's run folders, by run name."""
-    return {path.parent.name: json.loads(path.read_text())
-            for path in sorted((results_dir / "runs").glob(f"*/{PROBE_FILE}"))}

@@ -101,6 +101,13 @@ class RunSpec:
     studies: tuple[str, ...]
     run_config: dict[str, object] = field(hash=False)
 
+    @property
+    def rounds(self) -> int:
+        """Its ``num-server-rounds``."""
+        value = self.run_config["num-server-rounds"]
+        assert isinstance(value, int)
+        return value
+
 
 @dataclass(frozen=True)
 class Grid:
@@ -111,12 +118,8 @@ class Grid:
     scale: Scale
     runs: tuple[RunSpec, ...]
 
-    @property
-    def total_rounds(self) -> int:
-        return sum(int(run.run_config["num-server-rounds"]) for run in self.runs)
 
-
-def _run(scale: Scale, setting: str, label: str, seed: int, study: str, **extra) -> RunSpec:
+def _run(scale: Scale, setting: str, label: str, seed: int, study: str, **extra: object) -> RunSpec:
     key, strategy = STRATEGIES[label]
     rounds = scale.binary_rounds if setting.startswith("binary") else scale.ten_class_rounds
     run_config: dict[str, object] = {

@@ -8,17 +8,15 @@ the margin over FedAvg is the mean +- std of the per-seed differences.
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import statistics
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
-from fedgma.loop.run_folder import RunFolder
-
-from .colour_probe import load_probes
+from ..markdown import replace_block
+from .figures import plot_ablations, plot_settings
 from .grids import (
     ABLATION_SETTING,
     ABLATION_WS,
@@ -31,14 +29,10 @@ from .grids import (
     SETTINGS,
     STRATEGIES,
 )
+from .results import grid_run_folders, load_probes
+from .runs import SETTING_TITLES, Run, load_runs, margin, mean_std, seed_values, select, tau_runs
 from .verdicts import THRESHOLD_POINTS, overall, paired
 
-SETTING_TITLES = {
-    "binary-iid": "binary, IID",
-    "binary-non-iid": "binary, non-IID",
-    "ten-class-iid": "10-class, IID",
-    "ten-class-non-iid": "10-class, non-IID",
-}
 FIGURE2_LABELS = (BASELINE, "FedGMA ws, eta_s=0.01", "FedGMA ws, eta_s=0.1", "FedGMA ws, eta_s=1",
                   "FedGMA gma, tau=0.4", NO_MASK_CONTROLS["FedGMA ws, eta_s=1"])
 STUDY_LABELS = {"main": MAIN_LABELS, "client-step": PAPER_STEP_LABELS}
@@ -48,124 +42,15 @@ COLOUR_ONLY = 0.9  # share of probe images answered by colour above which a mode
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"
 
 
-@dataclass
-class Run:
-    """One finished run: its facts and its per-round metrics."""
-
-    name: str
-    setting: str
-    strategy: str
-    seed: int
-    studies: tuple[str, ...]
-    local_epochs: int
-    tau: float | None
-    client_lr: float | None
-    rounds: list[dict[str, float]]
-
-    def series(self, key: str) -> list[float]:
-        return [r[key] for r in self.rounds]
-
-    @property
-    def trained(self) -> list[dict[str, float]]:
-        return [r for r in self.rounds if r["round"] >= 1]
-
-    @property
-    def peak_ood(self) -> float:
-        return max(r["ood-accuracy"] for r in self.trained)
-
-    @property
-    def peak_round(self) -> int:
-        """The first round at which the OOD accuracy is at its peak."""
-        best = self.peak_ood
-        return int(next(r["round"] for r in self.trained if r["ood-accuracy"] == best))
-
-    @property
-    def final_ood(self) -> float:
-        return self.trained[-1]["ood-accuracy"]
-
-    @property
-    def final_id(self) -> float:
-        return self.trained[-1]["id-accuracy"]
-
-    @property
-    def seconds_per_round(self) -> float:
-        """Mean round time, leaving out round 1 (it starts the simulation's workers)."""
-        rounds = self.trained[1:] or self.trained
-        return statistics.fmean(r["round-seconds"] for r in rounds)
-
-    @property
-    def mask_kept(self) -> float | None:
-        values = [r["mask-kept-fraction"] for r in self.trained if r.get("mask-kept-fraction") is not None]
-        return statistics.fmean(values) if values else None
-
-
-def _number(text: str) -> float | None:
-    return float(text) if text not in ("", None) else None
-
-
-def load_runs(results_dir: Path) -> list[Run]:
-    """Every run in ``results.csv``, rounds in order."""
-    rows_by_run: dict[str, list[dict[str, str]]] = defaultdict(list)
-    with (results_dir / "results.csv").open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            rows_by_run[row["run"]].append(row)
-    runs = []
-    for name, rows in rows_by_run.items():
-        first = rows[0]
-        metrics = [
-            {k: _number(v) for k, v in row.items()
-             if k not in ("run", "setting", "strategy", "seed", "studies", "dataset", "client-lr")}
-            for row in rows
-        ]
-        metrics.sort(key=lambda r: r["round"])
-        runs.append(Run(
-            name=name, setting=first["setting"], strategy=first["strategy"], seed=int(first["seed"]),
-            studies=tuple(first["studies"].split("+")), local_epochs=int(float(first["local-epochs"])),
-            tau=_number(first["tau"]), client_lr=_number(first.get("client-lr", "")), rounds=metrics,
-        ))
-    return runs
-
-
-def mean_std(values: list[float]) -> str:
-    """``0.7123 +- 0.0104`` (std over seeds; ``+- 0`` shown as n/a for one seed)."""
-    if not values:
-        return "-"
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
-
-
-def _seed_values(runs: list[Run], metric: str) -> dict[int, float]:
-    return {r.seed: getattr(r, metric) for r in runs}
-
-
-def margin(runs: list[Run], baseline: list[Run], metric: str) -> str:
-    """Mean +- std of the per-seed differences to the baseline, in accuracy points (%)."""
-    difference = paired(_seed_values(runs, metric), _seed_values(baseline, metric))
-    if difference is None:
-        return "-"
-    diffs = difference.differences
-    if len(diffs) == 1:
-        return f"{diffs[0]:+.1f}"
-    return f"{statistics.fmean(diffs):+.1f} ± {statistics.stdev(diffs):.1f}"
-
-
-def _select(runs: list[Run], setting: str, strategy: str, study: str = "main", **facts) -> list[Run]:
-    chosen = [r for r in runs if r.setting == setting and r.strategy == strategy and study in r.studies]
-    for key, value in facts.items():
-        chosen = [r for r in chosen if getattr(r, key) == value]
-    return sorted(chosen, key=lambda r: r.seed)
-
-
 def settings_table(runs: list[Run], setting: str, study: str = "main") -> list[str]:
-    baseline = _select(runs, setting, BASELINE, study)
+    baseline = select(runs, setting, BASELINE, study)
     lines = [
         "| strategy | seeds | peak OOD acc | final OOD acc | final ID acc | peak OOD vs FedAvg (pts) "
         "| final OOD vs FedAvg (pts) | s / round | round of peak OOD (per seed) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for label in STRATEGIES:
-        chosen = _select(runs, setting, label, study)
+        chosen = select(runs, setting, label, study)
         if not chosen:
             continue
         lines.append(
@@ -179,11 +64,6 @@ def settings_table(runs: list[Run], setting: str, study: str = "main") -> list[s
     return lines
 
 
-def _tau_runs(runs: list[Run]) -> list[Run]:
-    """The tau ablation's runs (its tau = 0 run is labelled as the no-mask control it also is)."""
-    return sorted((r for r in runs if r.setting == ABLATION_SETTING and "tau" in r.studies), key=lambda r: r.seed)
-
-
 def mask_comparisons(runs: list[Run], study: str) -> list[str]:
     """Per setting: each FedGMA run against FedAvg and against its no-mask control (paired
     per-seed differences, 95 % intervals), then a one-line verdict on the mask."""
@@ -193,29 +73,33 @@ def mask_comparisons(runs: list[Run], study: str) -> list[str]:
     for setting in SETTINGS:
         verdicts, evidence = [], []
         for label in STRATEGIES:
-            chosen = _select(runs, setting, label, study)
+            chosen = select(runs, setting, label, study)
             if not label.startswith("FedGMA ") or "Adam" in label or not chosen:
                 continue
             control = NO_MASK_CONTROLS.get(label)
             references = [BASELINE] + ([control] if control and control != BASELINE else [])
             for reference in references:
-                against = _select(runs, setting, reference, study)
-                diffs = {m: paired(_seed_values(chosen, m), _seed_values(against, m)) for m in ("peak_ood", "final_ood")}
-                if diffs["peak_ood"] is None:
+                against = select(runs, setting, reference, study)
+                diffs = {m: paired(seed_values(chosen, m), seed_values(against, m))
+                         for m in ("peak_ood", "final_ood")}
+                peak, final = diffs["peak_ood"], diffs["final_ood"]
+                if peak is None or final is None:
                     continue
+                checked = {"peak_ood": peak, "final_ood": final}
                 is_control = reference == control
                 judged = ""
                 if is_control:
-                    judged = ", ".join(f"{name}: {diffs[m].verdict}" for m, name in (("peak_ood", "peak"),
+                    judged = ", ".join(f"{name}: {checked[m].verdict}" for m, name in (("peak_ood", "peak"),
                                                                                       ("final_ood", "final")))
-                    verdicts += [diffs["peak_ood"].verdict, diffs["final_ood"].verdict]
-                    evidence.append(f"{label} vs {reference}: peak {diffs['peak_ood'].format()} "
-                                    f"*{diffs['peak_ood'].verdict}*, final {diffs['final_ood'].format()} "
-                                    f"*{diffs['final_ood'].verdict}*")
+                    verdicts += [peak.verdict, final.verdict]
+                    evidence.append(f"{label} vs {reference}: peak {peak.format()} "
+                                    f"*{peak.verdict}*, final {final.format()} "
+                                    f"*{final.verdict}*")
                 lines.append(f"| {SETTING_TITLES[setting]} | {label} | {reference}"
-                             f"{' (its no-mask control)' if is_control and reference == BASELINE else ''} | {diffs['peak_ood'].format()} "
-                             f"| {diffs['final_ood'].format()} | {judged or '-'} |")
-            if control in STUDY_LABELS[study] and not _select(runs, setting, control, study):
+                             f"{' (its no-mask control)' if is_control and reference == BASELINE else ''} "
+                             f"| {peak.format()} "
+                             f"| {final.format()} | {judged or '-'} |")
+            if control in STUDY_LABELS[study] and not select(runs, setting, control, study):
                 lines.append(f"| {SETTING_TITLES[setting]} | {label} | {control} | not run | not run | - |")
         if evidence:
             verdict_lines.append(f"- **{SETTING_TITLES[setting]}**: {overall(verdicts)} "
@@ -223,12 +107,12 @@ def mask_comparisons(runs: list[Run], study: str) -> list[str]:
     if len(lines) == 2:
         return []
     if not verdict_lines:
-        return lines + ["", "No FedGMA run here has its no-mask control, so there is no verdict on the mask."]
-    return lines + ["", f"Verdicts ({STUDY_TITLES[study]}), FedGMA against its no-mask control, peak and final "
-                        f"OOD accuracy: *mask helps* when the paired difference's 95 % interval lies above 0 and "
-                        f"its mean is at least {THRESHOLD_POINTS:g} point, *mask hurts* in the mirror case, "
-                        f"else *no detectable effect*. gma's control is FedAvg (its mask only shrinks "
-                        f"FedAvg's step).", ""] + verdict_lines
+        return [*lines, "", "No FedGMA run here has its no-mask control, so there is no verdict on the mask."]
+    return [*lines, "", f"Verdicts ({STUDY_TITLES[study]}), FedGMA against its no-mask control, peak and final "
+                    f"OOD accuracy: *mask helps* when the paired difference's 95 % interval lies above 0 and "
+                    f"its mean is at least {THRESHOLD_POINTS:g} point, *mask hurts* in the mirror case, "
+                    f"else *no detectable effect*. gma's control is FedAvg (its mask only shrinks "
+                    f"FedAvg's step).", "", *verdict_lines]
 
 
 def probe_table(runs: list[Run], probes: dict[str, dict[str, float]]) -> list[str]:
@@ -267,7 +151,7 @@ def tau_table(runs: list[Run], default_tau: float) -> list[str]:
     lines = ["| tau | seeds | peak OOD acc | final OOD acc | final ID acc | mask kept (mean over rounds) |",
              "|---|---|---|---|---|---|"]
     by_tau: dict[float, list[Run]] = defaultdict(list)
-    for run in _tau_runs(runs):
+    for run in tau_runs(runs):
         by_tau[run.tau if run.tau is not None else default_tau].append(run)
     for tau in sorted(by_tau):
         chosen = by_tau[tau]
@@ -284,8 +168,8 @@ def epochs_table(runs: list[Run]) -> list[str]:
              "|---|---|---|---|---|---|---|---|"]
     epochs = sorted({r.local_epochs for r in runs if "epochs" in r.studies})
     for e in epochs:
-        avg = _select(runs, ABLATION_SETTING, BASELINE, study="epochs", local_epochs=e)
-        gma = _select(runs, ABLATION_SETTING, ABLATION_WS, study="epochs", local_epochs=e)
+        avg = select(runs, ABLATION_SETTING, BASELINE, study="epochs", local_epochs=e)
+        gma = select(runs, ABLATION_SETTING, ABLATION_WS, study="epochs", local_epochs=e)
         lines.append(f"| {e} | {min(len(avg), len(gma))} | {mean_std([r.final_ood for r in avg])} "
                      f"| {mean_std([r.final_ood for r in gma])} | {margin(gma, avg, 'final_ood')} "
                      f"| {mean_std([r.peak_ood for r in avg])} | {mean_std([r.peak_ood for r in gma])} "
@@ -303,95 +187,7 @@ def round_time_ratio(runs: list[Run]) -> tuple[float, float, float] | None:
     a, b = statistics.fmean(fedgma), statistics.fmean(fedavg)
     return a, b, a / b
 
-
-def _plot_curves(ax, runs: list[Run], labels, setting: str, study: str) -> None:
-    for label in labels:
-        chosen = _select(runs, setting, label, study)
-        if not chosen:
-            continue
-        length = min(len(r.rounds) for r in chosen)
-        rounds = [r["round"] for r in chosen[0].rounds[:length]]
-        curves = [[row["ood-accuracy"] * 100 for row in r.rounds[:length]] for r in chosen]
-        mean = [statistics.fmean(col) for col in zip(*curves)]
-        low = [min(col) for col in zip(*curves)]
-        high = [max(col) for col in zip(*curves)]
-        style = {"color": "black", "linewidth": 2} if label == BASELINE else {"linewidth": 1.3}
-        if label in NO_MASK_CONTROLS.values() and label != BASELINE:
-            style["linestyle"] = "--"
-        (line,) = ax.plot(rounds, mean, label=f"{label} (n={len(chosen)})", **style)
-        ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
-    ax.set_title(SETTING_TITLES[setting])
-    ax.set_xlabel("round")
-    ax.set_ylabel("OOD accuracy (%)")
-    ax.grid(alpha=0.3)
-
-
-def plot_settings(runs: list[Run], labels, path: Path, title: str, study: str = "main",
-                  settings: tuple[str, ...] = tuple(SETTINGS)) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    rows = (len(settings) + 1) // 2
-    fig, axes = plt.subplots(rows, 2, figsize=(12, 4.25 * rows + 0.5), squeeze=False)
-    for ax, setting in zip(axes.flat, settings):
-        _plot_curves(ax, runs, labels, setting, study)
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, [n.rsplit(" (n=", 1)[0] for n in names], loc="lower center", ncol=(len(labels) + 1) // 2,
-               fontsize=8.5)
-    fig.suptitle(title)
-    fig.tight_layout(rect=(0, 0.1 / rows, 1, 0.97))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_ablations(runs: list[Run], default_tau: float, path: Path, dataset: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    by_tau: dict[float, list[Run]] = defaultdict(list)
-    for run in _tau_runs(runs):
-        by_tau[run.tau if run.tau is not None else default_tau].append(run)
-    taus = sorted(by_tau)
-    for metric, name in (("final_ood", "final"), ("peak_ood", "peak")):
-        means = [100 * statistics.fmean(getattr(r, metric) for r in by_tau[t]) for t in taus]
-        errs = [100 * statistics.stdev(getattr(r, metric) for r in by_tau[t]) if len(by_tau[t]) > 1 else 0
-                for t in taus]
-        left.errorbar(taus, means, yerr=errs, marker="o", capsize=3, label=f"{name} OOD accuracy")
-    baseline = _select(runs, ABLATION_SETTING, BASELINE)
-    if baseline:
-        left.axhline(100 * statistics.fmean(r.final_ood for r in baseline), color="black", linestyle="--",
-                     label="FedAvg final OOD accuracy")
-    left.set_xlabel("tau (FedGMA ws, eta_s = 1)")
-    left.set_ylabel("OOD accuracy (%)")
-    left.set_title("agreement threshold tau")
-    left.legend(fontsize=8)
-    left.grid(alpha=0.3)
-    epochs = sorted({r.local_epochs for r in runs if "epochs" in r.studies})
-    for label in (BASELINE, ABLATION_WS):
-        groups = [_select(runs, ABLATION_SETTING, label, study="epochs", local_epochs=e) for e in epochs]
-        points = [(e, g) for e, g in zip(epochs, groups) if g]
-        right.errorbar([e for e, _ in points], [100 * statistics.fmean(r.final_ood for r in g) for _, g in points],
-                       yerr=[100 * statistics.stdev(r.final_ood for r in g) if len(g) > 1 else 0
-                             for _, g in points], marker="o", capsize=3, label=f"{label}: final OOD accuracy")
-    right.set_xlabel("local epochs E")
-    right.set_ylabel("OOD accuracy (%)")
-    right.set_title("local epochs")
-    right.legend(fontsize=8)
-    right.grid(alpha=0.3)
-    fig.suptitle(f"Ablations on binary non-IID colored {dataset}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def _hyperparameters(manifest: dict, config: dict) -> list[str]:
+def _hyperparameters(manifest: dict[str, Any], config: dict[str, Any]) -> list[str]:
     scale = manifest["scale"]
     clients = scale["clients"]
     rows = [
@@ -424,11 +220,11 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
     if not runs:
         raise ValueError(f"{results_dir / 'results.csv'} holds no finished run yet")
     reference = next((r for r in runs if "main" in r.studies), runs[0])
-    any_config = json.loads(RunFolder(results_dir / "runs" / reference.name).config.read_text())
+    any_config = grid_run_folders(results_dir)[reference.name].read_config()
     dataset = any_config["dataset"]
     planned = len(manifest["runs"])
     probes = load_probes(results_dir)
-    default_tau = float(STRATEGIES[ABLATION_WS][1]["tau"])
+    default_tau = float(cast(float, STRATEGIES[ABLATION_WS][1]["tau"]))
 
     def link(name: str) -> str:
         return Path(os.path.relpath(figures_dir / name, relative_to)).as_posix()
@@ -449,7 +245,7 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
     for setting in SETTINGS:
         if not any(r.setting == setting and "main" in r.studies for r in runs):
             continue
-        some = _select(runs, setting, BASELINE) or [r for r in runs if r.setting == setting]
+        some = select(runs, setting, BASELINE) or [r for r in runs if r.setting == setting]
         note = colour_only_note(runs, probes, setting)
         out += ["", f"**{SETTING_TITLES[setting]}, {len(some[0].trained)} rounds** (colored {dataset}){note}", ""]
         out += settings_table(runs, setting)
@@ -471,12 +267,12 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
     comparisons = mask_comparisons(runs, "main")
     if comparisons:
         out += ["", f"**Does the mask matter? Client step {client_lr:g}** (colored {dataset}; differences in OOD "
-                    "accuracy points, mean [95 % interval] over paired seeds)", ""] + comparisons
+                "accuracy points, mean [95 % interval] over paired seeds)", "", *comparisons]
     paper_step = [r for r in runs if "client-step" in r.studies]
     if paper_step:
         step = paper_step[0].client_lr
         for setting in PAPER_STEP_SETTINGS:
-            some = _select(runs, setting, BASELINE, "client-step") or [r for r in paper_step if r.setting == setting]
+            some = select(runs, setting, BASELINE, "client-step") or [r for r in paper_step if r.setting == setting]
             if some:
                 out += ["", f"**{SETTING_TITLES[setting]}, the paper's client step {step:g}, "
                             f"{len(some[0].trained)} rounds** (colored {dataset})", ""]
@@ -493,9 +289,9 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
     if probe_lines := probe_table(runs, probes):
         images = next(iter(probes.values()))["images"]
         out += ["", f"**What the 10-class models learn** (colored {dataset}; `fedgma probe`): each run's final "
-                    f"model on its {images} central test images, each painted in the training colours of another "
-                    "class. *Follows shape*: it answers the image's class; *follows colour*: the class whose "
-                    "colours the image wears (chance: 0.10 and 0.10).", ""] + probe_lines
+                f"model on its {images} central test images, each painted in the training colours of another "
+                "class. *Follows shape*: it answers the image's class; *follows colour*: the class whose "
+                "colours the image wears (chance: 0.10 and 0.10).", "", *probe_lines]
     if any("tau" in r.studies for r in runs):
         out += ["", f"**Ablation: tau** (binary non-IID, FedGMA ws, eta_s = 1, colored {dataset})", ""]
         out += tau_table(runs, default_tau)
@@ -508,14 +304,12 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
     return "\n".join(out) + "\n"
 
 
-def replace_block(readme: Path, block: str) -> None:
-    """Put ``block`` between the README's results markers."""
-    text = readme.read_text()
-    if BEGIN not in text or END not in text:
-        raise ValueError(f"{readme} has no {BEGIN} ... {END} block to replace")
-    head, rest = text.split(BEGIN, 1)
-    _, tail = rest.split(END, 1)
-    readme.write_text(f"{head}{BEGIN}\n{block}{END}{tail}")
+def write_readme_block(readme: Path, block: str) -> None:
+    """Put ``block`` between the README's results markers (:data:`BEGIN`, :data:`END`)."""
+    try:
+        readme.write_text(replace_block(readme.read_text(), BEGIN, END, block))
+    except ValueError as err:
+        raise ValueError(f"{readme}: {err}") from None
 
 
 def write_report(results_dir: Path, figures_dir: Path | None = None, readme: Path | None = None,
@@ -529,6 +323,6 @@ def write_report(results_dir: Path, figures_dir: Path | None = None, readme: Pat
     print(f"report: {markdown}; figures in {figures_dir}")
     if readme is not None:
         readme = readme.resolve()
-        replace_block(readme, build_markdown(results_dir, figures_dir, readme.parent))
+        write_readme_block(readme, build_markdown(results_dir, figures_dir, readme.parent))
         print(f"report: results block of {readme} replaced")
     return markdown

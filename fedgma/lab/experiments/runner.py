@@ -8,7 +8,9 @@ summary; it continues from its last round checkpoint (``resume``).
 
 Layout under the results directory::
 
-    runs/<run-name>/metrics.csv, config.json, summary.json, final_model.pt
+    runs/<output-dir>/<run-name>/metrics.csv, config.json, summary.json, final_model.pt
+                      (the app's run folder, :class:`fedgma.app.run_folder.RunFolder`;
+                      output-dir is empty unless overridden)
     results.csv       every round of every finished run, one row each
     grid.json         the grid's name, scale and run list
 """
@@ -22,16 +24,15 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
-from typing import Any
 
-from fedgma.app.config import NOT_RESULT_SETTINGS, parse_run_config
-from fedgma.app.outputs import METRIC_COLUMNS
+from fedgma.app.config import NOT_RESULT_SETTINGS, RunConfig, parse_run_config
+from fedgma.app.run_folder import METRIC_COLUMNS, RunFolder
+from fedgma.deployment.app_folder import app_defaults, app_dir
+from fedgma.deployment.flower import HostSettings, SimulationRuntime
 from fedgma.loop.atomic import atomic_write
-from fedgma.loop.run_folder import RunFolder
 
-from ..launch import HostSettings, SimulationRuntime
-from ..project import app_defaults, app_dir
 from .grids import Grid, RunSpec
+from .results import saved_settings
 
 RUN_COLUMNS = ("run", "setting", "strategy", "seed", "studies", "dataset", "local-epochs", "tau", "server-lr",
                "client-lr")
@@ -43,24 +44,9 @@ class GridMismatch(RuntimeError):
     """An existing run directory holds a run made with other settings."""
 
 
-def read_rows(path: Path) -> list[dict[str, str]]:
-    """The rows of a CSV file, or none if it does not exist yet."""
-    if not path.is_file():
-        return []
-    with path.open(newline="") as handle:
-        return list(csv.DictReader(handle))
-
-
-def saved_settings(run_dir: Path) -> dict[str, Any]:
-    """A run's settings from its ``config.json``, keyed as :class:`RunConfig`'s fields; a
-    setting added after the run was made had its default value then."""
-    saved = json.loads(RunFolder(run_dir).config.read_text())
-    return {key: saved.get(key, default) for key, default in asdict(parse_run_config(app_defaults())).items()}
-
-
 def format_seconds(seconds: float) -> str:
-    seconds = int(round(seconds))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+    whole = round(seconds)
+    return f"{whole // 3600}:{whole // 60 % 60:02d}:{whole % 60:02d}"
 
 
 class GridRunner:
@@ -79,6 +65,8 @@ class GridRunner:
         output root is always the grid's ``runs`` folder).
     run_timeout : float
         Seconds allowed per run.
+    app : Path | None
+        The Flower app folder to submit (default: :func:`fedgma.deployment.app_folder.app_dir`).
     echo : callable
         Where progress lines go.
     """
@@ -91,6 +79,7 @@ class GridRunner:
         run_timeout: float = 3600.0,
         echo: Callable[[str], None] = print,
         data: HostSettings | None = None,
+        app: Path | None = None,
     ) -> None:
         self.grid = grid
         self.results_dir = results_dir.resolve()
@@ -99,6 +88,7 @@ class GridRunner:
         self.host = replace(data or HostSettings(), output_root=self.runs_dir)
         self.run_timeout = run_timeout
         self.echo = echo
+        self.app: Path | None = app
 
     def run_config(self, spec: RunSpec, resume: bool = False) -> dict[str, object]:
         """The ``--run-config`` of one run (Flower fills in the other defaults)."""
@@ -107,16 +97,20 @@ class GridRunner:
             config["resume"] = spec.name
         return config
 
-    def validated(self, spec: RunSpec):
+    def validated(self, spec: RunSpec) -> RunConfig:
         """The run's settings as the ServerApp will see them (raises ConfigError)."""
-        return parse_run_config({**app_defaults(), **self.run_config(spec)})
+        return parse_run_config({**app_defaults(self.app), **self.run_config(spec)})
+
+    def folder(self, spec: RunSpec) -> RunFolder:
+        """Where the ServerApp puts the run: ``runs/<output-dir>/<run-name>``."""
+        return RunFolder.at(self.runs_dir, self.validated(spec).output_dir, spec.name)
 
     def is_finished(self, spec: RunSpec) -> bool:
         """True if the run's summary exists; raises GridMismatch if its settings differ."""
-        run_dir = self.runs_dir / spec.name
-        if not RunFolder(run_dir).summary.is_file():
+        folder = self.folder(spec)
+        if not folder.is_finished():
             return False
-        saved = saved_settings(run_dir)
+        saved = saved_settings(folder, app_defaults(self.app))
         differing = sorted(
             key.replace("_", "-")
             for key, value in asdict(self.validated(spec)).items()
@@ -124,7 +118,7 @@ class GridRunner:
         )
         if differing:
             raise GridMismatch(
-                f"{run_dir} holds a finished run made with other settings ({', '.join(differing)}); "
+                f"{folder.path} holds a finished run made with other settings ({', '.join(differing)}); "
                 "choose another results directory or remove that run"
             )
         return True
@@ -140,7 +134,8 @@ class GridRunner:
             "scale": asdict(self.grid.scale),
             "overrides": self.overrides,
             "runs": [
-                {"name": s.name, "setting": s.setting, "strategy": s.label, "seed": s.seed,
+                {"name": s.name, "folder": str(self.folder(s).path.relative_to(self.runs_dir)),
+                 "setting": s.setting, "strategy": s.label, "seed": s.seed,
                  "studies": list(s.studies), "run-config": s.run_config}
                 for s in self.grid.runs
             ],
@@ -155,17 +150,17 @@ class GridRunner:
         writer = csv.DictWriter(buffer, fieldnames=RUN_COLUMNS + METRIC_COLUMNS, lineterminator="\n")
         writer.writeheader()
         for spec in self.grid.runs:
-            run_dir = self.runs_dir / spec.name
-            if not RunFolder(run_dir).summary.is_file():
+            folder = self.folder(spec)
+            if not folder.is_finished():
                 continue
-            config = json.loads(RunFolder(run_dir).config.read_text())
+            config = folder.read_config()
             facts = {
                 "run": spec.name, "setting": spec.setting, "strategy": spec.label, "seed": spec.seed,
                 "studies": "+".join(spec.studies), "dataset": config["dataset"],
                 "local-epochs": config["local_epochs"], "tau": "" if config["tau"] is None else config["tau"],
                 "server-lr": config["server_lr"], "client-lr": config["client_lr"],
             }
-            for row in read_rows(RunFolder(run_dir).metrics):
+            for row in folder.rows():
                 writer.writerow({**facts, **row})
         payload = buffer.getvalue().encode()
         atomic_write(path, lambda f: f.write(payload))
@@ -184,24 +179,25 @@ class GridRunner:
         if not todo:
             self.write_combined()
             return 0
-        rounds_left = sum(int(s.run_config["num-server-rounds"]) for s in todo)
+        rounds_left = sum(s.rounds for s in todo)
         started = time.monotonic()
         rounds_done = 0
         failures: list[str] = []
         federation = f"num-supernodes={self.grid.scale.clients} client-resources-num-cpus=1"
         with SimulationRuntime(self.results_dir / "runtime", self.host) as runtime:
             for index, spec in enumerate(todo, start=total - len(todo) + 1):
-                rounds = int(spec.run_config["num-server-rounds"])
-                metrics_path = RunFolder(self.runs_dir / spec.name).metrics
+                rounds = spec.rounds
+                folder = self.folder(spec)
+                metrics_path = folder.metrics
                 # An interrupted run continues from its last checkpoint.
-                resume = RunFolder(self.runs_dir / spec.name).checkpoint.is_file()
+                resume = folder.checkpoint.is_file()
                 if not resume and metrics_path.exists():
                     metrics_path.unlink()  # an attempt that never finished a round
-                shown = [len([r for r in read_rows(metrics_path) if r["round"] != "0"])]
+                shown = [len([r for r in folder.rows() if r["round"] != "0"])]
 
-                def progress(spec=spec, index=index, rounds=rounds, metrics_path=metrics_path, shown=shown,
-                             before=rounds_done):
-                    rows = [r for r in read_rows(metrics_path) if r["round"] != "0"]
+                def progress(spec: RunSpec = spec, index: int = index, rounds: int = rounds,
+                             folder: RunFolder = folder, shown: list[int] = shown, before: int = rounds_done) -> None:
+                    rows = [r for r in folder.rows() if r["round"] != "0"]
                     for row in rows[shown[0]:]:
                         done = before + int(row["round"])
                         elapsed = time.monotonic() - started
@@ -213,10 +209,10 @@ class GridRunner:
                         )
                     shown[0] = len(rows)
 
-                run_id = runtime.cli.submit(app_dir(), self.run_config(spec, resume), federation)
+                run_id = runtime.cli.submit(app_dir(self.app), self.run_config(spec, resume), federation)
                 self.echo(f"[{index}/{total}] {spec.name}: run {run_id} "
                           f"{'resumed after round ' + str(shown[0]) if resume else 'started'}")
-                summary_path = RunFolder(self.runs_dir / spec.name).summary
+                summary_path = folder.summary
                 try:
                     outcome = runtime.cli.wait(run_id, self.run_timeout, poll=30.0, on_poll=progress,
                                                check_now=summary_path.exists)
@@ -243,11 +239,11 @@ class GridRunner:
         return len(failures)
 
 
-def metrics_differences(committed: Path, rerun: Path) -> list[str]:
+def metrics_differences(committed: RunFolder, rerun: RunFolder) -> list[str]:
     """Where two runs' ``metrics.csv`` differ, timing columns (``*seconds``) left out; [] when
     every other cell is the same text: the accuracies and losses to the last digit, the mask
     statistics, the reply counts."""
-    old, new = read_rows(RunFolder(committed).metrics), read_rows(RunFolder(rerun).metrics)
+    old, new = committed.rows(), rerun.rows()
     if len(old) != len(new):
         return [f"{len(old)} rows committed, {len(new)} rerun"]
     differences = []

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Literal, cast
 
 import numpy as np
 
@@ -49,7 +50,7 @@ def client_loss(w: np.ndarray, client: int) -> tuple[np.ndarray, np.ndarray]:
     return l1 + l2, g1 + g2
 
 
-def trajectory(start, method: tuple[str, float, float] | None) -> np.ndarray:
+def trajectory(start: tuple[float, float], method: tuple[str, float, float] | None) -> np.ndarray:
     """The global point after every round, starting at ``start``."""
     x = np.asarray(start, dtype=np.float64)
     path = [x]
@@ -64,7 +65,8 @@ def trajectory(start, method: tuple[str, float, float] | None) -> np.ndarray:
             x = (replies[0] + replies[1]) / 2
         else:
             variant, tau, server_lr = method
-            aggregator = MaskedAggregator({"w": x}, variant=variant, tau=tau, server_lr=server_lr)
+            aggregator = MaskedAggregator({"w": x}, variant=cast(Literal["ws", "gma"], variant), tau=tau,
+                                          server_lr=server_lr)
             for y in replies:
                 aggregator.add({"w": y}, 1.0)
             x = aggregator.result()[0]["w"]
@@ -101,9 +103,9 @@ def draw(output: Path) -> None:
     surfaces = {"client A": client_loss(w, 0)[0], "client B": client_loss(w, 1)[0]}
     surfaces["average (what FedAvg minimises)"] = (surfaces["client A"] + surfaces["client B"]) / 2
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.4))
-    styles = dict(zip(METHODS, ("-", "--", ":")))
+    styles = dict(zip(METHODS, ("-", "--", ":"), strict=False))
     colors = plt.cm.tab10(np.arange(len(TRAJECTORY_STARTS)))
-    for ax, (title, z) in zip(axes, surfaces.items()):
+    for ax, (title, z) in zip(axes, surfaces.items(), strict=False):
         contour = ax.contourf(grid, grid, z, levels=30, cmap="viridis")
         fig.colorbar(contour, ax=ax, shrink=0.85)
         ax.set_title(title)
@@ -112,7 +114,7 @@ def draw(output: Path) -> None:
         for name, point in (("S", SHARED), ("A", CLIENT_MINIMA[0]), ("B", CLIENT_MINIMA[1])):
             ax.annotate(name, point, color="white", fontsize=13, ha="center", va="center", weight="bold")
     average_ax = axes[2]
-    for color, start in zip(colors, TRAJECTORY_STARTS):
+    for color, start in zip(colors, TRAJECTORY_STARTS, strict=False):
         for label, method in METHODS.items():
             path = trajectory(start, method)
             average_ax.plot(path[:, 0], path[:, 1], styles[label], color=color, linewidth=1.6)

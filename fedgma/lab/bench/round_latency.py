@@ -1,14 +1,14 @@
 """Where a deployed round's time goes (``fedgma bench --parts deployment``).
 
-The same FedGMA run, deployed (``fedgma-superlink`` and N ``flower-supernode`` processes
+The same FedGMA run, deployed (``fedgma superlink`` and N ``flower-supernode`` processes
 over gRPC on loopback) and on Flower's simulation runtime, each with the round loop
 waiting as before this project polled for replies itself (``reply-poll-interval = 0``:
 Flower's ``Grid.send_and_receive``, every 3 s deployed and 0.1 s simulated) and as now
-(the default interval). Every round is split into the parts of :data:`PARTS` from the
+(the default interval). Every round is split into the parts of :data:`ROUND_PARTS` from the
 rows of ``metrics.csv``; clients' parts are means over the round's clients.
 
 Whose each part is (Flower's polling, process starts and uploads, or ours) is in the
-:data:`PARTS` table and, explained, in the README's "Where a deployed round's time goes".
+:data:`ROUND_PARTS` table and, explained, in the README's "Where a deployed round's time goes".
 """
 
 from __future__ import annotations
@@ -23,12 +23,10 @@ from dataclasses import dataclass
 from itertools import product
 from pathlib import Path
 
-from fedgma.loop.run_folder import RunFolder
-
-from .project import app_dir
+from fedgma.app.run_folder import RunFolder
 
 # (label, whose): the additive parts of a round, in the order they happen.
-PARTS = (
+ROUND_PARTS = (
     ("SuperNode pull wait (instruction made -> ClientApp started)", "Flower"),
     ("ClientApp process start-up (interpreter, imports)", "Flower; our imports"),
     ("client set-up and local training", "ours (the task)"),
@@ -51,7 +49,7 @@ def _mean(rows: list[dict[str, str]], key: str) -> float:
 
 
 def round_parts(rows: list[dict[str, str]]) -> dict[str, float]:
-    """Mean seconds of each part of :data:`PARTS` over ``rows`` (metrics.csv rows), and
+    """Mean seconds of each part of :data:`ROUND_PARTS` over ``rows`` (metrics.csv rows), and
     ``"round"``. The parts add up to the round: the two rests are what is left."""
     round_s = _mean(rows, "round-seconds")
     train_wait, eval_wait = _mean(rows, "train-wait-seconds"), _mean(rows, "client-eval-wait-seconds")
@@ -61,7 +59,7 @@ def round_parts(rows: list[dict[str, str]]) -> dict[str, float]:
     aggregate, central = _mean(rows, "aggregate-seconds"), _mean(rows, "central-eval-seconds")
     seconds = [*client, train_lag, train_wait - sum(client) - train_lag, aggregate, eval_wait - eval_lag,
                eval_lag, central, round_s - train_wait - aggregate - eval_wait - central]
-    return {**{label: value for (label, _), value in zip(PARTS, seconds, strict=True)}, "round": round_s}
+    return {**{label: value for (label, _), value in zip(ROUND_PARTS, seconds, strict=True)}, "round": round_s}
 
 
 def process_cpu_seconds(pid: int) -> float:
@@ -79,11 +77,9 @@ class Measured:
     superlink_cpu: float | None = None
 
 
-def metrics_rows(path: Path, first_round: int) -> list[dict[str, str]]:
+def metrics_rows(folder: RunFolder, first_round: int) -> list[dict[str, str]]:
     """The rows of a run's ``metrics.csv`` from round ``first_round`` on."""
-    from .experiments.runner import read_rows
-
-    return [r for r in read_rows(path) if int(r["round"]) >= first_round]
+    return [r for r in folder.rows() if int(r["round"]) >= first_round]
 
 
 def _config(rounds: int, supernodes: int, poll: float | None, run_name: str) -> dict[str, object]:
@@ -99,13 +95,14 @@ def _config(rounds: int, supernodes: int, poll: float | None, run_name: str) -> 
     return config
 
 
-def measure(rounds: int = 5, repeats: int = 2, supernodes: int = 3, idle_seconds: float = 20.0
+def measure(app: Path, rounds: int = 5, repeats: int = 2, supernodes: int = 3, idle_seconds: float = 20.0
             ) -> tuple[dict[tuple[str, str], Measured], float]:
     """Run each combination of :data:`MODES` and :data:`LOOPS` ``repeats`` times (before and
     after alternating, so that a drifting machine weighs on both alike), ``rounds`` measured
     rounds each; their mean round parts, and the SuperLink's CPU (share of one core) with the
     SuperNodes connected and no run."""
-    from .launch import FlowerCli, HostSettings, LocalDeployment, SimulationRuntime
+    from fedgma.deployment.flower import FlowerCli, HostSettings, SimulationRuntime
+    from fedgma.deployment.local import LocalDeployment
 
     rows: dict[tuple[str, str], list[dict[str, str]]] = {key: [] for key in product(MODES, LOOPS)}
     superlink_cpu: dict[str, list[float]] = {loop: [0.0, 0.0] for loop in LOOPS}  # CPU seconds, wall seconds
@@ -113,11 +110,11 @@ def measure(rounds: int = 5, repeats: int = 2, supernodes: int = 3, idle_seconds
 
     def run(cli: FlowerCli, mode: str, loop: str, repeat: int, federation: str | None = None) -> None:
         name = f"{mode}-{loop}-{repeat}"
-        outcome = cli.wait(cli.submit(app_dir(), _config(rounds, supernodes, LOOPS[loop], name), federation),
+        outcome = cli.wait(cli.submit(app, _config(rounds, supernodes, LOOPS[loop], name), federation),
                            timeout=3600, poll=10.0)
         if not outcome.completed:
             raise RuntimeError(f"benchmark run {name} ended {outcome.status}: {outcome.details}")
-        rows[mode, loop] += metrics_rows(RunFolder(root / name).metrics, 2)  # round 1 builds the caches
+        rows[mode, loop] += metrics_rows(RunFolder.at(root, "", name), 2)  # round 1 builds the caches
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -153,7 +150,7 @@ def table(results: dict[tuple[str, str], Measured], idle_cpu: float) -> list[str
     columns = [(mode, loop) for mode in MODES for loop in LOOPS]
     lines = ["| part of a round | whose | " + " | ".join(f"{mode}, {loop}" for mode, loop in columns) + " |",
              "|---|---|" + "---|" * len(columns)]
-    for label, whose in PARTS:
+    for label, whose in ROUND_PARTS:
         cells = []
         for column in columns:
             parts = results[column].parts
@@ -193,15 +190,15 @@ def client_import_seconds(source: Path, repeats: int = 7) -> tuple[float, float]
     return statistics.median(base), statistics.median(ours)
 
 
-def import_table(before_revision: str | None, repeats: int = 7) -> list[str]:
-    """Our client app's import cost beyond flwr and torch, now and at ``before_revision``
-    (a git revision of this repository; skipped when git or the revision is missing)."""
-    base, ours = client_import_seconds(app_dir(), repeats)
+def import_table(app: Path, before_revision: str | None, repeats: int = 7) -> list[str]:
+    """Our client app's import cost beyond flwr and torch, in the checkout ``app`` now and at
+    ``before_revision`` (a git revision of it; skipped when git or the revision is missing)."""
+    base, ours = client_import_seconds(app, repeats)
     lines = ["| client app | flwr + torch s | our client app on top s |", "|---|---|---|",
              f"| this tree | {base:.3f} | {ours:.3f} |"]
     if before_revision:
         with tempfile.TemporaryDirectory() as tmp:
-            archive = subprocess.run(["git", "-C", str(app_dir()), "archive", before_revision, "fedgma"],
+            archive = subprocess.run(["git", "-C", str(app), "archive", before_revision, "fedgma"],
                                      capture_output=True)
             if archive.returncode == 0:
                 subprocess.run(["tar", "-x", "-C", tmp], input=archive.stdout, check=True)

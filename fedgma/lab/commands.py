@@ -1,4 +1,5 @@
-"""The ``fedgma`` command: experiment grids, their reports and the toy figure.
+"""The research subcommands of ``fedgma`` (:mod:`fedgma.cli`): experiment grids, their reports,
+the colour probe, the toy figure, benchmarks and the demo.
 
 ::
 
@@ -8,6 +9,8 @@
     fedgma probe results/full       # what its 10-class models learned: shape or colour
     fedgma report results/full --readme README.md --figures docs/figures
     fedgma toy docs/figures/sewn-optima.png
+    fedgma bench --parts imports --before 35abdab
+    fedgma demo --rounds 10
 """
 
 from __future__ import annotations
@@ -15,30 +18,29 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedgma.app.config import ConfigError, parse_run_config
+from fedgma.deployment.app_folder import AppFolderNotFound, app_defaults, app_dir, parse_override
+from fedgma.deployment.flower import HostSettings
 
-from .launch import HostSettings
-from .project import AppFolderNotFound, app_defaults, app_dir, parse_override
-
-# What the host-side tools need beyond the core (flwr, NumPy): the app and lab extras ...
+# What the research tools need beyond the core (flwr, NumPy): the app and lab extras ...
 LAB_MODULES = ("torch", "torchvision", "flwr_datasets", "matplotlib")
-# ... and, for the commands that run this repository's Flower app, its folder (a clone).
-NEEDS_APP_FOLDER = frozenset({"grid", "bench", "probe"})
+# ... and, for the commands that run this repository's Flower app, its folder (``--app``, else a clone).
+NEEDS_APP_FOLDER = frozenset({"grid", "bench", "probe", "demo"})
+COMMANDS = ("grid", "report", "probe", "toy", "bench", "demo")
 
 
-def missing_requirement(command: str) -> str | None:
+def missing_requirement(command: str, app: Path | None = None) -> str | None:
     """What ``fedgma <command>`` needs and this installation lacks, in one line; None if nothing."""
     missing = [name for name in LAB_MODULES if importlib.util.find_spec(name) is None]
     if missing:
         return f"needs {', '.join(missing)}, which the core install leaves out: pip install 'fedgma[lab]'"
     if command in NEEDS_APP_FOLDER:
         try:
-            app_dir()
+            app_dir(app)
         except AppFolderNotFound as err:
             return str(err)
     return None
@@ -55,7 +57,7 @@ def _grid(args: argparse.Namespace) -> int:
     results_dir = args.results_dir or Path("results") / grid.name
     overrides = dict(args.overrides)
     data = HostSettings(data_dir=args.data_dir, download=False if args.no_download else None)
-    runner = GridRunner(grid, results_dir, overrides, run_timeout=args.run_timeout, data=data)
+    runner = GridRunner(grid, results_dir, overrides, run_timeout=args.run_timeout, data=data, app=args.app)
     try:
         if args.action == "status":
             status = runner.status()
@@ -93,12 +95,12 @@ def _reproduce(args: argparse.Namespace, committed: GridRunner) -> int:
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="fedgma-reproduce-"))
     subset = dataclasses.replace(committed.grid, runs=tuple(known[n] for n in names))
     rerun = GridRunner(subset, scratch, committed.overrides, run_timeout=committed.run_timeout,
-                       data=committed.host)
+                       data=committed.host, app=committed.app)
     if rerun.run():
         return 1
     failed = 0
     for name in names:
-        differences = metrics_differences(committed.runs_dir / name, rerun.runs_dir / name)
+        differences = metrics_differences(committed.folder(known[name]), rerun.folder(known[name]))
         failed += bool(differences)
         verdict = "identical (every column but the timings)" if not differences else "DIFFERS"
         print(f"{name}: {verdict}")
@@ -122,7 +124,7 @@ def _probe(args: argparse.Namespace) -> int:
 
     environ = HostSettings(data_dir=args.data_dir, download=False if args.no_download else None).environment()
     source = data_source(environ={**os.environ, **environ})
-    probed = probe_grid(args.results_dir, source)
+    probed = probe_grid(args.results_dir, source, app=args.app)
     print(f"fedgma probe: {probed} 10-class runs with a final model probed in {args.results_dir}")
     return 0 if probed else 1
 
@@ -134,16 +136,24 @@ def _toy(args: argparse.Namespace) -> int:
 
 
 def _bench(args: argparse.Namespace) -> int:
-    from .benchmarks import main as bench_main
+    from .bench import main as bench_main
 
     parts = tuple(p.strip() for p in args.parts.split(",")) if args.parts else None
     return bench_main(None if args.no_write else args.output, quick=args.quick, parts=parts,
-                      readme=None if args.no_write else args.readme)
+                      readme=None if args.no_write else args.readme, before=args.before, app=args.app)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fedgma", description="FedGMA on Flower: experiments and reports")
-    commands = parser.add_subparsers(dest="command", required=True)
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(args)
+
+
+APP_HELP = "the Flower app folder to run (default: the source checkout, else the current directory)"
+
+
+def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the research subcommands to ``fedgma``'s parser."""
 
     grid = commands.add_parser("grid", help="run or inspect a named experiment grid")
     grid.add_argument("action", choices=("run", "status", "reproduce"))
@@ -155,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     grid.add_argument("--no-download", action="store_true", help="never download a missing data set")
     grid.add_argument("--runs", help="reproduce: comma-separated names of finished runs")
     grid.add_argument("--scratch", type=Path, help="reproduce: where the reruns go (default: a new temp folder)")
+    grid.add_argument("--app", type=Path, help=APP_HELP)
     grid.add_argument("overrides", nargs="*", type=parse_override, metavar="key=value",
                       help="run settings for every run, e.g. dataset=mnist")
     grid.set_defaults(func=_grid)
@@ -171,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
     probe.add_argument("results_dir", type=Path)
     probe.add_argument("--data-dir", type=Path, help="data sets (default: $FEDGMA_DATA_DIR, else ~/.cache/fedgma)")
     probe.add_argument("--no-download", action="store_true", help="never download a missing data set")
+    probe.add_argument("--app", type=Path, help="the Flower app folder whose default settings complete old "
+                       "runs' config.json (default: the source checkout, else the current directory)")
     probe.set_defaults(func=_probe)
 
     toy = commands.add_parser("toy", help="the 'sewn optima' toy figure (FedAvg vs FedGMA on 2-D losses)")
@@ -189,27 +202,34 @@ def main(argv: list[str] | None = None) -> int:
     bench.add_argument("--parts", help="comma-separated subset of: aggregation, memory, payload, rounds, "
                                        "scale, imports, deployment, fleet (default: all; only their tables "
                                        "are rewritten)")
+    # The revision docs/benchmarks.md's imports table was measured against (scripts/bench.sh
+    # passes it): the last commit before the round loop polled for replies itself and the
+    # library packages imported lazily.
+    bench.add_argument("--before", metavar="REVISION",
+                       help="imports: also measure this git revision of the checkout (e.g. 35abdab)")
+    bench.add_argument("--app", type=Path, help=APP_HELP)
     bench.set_defaults(func=_bench)
 
-    args, extra = parser.parse_known_args(argv)
-    if extra and (args.command != "grid" or any(e.startswith("-") or "=" not in e for e in extra)):
-        parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    problem = missing_requirement(args.command)
+    demo = commands.add_parser("demo", help="FedGMA against FedAvg on Flower's simulation runtime (the main job)")
+    from .demo import configure as configure_demo
+
+    configure_demo(demo)
+    demo.add_argument("--app", type=Path, help=APP_HELP)
+    demo.set_defaults(func=_demo)
+
+
+def run(args: argparse.Namespace, extra: list[str], parser: argparse.ArgumentParser) -> int:
+    """Check what ``args.command`` needs, then run it (``extra``: grid's trailing key=value)."""
+
+    problem = missing_requirement(args.command, getattr(args, "app", None))
     if problem is not None:
         print(f"fedgma {args.command}: {problem}", file=sys.stderr)
         return 2
     if args.command == "grid":
         args.overrides = list(args.overrides) + [parse_override(e) for e in extra]
         try:  # a bad key=value is reported before anything starts
-            parse_run_config({**app_defaults(), **dict(args.overrides)})
+            parse_run_config({**app_defaults(app_dir(args.app)), **dict(args.overrides)})
         except ConfigError as err:
             print(f"fedgma grid: {err}", file=sys.stderr)
             return 2
-    # SIGTERM unwinds like Ctrl-C, so the SuperLinks, SuperNodes and simulations a grid or a
-    # benchmark started are stopped by their context managers.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return int(args.func(args))

@@ -1,4 +1,5 @@
-"""The project's Flower app folder, its default run settings, and ``key=value`` overrides.
+"""The Flower app folder that the tools which launch ``flwr run`` submit, its default run
+settings, and ``key=value`` overrides.
 
 Overrides follow Flower's ``--run-config`` rules: each value is read as TOML
 (``3``, ``0.5``, ``true``, ``"text"``). As a convenience on the command line, a
@@ -31,27 +32,35 @@ def _is_app_folder(folder: Path) -> bool:
     return project.get("project", {}).get("name") == "fedgma" and "app" in project.get("tool", {}).get("flwr", {})
 
 
-def app_dir() -> Path:
-    """The Flower app folder (``pyproject.toml`` with ``[tool.flwr.app]``): the source checkout
-    this package runs from, else the current directory when it is a clone of the repository.
+def app_dir(explicit: Path | None = None) -> Path:
+    """The Flower app folder (``pyproject.toml`` with ``[tool.flwr.app]``) that ``flwr run``
+    submits: ``explicit`` (a tool's ``--app DIR``) if given, else the source checkout this
+    package runs from, else the current directory when it is one (a clone, the image's /app).
 
     Raises
     ------
     AppFolderNotFound
         With a one-line message saying what is needed.
     """
+    if explicit is not None:
+        if _is_app_folder(explicit):
+            return explicit.resolve()
+        raise AppFolderNotFound(f"--app {explicit} is not this project's Flower app folder "
+                                "(pyproject.toml with [tool.flwr.app])")
     for folder in (SOURCE_DIR, Path.cwd()):
         if _is_app_folder(folder):
             return folder
     raise AppFolderNotFound(
         "needs this repository's Flower app folder (pyproject.toml with [tool.flwr.app]), which an "
-        "installed package does not carry: run it in a clone of the repository (./scripts/setup.sh there)"
+        "installed package does not carry: give --app DIR, or run it in a clone of the repository "
+        "(./scripts/setup.sh there)"
     )
 
 
-def app_defaults() -> dict[str, Any]:
-    """The default run settings: ``[tool.flwr.app.config]`` of the app's ``pyproject.toml``."""
-    pyproject = app_dir() / "pyproject.toml"
+def app_defaults(app: Path | None = None) -> dict[str, Any]:
+    """The default run settings: ``[tool.flwr.app.config]`` of the app's ``pyproject.toml``
+    (``app``: its folder; default: :func:`app_dir`)."""
+    pyproject = (app or app_dir()) / "pyproject.toml"
     return dict(tomllib.loads(pyproject.read_text())["tool"]["flwr"]["app"]["config"])
 
 

@@ -1,4 +1,4 @@
-"""``fedgma-superlink``: Flower 1.39's ``flower-superlink`` with three fixes to its gRPC Fleet API.
+"""``fedgma superlink``: Flower 1.39's ``flower-superlink`` with three fixes to its gRPC Fleet API.
 
 This launcher applies the fixes below to the ``flower-superlink`` module, then runs it with the
 same arguments. Each fix is a named function here; all three apply to the Fleet API only (not to
@@ -16,7 +16,7 @@ the Control, ServerAppIo or SuperExec APIs). Paths are under ``flwr/`` of flwr 1
    ``ArrayChunk`` objects of at most 5 MiB (``common/constant.py:161``,
    ``FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE`` = 5,242,880 bytes), one object per ``PushObject`` /
    ``PullObject`` call, and the largest such message (a full chunk with its node, run id and
-   object id; ``fedgma.lab.benchmarks.largest_honest_message``) is 5,242,995 bytes, i.e. 5 MiB +
+   object id; ``fedgma.lab.bench.fleet.largest_honest_message``) is 5,242,995 bytes, i.e. 5 MiB +
    115 bytes, whatever the model's size. The other 3 MiB are headroom for the object tree of a
    ``PushMessages`` call (about 70 bytes per object: 3 MiB lists some 45,000 chunks, a 220 GiB
    model) and for the app bundle that ``GetFab`` sends (the bound applies to what the SuperLink
@@ -80,7 +80,7 @@ def _whole_number(environ: dict[str, str] | None, name: str, default: int, low: 
     except ValueError:
         value = low - 1
     if not low <= value <= high:
-        raise SystemExit(f"fedgma-superlink: {name} must be a whole number of {unit} in [{low}, {high}], got {raw!r}")
+        raise SystemExit(f"fedgma superlink: {name} must be a whole number of {unit} in [{low}, {high}], got {raw!r}")
     return value
 
 
@@ -121,7 +121,7 @@ def _key_bound_interceptor(base: type) -> type:
     from flwr.proto.fleet_pb2 import ActivateNodeRequest, RegisterNodeFleetRequest
     from flwr.supercore import log
 
-    class KeyBoundNodeAuthInterceptor(base):  # type: ignore[misc, valid-type]
+    class KeyBoundNodeAuthInterceptor(base):  # type: ignore[misc]
         """Flower's ``NodeAuthServerInterceptor`` that also refuses a ``RegisterNode`` or
         ``ActivateNode`` call whose body's public key is not the key that signed the call."""
 
@@ -133,7 +133,7 @@ def _key_bound_interceptor(base: type) -> type:
             def check_key(request: Any, context: grpc.ServicerContext) -> Any:
                 if (isinstance(request, (RegisterNodeFleetRequest, ActivateNodeRequest))
                         and request.public_key != received_public_key):
-                    log(WARNING, "[fedgma-superlink] refused %s: %s (peer %s)", type(request).__name__,
+                    log(WARNING, "[fedgma superlink] refused %s: %s (peer %s)", type(request).__name__,
                         KEY_MISMATCH, context.peer())
                     context.abort(grpc.StatusCode.UNAUTHENTICATED, KEY_MISMATCH)
                 return checked(request, context)
@@ -164,7 +164,7 @@ def patched_module(limit: int, calls: int) -> ModuleType:
         and callable(getattr(module, _SERVER_FACTORY, None))
     ):
         raise SystemExit(
-            f"fedgma-superlink: needs flwr 1.39 (the last release whose SuperNodes reach the SuperLink over "
+            f"fedgma superlink: needs flwr 1.39 (the last release whose SuperNodes reach the SuperLink over "
             f"gRPC), found {FLWR_VERSION}: pip install 'fedgma[deploy]' (on 1.40+ use flower-superlink)"
         )
     bound_messages(module, limit)
@@ -173,15 +173,11 @@ def patched_module(limit: int, calls: int) -> ModuleType:
     return module
 
 
-def main() -> None:
-    """Run ``flower-superlink`` (same arguments) with the three Fleet API fixes applied."""
+def main(argv: list[str]) -> None:
+    """Run ``flower-superlink`` with the arguments ``argv`` and the three Fleet API fixes applied."""
     limit, calls = message_limit(), call_limit()
     module = patched_module(limit, calls)
-    print(f"fedgma-superlink: Fleet API messages above {limit >> 20} MiB are refused, at most {calls} Fleet "
+    print(f"fedgma superlink: Fleet API messages above {limit >> 20} MiB are refused, at most {calls} Fleet "
           "calls run at once, and a node is activated only by its own key", file=sys.stderr, flush=True)
-    sys.argv[0] = "flower-superlink"
+    sys.argv = ["flower-superlink", *argv]
     module.flower_superlink()
-
-
-if __name__ == "__main__":
-    main()

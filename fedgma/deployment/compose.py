@@ -1,8 +1,8 @@
 """The compose file's one-shot services: register the SuperNodes' keys, then submit a run.
 
-``python -m fedgma.lab.deploy register --superlink 127.0.0.1:8000 --ca /certs/ca.crt --keys /keys
+``fedgma compose register --superlink 127.0.0.1:8000 --ca /certs/ca.crt --keys /keys
 --supernodes 3`` waits for the SuperLink and registers ``/keys/supernode-I.pub`` for I < N (a key
-that is already registered is fine). ``python -m fedgma.lab.deploy run --superlink 127.0.0.1:8000
+that is already registered is fine). ``fedgma compose run --superlink 127.0.0.1:8000
 --ca /certs/ca.crt --outputs /app/outputs --run-config "num-server-rounds=3"`` submits this app
 with ``flwr run`` under a fixed ``run-name`` (``deploy-<UTC time>`` unless the run config names
 one), follows it until ``finished:*``, prints the run's summary and exits 0 only if it completed.
@@ -29,23 +29,18 @@ import re
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from fedgma.loop.atomic import atomic_write
 
-from .launch import FlowerCli, flower_env, wait_for_http, write_connection
-from .project import app_defaults, app_dir, parse_overrides
+from .app_folder import AppFolderNotFound, app_defaults, app_dir, parse_overrides
+from .flower import FlowerCli, flower_env, write_connection
+from .processes import wait_for_http
+from .resume import Attempt, checkpoint_state, decide
 
 CONNECTION = "deployment"
-# What Flower 1.39 writes in a run's status details (flwr ls "status-details"):
-# a ServerApp that stopped sending heartbeats, i.e. vanished with its SuperLink
-# (flwr/supercore/corestate/sql_corestate.py, expired task claims) ...
-LOST_SERVERAPP = "No heartbeat received from the task"
-# ... and a ServerApp that raised (flwr/superlink/runtime/run_serverapp.py): the app's own failure.
-APP_FAILURE = "ServerApp failed with exception"
 
 
 def connect(args: argparse.Namespace) -> FlowerCli:
@@ -110,119 +105,12 @@ def read_bindings(path: Path | None) -> dict[int, int]:
     return {int(node): int(partition) for node, partition in json.loads(path.read_text()).items()}
 
 
-@dataclass(frozen=True)
-class Attempt:
-    """How one submission of the run ended.
-
-    ``status`` and ``details`` are ``flwr ls``'s; ``lost_contact``: the SuperLink's Control API
-    stopped answering while the run was followed (it died, and answered again later).
-    """
-
-    run_id: int
-    status: str
-    details: str
-    lost_contact: bool = False
-
-    @property
-    def completed(self) -> bool:
-        return self.status == "finished:completed"
-
-
-@dataclass(frozen=True)
-class CheckpointState:
-    """What the run's folder says, as far as this process can see it.
-
-    ``visible``: the output root was given (``--outputs``); ``round``: the last checkpointed
-    round (None: no checkpoint); ``failure``: the failure the run recorded (None: none).
-    """
-
-    visible: bool
-    round: int | None = None
-    failure: str | None = None
-
-
-@dataclass(frozen=True)
-class Step:
-    """What to do after an attempt: ``done`` (completed), ``resume`` (from the checkpoint),
-    ``restart`` (anew, same run name: there is no checkpoint yet) or ``give-up``; and why."""
-
-    action: str
-    reason: str
-
-
-def decide(attempt: Attempt, checkpoint: CheckpointState, resumes_left: int) -> Step:
-    """The next step after ``attempt``; a run that failed for its own reasons is never retried.
-
-    Parameters
-    ----------
-    attempt : Attempt
-        How the submission ended.
-    checkpoint : CheckpointState
-        The run folder's checkpoint, when visible.
-    resumes_left : int
-        How many more submissions are allowed.
-
-    Returns
-    -------
-    Step
-        ``resume`` or ``restart`` only when the ServerApp was lost with the SuperLink
-        (Flower's "No heartbeat received from the task", or the Control API went away while
-        the run was followed) and nothing says the run failed by itself.
-    """
-    if attempt.completed:
-        return Step("done", "completed")
-    if attempt.status != "finished:failed":
-        return Step("give-up", f"the run ended {attempt.status} ({attempt.details}); not retried")
-    if checkpoint.failure is not None:
-        return Step("give-up", f"the run failed for its own reasons (its checkpoint records: "
-                               f"{checkpoint.failure}); not retried")
-    if attempt.details.startswith(APP_FAILURE):
-        return Step("give-up", f"the run failed for its own reasons ({attempt.details}); not retried")
-    if not (attempt.details.startswith(LOST_SERVERAPP) or attempt.lost_contact):
-        return Step("give-up", f"the run failed ({attempt.details}) and the SuperLink did not go away; "
-                               "not retried")
-    if resumes_left <= 0:
-        return Step("give-up", f"the ServerApp was lost with the SuperLink ({attempt.details}) and no "
-                               "resume is left (--max-resumes)")
-    if checkpoint.visible and checkpoint.round is None:
-        return Step("restart", f"the ServerApp was lost with the SuperLink ({attempt.details}) before "
-                               "its first checkpoint")
-    where = f"round {checkpoint.round}" if checkpoint.round is not None else "its last checkpoint"
-    return Step("resume", f"the ServerApp was lost with the SuperLink ({attempt.details}); resuming after {where}")
-
-
-def run_folder(outputs: Path, settings: dict[str, Any]) -> Path:
-    """The run's folder below the output root ``outputs``: ``output-dir`` / (``resume`` or
-    ``run-name``), as the ServerApp resolves it (and kept below the root the same way)."""
-    from fedgma.app.config import run_path
-
-    defaults = app_defaults()
-    output_dir = str(settings.get("output-dir", defaults.get("output-dir", "")))
-    name = str(settings.get("resume") or settings["run-name"])
-    return run_path(outputs, "resume" if settings.get("resume") else "run-name", output_dir, name)
-
-
-def checkpoint_state(outputs: Path | None, settings: dict[str, Any]) -> CheckpointState:
-    """Read the run's checkpoint, if this process can see the output root."""
-    if outputs is None:
-        return CheckpointState(visible=False)
-    from fedgma.loop.checkpoint import CheckpointError, load_checkpoint
-
-    try:
-        checkpoint = load_checkpoint(run_folder(outputs, settings))
-    except (CheckpointError, ValueError) as err:
-        print(f"deploy: cannot read the run's checkpoint: {err}", flush=True)
-        return CheckpointState(visible=False)
-    if checkpoint is None:
-        return CheckpointState(visible=True)
-    return CheckpointState(visible=True, round=checkpoint.round, failure=checkpoint.failure)
-
-
-def submit(cli: FlowerCli, settings: dict[str, Any], tries: int = 6) -> int | None:
-    """``flwr run`` with ``settings``; the run id, or None after ``tries`` refusals."""
+def submit(cli: FlowerCli, app: Path, settings: dict[str, Any], tries: int = 6) -> int | None:
+    """``flwr run`` of the app folder ``app`` with ``settings``; the run id, or None after
+    ``tries`` refusals."""
     for attempt in range(1, tries + 1):
         try:
-            return cli.submit(app_dir(), settings)
+            return cli.submit(app, settings)
         except (RuntimeError, subprocess.TimeoutExpired) as err:
             print(f"deploy: submitting the run failed (try {attempt}): {err}", flush=True)
             time.sleep(5)
@@ -271,13 +159,20 @@ def default_run_name() -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Submit one run and follow it, resuming it after a lost SuperLink; 0 when it completed."""
+    try:
+        app = app_dir(args.app)
+    except AppFolderNotFound as err:
+        print(f"fedgma compose run: {err}", file=sys.stderr)
+        return 2
     settings = dict(args.run_config)
     settings.setdefault("run-name", default_run_name())
+    # Where the ServerApp puts the run: output-dir absent is the app's default.
+    folder_settings = {"output-dir": app_defaults(app).get("output-dir", ""), **settings}
     cli = connect(args)
     deadline = time.monotonic() + args.timeout
     attempts = args.max_resumes + 1
     for number in range(1, attempts + 1):
-        run_id = submit(cli, settings)
+        run_id = submit(cli, app, settings)
         if run_id is None:
             print("deploy: the SuperLink refused the run; giving up", flush=True)
             return 1
@@ -288,7 +183,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"deploy: {err}; giving up", flush=True)
             return 1
         print(f"deploy: run {run_id} {attempt.status} {attempt.details}", flush=True)
-        step = decide(attempt, checkpoint_state(args.outputs, settings), attempts - number)
+        step = decide(attempt, checkpoint_state(args.outputs, {**folder_settings, **settings}), attempts - number)
         print(f"deploy: {step.reason}", flush=True)
         if step.action == "done":
             summarize(cli, run_id)
@@ -313,8 +208,8 @@ def summarize(cli: FlowerCli, run_id: int) -> None:
             print(f"deploy: {line.strip()}", flush=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m fedgma.lab.deploy", description=__doc__.splitlines()[0])
+def configure(parser: argparse.ArgumentParser) -> None:
+    """``fedgma compose register|run``'s options (:mod:`fedgma.cli`)."""
     actions = parser.add_subparsers(dest="action", required=True)
     for name, handler, help_text in (("register", register, "register the SuperNodes' public keys"),
                                      ("run", run, "submit a run and follow it to its end")):
@@ -330,6 +225,9 @@ def main(argv: list[str] | None = None) -> int:
                                 help="write {node id: partition} here, for the ServerApp's "
                                      "FEDGMA_PARTITION_BINDINGS")
         else:
+            action.add_argument("--app", type=Path, default=None,
+                                help="the Flower app folder to submit (default: the source checkout, else "
+                                     "the current directory)")
             action.add_argument("--run-config", type=parse_overrides, default="",
                                 help="run settings, as for flwr run --run-config")
             action.add_argument("--timeout", type=float, default=24 * 3600,
@@ -342,9 +240,8 @@ def main(argv: list[str] | None = None) -> int:
             action.add_argument("--superlink-wait", type=float, default=600,
                                 help="seconds to wait for a SuperLink that went away to answer again")
             action.add_argument("--poll", type=float, default=5.0, help="seconds between flwr ls calls")
-    args = parser.parse_args(argv)
-    return args.handler(args)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def main(args: argparse.Namespace) -> int:
+    """``fedgma compose ...``: the chosen action."""
+    return int(args.handler(args))

@@ -1,0 +1,238 @@
+"""Drive Flower 1.39's CLI and its simulation runtime: ``flwr run``, ``flwr ls``, a private
+FLWR_HOME, the host's settings for the app's processes.
+
+``flwr run`` exits 0 even when the ServerApp failed, so a run counts as done only when
+``flwr ls`` reports ``finished:completed``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fedgma.app.config import DATA_DIR_ENV, DOWNLOAD_ENV, OUTPUT_ROOT_ENV
+
+from .processes import BIN, free_port, start, stop, wait_for_http
+
+
+@dataclass(frozen=True)
+class HostSettings:
+    """What a host's operator sets for the app's processes there, as environment variables:
+    the output root (ServerApp) and the data directory and download permission (all)."""
+
+    output_root: Path | None = None
+    data_dir: Path | None = None
+    download: bool | None = None
+
+    def environment(self) -> dict[str, str]:
+        env = {}
+        if self.output_root is not None:
+            env[OUTPUT_ROOT_ENV] = str(Path(self.output_root).resolve())
+        if self.data_dir is not None:
+            env[DATA_DIR_ENV] = str(Path(self.data_dir).resolve())
+        if self.download is not None:
+            env[DOWNLOAD_ENV] = "true" if self.download else "false"
+        return env
+
+
+def flower_env(flwr_home: Path, host: HostSettings | None = None) -> dict[str, str]:
+    """Environment for Flower processes: private FLWR_HOME, no telemetry, offline, and
+    the host's own settings (``host``) for the app processes they start."""
+    env = dict(os.environ)
+    env.update(
+        FLWR_HOME=str(flwr_home),
+        FLWR_TELEMETRY_ENABLED="0",
+        FLWR_DISABLE_UPDATE_CHECK="1",
+        FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION="1",
+        PYTHONUNBUFFERED="1",
+        # The SuperLink and SuperNode start flower-superexec / flwr-clientapp by name.
+        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
+    )
+    env.update((host or HostSettings()).environment())
+    return env
+
+
+def write_connection(
+    flwr_home: Path, name: str, address: str, root_certificates: Path | None = None
+) -> None:
+    """Write ``$FLWR_HOME/config.toml`` with one SuperLink connection."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]", f'address = "{address}"']
+    if root_certificates is None:
+        lines.append("insecure = true")
+    else:
+        lines.append(f'root-certificates = "{root_certificates}"')
+    (flwr_home / "config.toml").write_text("\n".join(lines) + "\n")
+
+
+def format_run_config(settings: dict[str, object]) -> str:
+    """``{"tau": 0.8, "variant": "ws"}`` -> ``tau=0.8 variant="ws"`` for ``--run-config``."""
+    parts = []
+    for key, value in settings.items():
+        if isinstance(value, bool):
+            text = "true" if value else "false"
+        elif isinstance(value, (int, float)):
+            text = repr(value)
+        else:
+            text = json.dumps(str(value))
+        parts.append(f"{key}={text}")
+    return " ".join(parts)
+
+
+@dataclass
+class RunStatus:
+    """How a run ended, as ``flwr ls`` reports it."""
+
+    run_id: int
+    status: str
+    details: str
+    record: dict[str, Any]
+
+    @property
+    def completed(self) -> bool:
+        return self.status == "finished:completed"
+
+
+class FlowerCli:
+    """Calls the ``flwr`` CLI against one connection of a private FLWR_HOME."""
+
+    def __init__(self, env: dict[str, str], connection: str, prefix: Sequence[str] = ()) -> None:
+        self.env = env
+        self.connection = connection
+        self.prefix = list(prefix)  # e.g. ["ip", "netns", "exec", "server"]
+
+    def command(self, *args: str) -> list[str]:
+        """A ``flwr`` command line (with the prefix)."""
+        return [*self.prefix, str(BIN / "flwr"), *args]
+
+    def _json(self, args: list[str], timeout: float = 120) -> dict[str, Any]:
+        result = subprocess.run(
+            self.command(*args, "--format", "json"),
+            env=self.env,
+            capture_output=True,
+            text=True,
+            errors="replace",
+            timeout=timeout,
+        )
+        try:
+            answer: dict[str, Any] = json.loads(result.stdout)
+            return answer
+        except json.JSONDecodeError:
+            raise RuntimeError(
+                f"flwr {' '.join(args)} failed ({result.returncode}): {result.stdout}{result.stderr}"
+            ) from None
+
+    def submit(
+        self,
+        app_dir: Path,
+        run_config: dict[str, object],
+        federation_config: str | None = None,
+    ) -> int:
+        """``flwr run``; returns the run id."""
+        args = ["run", str(app_dir), self.connection, "--run-config", format_run_config(run_config)]
+        if federation_config:
+            args += ["--federation-config", federation_config]
+        answer = self._json(args)
+        if not answer.get("success"):
+            raise RuntimeError(f"flwr run was refused: {answer}")
+        return int(answer["run-id"])
+
+    def status(self, run_id: int) -> dict[str, Any]:
+        """The ``flwr ls --run-id`` record of one run."""
+        answer = self._json(["ls", self.connection, "--run-id", str(run_id)])
+        runs = answer.get("runs") or []
+        if not runs:
+            raise RuntimeError(f"flwr ls knows no run {run_id}: {answer}")
+        record: dict[str, Any] = runs[0]
+        return record
+
+    def stop_run(self, run_id: int) -> None:
+        """``flwr stop``: ask the SuperLink to end a run."""
+        subprocess.run(
+            self.command("stop", str(run_id), self.connection),
+            env=self.env, capture_output=True, text=True, errors="replace", timeout=120,
+        )
+
+    def logs(self, run_id: int) -> str:
+        """Everything the run has logged so far (``flwr log --show``)."""
+        result = subprocess.run(
+            self.command("log", str(run_id), self.connection, "--show"),
+            env=self.env, capture_output=True, text=True, errors="replace", timeout=120,
+        )
+        return result.stdout + result.stderr
+
+    def wait(
+        self,
+        run_id: int,
+        timeout: float,
+        poll: float = 5.0,
+        on_poll: Callable[[], None] | None = None,
+        check_now: Callable[[], bool] | None = None,
+    ) -> RunStatus:
+        """Wait until the run is ``finished:*``; raise TimeoutError after ``timeout``.
+
+        ``flwr ls`` is asked every ``poll`` seconds (each call costs about 0.8 s of
+        CPU, which a 2-core machine running the clients feels), and at once
+        whenever ``check_now()`` is true (e.g. the run's summary file exists);
+        ``on_poll`` runs every second.
+        """
+        deadline = time.monotonic() + timeout
+        next_status = time.monotonic()
+        while True:
+            if time.monotonic() >= next_status or (check_now is not None and check_now()):
+                record = self.status(run_id)
+                status = str(record.get("status", ""))
+                if status.startswith("finished:"):
+                    return RunStatus(run_id, status, str(record.get("status-details", "")), record)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"run {run_id} still {status} after {timeout:.0f} s")
+                next_status = time.monotonic() + poll
+            if on_poll is not None:
+                on_poll()
+            time.sleep(1.0)
+
+
+class SimulationRuntime:
+    """Flower's local simulation runtime: a ``flower-superlink --simulation`` we own.
+
+    It is what ``flwr run . local`` starts by itself, but on free ports and with a
+    PID we stop on exit, so nothing is left running. The apps it runs start in ``cwd``
+    (default: ours): relative paths of an app's own resolve there.
+    """
+
+    def __init__(self, workdir: Path, settings: HostSettings | None = None, cwd: Path | None = None) -> None:
+        self.workdir = workdir
+        self.cwd = cwd
+        self.flwr_home = workdir / "flwr-home"
+        self.port = free_port()
+        self.env = flower_env(self.flwr_home, settings)
+        self.process: subprocess.Popen[bytes] | None = None
+        self.cli = FlowerCli(self.env, "sim")
+
+    def __enter__(self) -> SimulationRuntime:
+        write_connection(self.flwr_home, "sim", f"127.0.0.1:{self.port}")
+        self.process = start(
+            [
+                str(BIN / "flower-superlink"),
+                "--insecure",
+                "--simulation",
+                "--host", "127.0.0.1",
+                "--port", str(self.port),
+                "--disable-runtime-dependency-installation",
+            ],
+            self.env,
+            self.workdir / "superlink.log",
+            cwd=self.cwd,
+        )
+        wait_for_http(f"http://127.0.0.1:{self.port}/health", 60, self.process)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            stop(self.process)

@@ -1,0 +1,187 @@
+"""Processes on this machine: free ports, starting and stopping process trees, waiting for an
+HTTP endpoint. What the launchers of Flower's processes (:mod:`fedgma.deployment.flower`,
+:mod:`fedgma.deployment.local`) and the tests build on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import random
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+BIN = Path(sys.executable).parent
+# The hardened SuperLink: ``fedgma superlink`` (fedgma.deployment.superlink), as ``python -m fedgma``
+# of this interpreter (the code it imports, not whichever console script is installed).
+SUPERLINK = (sys.executable, "-m", "fedgma", "superlink")
+
+
+def launch_command(launcher: str) -> list[str]:
+    """The command line of a SuperLink ``launcher``: ``fedgma superlink`` or a Flower executable
+    of this installation (``flower-superlink``)."""
+    return list(SUPERLINK) if launcher == "fedgma superlink" else [str(BIN / launcher)]
+
+
+_HANDED_OUT: set[int] = set()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago, never the same one twice.
+
+    Taken below the kernel's ephemeral range: a port from that range (what binding
+    to port 0 returns) can be given to an outgoing connection, e.g. one of many
+    SuperNodes dialling the SuperLink, before the process it was picked for binds
+    it (seen with 20 SuperNodes: "address already in use").
+    """
+    low = _ephemeral_range()[0]
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10000, low) if low > 10001 else 0
+        if port in _HANDED_OUT:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            port = int(sock.getsockname()[1])
+        _HANDED_OUT.add(port)
+        return port
+    raise RuntimeError("no free TCP port found on 127.0.0.1")
+
+
+def wait_for_http(
+    url: str, timeout: float, process: subprocess.Popen[bytes] | None = None, ca_file: Path | None = None
+) -> None:
+    """Poll ``url`` until it answers 200; raise if ``process`` dies or time runs out.
+
+    ``ca_file`` is the CA certificate that ``https://`` URLs are verified against.
+    """
+    context = ssl.create_default_context(cafile=str(ca_file)) if ca_file else None
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            name = process.args[0] if isinstance(process.args, (list, tuple)) else process.args
+            raise RuntimeError(f"{name!s} exited with {process.returncode} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=1, context=context) as response:
+                if response.status == 200:
+                    return
+        except (OSError, http.client.HTTPException):  # not up yet, or cut off while starting
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def descendants(pid: int) -> list[int]:
+    """All processes below ``pid`` (Linux ``/proc``), children first found first."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, queue = [], [pid]
+    while queue:
+        for child in children.get(queue.pop(), []):
+            found.append(child)
+            queue.append(child)
+    return found
+
+
+def processes_named(root: int | None, fragment: str) -> list[int]:
+    """Processes below ``root`` (None: any on this machine) whose command line contains ``fragment``."""
+    found = []
+    candidates = descendants(root) if root is not None else [
+        int(p.name) for p in Path("/proc").glob("[0-9]*") if int(p.name) != os.getpid()]
+    for pid in candidates:
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if fragment in command:
+            found.append(pid)
+    return found
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and everything below it at once, as a crash of its machine would."""
+    _signal_all([pid, *descendants(pid)], signal.SIGKILL)
+
+
+def _signal_all(pids: list[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, sig)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    """Stop ``process`` and everything it started (see :func:`stop_all`)."""
+    stop_all([process], grace)
+
+
+def stop_all(processes: Sequence[subprocess.Popen[bytes]], grace: float = 10.0) -> None:
+    """Stop the processes and everything they started; SIGKILL what outlives ``grace``.
+
+    The trees are collected first: Flower's SuperExec starts the simulation and
+    Ray in a session of their own, which outlive a signal to the SuperLink.
+    SuperNodes can hang in gRPC clean-up after SIGTERM, hence the SIGKILL. All
+    trees are signalled at once and share one grace period (20 SuperNodes
+    stopped one by one took minutes).
+    """
+    running = [p for p in processes if p.poll() is None]
+    stop_trees([p.pid for p in running], grace, reap=lambda: [p.poll() for p in running])
+    for p in running:
+        p.wait(5)
+
+
+def stop_trees(pids: Sequence[int], grace: float = 10.0, reap: Callable[[], object] | None = None) -> None:
+    """SIGTERM the processes ``pids`` and everything below them, all at once; SIGKILL what
+    outlives ``grace``. ``reap`` is called while waiting (to collect our own children)."""
+    tree = [pid for root in pids for pid in (root, *descendants(root))]
+    _signal_all(tree, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    while time.monotonic() < deadline and any(_alive(pid) for pid in tree):
+        if reap is not None:
+            reap()
+        time.sleep(0.1)
+    _signal_all([pid for pid in tree if _alive(pid)], signal.SIGKILL)
+
+
+def start(
+    command: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Start a Flower process in its own process group, output to ``log_path``, in ``cwd``
+    (default: ours), which the ServerApp and ClientApps it starts inherit."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
+            list(command), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd
+        )
+

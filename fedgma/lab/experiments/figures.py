@@ -1,0 +1,99 @@
+"""The report's figures (matplotlib): OOD accuracy per round by setting, and the ablations."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .grids import ABLATION_SETTING, ABLATION_WS, BASELINE, NO_MASK_CONTROLS, SETTINGS
+from .runs import SETTING_TITLES, Run, select, tau_runs
+
+
+def _plot_curves(ax: Any, runs: list[Run], labels: Sequence[str], setting: str, study: str) -> None:
+    for label in labels:
+        chosen = select(runs, setting, label, study)
+        if not chosen:
+            continue
+        length = min(len(r.rounds) for r in chosen)
+        rounds = [r["round"] for r in chosen[0].rounds[:length]]
+        curves = [[row["ood-accuracy"] * 100 for row in r.rounds[:length]] for r in chosen]
+        mean = [statistics.fmean(col) for col in zip(*curves, strict=False)]
+        low = [min(col) for col in zip(*curves, strict=False)]
+        high = [max(col) for col in zip(*curves, strict=False)]
+        style: dict[str, Any] = {"color": "black", "linewidth": 2} if label == BASELINE else {"linewidth": 1.3}
+        if label in NO_MASK_CONTROLS.values() and label != BASELINE:
+            style["linestyle"] = "--"
+        (line,) = ax.plot(rounds, mean, label=f"{label} (n={len(chosen)})", **style)
+        ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
+    ax.set_title(SETTING_TITLES[setting])
+    ax.set_xlabel("round")
+    ax.set_ylabel("OOD accuracy (%)")
+    ax.grid(alpha=0.3)
+
+
+def plot_settings(runs: list[Run], labels: Sequence[str], path: Path, title: str, study: str = "main",
+                  settings: tuple[str, ...] = tuple(SETTINGS)) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = (len(settings) + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(12, 4.25 * rows + 0.5), squeeze=False)
+    for ax, setting in zip(axes.flat, settings, strict=False):
+        _plot_curves(ax, runs, labels, setting, study)
+    handles, names = axes.flat[0].get_legend_handles_labels()
+    fig.legend(handles, [n.rsplit(" (n=", 1)[0] for n in names], loc="lower center", ncol=(len(labels) + 1) // 2,
+               fontsize=8.5)
+    fig.suptitle(title)
+    fig.tight_layout(rect=(0, 0.1 / rows, 1, 0.97))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_ablations(runs: list[Run], default_tau: float, path: Path, dataset: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    by_tau: dict[float, list[Run]] = defaultdict(list)
+    for run in tau_runs(runs):
+        by_tau[run.tau if run.tau is not None else default_tau].append(run)
+    taus = sorted(by_tau)
+    for metric, name in (("final_ood", "final"), ("peak_ood", "peak")):
+        means = [100 * statistics.fmean(getattr(r, metric) for r in by_tau[t]) for t in taus]
+        errs = [100 * statistics.stdev(getattr(r, metric) for r in by_tau[t]) if len(by_tau[t]) > 1 else 0
+                for t in taus]
+        left.errorbar(taus, means, yerr=errs, marker="o", capsize=3, label=f"{name} OOD accuracy")
+    baseline = select(runs, ABLATION_SETTING, BASELINE)
+    if baseline:
+        left.axhline(100 * statistics.fmean(r.final_ood for r in baseline), color="black", linestyle="--",
+                     label="FedAvg final OOD accuracy")
+    left.set_xlabel("tau (FedGMA ws, eta_s = 1)")
+    left.set_ylabel("OOD accuracy (%)")
+    left.set_title("agreement threshold tau")
+    left.legend(fontsize=8)
+    left.grid(alpha=0.3)
+    epochs = sorted({r.local_epochs for r in runs if "epochs" in r.studies})
+    for label in (BASELINE, ABLATION_WS):
+        groups = [select(runs, ABLATION_SETTING, label, study="epochs", local_epochs=e) for e in epochs]
+        points = [(e, g) for e, g in zip(epochs, groups, strict=False) if g]
+        right.errorbar([e for e, _ in points], [100 * statistics.fmean(r.final_ood for r in g) for _, g in points],
+                       yerr=[100 * statistics.stdev(r.final_ood for r in g) if len(g) > 1 else 0
+                             for _, g in points], marker="o", capsize=3, label=f"{label}: final OOD accuracy")
+    right.set_xlabel("local epochs E")
+    right.set_ylabel("OOD accuracy (%)")
+    right.set_title("local epochs")
+    right.legend(fontsize=8)
+    right.grid(alpha=0.3)
+    fig.suptitle(f"Ablations on binary non-IID colored {dataset}")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,41 @@
+"""A grid's results folder as the tools read it: where each run's folder is (``grid.json``
+records it), a run's saved settings, the colour probe's results."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from fedgma.app.config import parse_run_config
+from fedgma.app.run_folder import RunFolder
+
+PROBE_FILE = "colour_probe.json"  # in a run folder: what ``fedgma probe`` found
+
+
+def saved_settings(folder: RunFolder, defaults: dict[str, Any]) -> dict[str, Any]:
+    """A run's settings from its ``config.json``, keyed as :class:`RunConfig`'s fields; a
+    setting added after the run was made had its default value then (``defaults``: the
+    app's ``[tool.flwr.app.config]``)."""
+    saved = folder.read_config()
+    return {key: saved.get(key, default) for key, default in asdict(parse_run_config(defaults)).items()}
+
+
+def grid_run_folders(results_dir: Path) -> dict[str, RunFolder]:
+    """The run folders of the grid in ``results_dir``, by run name, as its ``grid.json`` records
+    them (one written before the folders were recorded: ``runs/<output-dir>/<run-name>``;
+    without a ``grid.json``: every folder in ``runs``)."""
+    runs_dir = results_dir / "runs"
+    if not (results_dir / "grid.json").is_file():
+        return {path.name: RunFolder(path) for path in sorted(runs_dir.iterdir()) if path.is_dir()}
+    manifest = json.loads((results_dir / "grid.json").read_text())
+    output_dir = str(manifest.get("overrides", {}).get("output-dir") or "")
+    return {run["name"]: RunFolder(runs_dir / run["folder"]) if "folder" in run
+            else RunFolder.at(runs_dir, output_dir, run["name"]) for run in manifest["runs"]}
+
+
+def load_probes(results_dir: Path) -> dict[str, dict[str, float]]:
+    """The probe results committed in a grid's run folders, by run name."""
+    return {name: json.loads((folder.path / PROBE_FILE).read_text())
+            for name, folder in grid_run_folders(results_dir).items() if (folder.path / PROBE_FILE).is_file()}
