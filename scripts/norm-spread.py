@@ -1,30 +1,37 @@
-"""Honest clients' update norms vs the round's lower median (FedAvg rounds, the app's task code)."""
+"""Honest clients' update norms against the round's lower median, over FedAvg rounds of the app's task.
+
+Usage: .venv/bin/python scripts/norm-spread.py PARTITIONING CLIENTS TRAIN_IMAGES TASK
+(measures the spread behind the app's `max-norm-ratio`; docs/hostile-clients.md)
+"""
+
 import statistics
 import sys
-import tomllib
 
 import torch
 
-from fedgma.app.config import data_source, parse_run_config
-from fedgma.app.task.data import load_client_partition
-from fedgma.app.task.model import build_model
-from fedgma.app.task.training import train
+from fedgma.app.config import data_source
+from fedgma.app.settings import defaults, parse_run_config
+from fedgma.app.task import make_task
 
 torch.set_num_threads(1)
-raw = tomllib.load(open("/work/main/pyproject.toml","rb"))["tool"]["flwr"]["app"]["config"]
-N = int(sys.argv[2]); raw.update({"partitioning": sys.argv[1], "train-images": int(sys.argv[3]), "task": sys.argv[4]})
-config = parse_run_config(raw); source = data_source()
-model = build_model(config.num_classes, seed=0)
-glob = {k: v.detach().clone() for k, v in model.state_dict().items()}
-data = [load_client_partition(config, p, N, source) for p in range(N)]
+partitioning, clients, images, task_name = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+config = parse_run_config({**defaults(), "partitioning": partitioning, "train-images": images, "task": task_name})
+task, source = make_task(config.task), data_source()
+model = task.model(seed=0)
+current = {k: v.detach().clone() for k, v in model.state_dict().items()}
+data = [task.client_data(source, p, clients) for p in range(clients)]
 for rnd in range(1, 4):
-    ups, ws = [], []
-    for p in range(N):
-        model.load_state_dict(glob); torch.manual_seed(rnd*100+p)
-        train(model, data[p].loader(config.batch_size, True, seed=rnd*100+p), config.local_epochs, config.client_lr)
-        ups.append({k: v.detach().clone() for k, v in model.state_dict().items()}); ws.append(len(data[p]))
-    norms = [float(sum(((u[k].double()-glob[k].double())**2).sum() for k in glob if glob[k].is_floating_point()).sqrt()) for u in ups]
-    med = statistics.median_low(norms)
-    print(f"{sys.argv[1]} N={N} round {rnd}: max/median_low={max(norms)/med:.2f} min/med={min(norms)/med:.2f} sizes {min(ws)}-{max(ws)}", flush=True)
-    tot = sum(ws); glob = {k: sum(w*u[k].double() for w,u in zip(ws,ups))/tot for k in glob}
-    glob = {k: v.to(ups[0][k].dtype) for k, v in glob.items()}
+    updates, weights = [], []
+    for p in range(clients):
+        model.load_state_dict(current)
+        task.train(model, data[p], config.training, seed=rnd * 100 + p, proximal_mu=0.0)
+        updates.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        weights.append(len(data[p]))
+    floats = [k for k in current if current[k].is_floating_point()]
+    norms = [float(sum(((u[k].double() - current[k].double()) ** 2).sum() for k in floats).sqrt()) for u in updates]
+    median = statistics.median_low(norms)
+    print(f"{partitioning} N={clients} round {rnd}: max/median_low={max(norms) / median:.2f} "
+          f"min/median_low={min(norms) / median:.2f} sizes {min(weights)}-{max(weights)}", flush=True)
+    total = sum(weights)
+    current = {k: (sum(w * u[k].double() for w, u in zip(weights, updates, strict=True)) / total).to(v.dtype)
+               for k, v in current.items()}

@@ -19,6 +19,6 @@ def shared_data_dir(tmp_path_factory):
 def host_settings(tmp_path, shared_data_dir):
     """The settings a host's operator gives the app: outputs below tmp_path/outputs, the shared
     data directory, no downloads (the machines are offline)."""
-    from fedgma.lab.launch import HostSettings
+    from fedgma.deployment.flower import HostSettings
 
     return HostSettings(output_root=tmp_path / "outputs", data_dir=shared_data_dir, download=False)

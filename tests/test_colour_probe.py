@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedgma.app.task.coloring import TRAIN_BACKGROUND, TRAIN_FOREGROUND
+from fedgma.app.task.colored.coloring import TRAIN_BACKGROUND, TRAIN_FOREGROUND
 from fedgma.lab.experiments.colour_probe import shape_or_colour, swapped_colour_set
 
 
@@ -57,10 +57,10 @@ def test_a_colour_reader_follows_colour_and_a_shape_reader_follows_shape():
 
 def test_probe_run_reads_a_finished_runs_files_and_writes_its_result(tmp_path, shared_data_dir):
     import json
-    from dataclasses import asdict
 
-    from fedgma.app.config import DataSource, parse_run_config
-    from fedgma.app.task.model import build_model
+    from fedgma.app.config import DataSource
+    from fedgma.app.settings import parse_run_config
+    from fedgma.app.task.colored.model import build_model
     from fedgma.deployment.app_folder import app_defaults
     from fedgma.lab.experiments.colour_probe import probe_grid
     from fedgma.lab.experiments.results import PROBE_FILE, load_probes
@@ -70,7 +70,7 @@ def test_probe_run_reads_a_finished_runs_files_and_writes_its_result(tmp_path, s
         run_dir = tmp_path / "runs" / name
         run_dir.mkdir(parents=True)
         config = parse_run_config({**app_defaults(), "task": task, "test-images": 100})
-        (run_dir / "config.json").write_text(json.dumps({**asdict(config), "run-id": 1}))
+        (run_dir / "config.json").write_text(json.dumps({**config.flat(), "run-id": 1}))
         torch.save(build_model(10 if task == "ten-class" else 2, seed=0).state_dict(), run_dir / "final_model.pt")
     assert probe_grid(tmp_path, source, echo=lambda _: None) == 1  # the binary run is left alone
     written = json.loads((tmp_path / "runs" / "ten" / PROBE_FILE).read_text())

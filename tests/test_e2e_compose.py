@@ -267,7 +267,7 @@ def test_compose_file_runs_fedgma_locked_down_with_podman(tmp_path):
         assert restart["Name"] in ("no", "") or (restart["Name"] == "on-failure"
                                                  and restart["MaximumRetryCount"] == 5), (service, restart)
     for service in ("superlink", "supernode-0", "superexec-0"):
-        status, text = live[service]
+        _, text = live[service]
         first, *writes = text.strip().splitlines()
         assert first.split() == [str(APP_UID), str(APP_UID), "0000000000000000", "1"], (service, text)
         assert writes == ["read-only /app/probe 30", "read-only /usr/probe 30"], (service, text)

@@ -63,7 +63,7 @@ def test_serverapp_killed_after_round_two_resumes_to_identical_weights(tmp_path,
     assert final_whole.keys() == final_resumed.keys()
     for name, tensor in final_whole.items():
         assert torch.equal(tensor, final_resumed[name]), name  # bit-identical
-    for a, b in zip(rows(out / "whole"), rows(out / "broken")):
+    for a, b in zip(rows(out / "whole"), rows(out / "broken"), strict=True):
         assert a["ood-accuracy"] == b["ood-accuracy"] and a["train-loss"] == b["train-loss"]
 
 

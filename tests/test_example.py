@@ -18,7 +18,7 @@ import pytest
 from readme_blocks import code_blocks
 from run_settings import ROOT
 
-from fedgma.lab.launch import free_port, processes_named, stop_trees
+from fedgma.deployment.processes import free_port, processes_named, stop_trees
 from fedgma.loop import load_checkpoint
 
 pytestmark = pytest.mark.e2e
@@ -111,7 +111,7 @@ def assert_core_commands(venv: Path, version: str, cwd: Path, env: dict[str, str
         assert done.returncode == 2 and not done.stdout, (command, done.stdout, done.stderr)
         assert done.stderr.strip().count("\n") == 0, done.stderr
         assert "pip install 'fedgma[lab]'" in done.stderr, done.stderr
-    superlink = subprocess.run(["fedgma-superlink", "--help"], cwd=cwd, env=env, capture_output=True, text=True,
+    superlink = subprocess.run(["fedgma", "superlink", "--help"], cwd=cwd, env=env, capture_output=True, text=True,
                                timeout=120)
     if version == "1.39":
         assert superlink.returncode == 0 and "--fleet-api-address" in superlink.stdout

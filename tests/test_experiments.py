@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from fedgma.app.outputs import RunOutputs
-from fedgma.app.settings import parse_run_config
 from fedgma.app.server_app import run_directory
+from fedgma.app.settings import parse_run_config
 from fedgma.deployment.app_folder import app_defaults
 from fedgma.lab.experiments import report, toy
 from fedgma.lab.experiments.grids import (

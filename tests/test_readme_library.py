@@ -14,8 +14,9 @@ import pytest
 from readme_blocks import code_blocks
 from run_settings import ROOT
 
-from fedgma.lab.launch import HostSettings, SimulationRuntime
-from fedgma.loop import RunFolder, load_checkpoint
+from fedgma.app.run_folder import RunFolder
+from fedgma.deployment.flower import HostSettings, SimulationRuntime
+from fedgma.loop import load_checkpoint
 
 pytestmark = pytest.mark.e2e
 

@@ -20,8 +20,8 @@ from run_settings import settings
 from fedgma.app.settings import parse_run_config
 from fedgma.loop import RunFailed
 from fedgma.loop import checkpoint as ckpt
+from fedgma.loop.checkpoint import CHECKPOINT_FILE
 from fedgma.loop.rounds import NODE_RECORD, RoundLoop, RoundOutcome
-from fedgma.loop.run_folder import RunFolder
 from fedgma.strategy import FedGMA, FedGMAAdam
 from fedgma.strategy.validation import ReplyBounds
 
@@ -232,13 +232,13 @@ def test_a_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch
         ckpt.save_checkpoint(tmp_path, saved_checkpoint(4, {"w": np.zeros(2, np.float32)}))
     monkeypatch.undo()
     assert ckpt.load_checkpoint(tmp_path).round == 3
-    assert sorted(p.name for p in tmp_path.iterdir()) == [RunFolder(tmp_path).checkpoint.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [CHECKPOINT_FILE]
 
 
 def test_a_checkpoint_from_an_earlier_version_is_refused_with_a_reason(tmp_path):
     meta = {"round": 1, "array-names": [], "state-kinds": {}, "state-keys": {}, "rng-state": None,
             "wall-seconds": 1.0, "settings": {}, "settings-hash": ""}
-    with RunFolder(tmp_path).checkpoint.open("wb") as handle:
+    with (tmp_path / CHECKPOINT_FILE).open("wb") as handle:
         np.savez(handle, meta=np.array(__import__("json").dumps(meta)))
     with pytest.raises(ckpt.CheckpointError, match="earlier version of fedgma"):
         ckpt.load_checkpoint(tmp_path)

@@ -9,6 +9,7 @@ from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
 from run_settings import settings
 
 from fedgma.app.outputs import METRIC_COLUMNS, RunOutputs
+from fedgma.app.run_folder import UnknownMetric
 from fedgma.app.settings import parse_run_config
 from fedgma.app.strategies import build_strategy, describe
 from fedgma.strategy import FedGMA, FedGMAAdam
@@ -46,8 +47,10 @@ def test_run_outputs(tmp_path):
     outputs = RunOutputs(tmp_path / "run")
     outputs.write_config(parse_run_config(settings()), {"run-id": 7})
     outputs.add_row({"round": 0, "wall-seconds": 0.5, "id-accuracy": 0.5, "ood-accuracy": 0.5})
+    with pytest.raises(UnknownMetric, match="not-a-column"):
+        outputs.add_row({"round": 1, "wall-seconds": 2.0, "not-a-column": 1})
     outputs.add_row({"round": 1, "wall-seconds": 2.0, "id-accuracy": 0.8, "ood-accuracy": 0.7,
-                     "mask-kept-fraction": 0.25, "not-a-column": 1})
+                     "mask-kept-fraction": 0.25})
     outputs.add_row({"round": 2, "wall-seconds": 3.0, "id-accuracy": 0.9, "ood-accuracy": 0.6})
     outputs.save_model({"w": torch.ones(2)})
     summary = outputs.write_summary("fedgma")

@@ -16,14 +16,15 @@ import torch
 
 from fedgma.loop import RoundOutcome
 from fedgma.loop.atomic import atomic_write
+from fedgma.loop.outcome import RowValue
 
-from .settings import RunConfig
 from .run_folder import METRIC_COLUMNS, RunFolder, metrics_row
+from .settings import RunConfig
 
 __all__ = ["METRIC_COLUMNS", "RunOutputs", "outcome_row"]
 
 
-def outcome_row(outcome: RoundOutcome) -> dict[str, float | int | str]:
+def outcome_row(outcome: RoundOutcome) -> dict[str, RowValue]:
     """The round's ``metrics.csv`` row. The clients name their own metrics: of those, only
     the declared columns are kept (``num-examples``, or whatever a client adds, is not); every
     other name must be a declared column."""
@@ -46,12 +47,12 @@ class RunOutputs:
         starts a new file.
     """
 
-    def __init__(self, run_dir: Path, rows: list[dict[str, float | int | str]] | None = None) -> None:
+    def __init__(self, run_dir: Path, rows: list[dict[str, RowValue]] | None = None) -> None:
         self.run_dir = run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.files = RunFolder(run_dir)
         self.metrics_path = self.files.metrics
-        self.rows: list[dict[str, float | int | str]] = [metrics_row(row) for row in rows or []]
+        self.rows: list[dict[str, RowValue]] = [metrics_row(row) for row in rows or []]
         buffer = io.StringIO()
         writer = csv.DictWriter(buffer, fieldnames=METRIC_COLUMNS, lineterminator="\n")
         writer.writeheader()
@@ -64,7 +65,7 @@ class RunOutputs:
         payload = json.dumps({**config.flat(), **extra}, indent=2).encode()
         atomic_write(self.files.config, lambda f: f.write(payload))
 
-    def add_row(self, row: dict[str, float | int | str]) -> None:
+    def add_row(self, row: dict[str, RowValue]) -> None:
         """Append one round's metrics (missing ones left empty; an undeclared one raises
         ``UnknownMetric``: see :func:`outcome_row`)."""
         clean = metrics_row(row)

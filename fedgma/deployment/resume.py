@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedgma.app.config import ConfigError
 from fedgma.app.run_folder import RunFolder
+from fedgma.app.settings import ConfigError
 
 # What Flower 1.39 writes in a run's status details (flwr ls "status-details"):
 # a ServerApp that stopped sending heartbeats, i.e. vanished with its SuperLink

@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedgma.app.config import ConfigError, parse_run_config
+from fedgma.app.settings import ConfigError, parse_run_config
 from fedgma.deployment.app_folder import AppFolderNotFound, app_defaults, app_dir, parse_override
 from fedgma.deployment.flower import HostSettings
 

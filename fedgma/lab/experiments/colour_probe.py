@@ -20,12 +20,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedgma.app.config import DataSource, RunConfig
+from fedgma.app.config import DataSource
 from fedgma.app.run_folder import RunFolder
-from fedgma.app.task.base_data import load_base_images
-from fedgma.app.task.coloring import TRAIN_BACKGROUND, TRAIN_FOREGROUND, paint
-from fedgma.app.task.data import load_test_set
-from fedgma.app.task.model import build_model
+from fedgma.app.settings import RunConfig
+from fedgma.app.task.colored.base_data import load_base_images
+from fedgma.app.task.colored.coloring import TRAIN_BACKGROUND, TRAIN_FOREGROUND, paint
+from fedgma.app.task.colored.data import load_test_set
+from fedgma.app.task.colored.model import build_model
 from fedgma.deployment.app_folder import app_defaults
 from fedgma.loop.atomic import atomic_write
 
@@ -71,9 +72,9 @@ def probe_run(folder: RunFolder, source: DataSource, defaults: dict[str, Any]) -
     """Probe a finished 10-class run's final model on its own central test images; writes
     :data:`PROBE_FILE` in the run folder and returns what it wrote (``defaults``: the app's
     default settings, for settings added after the run was made)."""
-    config = RunConfig(**saved_settings(folder, defaults))
-    if config.task != "ten-class":
-        raise ValueError(f"{folder.path}: the colour probe is for the 10-class task, not {config.task!r}")
+    config = RunConfig.from_flat(saved_settings(folder, defaults)).task
+    if config.name != "ten-class":
+        raise ValueError(f"{folder.path}: the colour probe is for the 10-class task, not {config.name!r}")
     if not folder.model.is_file():
         raise FileNotFoundError(f"{folder.model} does not exist: the probe needs the run's final model")
     test = load_test_set(config, source, ood=False)  # the run's own test images (rows and classes)

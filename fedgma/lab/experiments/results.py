@@ -4,12 +4,11 @@ records it), a run's saved settings, the colour probe's results."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fedgma.app.config import parse_run_config
 from fedgma.app.run_folder import RunFolder
+from fedgma.app.settings import parse_run_config
 
 PROBE_FILE = "colour_probe.json"  # in a run folder: what ``fedgma probe`` found
 
@@ -19,7 +18,7 @@ def saved_settings(folder: RunFolder, defaults: dict[str, Any]) -> dict[str, Any
     setting added after the run was made had its default value then (``defaults``: the
     app's ``[tool.flwr.app.config]``)."""
     saved = folder.read_config()
-    return {key: saved.get(key, default) for key, default in asdict(parse_run_config(defaults)).items()}
+    return {key: saved.get(key, default) for key, default in parse_run_config(defaults).flat().items()}
 
 
 def grid_run_folders(results_dir: Path) -> dict[str, RunFolder]:

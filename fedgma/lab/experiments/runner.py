@@ -25,8 +25,8 @@ from collections.abc import Callable
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from fedgma.app.config import NOT_RESULT_SETTINGS, RunConfig, parse_run_config
 from fedgma.app.run_folder import METRIC_COLUMNS, RunFolder
+from fedgma.app.settings import RunConfig, not_result_settings, parse_run_config
 from fedgma.deployment.app_folder import app_defaults, app_dir
 from fedgma.deployment.flower import HostSettings, SimulationRuntime
 from fedgma.loop.atomic import atomic_write
@@ -37,7 +37,7 @@ from .results import saved_settings
 RUN_COLUMNS = ("run", "setting", "strategy", "seed", "studies", "dataset", "local-epochs", "tau", "server-lr",
                "client-lr")
 # Settings that do not change a run's result, so an existing run may differ in them.
-NOT_COMPARED = NOT_RESULT_SETTINGS - {"num_server_rounds"}
+NOT_COMPARED = {key.replace("-", "_") for key in not_result_settings()} - {"num_server_rounds"}
 
 
 class GridMismatch(RuntimeError):
@@ -103,7 +103,7 @@ class GridRunner:
 
     def folder(self, spec: RunSpec) -> RunFolder:
         """Where the ServerApp puts the run: ``runs/<output-dir>/<run-name>``."""
-        return RunFolder.at(self.runs_dir, self.validated(spec).output_dir, spec.name)
+        return RunFolder.at(self.runs_dir, self.validated(spec).outputs.output_dir, spec.name)
 
     def is_finished(self, spec: RunSpec) -> bool:
         """True if the run's summary exists; raises GridMismatch if its settings differ."""
@@ -113,7 +113,7 @@ class GridRunner:
         saved = saved_settings(folder, app_defaults(self.app))
         differing = sorted(
             key.replace("_", "-")
-            for key, value in asdict(self.validated(spec)).items()
+            for key, value in self.validated(spec).flat().items()
             if key not in NOT_COMPARED and saved[key] != value
         )
         if differing:
