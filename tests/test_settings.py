@@ -95,3 +95,17 @@ def test_a_saved_record_reads_back_to_the_same_settings():
     auto = parse_run_config(DEFAULTS)
     assert RunConfig.from_flat(auto.flat()) == auto and auto.flat()["tau"] is None
     assert not_result_settings() == {key for key in DEFAULTS if key not in auto.result_settings()}
+
+
+def test_fedgma_settings_rewrites_a_stale_file_and_check_says_so(tmp_path):
+    from fedgma.lab.settings_files import write_settings_files
+
+    (tmp_path / "docs").mkdir()
+    pyproject = (ROOT / "pyproject.toml").read_text().replace("local-epochs = 3 ", "local-epochs = 9 ")
+    (tmp_path / "pyproject.toml").write_text(pyproject)
+    (tmp_path / "docs" / "settings.md").write_text("# x\n<!-- settings:begin -->\nold\n<!-- settings:end -->\n")
+    assert write_settings_files(tmp_path, check=True) == [tmp_path / "pyproject.toml", tmp_path / "docs" / "settings.md"]
+    assert "local-epochs = 9 " in (tmp_path / "pyproject.toml").read_text()  # --check writes nothing
+    write_settings_files(tmp_path)
+    assert (tmp_path / "pyproject.toml").read_text() == (ROOT / "pyproject.toml").read_text()
+    assert write_settings_files(tmp_path, check=True) == []

@@ -53,7 +53,7 @@ def run_path(root: Path, key: str, *parts: str) -> Path:
 def partition_bindings(environ: Mapping[str, str] | None = None) -> dict[int, int] | None:
     """The operator's node-to-partition bindings: the JSON file named by
     ``$FEDGMA_PARTITION_BINDINGS`` (``{"<node id>": <partition id>, ...}``, as
-    ``python -m fedgma.lab.deploy register`` writes it); None when unset.
+    ``fedgma compose register`` writes it); None when unset.
 
     Set by whoever runs the ServerApp's process (the SuperLink's operator), never by a run.
     """

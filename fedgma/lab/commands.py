@@ -7,7 +7,7 @@ the colour probe, the toy figure, benchmarks and the demo.
     fedgma grid status full         # which runs are finished
     fedgma grid reproduce full --runs A,B   # rerun committed runs elsewhere; compare their metrics
     fedgma probe results/full       # what its 10-class models learned: shape or colour
-    fedgma report results/full --readme README.md --figures docs/figures
+    fedgma report results/full --readme docs/experiments.md --figures docs/figures
     fedgma toy docs/figures/sewn-optima.png
     fedgma bench --parts imports --before 35abdab
     fedgma demo --rounds 10
@@ -29,8 +29,8 @@ from fedgma.deployment.flower import HostSettings
 # What the research tools need beyond the core (flwr, NumPy): the app and lab extras ...
 LAB_MODULES = ("torch", "torchvision", "flwr_datasets", "matplotlib")
 # ... and, for the commands that run this repository's Flower app, its folder (``--app``, else a clone).
-NEEDS_APP_FOLDER = frozenset({"grid", "bench", "probe", "demo"})
-COMMANDS = ("grid", "report", "probe", "toy", "bench", "demo")
+NEEDS_APP_FOLDER = frozenset({"grid", "bench", "probe", "demo", "settings"})
+COMMANDS = ("grid", "report", "probe", "toy", "bench", "demo", "settings")
 
 
 def missing_requirement(command: str, app: Path | None = None) -> str | None:
@@ -143,6 +143,15 @@ def _bench(args: argparse.Namespace) -> int:
                       readme=None if args.no_write else args.readme, before=args.before, app=args.app)
 
 
+def _settings(args: argparse.Namespace) -> int:
+    from .settings_files import write_settings_files
+
+    stale = write_settings_files(app_dir(args.app), check=args.check)
+    for path in stale:
+        print(f"fedgma settings: {path} {'is stale' if args.check else 'rewritten'}")
+    return 1 if args.check and stale else 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import main as demo_main
 
@@ -209,6 +218,13 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                        help="imports: also measure this git revision of the checkout (e.g. 35abdab)")
     bench.add_argument("--app", type=Path, help=APP_HELP)
     bench.set_defaults(func=_bench)
+
+    settings = commands.add_parser("settings", help="write (or --check) the files made from the settings table: "
+                                                    "pyproject.toml's [tool.flwr.app.config] and docs/settings.md")
+    settings.add_argument("--check", action="store_true", help="only say which file is stale (exit 1 if any)")
+    settings.add_argument("--app", type=Path, help="the source checkout (default: this one, else the current "
+                                                   "directory)")
+    settings.set_defaults(func=_settings)
 
     demo = commands.add_parser("demo", help="FedGMA against FedAvg on Flower's simulation runtime (the main job)")
     from .demo import configure as configure_demo

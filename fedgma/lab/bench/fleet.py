@@ -103,7 +103,7 @@ def _superlink(launcher: str, home: Path, env: dict[str, str]) -> tuple[subproce
 
 def fleet_messages(sizes_mb: tuple[int, ...] = (10, 100, 300)) -> list[str]:
     """One unauthenticated message of each size to the Fleet API of flower-superlink and of
-    fedgma-superlink: the answer, the SuperLink's peak extra memory, and what it keeps."""
+    fedgma superlink: the answer, the SuperLink's peak extra memory, and what it keeps."""
     import tempfile
     import threading
 

@@ -236,7 +236,7 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
         "",
         "```bash",
         f"fedgma grid run {manifest['grid']}" + "".join(f" {k}={v}" for k, v in manifest["overrides"].items()),
-        f"fedgma report results/{manifest['grid']} --readme README.md --figures docs/figures",
+        f"fedgma report results/{manifest['grid']} --readme docs/experiments.md --figures docs/figures",
         "```",
         "",
         "Accuracies are fractions (mean ± std over seeds); margins are OOD accuracy points over FedAvg "
