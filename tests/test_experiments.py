@@ -79,7 +79,7 @@ def test_every_run_of_every_grid_is_a_valid_run_config(name, tmp_path):
     runner = GridRunner(grid_by_name(name), tmp_path)
     for spec in runner.grid.runs:
         config = runner.validated(spec)
-        assert config.run_name == spec.name and config.seed == spec.seed
+        assert config.outputs.run_name == spec.name and config.task.seed == spec.seed
 
 
 def test_quick_grid_has_the_full_grids_runs_with_fewer_rounds():
@@ -204,7 +204,7 @@ def test_toy_gma_with_tau_zero_is_fedavg_and_fedavg_reaches_a_client_minimum():
 
 
 def test_app_defaults_are_the_pyproject_settings():
-    assert parse_run_config(app_defaults()).strategy == "fedgma"
+    assert parse_run_config(app_defaults()).strategy.name == "fedgma"
     assert json.dumps(app_defaults())  # plain values only
 
 

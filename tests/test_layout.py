@@ -88,6 +88,9 @@ def test_the_client_app_imports_only_what_training_from_the_cached_partition_nee
     check = (
         "import sys\n"
         "import fedgma.app.client_app\n"
+        "from fedgma.app.settings import defaults, parse_run_config\n"
+        "from fedgma.app.task import make_task\n"
+        "make_task(parse_run_config(defaults()).task)  # what a message builds before its partition is read\n"
         "loaded = sorted(m for m in sys.modules if m.startswith('fedgma'))\n"
         "extra = [m for m in ('torchvision', 'flwr_datasets', 'datasets', 'matplotlib') if m in sys.modules]\n"
         "print(' '.join(loaded)); print(' '.join(extra) or '-')\n"

@@ -104,7 +104,8 @@ def test_fedgma_settings_rewrites_a_stale_file_and_check_says_so(tmp_path):
     pyproject = (ROOT / "pyproject.toml").read_text().replace("local-epochs = 3 ", "local-epochs = 9 ")
     (tmp_path / "pyproject.toml").write_text(pyproject)
     (tmp_path / "docs" / "settings.md").write_text("# x\n<!-- settings:begin -->\nold\n<!-- settings:end -->\n")
-    assert write_settings_files(tmp_path, check=True) == [tmp_path / "pyproject.toml", tmp_path / "docs" / "settings.md"]
+    stale = write_settings_files(tmp_path, check=True)
+    assert stale == [tmp_path / "pyproject.toml", tmp_path / "docs" / "settings.md"]
     assert "local-epochs = 9 " in (tmp_path / "pyproject.toml").read_text()  # --check writes nothing
     write_settings_files(tmp_path)
     assert (tmp_path / "pyproject.toml").read_text() == (ROOT / "pyproject.toml").read_text()

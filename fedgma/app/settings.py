@@ -14,13 +14,15 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import PurePosixPath
-from typing import Any, Literal, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
 from fedgma.strategy.masking import VARIANTS
-from fedgma.strategy.validation import ReplyBounds
 
 from .strategies import STRATEGIES
 from .task import TASKS
+
+if TYPE_CHECKING:
+    from fedgma.strategy.validation import ReplyBounds
 
 DATASETS = ("fashion-mnist", "mnist")
 PARTITIONINGS = ("iid", "non-iid", "dirichlet")
@@ -106,6 +108,8 @@ class Federation:
     @property
     def reply_bounds(self) -> ReplyBounds:
         """The bounds on every training reply, as the loop and FedGMA take them; 0 is no bound."""
+        from fedgma.strategy.validation import ReplyBounds  # the ClientApp never needs it
+
         return ReplyBounds(max_num_examples=self.max_num_examples, max_update_norm=self.max_update_norm or None,
                            max_weight_ratio=self.max_weight_ratio or None, max_norm_ratio=self.max_norm_ratio or None)
 

@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedProx
-
-from fedgma.strategy import FedGMA, FedGMAAdam
 from fedgma.strategy.masking import Variant, resolve_tau
 
-if TYPE_CHECKING:  # settings.py reads the registry's names
+# The strategies are imported when one is built: the ClientApp reads the registry's names
+# (the `strategy` setting's choices) and never builds one.
+if TYPE_CHECKING:
+    from flwr.serverapp.strategy import FedAvg
+
     from .settings import RunConfig, StrategySettings
 
 
@@ -44,6 +45,8 @@ def _adam(config: RunConfig) -> dict[str, Any]:
 
 
 def _fedgma(config: RunConfig) -> FedAvg:
+    from fedgma.strategy import FedGMA
+
     s = config.strategy
     return FedGMA(variant=cast(Variant, s.variant), mask_tau=mask_tau(s), server_lr=s.server_lr,
                   agreement_weighted=s.agreement_weighted, bounds=config.federation.reply_bounds, **_common(config))
@@ -51,6 +54,8 @@ def _fedgma(config: RunConfig) -> FedAvg:
 
 def _fedgma_adam(config: RunConfig) -> FedAvg:
     # The gma mask replaces FedAdam's average; `tau` is the mask's, `adam-tau` Adam's.
+    from fedgma.strategy import FedGMAAdam
+
     s = config.strategy
     return FedGMAAdam(mask_tau=mask_tau(s), agreement_weighted=s.agreement_weighted,
                       bounds=config.federation.reply_bounds, **_adam(config), **_common(config))
@@ -68,17 +73,29 @@ def _plain(name: str) -> Callable[[StrategySettings], str]:
     return lambda _: name
 
 
+def _flower(name: str, options: Callable[[RunConfig], dict[str, Any]] = lambda _: {}) -> Callable[[RunConfig], FedAvg]:
+    """A builder of Flower's own strategy class ``name``, configured, not rewritten."""
+
+    def build(config: RunConfig) -> FedAvg:
+        from flwr.serverapp import strategy
+
+        built: FedAvg = getattr(strategy, name)(**options(config), **_common(config))
+        return built
+
+    return build
+
+
 STRATEGIES: dict[str, StrategyEntry] = {
     "fedgma": StrategyEntry(
         _fedgma, lambda s: f"fedgma-{s.variant}(tau={mask_tau(s):g},lr={s.server_lr:g})"),
-    "fedavg": StrategyEntry(lambda c: FedAvg(**_common(c)), _plain("fedavg")),
+    "fedavg": StrategyEntry(_flower("FedAvg"), _plain("fedavg")),
     "fedavgm": StrategyEntry(
-        lambda c: FedAvgM(server_learning_rate=c.strategy.server_lr, server_momentum=c.strategy.server_momentum,
-                          **_common(c)),
+        _flower("FedAvgM", lambda c: {"server_learning_rate": c.strategy.server_lr,
+                                      "server_momentum": c.strategy.server_momentum}),
         _plain("fedavgm")),
-    "fedprox": StrategyEntry(lambda c: FedProx(proximal_mu=c.strategy.proximal_mu, **_common(c)),
+    "fedprox": StrategyEntry(_flower("FedProx", lambda c: {"proximal_mu": c.strategy.proximal_mu}),
                              _plain("fedprox")),
-    "fedadam": StrategyEntry(lambda c: FedAdam(**_adam(c), **_common(c)), _plain("fedadam")),
+    "fedadam": StrategyEntry(_flower("FedAdam", _adam), _plain("fedadam")),
     "fedgma-adam": StrategyEntry(_fedgma_adam, lambda s: f"fedgma-gma+fedadam(tau={mask_tau(s):g})"),
 }
 
