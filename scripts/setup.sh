@@ -3,7 +3,7 @@
 # when we are root), the tools the tests use, and the virtualenv in .venv.
 #   scripts/setup.sh [--tests]
 # --tests also prepares .venvs/example-flwr-1.39 and -1.42: Flower alone (no fedgma, no torch),
-# where tests/test_example.py runs examples/sign-agreement/README.md as written.
+# where tests/e2e/test_example.py runs examples/sign-agreement/README.md as written.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 for_tests=0
@@ -49,7 +49,7 @@ if [ "$for_tests" = 1 ]; then
     for flwr in 1.39 1.42; do
         venv=.venvs/example-flwr-$flwr
         if [ ! -f "$venv/.flwr-$flwr" ]; then
-            echo "setup: $venv (flwr[simulation]==$flwr.*, for tests/test_example.py)"
+            echo "setup: $venv (flwr[simulation]==$flwr.*, for tests/e2e/test_example.py)"
             rm -rf "$venv"
             "$PYTHON" -m venv "$venv"
             "$venv/bin/python" -m pip install -q --disable-pip-version-check "flwr[simulation]==$flwr.*"

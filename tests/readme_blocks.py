@@ -21,11 +21,11 @@ def code_blocks(path: Path, section: str | None = None, language: str | None = N
 
 # Every fenced block of the README and of docs/*.md says, on the line above it, whether a test
 # runs it: ``<!-- run by tests/<file>.py -->`` or ``<!-- not run: <reason> -->``.
-# tests/test_doc_blocks.py holds every block to that; see docs/tests.md.
+# tests/lab/test_doc_blocks.py holds every block to that; see docs/tests.md.
 RUN_BY = re.compile(r"^<!-- run by (tests/[\w/]+\.py) -->$")
 NOT_RUN = re.compile(r"^<!-- not run: (\S.*?) -->$")
 # Regions written by code between markers (fedgma report, fedgma bench): their blocks are the
-# writer's, and the results region is checked by tests/test_committed_results.py.
+# writer's, and the results region is checked by tests/lab/test_committed_results.py.
 _GENERATED = re.compile(r"^<!-- (results|bench:[\w-]+):begin -->$")
 _OPEN = re.compile(r"^(\s*)(`{3,})(\w*)\s*$")
 

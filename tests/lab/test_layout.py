@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGE = ROOT / "fedgma"
 LIBRARY = ("fedgma.strategy", "fedgma.loop")
 COMMAND = ("fedgma.cli", "fedgma.__main__")

@@ -68,7 +68,7 @@ def test_no_mask_controls_are_fedgma_ws_with_the_mask_open():
 
 
 def test_grid_keeps_every_committed_run_as_it_was():
-    committed = json.loads((Path(__file__).parents[1] / "results" / "full" / "grid.json").read_text())
+    committed = json.loads((Path(__file__).parents[2] / "results" / "full" / "grid.json").read_text())
     grid = {r.name: r for r in grid_by_name("full").runs}
     for run in committed["runs"]:
         assert grid[run["name"]].run_config == run["run-config"], run["name"]
@@ -251,7 +251,7 @@ def test_a_tool_without_its_extra_says_which_install_it_needs(tmp_path):
             f"sys.exit(cli.main(['report', 'results/full', '--markdown', r'{tmp_path / 'r.md'}', "
             f"'--figures', r'{tmp_path}']))")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parent.parent)
+                            cwd=Path(__file__).resolve().parents[2])
     assert result.returncode == 2
     assert "needs matplotlib" in result.stderr and "fedgma[lab]" in result.stderr
 

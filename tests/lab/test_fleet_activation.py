@@ -18,7 +18,7 @@ from fedgma.deployment.processes import free_port, launch_command, start, stop, 
 
 pytestmark = pytest.mark.e2e
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def signed_metadata(private_key, public_key) -> list[tuple[str, object]]:

@@ -17,7 +17,7 @@ from fedgma.lab.experiments import report
 from fedgma.lab.experiments.grids import grid_by_name
 from fedgma.lab.experiments.runner import GridRunner
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results" / "full"
 
 

@@ -3,6 +3,7 @@
 import re
 from pathlib import Path
 
+import numpy as np
 import pytest
 from flwr.serverapp.strategy import FedAvg
 from run_settings import DEFAULTS, settings
@@ -19,8 +20,9 @@ from fedgma.app.settings import (
 )
 from fedgma.app.strategies import STRATEGIES, build_strategy, describe
 from fedgma.app.task import TASKS, make_task
+from fedgma.loop import checkpoint
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_pyproject_holds_the_generated_block_and_its_defaults():
@@ -110,3 +112,25 @@ def test_fedgma_settings_rewrites_a_stale_file_and_check_says_so(tmp_path):
     write_settings_files(tmp_path)
     assert (tmp_path / "pyproject.toml").read_text() == (ROOT / "pyproject.toml").read_text()
     assert write_settings_files(tmp_path, check=True) == []
+
+
+def saved_checkpoint(round_, arrays, settings_):
+    from fedgma.loop.outcome import RoundOutcome
+
+    return checkpoint.Checkpoint(round=round_, arrays=arrays, strategy_state={}, wall_seconds=12.5, settings=settings_,
+                           identity={"strategy": {"class": "x"}}, history=[RoundOutcome(0).to_json()])
+
+
+def test_resume_refuses_settings_that_change_the_result(tmp_path):
+    config = parse_run_config(settings(tau=0.6, seed=3, num_server_rounds=5))
+    saved = saved_checkpoint(2, {"w": np.zeros(2, np.float32)}, settings_=config.result_settings())
+
+    def check(config):
+        checkpoint.check_resumable(saved, config.result_settings(), config.federation.num_server_rounds)
+
+    check(parse_run_config(settings(tau=0.6, seed=3, num_server_rounds=9, round_timeout=30.0, run_name="x")))
+    with pytest.raises(checkpoint.CheckpointError, match=r"seed: 3 -> 4.*tau: 0.6 -> 0.7"):
+        check(parse_run_config(settings(tau=0.7, seed=4, num_server_rounds=5)))
+    with pytest.raises(checkpoint.CheckpointError, match="asks for 1 rounds but the checkpoint already has 2"):
+        check(parse_run_config(settings(tau=0.6, seed=3, num_server_rounds=1)))
+

@@ -19,7 +19,7 @@ from fedgma.deployment.processes import BIN, free_port, start
 
 pytestmark = pytest.mark.e2e
 
-HOSTILE = Path(__file__).resolve().parent / "hostile"
+HOSTILE = Path(__file__).resolve().parents[1] / "hostile"
 NUM_PARTITIONS = 4
 ROUND_TIMEOUT = 60  # an honest round here takes 15-30 s (round 1 also builds the partition caches)
 
