@@ -20,7 +20,7 @@ from fedgma.app.run_folder import RunFolder
 from fedgma.deployment.app_folder import app_defaults, app_dir, parse_override
 from fedgma.deployment.flower import HostSettings, SimulationRuntime
 
-STRATEGIES = {
+CONTENDERS = {
     "FedGMA (ws)": {"strategy": "fedgma", "variant": "ws"},
     "FedAvg": {"strategy": "fedavg"},
 }
@@ -63,7 +63,7 @@ def main(args: argparse.Namespace) -> int:
           f"outputs in {batch_dir}", flush=True)
     summaries = {}
     with SimulationRuntime(batch_dir / "runtime", host) as runtime:
-        for label, strategy in STRATEGIES.items():
+        for label, strategy in CONTENDERS.items():
             run_name = strategy["strategy"] + (f"-{strategy['variant']}" if "variant" in strategy else "")
             run_config = {**settings, **strategy, "run-name": run_name}
             folder = run_folder(batch_dir, app, run_config)

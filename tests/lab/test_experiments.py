@@ -15,11 +15,11 @@ from fedgma.deployment.app_folder import app_defaults
 from fedgma.lab.experiments import report, toy
 from fedgma.lab.experiments.grids import (
     ABLATION_TAUS,
+    ARMS,
     MAIN_LABELS,
     NO_MASK_CONTROLS,
     PAPER_STEP_LABELS,
     SETTINGS,
-    STRATEGIES,
     grid_by_name,
 )
 from fedgma.lab.experiments.runner import GridMismatch, GridRunner
@@ -59,7 +59,7 @@ def test_full_grid_has_every_setting_strategy_and_seed_once():
 
 def test_no_mask_controls_are_fedgma_ws_with_the_mask_open():
     for label, control in NO_MASK_CONTROLS.items():
-        fedgma, open_mask = STRATEGIES[label][1], STRATEGIES[control][1]
+        fedgma, open_mask = ARMS[label][1], ARMS[control][1]
         if control == "FedAvg":  # gma at eta_s = 1 with m = 1 is FedAvg
             assert fedgma["variant"] == "gma" and fedgma["server-lr"] == 1.0
             continue
@@ -260,3 +260,12 @@ def test_peak_round_is_the_first_trained_round_at_the_peak():
     rounds = [{"round": r, "ood-accuracy": acc} for r, acc in enumerate([0.9, 0.3, 0.6, 0.6, 0.5])]
     run = report.Run("r", "binary-iid", "x", 0, ("main",), 3, None, 0.01, rounds)
     assert run.peak_ood == 0.6 and run.peak_round == 2  # round 0, the initial model, is not a peak
+
+
+def test_every_arm_and_contender_names_a_registered_strategy():
+    from fedgma.app.strategies import STRATEGIES
+    from fedgma.lab.demo import CONTENDERS
+
+    names = {settings["strategy"] for _, settings in ARMS.values()} | {s["strategy"] for s in CONTENDERS.values()}
+    assert names <= set(STRATEGIES)
+    assert names == set(STRATEGIES) - {"fedavgm"}  # the grids run every strategy but FedAvgM

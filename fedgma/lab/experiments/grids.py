@@ -17,8 +17,9 @@ SETTINGS: dict[str, dict[str, object]] = {
     "ten-class-non-iid": {"task": "ten-class", "partitioning": "non-iid"},
 }
 
-# label -> (short key used in run names, run settings)
-STRATEGIES: dict[str, tuple[str, dict[str, object]]] = {
+# The grid's arms: label -> (short key used in run names, run settings). Each names a strategy of
+# the app's registry (fedgma.app.strategies.STRATEGIES) with the settings that make the arm.
+ARMS: dict[str, tuple[str, dict[str, object]]] = {
     "FedAvg": ("fedavg", {"strategy": "fedavg"}),
     "FedGMA ws, eta_s=0.01": ("ws-lr0.01", {"strategy": "fedgma", "variant": "ws", "tau": 0.8, "server-lr": 0.01}),
     "FedGMA ws, eta_s=0.1": ("ws-lr0.1", {"strategy": "fedgma", "variant": "ws", "tau": 0.8, "server-lr": 0.1}),
@@ -44,7 +45,7 @@ NO_MASK_CONTROLS: dict[str, str] = {
 }
 # The main comparison of the full grid: every strategy but the eta_s = 0.1 control, which only
 # the client-step study runs (the 0.01 grid's compute went to the eta_s = 1 control everywhere).
-MAIN_LABELS: tuple[str, ...] = tuple(label for label in STRATEGIES if label != "FedAvg, server step 1.1 (no mask)")
+MAIN_LABELS: tuple[str, ...] = tuple(label for label in ARMS if label != "FedAvg, server step 1.1 (no mask)")
 # The paper's client step (SGD 0.001) on the binary settings: FedAvg, ws, its controls, gma.
 PAPER_CLIENT_LR = 0.001
 PAPER_STEP_SETTINGS = ("binary-iid", "binary-non-iid")
@@ -86,7 +87,7 @@ class RunSpec:
     setting : str
         Key of :data:`SETTINGS`.
     label : str
-        Strategy label, a key of :data:`STRATEGIES`.
+        Strategy label, a key of :data:`ARMS`.
     seed : int
     studies : tuple[str, ...]
         ``main``, ``tau``, ``epochs`` and/or ``client-step`` (the paper's client step).
@@ -120,7 +121,7 @@ class Grid:
 
 
 def _run(scale: Scale, setting: str, label: str, seed: int, study: str, **extra: object) -> RunSpec:
-    key, strategy = STRATEGIES[label]
+    key, strategy = ARMS[label]
     rounds = scale.binary_rounds if setting.startswith("binary") else scale.ten_class_rounds
     run_config: dict[str, object] = {
         **SETTINGS[setting],
@@ -168,7 +169,7 @@ def build_grid(name: str, scale: Scale, description: str, ablations: bool = True
                 add(_run(scale, setting, label, seed, "main"))
         if ablations:
             for tau in ABLATION_TAUS:
-                if tau == STRATEGIES[ABLATION_WS][1]["tau"]:  # the main run, not a new one
+                if tau == ARMS[ABLATION_WS][1]["tau"]:  # the main run, not a new one
                     add(_run(scale, ABLATION_SETTING, ABLATION_WS, seed, "tau"))
                 else:
                     add(_run(scale, ABLATION_SETTING, ABLATION_WS, seed, "tau", tau=tau))

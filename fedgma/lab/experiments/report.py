@@ -20,6 +20,7 @@ from .figures import plot_ablations, plot_settings
 from .grids import (
     ABLATION_SETTING,
     ABLATION_WS,
+    ARMS,
     BASELINE,
     MAIN_LABELS,
     NO_MASK_CONTROLS,
@@ -27,7 +28,6 @@ from .grids import (
     PAPER_STEP_LABELS,
     PAPER_STEP_SETTINGS,
     SETTINGS,
-    STRATEGIES,
 )
 from .results import grid_run_folders, load_probes
 from .runs import SETTING_TITLES, Run, load_runs, margin, mean_std, seed_values, select, tau_runs
@@ -49,7 +49,7 @@ def settings_table(runs: list[Run], setting: str, study: str = "main") -> list[s
         "| final OOD vs FedAvg (pts) | s / round | round of peak OOD (per seed) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for label in STRATEGIES:
+    for label in ARMS:
         chosen = select(runs, setting, label, study)
         if not chosen:
             continue
@@ -72,7 +72,7 @@ def mask_comparisons(runs: list[Run], study: str) -> list[str]:
     verdict_lines = []
     for setting in SETTINGS:
         verdicts, evidence = [], []
-        for label in STRATEGIES:
+        for label in ARMS:
             chosen = select(runs, setting, label, study)
             if not label.startswith("FedGMA ") or "Adam" in label or not chosen:
                 continue
@@ -127,7 +127,7 @@ def probe_table(runs: list[Run], probes: dict[str, dict[str, float]]) -> list[st
     lines = ["| setting | strategy | runs | final ID acc | final OOD acc | follows shape | follows colour "
              "| neither |", "|---|---|---|---|---|---|---|---|"]
     for (setting, strategy), members in sorted(groups.items(), key=lambda kv: (list(SETTINGS).index(kv[0][0]),
-                                                                                  list(STRATEGIES).index(kv[0][1]))):
+                                                                                  list(ARMS).index(kv[0][1]))):
         chosen = [run for run, _ in members]
         lines.append(f"| {SETTING_TITLES[setting]} | {strategy} | {len(members)} "
                      f"| {mean_std([r.final_id for r in chosen])} | {mean_std([r.final_ood for r in chosen])} | "
@@ -203,7 +203,7 @@ def _hyperparameters(manifest: dict[str, Any], config: dict[str, Any]) -> list[s
         ("no-mask controls", "FedGMA ws with tau = 0 (every coordinate kept): FedAvg with server step 1 + eta_s"),
         ("paper's client step (binary settings)", f"SGD {PAPER_CLIENT_LR}: "
                                                   + ", ".join(PAPER_STEP_LABELS)),
-        ("FedProx mu", f"{STRATEGIES['FedProx, mu=0.01'][1]['proximal-mu']}"),
+        ("FedProx mu", f"{ARMS['FedProx, mu=0.01'][1]['proximal-mu']}"),
         ("FedAdam eta, beta_1, beta_2, tau", f"{config['adam_eta']}, {config['adam_beta_1']}, "
                                              f"{config['adam_beta_2']}, {config['adam_tau']}"),
         ("binary colours: client flip, OOD flip", f"[{config['color_flip_min']}, {config['color_flip_max']}], "
@@ -224,7 +224,7 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
     dataset = any_config["dataset"]
     planned = len(manifest["runs"])
     probes = load_probes(results_dir)
-    default_tau = float(cast(float, STRATEGIES[ABLATION_WS][1]["tau"]))
+    default_tau = float(cast(float, ARMS[ABLATION_WS][1]["tau"]))
 
     def link(name: str) -> str:
         return Path(os.path.relpath(figures_dir / name, relative_to)).as_posix()
