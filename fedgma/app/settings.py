@@ -80,12 +80,12 @@ class Federation:
                                      "failed; 0 = never", low=0, result=False)
     max_num_examples: int = setting("int", 100_000_000, "a reply claiming more examples counts as this many",
                                     low=1)
-    max_weight_ratio: float = setting("float", 10.0, "a reply claiming more than this times the round's median "
-                                      "examples counts as that; 0 = off", low=0.0)
+    max_weight_ratio: float = setting("float", 10.0, "a reply claiming more than this times the round's lower "
+                                      "median examples counts as that; 0 = off, else >= 1", low=0.0)
     max_update_norm: float = setting("float", 0.0, "a reply whose update (x - y) has a larger L2 norm is scaled "
                                      "down to it; 0 = off", low=0.0)
     max_norm_ratio: float = setting("float", 5.0, "a reply whose update is longer than this times the round's "
-                                    "median is scaled down to it; 0 = off", low=0.0)
+                                    "lower median is scaled down to it; 0 = off, else >= 1", low=0.0)
     num_partitions: int = setting("int", 0, "partitions in the federation: replies must hold partition-id < it; "
                                   "0 = the one most nodes declare", low=0)
 
@@ -367,7 +367,7 @@ def _doc(spec: Spec) -> str:
 
 def pyproject_block() -> str:
     """The body of ``[tool.flwr.app.config]``: every key, its default and its doc, by group."""
-    lines = ["# Generated from fedgma/app/settings.py (fedgma settings --write); edit the values freely."]
+    lines = ["# Generated from fedgma/app/settings.py (fedgma settings); edit the values freely."]
     for group, cls in GROUPS.items():
         lines.append(f"# --- {group} " + "-" * (74 - len(group)))
         for f in fields(cast(Any, cls)):

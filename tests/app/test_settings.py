@@ -28,14 +28,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_pyproject_holds_the_generated_block_and_its_defaults():
     text = (ROOT / "pyproject.toml").read_text()
     body = text.split("[tool.flwr.app.config]\n", 1)[1].split("\n[", 1)[0]
-    assert body == pyproject_block(), "run `fedgma settings --write`"
+    assert body == pyproject_block(), "run `fedgma settings`"
     assert defaults() == DEFAULTS
 
 
 def test_docs_hold_the_generated_table():
     text = (ROOT / "docs" / "settings.md").read_text()
     block = re.search(r"<!-- settings:begin -->\n(.*?)<!-- settings:end -->", text, re.S)
-    assert block is not None and block.group(1) == markdown_table(), "run `fedgma settings --write`"
+    assert block is not None and block.group(1) == markdown_table(), "run `fedgma settings`"
 
 
 @pytest.mark.parametrize("key", sorted(specs()))
