@@ -116,5 +116,5 @@ def assert_core_commands(venv: Path, version: str, cwd: Path, env: dict[str, str
     if version == "1.39":
         assert superlink.returncode == 0 and "--fleet-api-address" in superlink.stdout
     else:
-        assert superlink.returncode == 1 and superlink.stderr.strip().count("\n") == 0, superlink.stderr
+        assert superlink.returncode == 2 and superlink.stderr.strip().count("\n") == 0, superlink.stderr
         assert "needs flwr 1.39" in superlink.stderr and "pip install 'fedgma[deploy]'" in superlink.stderr
