@@ -33,7 +33,6 @@ def outcome_row(outcome: RoundOutcome) -> dict[str, RowValue]:
     return {k: v for k, v in row.items() if k in METRIC_COLUMNS or k not in from_clients}
 
 
-
 class RunOutputs:
     """Writes one run's files.
 

@@ -22,8 +22,9 @@ if TYPE_CHECKING:
 
 
 def mask_tau(settings: StrategySettings) -> float:
-    """FedGMA's agreement threshold: ``tau``, or the variant's default for "auto"
-    (fedgma-adam always uses the ``gma`` mask)."""
+    """FedGMA's agreement threshold for the label: ``tau``, or the variant's default for "auto"
+    (fedgma-adam always uses the ``gma`` mask). The builders hand ``tau`` (None for "auto") to
+    the strategy, which resolves it with the same function."""
     return resolve_tau("gma" if settings.name == "fedgma-adam" else settings.variant, settings.tau)
 
 
@@ -48,7 +49,7 @@ def _fedgma(config: RunConfig) -> FedAvg:
     from fedgma.strategy import FedGMA
 
     s = config.strategy
-    return FedGMA(variant=cast(Variant, s.variant), mask_tau=mask_tau(s), server_lr=s.server_lr,
+    return FedGMA(variant=cast(Variant, s.variant), mask_tau=s.tau, server_lr=s.server_lr,
                   agreement_weighted=s.agreement_weighted, bounds=config.federation.reply_bounds, **_common(config))
 
 
@@ -57,7 +58,7 @@ def _fedgma_adam(config: RunConfig) -> FedAvg:
     from fedgma.strategy import FedGMAAdam
 
     s = config.strategy
-    return FedGMAAdam(mask_tau=mask_tau(s), agreement_weighted=s.agreement_weighted,
+    return FedGMAAdam(mask_tau=s.tau, agreement_weighted=s.agreement_weighted,
                       bounds=config.federation.reply_bounds, **_adam(config), **_common(config))
 
 

@@ -48,10 +48,15 @@ class ColoredSet:
     def __len__(self) -> int:
         return len(self.labels)
 
+    @functools.cached_property
+    def _dataset(self) -> Dataset[tuple[torch.Tensor, torch.Tensor]]:
+        # Made once per set: the server evaluates on the same test sets every round.
+        images = torch.from_numpy(self.images).float().div_(255.0)
+        return cast(Dataset[tuple[torch.Tensor, torch.Tensor]], TensorDataset(images, torch.from_numpy(self.labels)))
+
     def loader(self, batch_size: int, shuffle: bool, seed: int = 0) -> DataLoader[tuple[torch.Tensor, torch.Tensor]]:
         """A DataLoader of float images in [0, 1] and int64 labels."""
-        images = torch.from_numpy(self.images).float().div_(255.0)
-        dataset = cast(Dataset[tuple[torch.Tensor, torch.Tensor]], TensorDataset(images, torch.from_numpy(self.labels)))
+        dataset = self._dataset
         generator = torch.Generator().manual_seed(seed) if shuffle else None
         return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator)
 
