@@ -10,12 +10,55 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# The paper's four settings (the full grid).
 SETTINGS: dict[str, dict[str, object]] = {
     "binary-iid": {"task": "binary", "partitioning": "iid"},
     "binary-non-iid": {"task": "binary", "partitioning": "non-iid"},
     "ten-class-iid": {"task": "ten-class", "partitioning": "iid"},
     "ten-class-non-iid": {"task": "ten-class", "partitioning": "non-iid"},
 }
+
+# The cases the AND-mask was designed for (the "when" grid), binary task, IID labels so that
+# the shortcut's relation to the label is the only thing that differs between clients:
+# how the shortcut relates to the label across clients (fedgma.app.task.colored) ...
+RELATIONS: dict[str, dict[str, object]] = {
+    "opposite": {"shortcut": "color", "shortcut-reversed-share": 0.5},  # half the clients each way
+    "majority": {"shortcut": "color", "shortcut-reversed-share": 0.3},  # 70 % one way, 30 % the other
+    "private": {"shortcut": "marker", "shortcut-reversed-share": 0.5},  # a marker of each client's own
+    "same": {"shortcut": "color", "shortcut-reversed-share": 0.0},  # the contrast: every client alike
+}
+# ... and who takes part in a round: every client, or 10 of 50 (the paper's regime).
+PARTICIPATION: dict[str, dict[str, object]] = {
+    "full": {"clients": 10, "train-images": 5000, "fraction-train": 1.0, "min-nodes": 10},
+    "partial": {"clients": 50, "train-images": 25000, "fraction-train": 0.2, "min-nodes": 10},
+}
+WHEN_SETTINGS: dict[str, dict[str, object]] = {
+    f"{relation}-{participation}": {"task": "binary", "partitioning": "iid", **shortcut, **sampling}
+    for participation, sampling in PARTICIPATION.items() for relation, shortcut in RELATIONS.items()
+}
+# 10-class with colour-class correlation below 1: shape is needed to fit the training data.
+CORRELATIONS = (0.8, 0.9)
+WHEN_SETTINGS.update({
+    f"ten-class-rho{rho:g}": {"task": "ten-class", "partitioning": "non-iid", "color-class-correlation": rho,
+                              **PARTICIPATION["full"]}
+    for rho in CORRELATIONS
+})
+ALL_SETTINGS: dict[str, dict[str, object]] = {**SETTINGS, **WHEN_SETTINGS}
+_RELATION_TITLES = {"opposite": "opposite signs", "majority": "majority sign (70/30)",
+                    "private": "private markers", "same": "same sign"}
+SETTING_TITLES: dict[str, str] = {
+    "binary-iid": "binary, IID",
+    "binary-non-iid": "binary, non-IID",
+    "ten-class-iid": "10-class, IID",
+    "ten-class-non-iid": "10-class, non-IID",
+    **{f"{relation}-{participation}": f"{title}, {participation} participation"
+       for relation, title in _RELATION_TITLES.items() for participation in PARTICIPATION},
+    **{f"ten-class-rho{rho:g}": f"10-class, colour-class correlation {rho:g}" for rho in CORRELATIONS},
+}
+# The OOD test set each setting's primary metric reads: the relation settings' shortcut is
+# reversed for some clients, so only the set without any shortcut ("plain") is unseen by all.
+PRIMARY_TEST_SET: dict[str, str] = {setting: "plain" if setting in WHEN_SETTINGS and
+                                    not setting.startswith("ten-class") else "ood" for setting in ALL_SETTINGS}
 
 # The grid's arms: label -> (short key used in run names, run settings). Each names a strategy of
 # the app's registry (fedgma.app.strategies.STRATEGIES) with the settings that make the arm.
@@ -34,6 +77,16 @@ ARMS: dict[str, tuple[str, dict[str, object]]] = {
         "ws-lr0.1-tau0", {"strategy": "fedgma", "variant": "ws", "tau": 0.0, "server-lr": 0.1}),
     "FedAvg, server step 2 (no mask)": (
         "ws-lr1-tau0", {"strategy": "fedgma", "variant": "ws", "tau": 0.0, "server-lr": 1.0}),
+    # Selectivity controls: the same kept count per array at random places (seeded by the run's
+    # seed), and gma with a uniform server step equal to the round's mean mask.
+    "FedGMA ws, eta_s=0.1, random mask": ("ws-lr0.1-random", {"strategy": "fedgma", "variant": "ws", "tau": 0.8,
+                                                             "server-lr": 0.1, "mask-control": "random"}),
+    "FedGMA ws, eta_s=1, random mask": ("ws-lr1-random", {"strategy": "fedgma", "variant": "ws", "tau": 0.8,
+                                                         "server-lr": 1.0, "mask-control": "random"}),
+    "FedGMA gma, tau=0.4, random mask": ("gma-random", {"strategy": "fedgma", "variant": "gma", "tau": 0.4,
+                                                       "server-lr": 1.0, "mask-control": "random"}),
+    "FedGMA gma, tau=0.4, uniform step": ("gma-uniform", {"strategy": "fedgma", "variant": "gma", "tau": 0.4,
+                                                         "server-lr": 1.0, "mask-control": "uniform"}),
 }
 BASELINE = "FedAvg"
 # Each FedGMA run's no-mask control: the same server update with every coordinate kept.
@@ -43,9 +96,19 @@ NO_MASK_CONTROLS: dict[str, str] = {
     "FedGMA ws, eta_s=1": "FedAvg, server step 2 (no mask)",
     "FedGMA gma, tau=0.4": BASELINE,
 }
+# Each FedGMA run's selectivity controls: its mask's kept count at random places; for gma also a
+# uniform step equal to its mean mask.
+RANDOM_CONTROLS: dict[str, str] = {
+    "FedGMA ws, eta_s=0.1": "FedGMA ws, eta_s=0.1, random mask",
+    "FedGMA ws, eta_s=1": "FedGMA ws, eta_s=1, random mask",
+    "FedGMA gma, tau=0.4": "FedGMA gma, tau=0.4, random mask",
+}
+STEP_CONTROLS: dict[str, str] = {"FedGMA gma, tau=0.4": "FedGMA gma, tau=0.4, uniform step"}
 # The main comparison of the full grid: every strategy but the eta_s = 0.1 control, which only
 # the client-step study runs (the 0.01 grid's compute went to the eta_s = 1 control everywhere).
-MAIN_LABELS: tuple[str, ...] = tuple(label for label in ARMS if label != "FedAvg, server step 1.1 (no mask)")
+MAIN_LABELS: tuple[str, ...] = ("FedAvg", "FedGMA ws, eta_s=0.01", "FedGMA ws, eta_s=0.1", "FedGMA ws, eta_s=1",
+                                 "FedGMA gma, tau=0.4", "FedProx, mu=0.01", "FedAdam", "FedGMA gma + FedAdam",
+                                 "FedAvg, server step 2 (no mask)")
 # The paper's client step (SGD 0.001) on the binary settings: FedAvg, ws, its controls, gma.
 PAPER_CLIENT_LR = 0.001
 PAPER_STEP_SETTINGS = ("binary-iid", "binary-non-iid")
@@ -93,6 +156,8 @@ class RunSpec:
         ``main``, ``tau``, ``epochs`` and/or ``client-step`` (the paper's client step).
     run_config : dict
         The run settings passed with ``--run-config`` (besides output paths).
+    clients : int
+        The simulated federation's size (``num-supernodes``).
     """
 
     name: str
@@ -101,6 +166,7 @@ class RunSpec:
     seed: int
     studies: tuple[str, ...]
     run_config: dict[str, object] = field(hash=False)
+    clients: int = 10
 
     @property
     def rounds(self) -> int:
@@ -122,14 +188,16 @@ class Grid:
 
 def _run(scale: Scale, setting: str, label: str, seed: int, study: str, **extra: object) -> RunSpec:
     key, strategy = ARMS[label]
-    rounds = scale.binary_rounds if setting.startswith("binary") else scale.ten_class_rounds
+    settings = dict(ALL_SETTINGS[setting])
+    clients = int(settings.pop("clients", scale.clients))  # type: ignore[call-overload]
+    rounds = scale.ten_class_rounds if settings["task"] == "ten-class" else scale.binary_rounds
     run_config: dict[str, object] = {
-        **SETTINGS[setting],
-        **strategy,
-        "num-server-rounds": rounds,
         "min-nodes": scale.clients,
         "fraction-train": 1.0,
         "train-images": scale.train_images,
+        **settings,
+        **strategy,
+        "num-server-rounds": rounds,
         "test-images": scale.test_images,
         "local-epochs": scale.local_epochs,
         "client-lr": scale.client_lr,
@@ -144,7 +212,7 @@ def _run(scale: Scale, setting: str, label: str, seed: int, study: str, **extra:
     if "client-lr" in extra:
         key += f"-c{run_config['client-lr']:g}"
     name = f"{setting}_{key}_seed{seed}"
-    return RunSpec(name, setting, label, seed, (study,), run_config)
+    return RunSpec(name, setting, label, seed, (study,), run_config, clients)
 
 
 def build_grid(name: str, scale: Scale, description: str, ablations: bool = True,
@@ -158,7 +226,7 @@ def build_grid(name: str, scale: Scale, description: str, ablations: bool = True
         if spec.name in runs:
             old = runs[spec.name]
             runs[spec.name] = RunSpec(old.name, old.setting, old.label, old.seed,
-                                      old.studies + spec.studies, old.run_config)
+                                      old.studies + spec.studies, old.run_config, old.clients)
         else:
             runs[spec.name] = spec
 
@@ -195,6 +263,48 @@ SMOKE_SCALE = Scale(clients=2, train_images=400, test_images=200, binary_rounds=
                     ten_class_rounds=2, seeds=(0,))
 
 
+# The "when" grid's arms: FedAvg, FedGMA (ws at two server steps, gma), the no-mask controls
+# and the selectivity controls; the contrast settings (same sign, 10-class) run fewer.
+WHEN_LABELS: tuple[str, ...] = (
+    BASELINE, "FedGMA ws, eta_s=0.1", "FedGMA ws, eta_s=1", "FedGMA gma, tau=0.4",
+    "FedAvg, server step 1.1 (no mask)", "FedAvg, server step 2 (no mask)",
+    *RANDOM_CONTROLS.values(), *STEP_CONTROLS.values(),
+)
+CONTRAST_LABELS: tuple[str, ...] = (
+    BASELINE, "FedGMA ws, eta_s=1", "FedAvg, server step 2 (no mask)", "FedGMA ws, eta_s=1, random mask",
+    "FedGMA gma, tau=0.4", "FedGMA gma, tau=0.4, random mask", "FedGMA gma, tau=0.4, uniform step",
+)
+TEN_CLASS_LABELS: tuple[str, ...] = (BASELINE, "FedGMA ws, eta_s=1", "FedAvg, server step 2 (no mask)",
+                                     "FedGMA ws, eta_s=1, random mask", "FedGMA gma, tau=0.4")
+# Selectivity controls beside the full grid's binary non-IID runs (the same-sign setting with IID
+# labels is "same-full"): identical settings, so the full grid's FedAvg, ws, gma and control
+# runs are their references (their folders may be copied in: a finished run is not run again).
+FULL_GRID_CONTROLS: tuple[str, ...] = (BASELINE, "FedGMA ws, eta_s=1", "FedAvg, server step 2 (no mask)",
+                                       "FedGMA gma, tau=0.4", "FedGMA ws, eta_s=1, random mask",
+                                       "FedGMA gma, tau=0.4, random mask", "FedGMA gma, tau=0.4, uniform step")
+
+
+def build_when_grid(name: str, scale: Scale, description: str, seeds: tuple[int, ...],
+                    contrast_seeds: tuple[int, ...]) -> Grid:
+    """The cases the AND-mask was designed for, most informative first (an interrupted grid
+    has those): the three relation settings with partial participation, then with full
+    participation, then the same-sign contrast, then the selectivity controls in the full grid's
+    binary settings, then 10-class with colour-class correlation below 1. Seed-major within each."""
+    runs: list[RunSpec] = []
+    phases: list[tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]] = []
+    for participation in ("partial", "full"):
+        settings = tuple(f"{relation}-{participation}" for relation in ("opposite", "majority", "private"))
+        phases.append((settings, WHEN_LABELS, seeds))
+    phases.append((("same-partial", "same-full"), CONTRAST_LABELS, contrast_seeds))
+    phases.append(((ABLATION_SETTING,), FULL_GRID_CONTROLS, contrast_seeds))
+    phases.append((tuple(f"ten-class-rho{rho:g}" for rho in CORRELATIONS), TEN_CLASS_LABELS, contrast_seeds))
+    for settings, labels, phase_seeds in phases:
+        for seed in phase_seeds:
+            for setting in settings:
+                runs += [_run(scale, setting, label, seed, "when") for label in labels]
+    return Grid(name, description, scale, tuple(runs))
+
+
 def grid_by_name(name: str) -> Grid:
     """Return one of :data:`GRID_NAMES`."""
     if name == "full":
@@ -210,7 +320,12 @@ def grid_by_name(name: str) -> Grid:
                           ablations=False, settings=("binary-non-iid",),
                           labels=(BASELINE, ABLATION_WS, NO_MASK_CONTROLS[ABLATION_WS]),
                           paper_step_labels=(BASELINE, ABLATION_WS))
+    if name == "when":
+        return build_when_grid("when", FULL_SCALE, "when does the mask help: opposite, majority and private "
+                               "shortcuts (and the same-sign contrast) with full and partial participation, "
+                               "random-mask and step-matched controls, 10-class with colour-class correlation "
+                               "0.8 and 0.9", seeds=(0, 1, 2, 3, 4), contrast_seeds=(0, 1, 2))
     raise KeyError(f"unknown grid {name!r}; choose one of {', '.join(GRID_NAMES)}")
 
 
-GRID_NAMES = ("full", "quick", "smoke")
+GRID_NAMES = ("full", "when", "quick", "smoke")

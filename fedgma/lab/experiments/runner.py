@@ -183,7 +183,6 @@ class GridRunner:
         started = time.monotonic()
         rounds_done = 0
         failures: list[str] = []
-        federation = f"num-supernodes={self.grid.scale.clients} client-resources-num-cpus=1"
         with SimulationRuntime(self.results_dir / "runtime", self.host) as runtime:
             for index, spec in enumerate(todo, start=total - len(todo) + 1):
                 rounds = spec.rounds
@@ -209,6 +208,7 @@ class GridRunner:
                         )
                     shown[0] = len(rows)
 
+                federation = f"num-supernodes={spec.clients} client-resources-num-cpus=1"
                 run_id = runtime.cli.submit(app_dir(self.app), self.run_config(spec, resume), federation)
                 self.echo(f"[{index}/{total}] {spec.name}: run {run_id} "
                           f"{'resumed after round ' + str(shown[0]) if resume else 'started'}")

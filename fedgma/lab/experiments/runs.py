@@ -10,15 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from .grids import ABLATION_SETTING
+from .grids import ABLATION_SETTING, SETTING_TITLES
 from .verdicts import paired
 
-SETTING_TITLES = {
-    "binary-iid": "binary, IID",
-    "binary-non-iid": "binary, non-IID",
-    "ten-class-iid": "10-class, IID",
-    "ten-class-non-iid": "10-class, non-IID",
-}
 
 
 @dataclass
