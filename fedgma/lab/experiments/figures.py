@@ -8,8 +8,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .grids import ABLATION_SETTING, ABLATION_WS, BASELINE, NO_MASK_CONTROLS, SETTINGS
-from .runs import SETTING_TITLES, Run, select, tau_runs
+from .grids import ABLATION_SETTING, ABLATION_WS, BASELINE, NO_MASK_CONTROLS, SETTING_TITLES, SETTINGS
+from .runs import Run, select, tau_runs
 
 
 def _plot_curves(ax: Any, runs: list[Run], labels: Sequence[str], setting: str, study: str) -> None:

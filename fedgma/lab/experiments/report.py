@@ -27,10 +27,11 @@ from .grids import (
     PAPER_CLIENT_LR,
     PAPER_STEP_LABELS,
     PAPER_STEP_SETTINGS,
+    SETTING_TITLES,
     SETTINGS,
 )
 from .results import grid_run_folders, load_probes
-from .runs import SETTING_TITLES, Run, load_runs, margin, mean_std, seed_values, select, tau_runs
+from .runs import Run, load_runs, margin, mean_std, seed_values, select, tau_runs
 from .verdicts import THRESHOLD_POINTS, overall, paired
 
 FIGURE2_LABELS = (BASELINE, "FedGMA ws, eta_s=0.01", "FedGMA ws, eta_s=0.1", "FedGMA ws, eta_s=1",

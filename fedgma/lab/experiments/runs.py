@@ -10,9 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from .grids import ABLATION_SETTING, SETTING_TITLES
+from .grids import ABLATION_SETTING
 from .verdicts import paired
-
 
 
 @dataclass
