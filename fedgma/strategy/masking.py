@@ -100,6 +100,18 @@ def observe_masks(observer: MaskObserver, masks: Mapping[str, np.ndarray]) -> di
     return metrics
 
 
+def check_mask_metrics(mask_metrics: object) -> None:
+    """Refuse a ``mask_metrics`` observer that is neither callable nor None.
+
+    Raises
+    ------
+    TypeError
+        If ``mask_metrics`` is not callable and not None.
+    """
+    if mask_metrics is not None and not callable(mask_metrics):
+        raise TypeError(f"FedGMA: mask_metrics must be callable or None, got {mask_metrics!r}")
+
+
 def shuffled_mask(mask: np.ndarray, mask_seed: int, server_round: int, index: int) -> np.ndarray:
     """The ``"random"`` control: ``mask``'s values permuted among its coordinates by
     ``np.random.default_rng([mask_seed, server_round, index])`` (same seed, round and
@@ -284,8 +296,7 @@ class MaskedAggregator:
         ):
             raise ValueError(f"FedGMA: mask_control='random' needs the round number (an integer >= 0), "
                              f"got server_round={server_round!r}")
-        if mask_metrics is not None and not callable(mask_metrics):
-            raise TypeError(f"FedGMA: mask_metrics must be callable or None, got {mask_metrics!r}")
+        check_mask_metrics(mask_metrics)
         self.global_arrays = global_arrays
         self.variant = variant
         self.tau = tau
