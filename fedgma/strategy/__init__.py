@@ -15,14 +15,20 @@ if TYPE_CHECKING:
     from .fedgma_adam import FedGMAAdam
     from .masking import (
         DEFAULT_TAU,
+        MASK_CONTROLS,
         VARIANTS,
+        MaskControl,
         MaskedAggregator,
+        MaskObserver,
         MaskStats,
         agreement_score,
         apply_mask_rule,
         mask_from_agreement,
+        observe_masks,
+        resolve_mask_control,
         resolve_tau,
         server_update,
+        shuffled_mask,
     )
     from .validation import (
         AggregatesCheckedReplies,
@@ -36,19 +42,23 @@ if TYPE_CHECKING:
 _MODULE_OF = {
     "FedGMA": "fedgma",
     "FedGMAAdam": "fedgma_adam",
-    **dict.fromkeys(("DEFAULT_TAU", "VARIANTS", "MaskedAggregator", "MaskStats", "agreement_score",
-                     "apply_mask_rule", "mask_from_agreement", "resolve_tau", "server_update"), "masking"),
+    **dict.fromkeys(("DEFAULT_TAU", "MASK_CONTROLS", "VARIANTS", "MaskControl", "MaskObserver", "MaskedAggregator",
+                     "MaskStats", "agreement_score", "apply_mask_rule", "mask_from_agreement", "observe_masks",
+                     "resolve_mask_control", "resolve_tau", "server_update", "shuffled_mask"), "masking"),
     **dict.fromkeys(("AggregatesCheckedReplies", "CheckedReply", "InvalidReply", "ReplyBounds",
                      "check_replies", "decode_reply"), "validation"),
 }
 __all__ = [
     "DEFAULT_TAU",
+    "MASK_CONTROLS",
     "VARIANTS",
     "AggregatesCheckedReplies",
     "CheckedReply",
     "FedGMA",
     "FedGMAAdam",
     "InvalidReply",
+    "MaskControl",
+    "MaskObserver",
     "MaskStats",
     "MaskedAggregator",
     "ReplyBounds",
@@ -57,8 +67,11 @@ __all__ = [
     "check_replies",
     "decode_reply",
     "mask_from_agreement",
+    "observe_masks",
+    "resolve_mask_control",
     "resolve_tau",
     "server_update",
+    "shuffled_mask",
 ]
 
 

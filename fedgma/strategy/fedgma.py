@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from logging import ERROR, INFO, WARNING
 from typing import Any
 
@@ -12,7 +12,16 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
-from .masking import MaskedAggregator, MaskStats, Variant, resolve_tau
+from .masking import (
+    MaskedAggregator,
+    MaskObserver,
+    MaskStats,
+    Variant,
+    check_mask_metrics,
+    observe_masks,
+    resolve_mask_control,
+    resolve_tau,
+)
 from .validation import CheckedReply, ReplyBounds, all_finite, check_replies, log_adjusted, num_clipped
 
 # Metrics FedGMA adds to each round's training metrics: the mask's, always; the replies'
@@ -82,6 +91,22 @@ class FedGMA(FedAvg):
         Bounds on each reply's weight and update norm, which clip a reply that
         exceeds them (see :class:`~fedgma.strategy.validation.ReplyBounds`).
         ``None``: no bound, as in FedAvg.
+    mask_control : str (default: "none")
+        A control for research on the mask's selectivity (``masking.MASK_CONTROLS``):
+        ``"none"``, the agreement mask; ``"random"``, each array's agreement mask with
+        its values shuffled among the array's coordinates each round (the same kept
+        count and mask mean per array, at random places); ``"uniform"``, the round's
+        mean agreement-mask value on every masked coordinate (a step-matched control).
+    mask_seed : int (default: 0)
+        Seed of the ``"random"`` control: round ``r``'s permutation of array ``i`` (in
+        the model's order) comes from ``np.random.default_rng([mask_seed, r, i])``, so a
+        resumed run applies the same masks.
+    mask_metrics : Optional[Callable] (default: None)
+        Called once per round with the masks applied (after the control), by array
+        name, floating-point arrays only, each of its array's shape (read-only); the
+        metrics it returns (names to finite numbers) join the round's training metrics
+        under the same rule as FedGMA's own. A control or an observer materialises
+        every mask: O(P) more memory in aggregation.
     **kwargs
         Every keyword of :class:`flwr.serverapp.strategy.FedAvg`
         (``fraction_train``, ``min_train_nodes``, ``weighted_by_key``, ...).
@@ -89,10 +114,13 @@ class FedGMA(FedAvg):
     Raises
     ------
     ValueError
-        If ``variant`` is unknown, ``mask_tau`` is outside ``[0, 1]`` or ``server_lr``
-        is negative.
+        If ``variant`` is unknown, ``mask_tau`` is outside ``[0, 1]``, ``server_lr``
+        is negative, ``mask_control`` is not one of ``masking.MASK_CONTROLS`` or
+        ``mask_seed`` is not an integer ``>= 0``; in aggregation, if ``mask_metrics``
+        returns a non-finite value or one of FedGMA's own metric names.
     TypeError
-        If ``bounds`` is neither a ``ReplyBounds`` nor None.
+        If ``bounds`` is neither a ``ReplyBounds`` nor None, or ``mask_metrics`` is not
+        callable; in aggregation, if ``mask_metrics`` returns no mapping of names to numbers.
     """
 
     def __init__(
@@ -103,10 +131,15 @@ class FedGMA(FedAvg):
         server_lr: float = 1.0,
         agreement_weighted: bool = False,
         bounds: ReplyBounds | None = None,
+        mask_control: str = "none",
+        mask_seed: int = 0,
+        mask_metrics: MaskObserver | None = None,
         **kwargs: Any,
     ) -> None:
         reply_bounds = ReplyBounds.coerce(bounds)
         threshold = resolve_tau(variant, mask_tau)
+        control, seed = resolve_mask_control(mask_control, mask_seed)
+        check_mask_metrics(mask_metrics)
         if (
             isinstance(server_lr, bool)
             or not isinstance(server_lr, (int, float))
@@ -120,6 +153,9 @@ class FedGMA(FedAvg):
         self.server_lr = float(server_lr)
         self.agreement_weighted = bool(agreement_weighted)
         self.bounds = reply_bounds
+        self.mask_control = control
+        self.mask_seed = seed
+        self.mask_metrics = mask_metrics
         self._current_arrays: dict[str, np.ndarray] | None = None
         # Set by FedGMAAdam.aggregate_checked for the one aggregate_train call it makes.
         self._handed_over: Sequence[CheckedReply] | None = None
@@ -130,6 +166,10 @@ class FedGMA(FedAvg):
         log(INFO, "\t│\t├── Variant: %s", self.variant)
         log(INFO, "\t│\t├── Agreement threshold mask_tau: %s", self.mask_tau)
         log(INFO, "\t│\t├── Server learning rate: %s", self.server_lr)
+        if self.mask_control == "random":
+            log(INFO, "\t│\t├── Mask control: random (seed %s)", self.mask_seed)
+        elif self.mask_control != "none":
+            log(INFO, "\t│\t├── Mask control: %s", self.mask_control)
         log(INFO, "\t│\t└── Agreement weighted by examples: %s", self.agreement_weighted)
         super().summary()
 
@@ -177,9 +217,10 @@ class FedGMA(FedAvg):
         result = self._check_and_fold(server_round, answered)
         if result is None:
             return None, None
-        new_arrays, stats, used, dropped, clipped = result
+        new_arrays, stats, masks, used, dropped, clipped = result
         counts = (len(used), dropped, len(replies) - len(answered), clipped)
-        return self._result(server_round, new_arrays, stats, used, dict(zip(REPLY_METRICS, counts, strict=True)))
+        return self._result(server_round, new_arrays, stats, masks, used,
+                            dict(zip(REPLY_METRICS, counts, strict=True)))
 
     def aggregate_checked(
         self, server_round: int, replies: Sequence[CheckedReply]
@@ -210,8 +251,8 @@ class FedGMA(FedAvg):
                 raise ValueError(f"FedGMA round {server_round}: a checked reply (node "
                                  f"{reply.message.metadata.src_node_id}) was not checked against "
                                  "this round's global weights")
-        new_arrays, stats, used = self._fold(replies)
-        return self._result(server_round, new_arrays, stats, used, {})
+        new_arrays, stats, masks, used = self._fold(server_round, replies)
+        return self._result(server_round, new_arrays, stats, masks, used, {})
 
     def _sent_arrays(self) -> dict[str, np.ndarray]:
         if self.current_arrays is None:
@@ -226,10 +267,12 @@ class FedGMA(FedAvg):
         server_round: int,
         new_arrays: dict[str, np.ndarray],
         stats: MaskStats | None,
+        masks: dict[str, np.ndarray] | None,
         used: list[RecordDict],
         reply_counts: dict[str, int],
     ) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """The new global arrays and the round's metrics (the clients', then FedGMA's)."""
+        """The new global arrays and the round's metrics (the clients', then FedGMA's, then
+        those of ``mask_metrics`` on the round's applied ``masks``: called here, once)."""
         if not used or stats is None:
             log(WARNING, "FedGMA round %s: no usable reply; the global model is unchanged", server_round)
             return None, None
@@ -242,6 +285,11 @@ class FedGMA(FedAvg):
             **dict(zip(MASK_METRICS, (stats.kept_fraction, stats.mask_mean, stats.agreement_mean), strict=True)),
             **reply_counts,
         }
+        if self.mask_metrics is not None and masks is not None:
+            for name, value in observe_masks(self.mask_metrics, masks).items():
+                if name in own or name.startswith("fedgma-"):
+                    raise ValueError(f"FedGMA: mask_metrics returned {name!r}, a name FedGMA's own metrics use")
+                own[name] = value
         for name, value in own.items():
             if name in metrics:
                 log(WARNING, "FedGMA round %s: the clients report a metric %r too; it is kept, and "
@@ -252,10 +300,11 @@ class FedGMA(FedAvg):
 
     def _check_and_fold(
         self, server_round: int, replies: list[Message]
-    ) -> tuple[dict[str, np.ndarray], MaskStats | None, list[RecordDict], int, int] | None:
+    ) -> tuple[dict[str, np.ndarray], MaskStats | None, dict[str, np.ndarray] | None, list[RecordDict],
+               int, int] | None:
         """Check the replies and fold the good ones; None if finite replies overflowed.
-        Returns the new arrays, the mask's statistics, the used replies' contents and the
-        numbers of dropped and clipped replies.
+        Returns the new arrays, the mask's statistics, the applied masks (see :meth:`_fold`),
+        the used replies' contents and the numbers of dropped and clipped replies.
 
         Fast path: replies are checked for structure and weights, their values are
         folded in without a separate finiteness pass; a NaN or Inf in any reply makes
@@ -265,11 +314,11 @@ class FedGMA(FedAvg):
         current = self._sent_arrays()
         checked, refused = check_replies(replies, current, self.weighted_by_key, self.bounds, check_values=False)
         with np.errstate(all="ignore"):  # NaN/Inf from a bad reply are expected here, and caught
-            new_arrays, stats, used = self._fold(checked)
+            new_arrays, stats, masks, used = self._fold(server_round, checked)
         if used and not _all_finite(new_arrays):
             log(WARNING, "FedGMA round %s: non-finite values in the replies; checking each one", server_round)
             checked, refused = check_replies(replies, current, self.weighted_by_key, self.bounds, check_values=True)
-            new_arrays, stats, used = self._fold(checked)
+            new_arrays, stats, masks, used = self._fold(server_round, checked)
             if used and not _all_finite(new_arrays):
                 log(ERROR, "FedGMA round %s: the aggregate of finite replies overflowed; "
                     "the global model is unchanged", server_round)
@@ -278,18 +327,34 @@ class FedGMA(FedAvg):
             log(WARNING, "FedGMA round %s: dropped the reply of node %s: %s", server_round,
                 message.metadata.src_node_id, reason)
         log_adjusted(f"FedGMA round {server_round}", checked)
-        return new_arrays, stats, used, len(refused), num_clipped(checked)
+        return new_arrays, stats, masks, used, len(refused), num_clipped(checked)
 
     def _fold(
-        self, checked: Sequence[CheckedReply]
-    ) -> tuple[dict[str, np.ndarray], MaskStats | None, list[RecordDict]]:
-        """Fold checked replies into a fresh aggregator; returns (arrays, stats, used)."""
+        self, server_round: int, checked: Sequence[CheckedReply]
+    ) -> tuple[dict[str, np.ndarray], MaskStats | None, dict[str, np.ndarray] | None, list[RecordDict]]:
+        """Fold checked replies into a fresh aggregator; returns (arrays, stats, masks, used).
+
+        With ``mask_metrics``, ``masks`` are the applied masks, kept for :meth:`_result` to
+        observe: a round may fold twice (``_check_and_fold``), the observer sees the last
+        fold only. Without it, ``masks`` is None.
+        """
+        masks: dict[str, np.ndarray] | None = None
+
+        def keep(applied: Mapping[str, np.ndarray]) -> Mapping[str, float]:
+            nonlocal masks
+            masks = dict(applied)
+            return {}
+
         aggregator = MaskedAggregator(
             self._sent_arrays(),
             variant=self.variant,
             tau=self.mask_tau,
             server_lr=self.server_lr,
             agreement_weighted=self.agreement_weighted,
+            mask_control=self.mask_control,
+            mask_seed=self.mask_seed,
+            server_round=server_round,
+            mask_metrics=keep if self.mask_metrics is not None else None,
         )
         pending: list[tuple[dict[str, np.ndarray], float]] = []  # views into the replies' bytes
         for reply in checked:
@@ -301,9 +366,9 @@ class FedGMA(FedAvg):
         del pending
         used = [reply.message.content for reply in checked]
         if not used:
-            return {}, None, used
+            return {}, None, None, used
         new_arrays, stats = aggregator.result()
-        return new_arrays, stats, used
+        return new_arrays, stats, masks, used
 
 
 def _all_finite(arrays: dict[str, np.ndarray]) -> bool:

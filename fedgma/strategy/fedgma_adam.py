@@ -9,7 +9,7 @@ from flwr.app import ArrayRecord, MetricRecord
 from flwr.serverapp.strategy import FedAdam
 
 from .fedgma import FedGMA
-from .masking import resolve_tau
+from .masking import MaskObserver, check_mask_metrics, resolve_mask_control, resolve_tau
 from .validation import CheckedReply, ReplyBounds
 
 
@@ -33,6 +33,13 @@ class FedGMAAdam(FedAdam, FedGMA):
         Weight each client's sign by ``num-examples`` instead of ``1 / K``.
     bounds : Optional[ReplyBounds] (default: None)
         Bounds on each reply, as in :class:`FedGMA`. ``None``: no bound.
+    mask_control : str (default: "none")
+        ``"none"``, ``"random"`` or ``"uniform"``: the mask control, as in :class:`FedGMA`
+        (``"uniform"``: FedAdam sees ``-m * g_bar`` with one ``m``, the round's mean mask).
+    mask_seed : int (default: 0)
+        Seed of the ``"random"`` control, as in :class:`FedGMA`.
+    mask_metrics : Optional[Callable] (default: None)
+        Observer of each round's applied masks, as in :class:`FedGMA`.
     **kwargs
         Every keyword of :class:`flwr.serverapp.strategy.FedAdam` (``eta``,
         ``eta_l``, ``beta_1``, ``beta_2``, ``tau``, ``fraction_train``, ...).
@@ -44,18 +51,26 @@ class FedGMAAdam(FedAdam, FedGMA):
         mask_tau: float | None = None,
         agreement_weighted: bool = False,
         bounds: ReplyBounds | None = None,
+        mask_control: str = "none",
+        mask_seed: int = 0,
+        mask_metrics: MaskObserver | None = None,
         **kwargs: Any,
     ) -> None:
         # Checked before FedAdam's constructor chain, which reaches FedGMA.__init__
         # with its defaults (set again below).
         reply_bounds = ReplyBounds.coerce(bounds)
         threshold = resolve_tau("gma", mask_tau)
+        control, seed = resolve_mask_control(mask_control, mask_seed)
+        check_mask_metrics(mask_metrics)
         super().__init__(**kwargs)
         self.variant = "gma"
         self.mask_tau = threshold
         self.server_lr = 1.0
         self.agreement_weighted = bool(agreement_weighted)
         self.bounds = reply_bounds
+        self.mask_control = control
+        self.mask_seed = seed
+        self.mask_metrics = mask_metrics
 
     def aggregate_checked(
         self, server_round: int, replies: Sequence[CheckedReply]
