@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, cast
 
-from fedgma.strategy.masking import VARIANTS
+from fedgma.strategy.masking import MASK_CONTROLS, VARIANTS
 
 from .strategies import STRATEGIES
 from .task import TASKS
@@ -124,6 +124,9 @@ class StrategySettings:
     tau: float | None = setting("tau", "auto", "agreement threshold in [0, 1]; auto = 0.8 for ws, 0.4 for gma")
     server_lr: float = setting("float", 1.0, "FedGMA eta_s; FedAvgM server learning rate", low=0.0)
     agreement_weighted: bool = setting("flag", False, "weight sign agreement by num-examples")
+    mask_control: str = setting("choice", "none", "FedGMA research controls: none | random (the mask's kept count "
+                                "per array at random places, seeded by seed) | uniform (every coordinate the "
+                                "round's mean mask)", choices=MASK_CONTROLS)
     server_momentum: float = setting("float", 0.9, "fedavgm", low=0.0, high=1.0)
     proximal_mu: float = setting("float", 0.01, "fedprox", low=0.0)
     adam_eta: float = setting("float", 0.01, "fedadam server learning rate", low=0.0, low_open=True)

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, cast
 
-from fedgma.strategy.masking import Variant, resolve_tau
+from fedgma.strategy.masking import MaskObserver, Variant, resolve_tau
 
 # The strategies are imported when one is built: the ClientApp reads the registry's names
 # (the `strategy` setting's choices) and never builds one.
@@ -45,28 +45,33 @@ def _adam(config: RunConfig) -> dict[str, Any]:
             "beta_2": s.adam_beta_2, "tau": s.adam_tau}
 
 
-def _fedgma(config: RunConfig) -> FedAvg:
+def _mask(config: RunConfig, observer: MaskObserver | None) -> dict[str, Any]:
+    # The random control's masks are seeded by the run's seed.
+    s = config.strategy
+    return {"mask_tau": s.tau, "agreement_weighted": s.agreement_weighted, "bounds": config.federation.reply_bounds,
+            "mask_control": s.mask_control, "mask_seed": config.task.seed, "mask_metrics": observer}
+
+
+def _fedgma(config: RunConfig, observer: MaskObserver | None) -> FedAvg:
     from fedgma.strategy import FedGMA
 
     s = config.strategy
-    return FedGMA(variant=cast(Variant, s.variant), mask_tau=s.tau, server_lr=s.server_lr,
-                  agreement_weighted=s.agreement_weighted, bounds=config.federation.reply_bounds, **_common(config))
+    return FedGMA(variant=cast(Variant, s.variant), server_lr=s.server_lr, **_mask(config, observer),
+                  **_common(config))
 
 
-def _fedgma_adam(config: RunConfig) -> FedAvg:
+def _fedgma_adam(config: RunConfig, observer: MaskObserver | None) -> FedAvg:
     # The gma mask replaces FedAdam's average; `tau` is the mask's, `adam-tau` Adam's.
     from fedgma.strategy import FedGMAAdam
 
-    s = config.strategy
-    return FedGMAAdam(mask_tau=s.tau, agreement_weighted=s.agreement_weighted,
-                      bounds=config.federation.reply_bounds, **_adam(config), **_common(config))
+    return FedGMAAdam(**_mask(config, observer), **_adam(config), **_common(config))
 
 
 @dataclass(frozen=True)
 class StrategyEntry:
     """How to build a strategy from the run settings, and how to name it in outputs."""
 
-    build: Callable[[RunConfig], FedAvg]
+    build: Callable[[RunConfig, MaskObserver | None], FedAvg]
     label: Callable[[StrategySettings], str]
 
 
@@ -74,10 +79,12 @@ def _plain(name: str) -> Callable[[StrategySettings], str]:
     return lambda _: name
 
 
-def _flower(name: str, options: Callable[[RunConfig], dict[str, Any]] = lambda _: {}) -> Callable[[RunConfig], FedAvg]:
-    """A builder of Flower's own strategy class ``name``, configured, not rewritten."""
+def _flower(name: str, options: Callable[[RunConfig], dict[str, Any]] = lambda _: {}
+            ) -> Callable[[RunConfig, MaskObserver | None], FedAvg]:
+    """A builder of Flower's own strategy class ``name``, configured, not rewritten (it has no mask
+    to observe)."""
 
-    def build(config: RunConfig) -> FedAvg:
+    def build(config: RunConfig, observer: MaskObserver | None) -> FedAvg:
         from flwr.serverapp import strategy
 
         built: FedAvg = getattr(strategy, name)(**options(config), **_common(config))
@@ -86,9 +93,13 @@ def _flower(name: str, options: Callable[[RunConfig], dict[str, Any]] = lambda _
     return build
 
 
+def _control(settings: StrategySettings) -> str:
+    return "" if settings.mask_control == "none" else f",mask={settings.mask_control}"
+
+
 STRATEGIES: dict[str, StrategyEntry] = {
     "fedgma": StrategyEntry(
-        _fedgma, lambda s: f"fedgma-{s.variant}(tau={mask_tau(s):g},lr={s.server_lr:g})"),
+        _fedgma, lambda s: f"fedgma-{s.variant}(tau={mask_tau(s):g},lr={s.server_lr:g}{_control(s)})"),
     "fedavg": StrategyEntry(_flower("FedAvg"), _plain("fedavg")),
     "fedavgm": StrategyEntry(
         _flower("FedAvgM", lambda c: {"server_learning_rate": c.strategy.server_lr,
@@ -97,17 +108,18 @@ STRATEGIES: dict[str, StrategyEntry] = {
     "fedprox": StrategyEntry(_flower("FedProx", lambda c: {"proximal_mu": c.strategy.proximal_mu}),
                              _plain("fedprox")),
     "fedadam": StrategyEntry(_flower("FedAdam", _adam), _plain("fedadam")),
-    "fedgma-adam": StrategyEntry(_fedgma_adam, lambda s: f"fedgma-gma+fedadam(tau={mask_tau(s):g})"),
+    "fedgma-adam": StrategyEntry(_fedgma_adam, lambda s: f"fedgma-gma+fedadam(tau={mask_tau(s):g}{_control(s)})"),
 }
 
 
-def build_strategy(config: RunConfig) -> FedAvg:
+def build_strategy(config: RunConfig, mask_metrics: MaskObserver | None = None) -> FedAvg:
     """Return the configured strategy (all of them are FedAvg subclasses).
 
     The round loop checks every reply once, for every strategy; FedGMA takes the same
-    bounds, which it applies only to replies the loop has not checked.
+    bounds, which it applies only to replies the loop has not checked. ``mask_metrics``
+    (FedGMA's only) observes each round's applied mask and adds its metrics to the round's.
     """
-    return STRATEGIES[config.strategy.name].build(config)
+    return STRATEGIES[config.strategy.name].build(config, mask_metrics)
 
 
 def describe(settings: StrategySettings) -> str:

@@ -43,6 +43,21 @@ def test_strategy_settings_reach_the_strategy():
     assert describe(parse_run_config(settings(strategy="fedgma-adam")).strategy) == "fedgma-gma+fedadam(tau=0.4)"
 
 
+@pytest.mark.parametrize("name", ["fedgma", "fedgma-adam"])
+def test_mask_controls_and_the_observer_reach_fedgmas_strategies(name):
+    def observer(masks):
+        return {}
+
+    default = build_strategy(parse_run_config(settings(strategy=name, seed=3)))
+    assert (default.mask_control, default.mask_metrics) == ("none", None)
+    random = build_strategy(parse_run_config(settings(strategy=name, mask_control="random", seed=3)), observer)
+    assert (random.mask_control, random.mask_seed, random.mask_metrics) == ("random", 3, observer)
+    assert "mask=random" in describe(parse_run_config(settings(strategy=name, mask_control="random")).strategy)
+    assert "mask=" not in describe(parse_run_config(settings(strategy=name)).strategy)
+    # Flower's strategies have no mask: the observer is not theirs to call.
+    assert not hasattr(build_strategy(parse_run_config(settings(strategy="fedavg")), observer), "mask_metrics")
+
+
 def test_run_outputs(tmp_path):
     outputs = RunOutputs(tmp_path / "run")
     outputs.write_config(parse_run_config(settings()), {"run-id": 7})
