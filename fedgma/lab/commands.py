@@ -65,6 +65,9 @@ def _grid(args: argparse.Namespace) -> int:
                 print(f"{'done' if finished else '    '}  {spec.name}")
             done = sum(finished for _, finished in status)
             print(f"grid {grid.name}: {done}/{len(status)} runs finished in {runner.results_dir}")
+            left = runner.time_left(status)
+            if left is not None and left.runs:
+                print(f"grid {grid.name}: {left.format()}")
             return 0
         if args.action == "reproduce":
             return _reproduce(args, runner)
