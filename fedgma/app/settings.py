@@ -26,6 +26,8 @@ if TYPE_CHECKING:
 
 DATASETS = ("fashion-mnist", "mnist")
 PARTITIONINGS = ("iid", "non-iid", "dirichlet")
+SHORTCUTS = ("color", "marker")
+MARKER_CELLS = 81  # the marker shortcut's 3x3 cells of the 27x27 top-left square: at most 81 clients
 
 Kind = Literal["int", "float", "flag", "choice", "text", "path", "name", "tau"]
 
@@ -44,6 +46,7 @@ class Spec:
     low: float | None = None
     high: float | None = None
     low_open: bool = False  # the low bound itself is refused
+    high_open: bool = False  # the high bound itself is refused
     choices: tuple[str, ...] = ()
     key: str | None = None  # the key, where it is not the field's name
     result: bool = True  # changing it changes the rounds' result (a resume must keep it)
@@ -152,10 +155,22 @@ class TaskSettings:
     color_flip_min: float = setting("float", 0.1, "binary task: per-client colour flip probability range",
                                     low=0.0, high=1.0)
     color_flip_max: float = setting("float", 0.2, "binary task: upper end of that range", low=0.0, high=1.0)
-    ood_color_flip: float = setting("float", 0.9, "binary task: flip probability of the OOD test set",
-                                    low=0.0, high=1.0)
+    ood_color_flip: float = setting("float", 0.9, "binary task: flip probability of the OOD test set (colour "
+                                    "or marker)", low=0.0, high=1.0)
     label_noise: float = setting("float", 0.0, "binary task: probability of flipping the training label",
                                  low=0.0, high=1.0)
+    shortcut: str = setting("choice", "color", "binary task: what carries the label shortcut: color (the digit's "
+                            "colour) | marker (a 3x3 blue patch at a position private to each client)",
+                            choices=SHORTCUTS)
+    shortcut_reversed_share: float = setting("float", 0.0, "binary task: share of clients whose shortcut-label "
+                                             "relation is reversed, spread evenly (0.5: every other client)",
+                                             low=0.0, high=1.0, high_open=True)
+    marker_clients: int = setting("int", 0, "marker shortcut: the ID and OOD test sets carry the markers of "
+                                  f"clients 0..K-1 (set it to the federation's size); 0 = all {MARKER_CELLS}",
+                                  low=0, high=MARKER_CELLS)
+    color_class_correlation: float = setting("float", 1.0, "ten-class task: probability that a training or ID "
+                                             "image takes its own class's colours, else another class's",
+                                             low=0.0, high=1.0, low_open=True)
     seed: int = setting("int", 0, "data, initial model and node sampling", low=0)
 
 
@@ -265,8 +280,9 @@ def _number(key: str, raw: Any, spec: Spec, where: str) -> int | float:
     if low is not None and (value <= low if spec.low_open else value < low):
         bound = f"> {low}" if spec.low_open else f">= {low}"
         raise ConfigError(f"{where}: {key!r} must be {bound}, got {value!r}")
-    if high is not None and value > high:
-        raise ConfigError(f"{where}: {key!r} must be <= {high}, got {value!r}")
+    if high is not None and (value >= high if spec.high_open else value > high):
+        bound = f"< {high}" if spec.high_open else f"<= {high}"
+        raise ConfigError(f"{where}: {key!r} must be {bound}, got {value!r}")
     return value
 
 
@@ -342,6 +358,10 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
     if task.color_flip_min > task.color_flip_max:
         raise ConfigError("run config: 'color-flip-min' must be <= 'color-flip-max', got "
                           f"{task.color_flip_min} > {task.color_flip_max}")
+    partitions = config.federation.num_partitions
+    if task.name == "binary" and task.shortcut == "marker" and partitions > MARKER_CELLS:
+        raise ConfigError(f"run config: 'shortcut' = marker gives each client one of {MARKER_CELLS} marker "
+                          f"positions, so at most {MARKER_CELLS} clients; got 'num-partitions' = {partitions}")
     for key in ("max-weight-ratio", "max-norm-ratio"):
         ratio = raw[key]
         if 0 < ratio < 1:
@@ -390,7 +410,7 @@ def _bounds(spec: Spec) -> str:
     if spec.kind in ("path", "name"):
         return "relative path" if spec.kind == "path" else "plain name"
     low = "" if spec.low is None else (f"> {spec.low:g}" if spec.low_open else f">= {spec.low:g}")
-    high = "" if spec.high is None else f"<= {spec.high:g}"
+    high = "" if spec.high is None else (f"< {spec.high:g}" if spec.high_open else f"<= {spec.high:g}")
     return ", ".join(p for p in (low, high) if p) or "any"
 
 

@@ -47,7 +47,7 @@ def test_every_declared_bound_is_enforced_and_names_its_key(key):
         if spec.low is not None:
             bad.append(spec.low if spec.low_open else spec.low - 1)
         if spec.high is not None:
-            bad.append(spec.high + 1)
+            bad.append(spec.high if spec.high_open else spec.high + 1)
     elif spec.kind == "choice":
         bad += ["no-such-" + key]
     elif spec.kind == "flag":

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 if TYPE_CHECKING:
+    import numpy as np
     import torch
     from torch import nn
     from torch.utils.data import DataLoader
@@ -45,7 +46,8 @@ class Task(Protocol):
 
     def test_sets(self, source: DataSource) -> Mapping[str, TaskData]:
         """The central test sets by name; the server reports ``<name>-accuracy`` and ``<name>-loss``
-        (the run folder's metric columns name ``id`` and ``ood``)."""
+        (the run folder's metric columns name ``id``, ``ood`` and ``plain``: a task's set of
+        another name needs its columns added to ``fedgma.app.run_folder.METRIC_COLUMNS``)."""
         ...
 
     def model(self, seed: int | None = None) -> nn.Module:
@@ -58,6 +60,12 @@ class Task(Protocol):
 
     def evaluate(self, model: nn.Module, data: TaskData) -> tuple[float, float]:
         """``(mean loss, accuracy)`` of ``model`` on ``data``."""
+        ...
+
+    def mask_metrics(self, masks: Mapping[str, np.ndarray]) -> dict[str, float]:
+        """Round metrics read off a strategy's mask, given by the model's array names (e.g. the
+        colored task's ``mask-kept-red``/``-green``/``-blue``); ``{}`` when there is nothing to
+        report. Each key must be one of the run folder's metric columns."""
         ...
 
 

@@ -3,7 +3,8 @@
 Flower 1.39 starts a fresh ClientApp process for every message in deployment, so
 a client's colored partition is built once and then read back from an ``.npz``
 file under ``<data-dir>/cache/`` (a few MB, milliseconds to load). The cache key
-is a hash of every setting the data depends on.
+is a hash of every setting the data depends on; a setting added later enters it only
+where it differs from its default, so the caches of earlier settings stay valid.
 """
 
 from __future__ import annotations
@@ -23,10 +24,20 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 from fedgma.loop.atomic import atomic_write
 
 from ...config import DataSource
-from ...settings import TaskSettings
+from ...settings import MARKER_CELLS, ConfigError, TaskSettings
 from ..partition import partition_indices
 from .base_data import load_base_images
-from .coloring import client_flip_probability, color_binary, color_ten_class
+from .coloring import (
+    client_flip_probability,
+    color_binary,
+    color_marker,
+    color_plain,
+    color_ten_class,
+    marker_positions,
+    reversed_client,
+)
+
+TEST_SETS = {"binary": ("id", "ood", "plain"), "ten-class": ("id", "ood")}
 
 CACHE_VERSION = 2
 
@@ -36,7 +47,9 @@ class ColoredSet:
     """Colored images (uint8 ``[N, 3, 28, 28]``) with their labels.
 
     ``digits`` are the base data set's classes, ``colors`` the color ids of
-    ``fedgma.app.task.coloring``, ``rows`` the images' indices in the base set.
+    ``fedgma.app.task.colored.coloring`` (binary: 1 where green, -1 in the colour-neutral
+    ``plain`` set; marker shortcut: ``[:, 0]`` green, ``[:, 1]`` whose marker or -1),
+    ``rows`` the images' indices in the base set.
     """
 
     images: np.ndarray
@@ -74,6 +87,13 @@ def _key(config: TaskSettings, **extra: Any) -> str:
     }
     if config.name == "binary":
         settings["label_noise"] = config.label_noise
+        if config.shortcut != "color":
+            settings["shortcut"] = config.shortcut
+            settings["marker_clients"] = config.marker_clients
+        if config.shortcut_reversed_share != 0:
+            settings["shortcut_reversed_share"] = config.shortcut_reversed_share
+    elif config.color_class_correlation != 1:
+        settings["color_class_correlation"] = config.color_class_correlation
     blob = json.dumps(settings, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -95,14 +115,29 @@ def _subset(n: int, wanted: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=wanted, replace=False))
 
 
-def _color(config: TaskSettings, images: np.ndarray, digits: np.ndarray, rows: np.ndarray, flip: float, ood: bool,
-           rng: np.random.Generator) -> ColoredSet:
+def _color(config: TaskSettings, images: np.ndarray, digits: np.ndarray, rows: np.ndarray, flip: float,
+           rng: np.random.Generator, which: str = "train", client: int = 0) -> ColoredSet:
+    """Color ``rows``: one client's partition (``which = "train"``) or a test set (id, ood, plain)."""
     images, digits = images[rows], digits[rows]
-    if config.name == "binary":
-        noise = 0.0 if ood else config.label_noise
-        colored, labels, colors = color_binary(images, digits, flip, rng, noise)
+    if config.name != "binary":
+        colored, labels, colors = color_ten_class(images, digits, which == "ood", rng,
+                                                  1.0 if which == "ood" else config.color_class_correlation)
+        return ColoredSet(colored, labels, digits, colors, rows)
+    noise = 0.0 if which in ("ood", "plain") else config.label_noise
+    share = config.shortcut_reversed_share
+    # The probability that an image's relation is reversed: its client's, or a random
+    # client's in the ID set; the OOD set reverses the non-reversed clients' relation by its flip.
+    reverse = {"train": float(reversed_client(client, share)), "id": share}.get(which, 0.0)
+    if config.shortcut == "color":
+        if which == "plain":
+            colored, labels, colors = color_plain(images, digits)
+        else:
+            colored, labels, colors = color_binary(images, digits, flip, rng, noise, reverse)
     else:
-        colored, labels, colors = color_ten_class(images, digits, ood, rng)
+        clients = (None if which == "plain" else np.array([client]) if which == "train"
+                   else np.arange(config.marker_clients or MARKER_CELLS))
+        colored, labels, colors = color_marker(images, digits, flip, rng, clients, marker_positions(config.seed),
+                                               share, noise)
     return ColoredSet(colored, labels, digits, colors, rows)
 
 
@@ -127,6 +162,9 @@ def load_client_partition(
     config: TaskSettings, partition_id: int, num_partitions: int, source: DataSource
 ) -> ColoredSet:
     """Return the colored training data of one client (built once, then cached under ``source``)."""
+    if config.name == "binary" and config.shortcut == "marker" and num_partitions > MARKER_CELLS:
+        raise ConfigError(f"shortcut = marker gives each client one of {MARKER_CELLS} marker positions, so at "
+                          f"most {MARKER_CELLS} clients; this federation has {num_partitions}")
     key = _key(
         config,
         split="train",
@@ -148,7 +186,7 @@ def load_client_partition(
             partition_id, num_partitions, config.color_flip_min, config.color_flip_max
         )
         rng = np.random.default_rng([config.seed, partition_id, num_partitions])
-        return _color(config, images, digits, mine, flip, ood=False, rng=rng)
+        return _color(config, images, digits, mine, flip, rng, "train", partition_id)
 
     return _cached(path, build)
 
@@ -173,16 +211,22 @@ def partition_sizes(config: TaskSettings, source: DataSource) -> Callable[[int, 
     return size
 
 
-def load_test_set(config: TaskSettings, source: DataSource, ood: bool) -> ColoredSet:
-    """Return the central in-distribution (``ood=False``) or OOD test set."""
-    flip = config.ood_color_flip if ood else (config.color_flip_min + config.color_flip_max) / 2
-    key = _key(config, split="test", test_images=config.test_images, ood=ood, flip=flip)
-    path = source.path / "cache" / key / ("test-ood.npz" if ood else "test-id.npz")
+def load_test_set(config: TaskSettings, source: DataSource, ood: bool = False, name: str | None = None) -> ColoredSet:
+    """Return a central test set by ``name`` (:data:`TEST_SETS` of the task): ``id``, ``ood``
+    or the binary task's ``plain`` (no shortcut); without a name, ``ood`` picks id or ood."""
+    name = name or ("ood" if ood else "id")
+    if name not in TEST_SETS[config.name]:
+        raise ValueError(f"the {config.name} task has no test set {name!r}")
+    flip = config.ood_color_flip if name == "ood" else (config.color_flip_min + config.color_flip_max) / 2
+    # id and ood keep the key they always had; plain is keyed apart.
+    extra: dict[str, Any] = {"ood": name == "ood", "flip": flip} if name != "plain" else {"set": name}
+    key = _key(config, split="test", test_images=config.test_images, **extra)
+    path = source.path / "cache" / key / f"test-{name}.npz"
 
     def build() -> ColoredSet:
         images, digits = load_base_images(config.dataset, source.path, False, source.download)
         rows = _subset(len(digits), config.test_images, config.seed)
-        rng = np.random.default_rng([config.seed, int(ood), 7919])
-        return _color(config, images, digits, rows, flip, ood=ood, rng=rng)
+        rng = np.random.default_rng([config.seed, TEST_SETS["binary"].index(name), 7919])
+        return _color(config, images, digits, rows, flip, rng, name)
 
     return _cached(path, build)
