@@ -96,11 +96,11 @@ def open_run(config: RunConfig, run_id: int, root: Path) -> tuple[Path, Checkpoi
 def main(grid: Grid, context: Context) -> None:
     """Run the federated training described by the run config."""
     config = parse_run_config(dict(context.run_config))  # a bad value stops here
-    strategy = build_strategy(config)
+    task = make_task(config.task)
+    strategy = build_strategy(config, mask_metrics=task.mask_metrics)
     run_dir, checkpoint = open_run(config, context.run_id, output_root())
     # Missing data stops the run here too, before anything is written.
     source = data_source()  # the server's own: its environment, never the run config
-    task = make_task(config.task)
     test_sets = task.test_sets(source)
     bindings = partition_bindings()  # the operator's, from the server's environment
     model = task.model(seed=config.task.seed)

@@ -33,7 +33,11 @@ PARTICIPATION: dict[str, dict[str, object]] = {
     "partial": {"clients": 50, "train-images": 25000, "fraction-train": 0.2, "min-nodes": 10},
 }
 WHEN_SETTINGS: dict[str, dict[str, object]] = {
-    f"{relation}-{participation}": {"task": "binary", "partitioning": "iid", **shortcut, **sampling}
+    f"{relation}-{participation}": {
+        "task": "binary", "partitioning": "iid", **shortcut, **sampling,
+        # The server's marker test sets carry the markers of this federation's clients.
+        **({"marker-clients": sampling["clients"]} if shortcut["shortcut"] == "marker" else {}),
+    }
     for participation, sampling in PARTICIPATION.items() for relation, shortcut in RELATIONS.items()
 }
 # 10-class with colour-class correlation below 1: shape is needed to fit the training data.

@@ -1,0 +1,123 @@
+"""The "when does the mask help?" grid: its runs, their order, their controls, and its time plan."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from fedgma.app.outputs import RunOutputs
+from fedgma.app.server_app import run_directory
+from fedgma.lab.experiments.grids import (
+    ARMS,
+    BASELINE,
+    NO_MASK_CONTROLS,
+    PARTICIPATION,
+    RANDOM_CONTROLS,
+    STEP_CONTROLS,
+    WHEN_LABELS,
+    grid_by_name,
+)
+from fedgma.lab.experiments.runner import START_UP_SECONDS, GridRunner
+
+RESULTS = Path(__file__).parents[2] / "results"
+
+
+def test_the_most_informative_runs_come_first():
+    runs = grid_by_name("when").runs
+    settings = [spec.setting for spec in runs]
+    first = {"opposite-partial", "majority-partial", "private-partial"}
+    then = {"opposite-full", "majority-full", "private-full"}
+    assert set(settings[:150]) == first and set(settings[150:300]) == then
+    order = [s for i, s in enumerate(settings) if s not in settings[:i]]
+    assert order[6:] == ["same-partial", "same-full", "binary-non-iid", "ten-class-rho0.8", "ten-class-rho0.9"]
+    # Seed-major within a phase: an interrupted phase has all arms of its first seeds.
+    assert [spec.seed for spec in runs[:30]] == [0] * 30
+    assert len({spec.name for spec in runs}) == len(runs)
+
+
+def test_every_fedgma_arm_runs_beside_its_controls():
+    arms = {(spec.setting, spec.seed, spec.label) for spec in grid_by_name("when").runs}
+    for setting, seed, label in arms:
+        if label not in RANDOM_CONTROLS:
+            continue
+        assert (setting, seed, BASELINE) in arms and (setting, seed, NO_MASK_CONTROLS[label]) in arms
+        if setting.startswith(("opposite", "majority", "private")):  # the settings the mask was designed for
+            assert (setting, seed, RANDOM_CONTROLS[label]) in arms
+            assert label not in STEP_CONTROLS or (setting, seed, STEP_CONTROLS[label]) in arms
+
+
+def test_partial_participation_samples_ten_of_fifty_clients_of_the_same_size():
+    for spec in grid_by_name("when").runs:
+        config = spec.run_config
+        if spec.setting.endswith("-partial"):
+            assert spec.clients == 50 and config["fraction-train"] == 0.2 and config["min-nodes"] == 10
+        else:
+            assert spec.clients == 10 and config["fraction-train"] == 1.0
+        # 500 training images per client either way, so a round trains on 5,000 images.
+        assert config["train-images"] == 500 * spec.clients
+    assert PARTICIPATION["partial"]["clients"] == 50
+
+
+def test_controls_are_the_arms_they_control_with_only_the_mask_changed():
+    for label, control in {**RANDOM_CONTROLS, **STEP_CONTROLS}.items():
+        arm, other = dict(ARMS[label][1]), dict(ARMS[control][1])
+        assert other.pop("mask-control") in {"random", "uniform"}
+        assert arm == other
+
+
+def test_the_full_grids_binary_non_iid_runs_can_stand_as_references(tmp_path):
+    """The when grid's binary non-IID references are the full grid's runs, unchanged, so their
+    committed folders count as finished there (they are copied, not run again)."""
+    full = {spec.name: spec for spec in grid_by_name("full").runs}
+    shared = [spec for spec in grid_by_name("when").runs if spec.name in full]
+    assert {spec.label for spec in shared} == {BASELINE, "FedGMA ws, eta_s=1", "FedAvg, server step 2 (no mask)",
+                                               "FedGMA gma, tau=0.4"}
+    assert len(shared) == 12
+    runner = GridRunner(grid_by_name("when"), tmp_path)
+    for spec in shared:
+        assert spec.run_config == full[spec.name].run_config
+        shutil.copytree(RESULTS / "full" / "runs" / spec.name, runner.runs_dir / spec.name)
+        assert runner.is_finished(spec)
+
+
+def _finish(runner: GridRunner, spec, wall_seconds: float) -> None:
+    config = runner.validated(spec)
+    outputs = RunOutputs(run_directory(config, 1, runner.runs_dir))
+    outputs.write_config(config, {"run-id": 1})
+    for number in range(spec.rounds + 1):
+        outputs.add_row({"round": number, "wall-seconds": wall_seconds * number / spec.rounds,
+                         "id-accuracy": 0.9, "ood-accuracy": 0.5})
+    outputs.write_summary(spec.label)
+
+
+def test_time_left_is_planned_from_the_measured_time_per_round(tmp_path):
+    runner = GridRunner(grid_by_name("when"), tmp_path)
+    runs = runner.grid.runs
+    assert runner.time_left(runner.status()) is None
+    partial = [spec for spec in runs if spec.clients == 50 and spec.run_config["task"] == "binary"]
+    full = [spec for spec in runs if spec.clients == 10 and spec.run_config["task"] == "binary"]
+    _finish(runner, partial[0], 150.0)  # 3 s per round
+    _finish(runner, partial[1], 100.0)  # 2 s per round
+    _finish(runner, full[0], 50.0)  # 1 s per round
+    status = runner.status()
+    left = runner.time_left(status)
+    assert left is not None and left.runs == len(runs) - 3
+    todo = [spec for spec, finished in status if not finished]
+    overall = (3.0 + 2.0 + 1.0) / 3  # ten-class runs: none measured, the mean over all
+    expected = sum(spec.rounds * (2.5 if spec.clients == 50 and spec.run_config["task"] == "binary" else
+                                  1.0 if spec.run_config["task"] == "binary" else overall) + START_UP_SECONDS
+                   for spec in todo)
+    assert left.seconds == pytest.approx(expected)
+    assert "binary, 50 clients 2.50 s" in left.format()
+
+
+def test_every_when_arm_is_a_valid_run(tmp_path):
+    runner = GridRunner(grid_by_name("when"), tmp_path)
+    labels = {spec.label for spec in runner.grid.runs}
+    assert set(WHEN_LABELS) <= labels
+    for spec in runner.grid.runs:
+        config = runner.validated(spec)
+        if "random mask" in spec.label:
+            assert config.strategy.mask_control == "random"
+        if "uniform step" in spec.label:
+            assert config.strategy.mask_control == "uniform" and config.strategy.variant == "gma"
