@@ -116,14 +116,17 @@ def test_combined_csv_and_report_numbers(tmp_path):
     assert len(rows) == 15 and {r["run"] for r in rows} == {s.name for s in runner.grid.runs}
     assert {r["client-lr"] for r in rows if r["run"] == fedgma_paper.name} == {"0.001"}
     runs = {r.name: r for r in report.load_runs(tmp_path)}
-    assert runs[fedgma.name].peak_ood == 0.7 and runs[fedgma.name].final_ood == 0.65
+    # Two trained rounds: the primary metric is their mean; ID accuracy ties, so its best round is round 1.
+    assert runs[fedgma.name].primary("ood") == pytest.approx(0.675) and runs[fedgma.name].peak("ood") == 0.7
+    assert runs[fedgma.name].final("ood") == 0.65 and runs[fedgma.name].best_id_round == 1
     assert runs[fedgma.name].seconds_per_round == 3.0  # rounds 2+ only: round-seconds 3
     text = report.build_markdown(tmp_path, tmp_path / "fig", tmp_path)
     line = next(ln for ln in text.splitlines() if ln.startswith("| FedGMA ws, eta_s=1 |"))
-    assert "| 0.7000 | 0.6500 | 0.9000 | +10.0 | +10.0 | 3.00 |" in line
-    # Against its no-mask control: peak 0.70 - 0.75, final 0.65 - 0.60; one seed gives no interval.
+    assert line == "| FedGMA ws, eta_s=1 | 1 | 0.6750 | 0.7000 | 0.6500 | 0.9000 | +10.0 | 3.00 | 1 |"
+    # Against its no-mask control: primary 0.675 - 0.675, at best-ID round 0.70 - 0.75, final 0.65 - 0.60;
+    # one seed gives no interval and no label.
     line = next(ln for ln in text.splitlines() if "| FedAvg, server step 2 (no mask) |" in ln and "FedGMA" in ln)
-    assert "| -5.0 (n=1) | +5.0 (n=1) | peak: too few seeds, final: too few seeds |" in line
+    assert line.endswith("| +0.0 (n=1) | - | too few seeds | -5.0 (n=1) | +5.0 (n=1) |")
     # The paper's client step has its own table and comparison.
     assert "**binary, non-IID, the paper's client step 0.001, 2 rounds**" in text
     line = next(ln for ln in text.splitlines() if ln.startswith("| binary, non-IID | FedGMA ws, eta_s=1 | FedAvg |")
@@ -174,7 +177,7 @@ def test_margin_is_the_mean_of_paired_seed_differences():
     ours = [run(0, 0.65), run(1, 0.71), run(2, 0.56)]
     diffs = [5.0, 1.0, 6.0]
     expected = f"{statistics.fmean(diffs):+.1f} ± {statistics.stdev(diffs):.1f}"
-    assert report.margin(ours, base, "final_ood") == expected == "+4.0 ± 2.6"
+    assert report.margin(ours, base, lambda r: r.final("ood")) == expected == "+4.0 ± 2.6"
 
 
 def test_a_finished_run_with_other_settings_is_refused(tmp_path):
@@ -256,10 +259,22 @@ def test_a_tool_without_its_extra_says_which_install_it_needs(tmp_path):
     assert "needs matplotlib" in result.stderr and "fedgma[lab]" in result.stderr
 
 
-def test_peak_round_is_the_first_trained_round_at_the_peak():
-    rounds = [{"round": r, "ood-accuracy": acc} for r, acc in enumerate([0.9, 0.3, 0.6, 0.6, 0.5])]
+def test_primary_peak_at_best_id_and_final_from_a_metrics_table():
+    # Round 0 is the untrained model; rounds 1-12 trained. OOD peaks at round 1 (not chosen); ID is best
+    # at rounds 3 and 7 (the first is chosen); the last 10 rounds (3-12) alternate 0.7 / 0.3 on OOD.
+    ood = [0.50, 0.90, 0.60] + [0.7, 0.3] * 5
+    id_ = [0.50, 0.55, 0.80, 0.95, 0.90, 0.90, 0.90, 0.95, 0.90, 0.90, 0.90, 0.90, 0.90]
+    rounds = [{"round": r, "ood-accuracy": o, "id-accuracy": i, "plain-accuracy": None if r == 12 else 0.6 + r / 100}
+              for r, (o, i) in enumerate(zip(ood, id_, strict=True))]
     run = report.Run("r", "binary-iid", "x", 0, ("main",), 3, None, 0.01, rounds)
-    assert run.peak_ood == 0.6 and run.peak_round == 2  # round 0, the initial model, is not a peak
+    assert run.primary("ood") == pytest.approx(0.5)  # (5 x 0.7 + 5 x 0.3) / 10
+    assert run.best_id_round == 3 and run.peak("ood") == 0.7
+    assert run.final("ood") == 0.3 and run.untrained("ood") == 0.5
+    assert run.swing("ood") == pytest.approx(37.0)  # rounds 2-12: |0.7 - 0.6| once, then 0.4 nine times
+    # A blank cell is left out: plain accuracy over rounds 3-11 only, and its final is round 11's.
+    assert run.primary("plain") == pytest.approx(statistics.fmean(0.6 + r / 100 for r in range(3, 12)))
+    assert run.final("plain") == pytest.approx(0.71)
+    assert run.primary("absent") is None and run.peak("absent") is None and run.final("absent") is None
 
 
 def test_every_arm_and_contender_names_a_registered_strategy():
