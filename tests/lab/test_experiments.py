@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedgma.app.outputs import RunOutputs
+from fedgma.app.run_folder import METRIC_COLUMNS
 from fedgma.app.server_app import run_directory
 from fedgma.app.settings import parse_run_config
 from fedgma.deployment.app_folder import app_defaults
@@ -19,6 +20,7 @@ from fedgma.lab.experiments.grids import (
     MAIN_LABELS,
     NO_MASK_CONTROLS,
     PAPER_STEP_LABELS,
+    SETTING_TITLES,
     SETTINGS,
     grid_by_name,
 )
@@ -283,3 +285,96 @@ def test_every_arm_and_contender_names_a_registered_strategy():
 
     names = {settings["strategy"] for _, settings in ARMS.values()} | {s["strategy"] for s in CONTENDERS.values()}
     assert names <= set(STRATEGIES)
+
+
+def _when_grid_with_some_runs(results_dir):
+    """A when-grid results folder as the runner writes it (grid.json, results.csv, each finished run's
+    config.json), three arms of one setting finished for seeds 0-2 (the random mask, gma and every other
+    setting not run), with the columns a newer app writes (plain test set, kept fraction per channel)."""
+    from fedgma.lab.experiments.runner import RUN_COLUMNS
+
+    grid = grid_by_name("when")
+    ws, control = "FedGMA ws, eta_s=1", "FedAvg, server step 2 (no mask)"
+    # Plain accuracy (rounds 1-11): FedAvg 0.60 + 0.01 s; ws 10 + 0.2 s points above it; its control
+    # 0.1 s points above ws. ID 0.9, OOD 0.5, kept fraction 0.25 (and 0.5 / 0.1 / 0.2 per channel) for ws.
+    plain = {"FedAvg": lambda s: 0.60 + 0.01 * s, ws: lambda s: 0.70 + 0.012 * s, control: lambda s: 0.70 + 0.013 * s}
+    chosen = [spec for spec in grid.runs
+              if spec.setting == "opposite-partial" and spec.label in plain and spec.seed <= 2]
+    assert len(chosen) == 9
+    (results_dir / "runs").mkdir(parents=True)
+    manifest = {"grid": grid.name, "description": grid.description, "scale": {}, "overrides": {},
+                "runs": [{"name": s.name, "folder": s.name, "setting": s.setting, "strategy": s.label, "seed": s.seed,
+                          "studies": list(s.studies), "run-config": s.run_config} for s in grid.runs]}
+    (results_dir / "grid.json").write_text(json.dumps(manifest))
+    extra = ["plain-accuracy", "mask-kept-red", "mask-kept-green", "mask-kept-blue"]
+    with (results_dir / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*RUN_COLUMNS, *METRIC_COLUMNS, *extra], lineterminator="\n")
+        writer.writeheader()
+        for spec in chosen:
+            (results_dir / "runs" / spec.name).mkdir()
+            (results_dir / "runs" / spec.name / "config.json").write_text(json.dumps(
+                {"dataset": "fashion-mnist", "color_flip_min": 0.1, "color_flip_max": 0.2}))
+            facts = {"run": spec.name, "setting": spec.setting, "strategy": spec.label, "seed": spec.seed,
+                     "studies": "when", "dataset": "fashion-mnist", "local-epochs": 3, "tau": "", "server-lr": 1.0,
+                     "client-lr": 0.01}
+            for number in range(12):
+                kept = spec.label == ws and number > 0
+                writer.writerow({**facts, "round": number, "round-seconds": 1, "id-accuracy": 0.9, "ood-accuracy": 0.5,
+                                 "plain-accuracy": 0.5 if number == 0 else plain[spec.label](spec.seed),
+                                 "mask-kept-fraction": 0.25 if kept else "", "mask-kept-red": 0.5 if kept else "",
+                                 "mask-kept-green": 0.1 if kept else "", "mask-kept-blue": 0.2 if kept else ""})
+    return ws, control
+
+
+def test_the_when_report_judges_each_fedgma_arm_and_shows_what_has_not_run(tmp_path):
+    from fedgma.lab.experiments.verdicts import PairedDifference
+
+    ws, control = _when_grid_with_some_runs(tmp_path / "when")
+    tables, summary = report.build_when_markdown(tmp_path / "when", tmp_path / "fig", tmp_path)
+    lines = tables.splitlines()
+    assert lines[0] == f"#### Grid `when` on colored fashion-mnist: 9 of {len(grid_by_name('when').runs)} runs finished"
+    titles = [ln for ln in lines if ln.startswith("**") and ("(primary test set:" in ln or "not run (0 of" in ln)]
+    assert [t.split("**")[1] for t in titles] == [SETTING_TITLES[s] for s in report.WHEN_ORDER]
+    assert "**majority sign (70/30), partial participation**: not run (0 of 50 runs)." in lines
+    assert "**opposite signs, partial participation**, 11 rounds (primary test set: plain;" in tables
+    # The arm's row: primary (plain, rounds 2-11) 0.712 mean over seeds 0-2, ID 0.9, secondary OOD 0.5,
+    # the mask's kept fraction and the per-channel fractions (blank for the others: shown as absent).
+    lines = tables.split("**opposite signs, partial participation**", 1)[1].split("\n**", 1)[0].splitlines()
+    row = next(ln for ln in lines if ln.startswith(f"| {ws} | 3 of 5 |"))
+    assert row == (f"| {ws} | 3 of 5 | 0.7120 ± 0.0120 | 0.7120 ± 0.0120 | 0.7120 ± 0.0120 | 0.9000 ± 0.0000 "
+                   "| 0.5000 ± 0.0000 | 0.250 | - | 0.500 / 0.100 / 0.200 |")
+    assert f"| {ws}, random mask | not run (0 of 5) |" in tables
+    # ws - FedAvg: 10.0, 10.2, 10.4 points; ws - its control: 0, -0.1, -0.2; Holm over these two.
+    versus_avg, versus_control = PairedDifference((10.0, 10.2, 10.4)), PairedDifference((0.0, -0.1, -0.2))
+    p_avg = min(1.0, 2 * min(versus_avg.p_value, versus_control.p_value))
+    expected = f"| {ws} | FedAvg | FedAvg | {versus_avg.format()} | {p_avg:.3f} | helps |"
+    assert expected in lines
+    row = next(ln for ln in lines if ln.startswith(f"| {ws} | {control} | no-mask control |"))
+    assert row.startswith(f"| {ws} | {control} | no-mask control | {versus_control.format()} |")
+    assert row.endswith("| equivalent within 1 point |")
+    assert f"| {ws} | {ws}, random mask | random mask | not run | - | - |" in lines
+    assert "| FedGMA gma, tau=0.4 | FedGMA gma, tau=0.4, uniform step | uniform step | not run | - | - |" in lines
+    summary_lines = summary.splitlines()
+    assert "- **opposite signs, partial participation**: the mask does nothing (every comparison equivalent)" \
+        in summary_lines
+    assert "- **private markers, full participation**: not run" in summary_lines
+    assert f"{ws}: keeps 25.0 % of coordinates; vs its no-mask control *equivalent within 1 point*" in tables
+    assert (tmp_path / "fig" / "when.png").stat().st_size > 10_000
+
+
+def test_the_when_reports_blocks_before_and_after_the_grid_has_run(tmp_path, capsys):
+    readme, docs = tmp_path / "README.md", tmp_path / "docs" / "experiments.md"
+    docs.parent.mkdir()
+    readme.write_text(f"intro\n{report.SUMMARY_BEGIN}\nold\n{report.SUMMARY_END}\nrest\n")
+    docs.write_text(f"a\n{report.WHEN_BEGIN}\nold\n{report.WHEN_END}\nb\n")
+    not_run = tmp_path / "when"  # no folder yet
+    assert report.write_report(not_run, tmp_path / "figures", readme=[readme, docs]) is None
+    assert not not_run.exists()
+    assert "has not run" in readme.read_text() and "has not run yet" in docs.read_text()
+    _when_grid_with_some_runs(not_run)
+    written = report.write_report(not_run, tmp_path / "figures", readme=[readme, docs])
+    assert written == not_run / "report.md" and "**When does the mask help?**" in written.read_text()
+    assert "- **opposite signs, partial participation**: the mask does nothing" in readme.read_text()
+    assert "](../figures/when.png)" in docs.read_text() and "\nold\n" not in docs.read_text()
+    with pytest.raises(ValueError, match="no <!-- when-results:begin -->"):
+        report.write_report(not_run, tmp_path / "figures", readme=tmp_path / "when" / "report.md")

@@ -451,12 +451,12 @@ def _planned(manifest: dict[str, Any]) -> dict[str, dict[str, int]]:
 def _references(label: str, labels: Sequence[str]) -> list[tuple[str, str]]:
     """A FedGMA arm's references in a setting that plans them: (role, arm)."""
     control = NO_MASK_CONTROLS[label]
-    references = [("FedAvg, its no-mask control" if control == BASELINE else "FedAvg", BASELINE)]
+    references = [("FedAvg and no-mask control" if control == BASELINE else "FedAvg", BASELINE)]
     if control != BASELINE:
-        references.append(("its no-mask control", control))
-    references.append(("its random mask", RANDOM_CONTROLS[label]))
+        references.append(("no-mask control", control))
+    references.append(("random mask", RANDOM_CONTROLS[label]))
     if label in STEP_CONTROLS:
-        references.append(("its uniform step", STEP_CONTROLS[label]))
+        references.append(("uniform step", STEP_CONTROLS[label]))
     return [(role, reference) for role, reference in references if reference in labels]
 
 
@@ -506,30 +506,32 @@ def when_setting(runs: list[Run], setting: str, planned: dict[str, int]) -> tupl
                          if arms[label] and arms[reference] else None))
     cells = [cell for *_, cell in rows if cell is not None]
     judged = iter(judge(cells))
-    table = [f"| FedGMA arm | against | last-{LAST_ROUNDS} {name} diff (pts) | Holm p | label |",
-             "|---|---|---|---|---|"]
+    table = [f"| FedGMA arm | against | as its | last-{LAST_ROUNDS} {name} diff (pts) | Holm p | label |",
+             "|---|---|---|---|---|---|"]
     mask_labels: dict[str, list[tuple[str, str]]] = defaultdict(list)
     decisive = []
     for label, role, reference, cell in rows:
         if cell is None:
-            table.append(f"| {label} | {reference} ({role}) | not run | - | - |")
+            table.append(f"| {label} | {reference} | {role} | not run | - | - |")
             continue
         p, verdict = next(judged)
-        table.append(f"| {label} | {reference} ({role}) | {cell.difference.format()} | {_p(p)} | {verdict} |")
-        if reference != BASELINE or "no-mask" in role:
-            mask_labels[label].append((role.removeprefix("its ").removeprefix("FedAvg, its "), verdict))
+        table.append(f"| {label} | {reference} | {role} | {cell.difference.format()} | {_p(p)} | {verdict} |")
+        if role != "FedAvg":  # the mask's comparisons: with its controls
+            role = role.removeprefix("FedAvg and ")
+            mask_labels[label].append((role, verdict))
             if verdict in (HELPS, HURTS):
-                decisive.append(f"{label} vs {role.removeprefix('its ')}: {cell.difference.format()} *{verdict}*")
+                decisive.append(f"{label} vs its {role}: {cell.difference.format()} *{verdict}*")
     reasons = []
     for label, items in mask_labels.items():
         kept, random_kept = _last(arms[label], "mask-kept-fraction"), _last(arms[RANDOM_CONTROLS[label]],
                                                                             "mask-kept-fraction")
         keeps = "" if kept is None else f" keeps {percent(kept)} of coordinates" + (
             "" if random_kept is None else f" (its random mask {percent(random_kept)})") + ";"
-        reasons.append(f"{label}:{keeps} " + ", ".join(f"vs {role} *{verdict}*" for role, verdict in items))
+        reasons.append(f"{label}:{keeps} " + ", ".join(f"vs its {role} *{verdict}*" for role, verdict in items))
     word = overall([v for items in mask_labels.values() for _, v in items]) if any(arms.values()) else "not run"
-    out = [*lines, "", *table, "", f"{family_caption(len([p for p, _ in judge(cells) if p is not None]))} "
-           f"Family: this setting's table."]
+    tested = sum(p is not None for p, _ in judge(cells))
+    out = [*lines, "", *table, "", f"Holm over this table's {tested} measurable comparisons with two or more seeds "
+           "(one family)."]
     return out, SettingVerdict(word, decisive, reasons)
 
 
@@ -546,7 +548,8 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
     runs = load_runs(results_dir)
     if not runs:
         return when_not_run()
-    dataset = grid_run_folders(results_dir)[runs[0].name].read_config()["dataset"]
+    config = grid_run_folders(results_dir)[runs[0].name].read_config()
+    dataset = config["dataset"]
     planned = _planned(manifest)
     settings = [s for s in WHEN_ORDER if s in planned]
     out = [f"#### Grid `when` on colored {dataset}: {len(runs)} of {len(manifest['runs'])} runs finished", "",
@@ -555,15 +558,19 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
            f"of best ID accuracy and after the last round, the mask's kept fraction and mean over the last "
            f"{LAST_ROUNDS} rounds (and per input colour channel of the first convolution where recorded); then "
            "each FedGMA arm minus FedAvg, its no-mask control, its random mask and (gma) its uniform step, in "
-           "points (paired seeds, mean [95 % interval]).", ""]
+           "points (paired seeds, mean [95 % interval]).", "", family_caption(None), ""]
     verdicts: dict[str, SettingVerdict] = {}
     for setting in settings:
         some = next((r for r in runs if r.setting == setting), None)
-        rounds = f", {len(some.trained)} rounds" if some else ""
-        out += [f"**{SETTING_TITLES[setting]}**{rounds} (primary test set: {PRIMARY_TEST_SET[setting]}; "
-                f"colored {dataset})", ""]
+        if some is None:
+            out += [f"**{SETTING_TITLES[setting]}**: not run (0 of {sum(planned[setting].values())} runs).", ""]
+            verdicts[setting] = SettingVerdict("not run", [], [])
+            continue
+        out += [f"**{SETTING_TITLES[setting]}**, {len(some.trained)} rounds (primary test set: "
+                f"{PRIMARY_TEST_SET[setting]}; colored {dataset})", ""]
         lines, verdicts[setting] = when_setting(runs, setting, planned[setting])
-        out += [*lines, ""]
+        notes = caveats(runs, setting, list(planned[setting]), "when", colour_only_accuracy(setting, config))
+        out += [*lines, "", *(f"- {note}" for note in notes), *([""] if notes else [])]
     present = tuple(s for s in settings if any(r.setting == s for r in runs))
     plot_settings(runs, WHEN_LABELS, figures_dir / "when.png",
                   f"Primary test set accuracy per round, colored {dataset} (mean over seeds, min-max shaded; "

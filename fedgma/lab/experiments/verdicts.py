@@ -143,10 +143,11 @@ def judge(cells: Sequence[Cell]) -> list[tuple[float | None, str]]:
     return [(adjusted.get(i), label(c.difference, adjusted.get(i), c.measurable)) for i, c in enumerate(cells)]
 
 
-def family_caption(tested: int) -> str:
-    """What a table's labels mean, with its family of tests."""
+def family_caption(tested: int | None) -> str:
+    """What a table's labels mean, with its family of tests (``tested`` of them; None: each table's)."""
+    family = "each table's" if tested is None else f"this table's {tested}"
     return (f"Labels: *helps* / *hurts* when the Holm-adjusted paired t-test p-value is below {ALPHA:g} "
-            f"(Holm over this table's {tested} measurable comparisons with two or more seeds, one family) and "
+            f"(Holm over {family} measurable comparisons with two or more seeds, one family) and "
             f"the mean is at least {THRESHOLD_POINTS:g} point; *equivalent within X points* when the 95 % "
             f"interval lies within ±X, X the smallest of {', '.join(f'{x:g}' for x in EQUIVALENCE_LADDER)}; "
             f"*not measurable* when both arms' mean is within {FLOOR_POINTS:g} points of chance or of the "
