@@ -8,6 +8,7 @@ the colour probe, the toy figure, benchmarks and the demo.
     fedgma grid reproduce full --runs A,B   # rerun committed runs elsewhere; compare their metrics
     fedgma probe results/full       # what its 10-class models learned: shape or colour
     fedgma report results/full --readme docs/experiments.md --figures docs/figures
+    fedgma report results/when --readme README.md --readme docs/experiments.md --figures docs/figures
     fedgma toy docs/figures/sewn-optima.png
     fedgma bench --parts imports --before 35abdab
     fedgma demo --rounds 10
@@ -27,7 +28,7 @@ from fedgma.deployment.app_folder import AppFolderNotFound, app_defaults, app_di
 from fedgma.deployment.flower import HostSettings
 
 # What the research tools need beyond the core (flwr, NumPy): the app and lab extras ...
-LAB_MODULES = ("torch", "torchvision", "flwr_datasets", "matplotlib")
+LAB_MODULES = ("torch", "torchvision", "flwr_datasets", "matplotlib", "scipy")
 # ... and, for the commands that run this repository's Flower app, its folder (``--app``, else a clone).
 NEEDS_APP_FOLDER = frozenset({"grid", "bench", "probe", "demo", "settings"})
 COMMANDS = ("grid", "report", "probe", "toy", "bench", "demo", "settings")
@@ -185,7 +186,8 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     report = commands.add_parser("report", help="tables and plots from a grid's results.csv")
     report.add_argument("results_dir", type=Path)
     report.add_argument("--figures", type=Path, help="PNG directory (default: <results_dir>/figures)")
-    report.add_argument("--readme", type=Path, help="replace the results block of this README")
+    report.add_argument("--readme", type=Path, action="append",
+                        help="replace the grid's generated blocks of this markdown file (repeatable)")
     report.add_argument("--markdown", type=Path, help="markdown file (default: <results_dir>/report.md)")
     report.set_defaults(func=_report)
 

@@ -72,7 +72,9 @@ def test_probe_run_reads_a_finished_runs_files_and_writes_its_result(tmp_path, s
         config = parse_run_config({**app_defaults(), "task": task, "test-images": 100})
         (run_dir / "config.json").write_text(json.dumps({**config.flat(), "run-id": 1}))
         torch.save(build_model(10 if task == "ten-class" else 2, seed=0).state_dict(), run_dir / "final_model.pt")
-    assert probe_grid(tmp_path, source, echo=lambda _: None) == 1  # the binary run is left alone
+    said = []
+    assert probe_grid(tmp_path, source, echo=said.append) == 1  # the binary run is left alone
+    assert said[-1] == "probed 1 of 1 10-class runs (the others have no final model here)"
     written = json.loads((tmp_path / "runs" / "ten" / PROBE_FILE).read_text())
     assert written["images"] == 100 and written["dataset"] == "fashion-mnist"
     assert abs(written["follows-shape"] + written["follows-colour"] + written["neither"] - 1) < 1e-9
@@ -92,6 +94,15 @@ def test_the_reports_probe_table_has_one_cell_per_column():
     assert header.count("|") == rule.count("|") == row.count("|") == 9
     assert row == ("| 10-class, IID | FedAvg | 2 | 1.0000 ± 0.0000 | 0.0900 ± 0.0000 | 0.0100 ± 0.0141 "
                    "| 0.9800 ± 0.0283 | 0.0100 ± 0.0141 |")
-    assert report.colour_only_note(runs, probes, "ten-class-iid").startswith("; **colour only**: all 2 probed")
+    assert report.colour_only_note(runs, probes, "ten-class-iid").startswith(
+        "; **colour only**: all 2 probed final models answer by colour on 96.0 % to 100.0 % of the probe's images")
     probes["r1"]["follows-colour"] = 0.85
     assert report.colour_only_note(runs, probes, "ten-class-iid") == ""
+
+
+def test_percentages_are_exact_and_never_round_to_100_or_0():
+    from fedgma.lab.experiments.results import percent
+
+    assert percent(0.997) == "99.7 %" and percent(1.0) == "100.0 %" and percent(0.0) == "0.0 %"
+    assert percent(0.9996) == "99.96 %" and percent(0.99999) == "99.999 %" and percent(0.0004) == "0.04 %"
+    assert percent(0.25) == "25.0 %"

@@ -82,3 +82,16 @@ def test_the_results_block_is_the_reports_output(tmp_path):
     paper_step = any("client-step" in run.studies for run in report.load_runs(RESULTS))
     for name in ("figure2.png", "baselines.png", "ablations.png") + (("client_step.png",) if paper_step else ()):
         assert (ROOT / "docs" / "figures" / name).is_file()
+
+
+def test_the_when_blocks_are_the_reports_output(tmp_path):
+    """README.md's summary and docs/experiments.md's tables of the when grid, as `fedgma report results/when`
+    writes them (before the grid has run, both say so)."""
+    when = ROOT / "results" / "when"
+    for path, begin, end, part in ((ROOT / "README.md", report.SUMMARY_BEGIN, report.SUMMARY_END, 1),
+                                   (RESULTS_DOC, report.WHEN_BEGIN, report.WHEN_END, 0)):
+        text = path.read_text()
+        assert text.count(begin) == 1 and text.count(end) == 1
+        block = text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
+        expected = report.build_when_markdown(when, tmp_path / "docs" / "figures", path.parent)[part].strip("\n")
+        assert block == expected, f"the when block of {path.name} is stale: run `{report.WHEN_COMMAND}`"

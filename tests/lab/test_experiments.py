@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from fedgma.app.outputs import RunOutputs
+from fedgma.app.run_folder import METRIC_COLUMNS
 from fedgma.app.server_app import run_directory
 from fedgma.app.settings import parse_run_config
 from fedgma.deployment.app_folder import app_defaults
@@ -19,6 +20,7 @@ from fedgma.lab.experiments.grids import (
     MAIN_LABELS,
     NO_MASK_CONTROLS,
     PAPER_STEP_LABELS,
+    SETTING_TITLES,
     SETTINGS,
     grid_by_name,
 )
@@ -116,14 +118,17 @@ def test_combined_csv_and_report_numbers(tmp_path):
     assert len(rows) == 15 and {r["run"] for r in rows} == {s.name for s in runner.grid.runs}
     assert {r["client-lr"] for r in rows if r["run"] == fedgma_paper.name} == {"0.001"}
     runs = {r.name: r for r in report.load_runs(tmp_path)}
-    assert runs[fedgma.name].peak_ood == 0.7 and runs[fedgma.name].final_ood == 0.65
+    # Two trained rounds: the primary metric is their mean; ID accuracy ties, so its best round is round 1.
+    assert runs[fedgma.name].primary("ood") == pytest.approx(0.675) and runs[fedgma.name].peak("ood") == 0.7
+    assert runs[fedgma.name].final("ood") == 0.65 and runs[fedgma.name].best_id_round == 1
     assert runs[fedgma.name].seconds_per_round == 3.0  # rounds 2+ only: round-seconds 3
     text = report.build_markdown(tmp_path, tmp_path / "fig", tmp_path)
     line = next(ln for ln in text.splitlines() if ln.startswith("| FedGMA ws, eta_s=1 |"))
-    assert "| 0.7000 | 0.6500 | 0.9000 | +10.0 | +10.0 | 3.00 |" in line
-    # Against its no-mask control: peak 0.70 - 0.75, final 0.65 - 0.60; one seed gives no interval.
+    assert line == "| FedGMA ws, eta_s=1 | 1 | 0.6750 | 0.7000 | 0.6500 | 0.9000 | +10.0 | 3.00 | 1 |"
+    # Against its no-mask control: primary 0.675 - 0.675, at best-ID round 0.70 - 0.75, final 0.65 - 0.60;
+    # one seed gives no interval and no label.
     line = next(ln for ln in text.splitlines() if "| FedAvg, server step 2 (no mask) |" in ln and "FedGMA" in ln)
-    assert "| -5.0 (n=1) | +5.0 (n=1) | peak: too few seeds, final: too few seeds |" in line
+    assert line.endswith("| +0.0 (n=1) | - | too few seeds | -5.0 (n=1) | +5.0 (n=1) |")
     # The paper's client step has its own table and comparison.
     assert "**binary, non-IID, the paper's client step 0.001, 2 rounds**" in text
     line = next(ln for ln in text.splitlines() if ln.startswith("| binary, non-IID | FedGMA ws, eta_s=1 | FedAvg |")
@@ -174,7 +179,7 @@ def test_margin_is_the_mean_of_paired_seed_differences():
     ours = [run(0, 0.65), run(1, 0.71), run(2, 0.56)]
     diffs = [5.0, 1.0, 6.0]
     expected = f"{statistics.fmean(diffs):+.1f} ± {statistics.stdev(diffs):.1f}"
-    assert report.margin(ours, base, "final_ood") == expected == "+4.0 ± 2.6"
+    assert report.margin(ours, base, lambda r: r.final("ood")) == expected == "+4.0 ± 2.6"
 
 
 def test_a_finished_run_with_other_settings_is_refused(tmp_path):
@@ -256,10 +261,22 @@ def test_a_tool_without_its_extra_says_which_install_it_needs(tmp_path):
     assert "needs matplotlib" in result.stderr and "fedgma[lab]" in result.stderr
 
 
-def test_peak_round_is_the_first_trained_round_at_the_peak():
-    rounds = [{"round": r, "ood-accuracy": acc} for r, acc in enumerate([0.9, 0.3, 0.6, 0.6, 0.5])]
+def test_primary_peak_at_best_id_and_final_from_a_metrics_table():
+    # Round 0 is the untrained model; rounds 1-12 trained. OOD peaks at round 1 (not chosen); ID is best
+    # at rounds 3 and 7 (the first is chosen); the last 10 rounds (3-12) alternate 0.7 / 0.3 on OOD.
+    ood = [0.50, 0.90, 0.60] + [0.7, 0.3] * 5
+    id_ = [0.50, 0.55, 0.80, 0.95, 0.90, 0.90, 0.90, 0.95, 0.90, 0.90, 0.90, 0.90, 0.90]
+    rounds = [{"round": r, "ood-accuracy": o, "id-accuracy": i, "plain-accuracy": None if r == 12 else 0.6 + r / 100}
+              for r, (o, i) in enumerate(zip(ood, id_, strict=True))]
     run = report.Run("r", "binary-iid", "x", 0, ("main",), 3, None, 0.01, rounds)
-    assert run.peak_ood == 0.6 and run.peak_round == 2  # round 0, the initial model, is not a peak
+    assert run.primary("ood") == pytest.approx(0.5)  # (5 x 0.7 + 5 x 0.3) / 10
+    assert run.best_id_round == 3 and run.peak("ood") == 0.7
+    assert run.final("ood") == 0.3 and run.untrained("ood") == 0.5
+    assert run.swing("ood") == pytest.approx(37.0)  # rounds 2-12: |0.7 - 0.6| once, then 0.4 nine times
+    # A blank cell is left out: plain accuracy over rounds 3-11 only, and its final is round 11's.
+    assert run.primary("plain") == pytest.approx(statistics.fmean(0.6 + r / 100 for r in range(3, 12)))
+    assert run.final("plain") == pytest.approx(0.71)
+    assert run.primary("absent") is None and run.peak("absent") is None and run.final("absent") is None
 
 
 def test_every_arm_and_contender_names_a_registered_strategy():
@@ -268,3 +285,96 @@ def test_every_arm_and_contender_names_a_registered_strategy():
 
     names = {settings["strategy"] for _, settings in ARMS.values()} | {s["strategy"] for s in CONTENDERS.values()}
     assert names <= set(STRATEGIES)
+
+
+def _when_grid_with_some_runs(results_dir):
+    """A when-grid results folder as the runner writes it (grid.json, results.csv, each finished run's
+    config.json), three arms of one setting finished for seeds 0-2 (the random mask, gma and every other
+    setting not run), with the columns a newer app writes (plain test set, kept fraction per channel)."""
+    from fedgma.lab.experiments.runner import RUN_COLUMNS
+
+    grid = grid_by_name("when")
+    ws, control = "FedGMA ws, eta_s=1", "FedAvg, server step 2 (no mask)"
+    # Plain accuracy (rounds 1-11): FedAvg 0.60 + 0.01 s; ws 10 + 0.2 s points above it; its control
+    # 0.1 s points above ws. ID 0.9, OOD 0.5, kept fraction 0.25 (and 0.5 / 0.1 / 0.2 per channel) for ws.
+    plain = {"FedAvg": lambda s: 0.60 + 0.01 * s, ws: lambda s: 0.70 + 0.012 * s, control: lambda s: 0.70 + 0.013 * s}
+    chosen = [spec for spec in grid.runs
+              if spec.setting == "opposite-partial" and spec.label in plain and spec.seed <= 2]
+    assert len(chosen) == 9
+    (results_dir / "runs").mkdir(parents=True)
+    manifest = {"grid": grid.name, "description": grid.description, "scale": {}, "overrides": {},
+                "runs": [{"name": s.name, "folder": s.name, "setting": s.setting, "strategy": s.label, "seed": s.seed,
+                          "studies": list(s.studies), "run-config": s.run_config} for s in grid.runs]}
+    (results_dir / "grid.json").write_text(json.dumps(manifest))
+    extra = ["plain-accuracy", "mask-kept-red", "mask-kept-green", "mask-kept-blue"]
+    with (results_dir / "results.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=[*RUN_COLUMNS, *METRIC_COLUMNS, *extra], lineterminator="\n")
+        writer.writeheader()
+        for spec in chosen:
+            (results_dir / "runs" / spec.name).mkdir()
+            (results_dir / "runs" / spec.name / "config.json").write_text(json.dumps(
+                {"dataset": "fashion-mnist", "color_flip_min": 0.1, "color_flip_max": 0.2}))
+            facts = {"run": spec.name, "setting": spec.setting, "strategy": spec.label, "seed": spec.seed,
+                     "studies": "when", "dataset": "fashion-mnist", "local-epochs": 3, "tau": "", "server-lr": 1.0,
+                     "client-lr": 0.01}
+            for number in range(12):
+                kept = spec.label == ws and number > 0
+                writer.writerow({**facts, "round": number, "round-seconds": 1, "id-accuracy": 0.9, "ood-accuracy": 0.5,
+                                 "plain-accuracy": 0.5 if number == 0 else plain[spec.label](spec.seed),
+                                 "mask-kept-fraction": 0.25 if kept else "", "mask-kept-red": 0.5 if kept else "",
+                                 "mask-kept-green": 0.1 if kept else "", "mask-kept-blue": 0.2 if kept else ""})
+    return ws, control
+
+
+def test_the_when_report_judges_each_fedgma_arm_and_shows_what_has_not_run(tmp_path):
+    from fedgma.lab.experiments.verdicts import PairedDifference
+
+    ws, control = _when_grid_with_some_runs(tmp_path / "when")
+    tables, summary = report.build_when_markdown(tmp_path / "when", tmp_path / "fig", tmp_path)
+    lines = tables.splitlines()
+    assert lines[0] == f"#### Grid `when` on colored fashion-mnist: 9 of {len(grid_by_name('when').runs)} runs finished"
+    titles = [ln for ln in lines if ln.startswith("**") and ("(primary test set:" in ln or "not run (0 of" in ln)]
+    assert [t.split("**")[1] for t in titles] == [SETTING_TITLES[s] for s in report.WHEN_ORDER]
+    assert "**majority sign (70/30), partial participation**: not run (0 of 50 runs)." in lines
+    assert "**opposite signs, partial participation**, 11 rounds (primary test set: plain;" in tables
+    # The arm's row: primary (plain, rounds 2-11) 0.712 mean over seeds 0-2, ID 0.9, secondary OOD 0.5,
+    # the mask's kept fraction and the per-channel fractions (blank for the others: shown as absent).
+    lines = tables.split("**opposite signs, partial participation**", 1)[1].split("\n**", 1)[0].splitlines()
+    row = next(ln for ln in lines if ln.startswith(f"| {ws} | 3 of 5 |"))
+    assert row == (f"| {ws} | 3 of 5 | 0.7120 ± 0.0120 | 0.7120 ± 0.0120 | 0.7120 ± 0.0120 | 0.9000 ± 0.0000 "
+                   "| 0.5000 ± 0.0000 | 0.250 | - | 0.500 / 0.100 / 0.200 |")
+    assert f"| {ws}, random mask | not run (0 of 5) |" in tables
+    # ws - FedAvg: 10.0, 10.2, 10.4 points; ws - its control: 0, -0.1, -0.2; Holm over these two.
+    versus_avg, versus_control = PairedDifference((10.0, 10.2, 10.4)), PairedDifference((0.0, -0.1, -0.2))
+    p_avg = min(1.0, 2 * min(versus_avg.p_value, versus_control.p_value))
+    expected = f"| {ws} | FedAvg | FedAvg | {versus_avg.format()} | {p_avg:.3f} | helps |"
+    assert expected in lines
+    row = next(ln for ln in lines if ln.startswith(f"| {ws} | {control} | no-mask control |"))
+    assert row.startswith(f"| {ws} | {control} | no-mask control | {versus_control.format()} |")
+    assert row.endswith("| equivalent within 1 point |")
+    assert f"| {ws} | {ws}, random mask | random mask | not run | - | - |" in lines
+    assert "| FedGMA gma, tau=0.4 | FedGMA gma, tau=0.4, uniform step | uniform step | not run | - | - |" in lines
+    summary_lines = summary.splitlines()
+    assert "- **opposite signs, partial participation**: the mask does nothing (every comparison equivalent)" \
+        in summary_lines
+    assert "- **private markers, full participation**: not run" in summary_lines
+    assert f"{ws}: keeps 25.0 % of coordinates; vs its no-mask control *equivalent within 1 point*" in tables
+    assert (tmp_path / "fig" / "when.png").stat().st_size > 10_000
+
+
+def test_the_when_reports_blocks_before_and_after_the_grid_has_run(tmp_path, capsys):
+    readme, docs = tmp_path / "README.md", tmp_path / "docs" / "experiments.md"
+    docs.parent.mkdir()
+    readme.write_text(f"intro\n{report.SUMMARY_BEGIN}\nold\n{report.SUMMARY_END}\nrest\n")
+    docs.write_text(f"a\n{report.WHEN_BEGIN}\nold\n{report.WHEN_END}\nb\n")
+    not_run = tmp_path / "when"  # no folder yet
+    assert report.write_report(not_run, tmp_path / "figures", readme=[readme, docs]) is None
+    assert not not_run.exists()
+    assert "has not run" in readme.read_text() and "has not run yet" in docs.read_text()
+    _when_grid_with_some_runs(not_run)
+    written = report.write_report(not_run, tmp_path / "figures", readme=[readme, docs])
+    assert written == not_run / "report.md" and "**When does the mask help?**" in written.read_text()
+    assert "- **opposite signs, partial participation**: the mask does nothing" in readme.read_text()
+    assert "](../figures/when.png)" in docs.read_text() and "\nold\n" not in docs.read_text()
+    with pytest.raises(ValueError, match="no <!-- when-results:begin -->"):
+        report.write_report(not_run, tmp_path / "figures", readme=tmp_path / "when" / "report.md")

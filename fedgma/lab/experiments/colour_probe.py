@@ -30,7 +30,7 @@ from fedgma.app.task.colored.model import build_model
 from fedgma.deployment.app_folder import app_defaults
 from fedgma.loop.atomic import atomic_write
 
-from .results import PROBE_FILE, grid_run_folders, saved_settings
+from .results import PROBE_FILE, grid_run_folders, percent, saved_settings
 
 NUM_CLASSES = 10
 
@@ -90,14 +90,20 @@ def probe_run(folder: RunFolder, source: DataSource, defaults: dict[str, Any]) -
 
 def probe_grid(results_dir: Path, source: DataSource, echo: Callable[[str], object] = print,
                app: Path | None = None) -> int:
-    """Probe every 10-class run of a grid that still has its final model; returns how many
-    (``app``: the Flower app folder, for its default settings)."""
-    done = 0
+    """Probe every 10-class run of a grid that has its final model; returns how many, and says how
+    many of the grid's 10-class runs (with saved settings) that is (``app``: the Flower app folder,
+    for its default settings)."""
+    done = total = 0
     defaults = app_defaults(app)
     for name, folder in grid_run_folders(results_dir).items():
-        if not folder.model.is_file() or saved_settings(folder, defaults)["task"] != "ten-class":
+        if not folder.config.is_file() or saved_settings(folder, defaults)["task"] != "ten-class":
+            continue
+        total += 1
+        if not folder.model.is_file():
             continue
         result = probe_run(folder, source, defaults)
-        echo(f"{name}: follows shape {result['follows-shape']:.3f}, colour {result['follows-colour']:.3f}")
+        echo(f"{name}: follows shape {percent(float(result['follows-shape']))}, "  # type: ignore[arg-type]
+             f"colour {percent(float(result['follows-colour']))}")  # type: ignore[arg-type]
         done += 1
+    echo(f"probed {done} of {total} 10-class runs (the others have no final model here)")
     return done

@@ -1,4 +1,5 @@
-"""The report's figures (matplotlib): OOD accuracy per round by setting, and the ablations."""
+"""The report's figures (matplotlib): accuracy per round on each setting's primary test set
+(:data:`~.grids.PRIMARY_TEST_SET`), and the ablations."""
 
 from __future__ import annotations
 
@@ -8,18 +9,29 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .grids import ABLATION_SETTING, ABLATION_WS, BASELINE, NO_MASK_CONTROLS, SETTING_TITLES, SETTINGS
-from .runs import Run, select, tau_runs
+from .grids import (
+    ABLATION_SETTING,
+    ABLATION_WS,
+    BASELINE,
+    NO_MASK_CONTROLS,
+    PRIMARY_TEST_SET,
+    SETTING_TITLES,
+    SETTINGS,
+)
+from .runs import LAST_ROUNDS, Run, select, tau_runs
 
 
 def _plot_curves(ax: Any, runs: list[Run], labels: Sequence[str], setting: str, study: str) -> None:
+    test = PRIMARY_TEST_SET[setting]
+    column = f"{test}-accuracy"
     for label in labels:
-        chosen = select(runs, setting, label, study)
+        chosen = [r for r in select(runs, setting, label, study)
+                  if all(row.get(column) is not None for row in r.rounds)]
         if not chosen:
             continue
         length = min(len(r.rounds) for r in chosen)
         rounds = [r["round"] for r in chosen[0].rounds[:length]]
-        curves = [[row["ood-accuracy"] * 100 for row in r.rounds[:length]] for r in chosen]
+        curves = [[row[column] * 100 for row in r.rounds[:length]] for r in chosen]
         mean = [statistics.fmean(col) for col in zip(*curves, strict=False)]
         low = [min(col) for col in zip(*curves, strict=False)]
         high = [max(col) for col in zip(*curves, strict=False)]
@@ -30,7 +42,7 @@ def _plot_curves(ax: Any, runs: list[Run], labels: Sequence[str], setting: str, 
         ax.fill_between(rounds, low, high, color=line.get_color(), alpha=0.15, linewidth=0)
     ax.set_title(SETTING_TITLES[setting])
     ax.set_xlabel("round")
-    ax.set_ylabel("OOD accuracy (%)")
+    ax.set_ylabel(f"{test if test == 'plain' else test.upper()} accuracy (%)")
     ax.grid(alpha=0.3)
 
 
@@ -66,15 +78,15 @@ def plot_ablations(runs: list[Run], default_tau: float, path: Path, dataset: str
     for run in tau_runs(runs):
         by_tau[run.tau if run.tau is not None else default_tau].append(run)
     taus = sorted(by_tau)
-    for metric, name in (("final_ood", "final"), ("peak_ood", "peak")):
-        means = [100 * statistics.fmean(getattr(r, metric) for r in by_tau[t]) for t in taus]
-        errs = [100 * statistics.stdev(getattr(r, metric) for r in by_tau[t]) if len(by_tau[t]) > 1 else 0
-                for t in taus]
-        left.errorbar(taus, means, yerr=errs, marker="o", capsize=3, label=f"{name} OOD accuracy")
+    for metric, name in (("primary", f"OOD accuracy, last {LAST_ROUNDS} rounds"), ("final", "final OOD accuracy")):
+        values = {t: [100 * float(getattr(r, metric)("ood")) for r in by_tau[t]] for t in taus}
+        means = [statistics.fmean(values[t]) for t in taus]
+        errs = [statistics.stdev(values[t]) if len(values[t]) > 1 else 0 for t in taus]
+        left.errorbar(taus, means, yerr=errs, marker="o", capsize=3, label=name)
     baseline = select(runs, ABLATION_SETTING, BASELINE)
     if baseline:
-        left.axhline(100 * statistics.fmean(r.final_ood for r in baseline), color="black", linestyle="--",
-                     label="FedAvg final OOD accuracy")
+        left.axhline(100 * statistics.fmean(float(r.primary("ood") or 0.0) for r in baseline), color="black",
+                     linestyle="--", label=f"FedAvg OOD accuracy, last {LAST_ROUNDS} rounds")
     left.set_xlabel("tau (FedGMA ws, eta_s = 1)")
     left.set_ylabel("OOD accuracy (%)")
     left.set_title("agreement threshold tau")
@@ -84,9 +96,10 @@ def plot_ablations(runs: list[Run], default_tau: float, path: Path, dataset: str
     for label in (BASELINE, ABLATION_WS):
         groups = [select(runs, ABLATION_SETTING, label, study="epochs", local_epochs=e) for e in epochs]
         points = [(e, g) for e, g in zip(epochs, groups, strict=False) if g]
-        right.errorbar([e for e, _ in points], [100 * statistics.fmean(r.final_ood for r in g) for _, g in points],
-                       yerr=[100 * statistics.stdev(r.final_ood for r in g) if len(g) > 1 else 0
-                             for _, g in points], marker="o", capsize=3, label=f"{label}: final OOD accuracy")
+        epoch_values = [[100 * float(r.primary("ood") or 0.0) for r in g] for _, g in points]
+        right.errorbar([e for e, _ in points], [statistics.fmean(v) for v in epoch_values],
+                       yerr=[statistics.stdev(v) if len(v) > 1 else 0 for v in epoch_values], marker="o", capsize=3,
+                       label=f"{label}: OOD accuracy, last {LAST_ROUNDS} rounds")
     right.set_xlabel("local epochs E")
     right.set_ylabel("OOD accuracy (%)")
     right.set_title("local epochs")

@@ -13,6 +13,16 @@ from fedgma.app.settings import parse_run_config
 PROBE_FILE = "colour_probe.json"  # in a run folder: what ``fedgma probe`` found
 
 
+def percent(fraction: float) -> str:
+    """A fraction as a percentage with one decimal (``0.997`` -> ``99.7 %``), with more decimals
+    where one would round a value short of 100 % (or above 0 %) to it."""
+    for digits in range(1, 5):
+        text = f"{100 * fraction:.{digits}f}"
+        if not ((float(text) == 100 and fraction < 1) or (float(text) == 0 and fraction > 0)):
+            break
+    return f"{text} %"
+
+
 def saved_settings(folder: RunFolder, defaults: dict[str, Any]) -> dict[str, Any]:
     """A run's settings from its ``config.json``, keyed as :class:`RunConfig`'s fields; a
     setting added after the run was made had its default value then (``defaults``: the

@@ -4,14 +4,18 @@ metrics, and the per-seed statistics the tables and figures share."""
 from __future__ import annotations
 
 import csv
+import itertools
 import statistics
 from collections import defaultdict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
-from .grids import ABLATION_SETTING
+from .grids import ABLATION_SETTING, ALL_SETTINGS
 from .verdicts import paired
+
+LAST_ROUNDS = 10  # the primary metric averages the accuracy over the last this many rounds
 
 
 @dataclass
@@ -32,19 +36,56 @@ class Run:
     def trained(self) -> list[dict[str, float]]:
         return [r for r in self.rounds if r["round"] >= 1]
 
-    @property
-    def peak_ood(self) -> float:
-        return max(r["ood-accuracy"] for r in self.trained)
+    def accuracies(self, test_set: str) -> list[tuple[int, float]]:
+        """``(round, accuracy)`` on ``test_set`` (``ood``, ``id``, ``plain``) of the trained rounds
+        that have it (a column the run does not have, or a blank cell, is absent)."""
+        column = f"{test_set}-accuracy"
+        return [(int(r["round"]), r[column]) for r in self.trained if r.get(column) is not None]
+
+    def primary(self, test_set: str) -> float | None:
+        """The primary metric: mean accuracy on ``test_set`` over the last :data:`LAST_ROUNDS`
+        rounds (N - 9 .. N; blank cells left out); None if the run has no such column."""
+        return self.last_mean(f"{test_set}-accuracy")
 
     @property
-    def peak_round(self) -> int:
-        """The first round at which the OOD accuracy is at its peak."""
-        best = self.peak_ood
-        return int(next(r["round"] for r in self.trained if r["ood-accuracy"] == best))
+    def best_id_round(self) -> int | None:
+        """The first trained round at which the ID accuracy is at its best (chosen without
+        the OOD test sets); None without ID accuracies."""
+        rounds = self.accuracies("id")
+        if not rounds:
+            return None
+        best = max(value for _, value in rounds)
+        return next(number for number, value in rounds if value == best)
+
+    def peak(self, test_set: str) -> float | None:
+        """Accuracy on ``test_set`` at :attr:`best_id_round` (no peeking at the OOD test set)."""
+        best = self.best_id_round
+        return None if best is None else dict(self.accuracies(test_set)).get(best)
+
+    def final(self, test_set: str) -> float | None:
+        """Accuracy on ``test_set`` after the last round."""
+        rounds = self.accuracies(test_set)
+        return rounds[-1][1] if rounds else None
+
+    def untrained(self, test_set: str) -> float | None:
+        """Accuracy of the initial model (round 0) on ``test_set``."""
+        return next((r.get(f"{test_set}-accuracy") for r in self.rounds if r["round"] == 0), None)
+
+    def swing(self, test_set: str) -> float | None:
+        """Mean absolute change of the accuracy on ``test_set`` between consecutive rounds over
+        the last :data:`LAST_ROUNDS` rounds, in points."""
+        values = [value for _, value in self.accuracies(test_set)[-LAST_ROUNDS - 1:]]
+        steps = [abs(b - a) for a, b in itertools.pairwise(values)]
+        return 100.0 * statistics.fmean(steps) if steps else None
+
+    def last_mean(self, column: str) -> float | None:
+        """Mean of ``column`` over the last :data:`LAST_ROUNDS` trained rounds that have it."""
+        values = [r[column] for r in self.trained[-LAST_ROUNDS:] if r.get(column) is not None]
+        return statistics.fmean(values) if values else None
 
     @property
-    def final_ood(self) -> float:
-        return self.trained[-1]["ood-accuracy"]
+    def num_classes(self) -> int:
+        return 10 if ALL_SETTINGS.get(self.setting, {}).get("task") == "ten-class" else 2
 
     @property
     def final_id(self) -> float:
@@ -90,22 +131,24 @@ def load_runs(results_dir: Path) -> list[Run]:
     return runs
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: Sequence[float | None]) -> str:
     """``0.7123 +- 0.0104`` (std over seeds; ``+- 0`` shown as n/a for one seed)."""
-    if not values:
+    present = [v for v in values if v is not None]
+    if not present:
         return "-"
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+    if len(present) == 1:
+        return f"{present[0]:.4f}"
+    return f"{statistics.fmean(present):.4f} ± {statistics.stdev(present):.4f}"
 
 
-def seed_values(runs: list[Run], metric: str) -> dict[int, float]:
-    return {r.seed: getattr(r, metric) for r in runs}
+def seed_values(runs: list[Run], value: Callable[[Run], float | None]) -> dict[int, float]:
+    """``value`` of each run by seed (runs without it left out)."""
+    return {r.seed: v for r in runs if (v := value(r)) is not None}
 
 
-def margin(runs: list[Run], baseline: list[Run], metric: str) -> str:
+def margin(runs: list[Run], baseline: list[Run], value: Callable[[Run], float | None]) -> str:
     """Mean +- std of the per-seed differences to the baseline, in accuracy points (%)."""
-    difference = paired(seed_values(runs, metric), seed_values(baseline, metric))
+    difference = paired(seed_values(runs, value), seed_values(baseline, value))
     if difference is None:
         return "-"
     diffs = difference.differences
