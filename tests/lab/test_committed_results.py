@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fedgma.lab.experiments import report
+from fedgma.lab.experiments import report, when_report
 from fedgma.lab.experiments.grids import grid_by_name
 from fedgma.lab.experiments.runner import GridRunner
 
@@ -88,10 +88,10 @@ def test_the_when_blocks_are_the_reports_output(tmp_path):
     """README.md's summary and docs/experiments.md's tables of the when grid, as `fedgma report results/when`
     writes them (before the grid has run, both say so)."""
     when = ROOT / "results" / "when"
-    for path, begin, end, part in ((ROOT / "README.md", report.SUMMARY_BEGIN, report.SUMMARY_END, 1),
-                                   (RESULTS_DOC, report.WHEN_BEGIN, report.WHEN_END, 0)):
+    for path, begin, end, part in ((ROOT / "README.md", when_report.SUMMARY_BEGIN, when_report.SUMMARY_END, 1),
+                                   (RESULTS_DOC, when_report.WHEN_BEGIN, when_report.WHEN_END, 0)):
         text = path.read_text()
         assert text.count(begin) == 1 and text.count(end) == 1
         block = text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
-        expected = report.build_when_markdown(when, tmp_path / "docs" / "figures", path.parent)[part].strip("\n")
-        assert block == expected, f"the when block of {path.name} is stale: run `{report.WHEN_COMMAND}`"
+        expected = when_report.build_when_markdown(when, tmp_path / "docs" / "figures", path.parent)[part].strip("\n")
+        assert block == expected, f"the when block of {path.name} is stale: run `{when_report.WHEN_COMMAND}`"

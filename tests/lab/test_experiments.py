@@ -13,7 +13,8 @@ from fedgma.app.run_folder import METRIC_COLUMNS
 from fedgma.app.server_app import run_directory
 from fedgma.app.settings import parse_run_config
 from fedgma.deployment.app_folder import app_defaults
-from fedgma.lab.experiments import report, toy
+from fedgma.lab.experiments import report, toy, when_report
+from fedgma.lab.experiments.comparisons import write_block
 from fedgma.lab.experiments.grids import (
     ABLATION_TAUS,
     ARMS,
@@ -138,7 +139,7 @@ def test_combined_csv_and_report_numbers(tmp_path):
         assert (tmp_path / "fig" / figure).stat().st_size > 10_000
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{report.BEGIN}\nold\n{report.END}\nrest\n")
-    report.write_readme_block(readme, "new table\n")
+    write_block(readme, "new table\n", report.BEGIN, report.END)
     assert readme.read_text() == f"intro\n{report.BEGIN}\nnew table\n{report.END}\nrest\n"
 
 
@@ -330,11 +331,11 @@ def test_the_when_report_judges_each_fedgma_arm_and_shows_what_has_not_run(tmp_p
     from fedgma.lab.experiments.verdicts import PairedDifference
 
     ws, control = _when_grid_with_some_runs(tmp_path / "when")
-    tables, summary = report.build_when_markdown(tmp_path / "when", tmp_path / "fig", tmp_path)
+    tables, summary = when_report.build_when_markdown(tmp_path / "when", tmp_path / "fig", tmp_path)
     lines = tables.splitlines()
     assert lines[0] == f"#### Grid `when` on colored fashion-mnist: 9 of {len(grid_by_name('when').runs)} runs finished"
     titles = [ln for ln in lines if ln.startswith("**") and ("(primary test set:" in ln or "not run (0 of" in ln)]
-    assert [t.split("**")[1] for t in titles] == [SETTING_TITLES[s] for s in report.WHEN_ORDER]
+    assert [t.split("**")[1] for t in titles] == [SETTING_TITLES[s] for s in when_report.WHEN_ORDER]
     assert "**majority sign (70/30), partial participation**: not run (0 of 50 runs)." in lines
     assert "**opposite signs, partial participation**, 11 rounds (primary test set: plain;" in tables
     # The arm's row: primary (plain, rounds 2-11) 0.712 mean over seeds 0-2, ID 0.9, secondary OOD 0.5,
@@ -365,8 +366,8 @@ def test_the_when_report_judges_each_fedgma_arm_and_shows_what_has_not_run(tmp_p
 def test_the_when_reports_blocks_before_and_after_the_grid_has_run(tmp_path, capsys):
     readme, docs = tmp_path / "README.md", tmp_path / "docs" / "experiments.md"
     docs.parent.mkdir()
-    readme.write_text(f"intro\n{report.SUMMARY_BEGIN}\nold\n{report.SUMMARY_END}\nrest\n")
-    docs.write_text(f"a\n{report.WHEN_BEGIN}\nold\n{report.WHEN_END}\nb\n")
+    readme.write_text(f"intro\n{when_report.SUMMARY_BEGIN}\nold\n{when_report.SUMMARY_END}\nrest\n")
+    docs.write_text(f"a\n{when_report.WHEN_BEGIN}\nold\n{when_report.WHEN_END}\nb\n")
     not_run = tmp_path / "when"  # no folder yet
     assert report.write_report(not_run, tmp_path / "figures", readme=[readme, docs]) is None
     assert not not_run.exists()

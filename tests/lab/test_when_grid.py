@@ -7,6 +7,7 @@ import pytest
 
 from fedgma.app.outputs import RunOutputs
 from fedgma.app.server_app import run_directory
+from fedgma.lab.experiments.comparisons import rise_note
 from fedgma.lab.experiments.grids import (
     ARMS,
     BASELINE,
@@ -18,6 +19,7 @@ from fedgma.lab.experiments.grids import (
     grid_by_name,
 )
 from fedgma.lab.experiments.runner import START_UP_SECONDS, GridRunner
+from fedgma.lab.experiments.runs import Run
 
 RESULTS = Path(__file__).parents[2] / "results"
 
@@ -121,3 +123,22 @@ def test_every_when_arm_is_a_valid_run(tmp_path):
             assert config.strategy.mask_control == "random"
         if "uniform step" in spec.label:
             assert config.strategy.mask_control == "uniform" and config.strategy.variant == "gma"
+
+
+def _curve(name: str, label: str, values: list[float]) -> Run:
+    rounds = [{"round": 0.0, "plain-accuracy": 0.5, "id-accuracy": 0.5}]
+    rounds += [{"round": float(i + 1), "plain-accuracy": v, "id-accuracy": 0.9} for i, v in enumerate(values)]
+    return Run(name, "opposite-full", label, 0, ("when",), 3, None, 0.01, rounds)
+
+
+def test_a_curve_still_rising_is_named_and_a_flat_one_is_not():
+    rising = _curve("a", BASELINE, [0.5 + 0.01 * i for i in range(30)])
+    flat = _curve("b", "FedGMA ws, eta_s=1", [0.7] * 30)
+    # The last 10 rounds (i = 20..29) against the 10 before (10..19): 10 points higher.
+    assert rising.rise("plain") == pytest.approx(10.0) and flat.rise("plain") == pytest.approx(0.0)
+    assert _curve("c", BASELINE, [0.7] * 19).rise("plain") is None
+    note = rise_note([rising, flat], "opposite-full", [BASELINE, "FedGMA ws, eta_s=1"], "when")
+    assert note is not None and note.startswith("*Still rising*") and f"{BASELINE} +10.0" in note
+    assert "eta_s=1" not in note
+    assert rise_note([flat], "opposite-full", ["FedGMA ws, eta_s=1"], "when").startswith(
+        "*The curves have stopped rising*")

@@ -12,12 +12,20 @@ import json
 import os
 import statistics
 from collections import defaultdict
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
-from ..markdown import replace_block
+from .comparisons import (
+    caveats,
+    colour_only_accuracy,
+    comparison,
+    p_text,
+    paired_text,
+    primary_of,
+    test_title,
+    write_block,
+)
 from .figures import plot_ablations, plot_settings
 from .grids import (
     ABLATION_SETTING,
@@ -31,16 +39,13 @@ from .grids import (
     PAPER_STEP_LABELS,
     PAPER_STEP_SETTINGS,
     PRIMARY_TEST_SET,
-    RANDOM_CONTROLS,
     SETTING_TITLES,
     SETTINGS,
-    STEP_CONTROLS,
-    WHEN_LABELS,
-    WHEN_SETTINGS,
 )
 from .results import grid_run_folders, load_probes, percent
-from .runs import LAST_ROUNDS, Run, load_runs, margin, mean_std, seed_values, select, tau_runs
-from .verdicts import FLOOR_POINTS, HELPS, HURTS, Cell, at_floor, family_caption, judge, overall, paired
+from .runs import LAST_ROUNDS, Run, load_runs, margin, mean_std, select, tau_runs
+from .verdicts import Cell, family_caption, judge, overall
+from .when_report import WHEN_GRID, write_when_report
 
 FIGURE2_LABELS = (BASELINE, "FedGMA ws, eta_s=0.01", "FedGMA ws, eta_s=0.1", "FedGMA ws, eta_s=1",
                   "FedGMA gma, tau=0.4", NO_MASK_CONTROLS["FedGMA ws, eta_s=1"])
@@ -48,31 +53,16 @@ STUDY_LABELS = {"main": MAIN_LABELS, "client-step": PAPER_STEP_LABELS}
 STUDY_TITLES = {"main": "the grid's client step", "client-step": "the paper's client step"}
 BASELINE_LABELS = (BASELINE, "FedGMA ws, eta_s=1", "FedProx, mu=0.01", "FedAdam", "FedGMA gma + FedAdam")
 COLOUR_ONLY = 0.9  # share of probe images answered by colour above which a model "follows colour"
-SWING_POINTS = 5.0  # a mean round-to-round change (points) over the last rounds that makes "final" a coin flip
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"  # the full grid's block (docs/experiments.md)
-# The when grid's blocks: its tables (docs/experiments.md) and its summary (README.md).
-WHEN_GRID = "when"
-WHEN_BEGIN, WHEN_END = "<!-- when-results:begin -->", "<!-- when-results:end -->"
-SUMMARY_BEGIN, SUMMARY_END = "<!-- when-summary:begin -->", "<!-- when-summary:end -->"
-WHEN_COMMAND = "fedgma report results/when --readme README.md --readme docs/experiments.md --figures docs/figures"
-# The when grid's settings in its order: the binary relations, the full grid's binary non-IID, 10-class.
-WHEN_ORDER: tuple[str, ...] = (*(s for s in WHEN_SETTINGS if not s.startswith("ten-class")), ABLATION_SETTING,
-                               *(s for s in WHEN_SETTINGS if s.startswith("ten-class")))
-MASK_CHANNELS = ("mask-kept-red", "mask-kept-green", "mask-kept-blue")
 
 
-def primary_of(setting: str) -> Callable[[Run], float | None]:
-    """The primary metric of a setting's runs (mean of the last rounds on its primary test set)."""
-    return lambda run: run.primary(PRIMARY_TEST_SET[setting])
 
 
-def _test_title(test_set: str) -> str:
-    return test_set if test_set == "plain" else test_set.upper()
 
 
 def settings_table(runs: list[Run], setting: str, study: str = "main") -> list[str]:
     test = PRIMARY_TEST_SET[setting]
-    name = _test_title(test)
+    name = test_title(test)
     baseline = select(runs, setting, BASELINE, study)
     lines = [
         f"| strategy | seeds | {name} acc, last {LAST_ROUNDS} rounds | {name} acc at best-ID round | final {name} acc "
@@ -94,39 +84,14 @@ def settings_table(runs: list[Run], setting: str, study: str = "main") -> list[s
     return lines
 
 
-def _mean(values: list[float | None]) -> float | None:
-    present = [v for v in values if v is not None]
-    return statistics.fmean(present) if present else None
 
 
-def learned_nothing(arm: list[Run], test_set: str) -> bool:
-    """Whether an arm's mean primary value sits at chance or at its untrained model's accuracy."""
-    value = _mean([r.primary(test_set) for r in arm])
-    if value is None:
-        return False
-    return at_floor(value, 1.0 / arm[0].num_classes, _mean([r.untrained(test_set) for r in arm]))
 
 
-def comparison(arm: list[Run], reference: list[Run], setting: str) -> Cell | None:
-    """The paired comparison of two arms' primary metric, or None if they share no seed."""
-    difference = paired(seed_values(arm, primary_of(setting)), seed_values(reference, primary_of(setting)))
-    if difference is None:
-        return None
-    test = PRIMARY_TEST_SET[setting]
-    return Cell(difference, not (learned_nothing(arm, test) and learned_nothing(reference, test)))
 
 
-def _diff(arm: list[Run], reference: list[Run], metric: str, test_set: str) -> str:
-    """The paired difference of ``metric`` (``peak`` or ``final``) on ``test_set``, formatted."""
-    def value(run: Run) -> float | None:
-        return cast(float | None, getattr(run, metric)(test_set))
-
-    difference = paired(seed_values(arm, value), seed_values(reference, value))
-    return "-" if difference is None else difference.format()
 
 
-def _p(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
 def mask_comparisons(runs: list[Run], study: str) -> list[str]:
@@ -148,8 +113,8 @@ def mask_comparisons(runs: list[Run], study: str) -> list[str]:
                 cell = comparison(chosen, against, setting)
                 if cell is None:
                     continue
-                rows.append((setting, label, reference, cell, _diff(chosen, against, "peak", test),
-                             _diff(chosen, against, "final", test), reference == control))
+                rows.append((setting, label, reference, cell, paired_text(chosen, against, "peak", test),
+                             paired_text(chosen, against, "final", test), reference == control))
             if control in STUDY_LABELS[study] and not select(runs, setting, control, study):
                 missing.append(f"| {SETTING_TITLES[setting]} | {label} | {control} | not run | - | - | - | - |")
     if not rows:
@@ -161,7 +126,7 @@ def mask_comparisons(runs: list[Run], study: str) -> list[str]:
     for (setting, label, reference, cell, peak, final, is_control), (p, verdict) in zip(rows, judged, strict=True):
         lines.append(f"| {SETTING_TITLES[setting]} | {label} | {reference}"
                      f"{' (its no-mask control)' if is_control and reference == BASELINE else ''} "
-                     f"| {cell.difference.format()} | {_p(p)} | {verdict} | {peak} | {final} |")
+                     f"| {cell.difference.format()} | {p_text(p)} | {verdict} | {peak} | {final} |")
         if is_control:
             evidence[setting].append((verdict, f"{label} vs {reference}: {cell.difference.format()} *{verdict}*"))
     lines += missing
@@ -177,53 +142,8 @@ def mask_comparisons(runs: list[Run], study: str) -> list[str]:
     return out
 
 
-def colour_only_accuracy(setting: str, config: dict[str, Any]) -> float | None:
-    """The ID accuracy that colour alone gives, where the setting makes it known: the binary
-    colour shortcut the same for every client (1 - the ID test set's flip probability), the
-    10-class task with colour fixing the class (1); else None."""
-    settings = ALL_SETTINGS.get(setting, {})
-    if settings.get("task") == "binary" and settings.get("shortcut", "color") == "color" \
-            and not settings.get("shortcut-reversed-share", 0):
-        return 1.0 - (float(config["color_flip_min"]) + float(config["color_flip_max"])) / 2
-    if settings.get("task") == "ten-class" and "color-class-correlation" not in settings:
-        return 1.0
-    return None
 
 
-def caveats(runs: list[Run], setting: str, labels: Sequence[str], study: str, colour_only: float | None) -> list[str]:
-    """Notes generated from the data: arms whose primary test set accuracy swings by at least
-    :data:`SWING_POINTS` between consecutive late rounds (their final value samples the swing), whose
-    primary metric is below the untrained model's, or whose ID accuracy is below colour alone's
-    (by more than :data:`~.verdicts.FLOOR_POINTS`)."""
-    test = PRIMARY_TEST_SET[setting]
-    name = _test_title(test)
-    swinging, below_untrained, below_colour = [], [], []
-    for label in labels:
-        arm = select(runs, setting, label, study)
-        if not arm:
-            continue
-        swing = _mean([r.swing(test) for r in arm])
-        if swing is not None and swing >= SWING_POINTS:
-            swinging.append(f"{label}: {swing:.0f}")
-        value, untrained = _mean([r.primary(test) for r in arm]), _mean([r.untrained(test) for r in arm])
-        if value is not None and untrained is not None and 100 * (untrained - value) > FLOOR_POINTS:
-            below_untrained.append(f"{label} ({value:.2f} < {untrained:.2f})")
-        id_value = _mean([r.primary("id") for r in arm])
-        if colour_only is not None and id_value is not None and 100 * (colour_only - id_value) > FLOOR_POINTS:
-            below_colour.append(f"{label} ({id_value:.2f})")
-    notes = []
-    if swinging:
-        notes.append(f"*Final {name} accuracy is unreliable here*: over the last {LAST_ROUNDS} rounds it moves "
-                     f"between consecutive rounds by a mean of at least {SWING_POINTS:g} points (mean over seeds; "
-                     f"{'; '.join(swinging)}), so the final value samples that swing; the last-{LAST_ROUNDS} mean "
-                     "is the primary metric.")
-    if below_untrained:
-        notes.append(f"*Below an untrained model* ({name}, last-{LAST_ROUNDS} mean under round 0's by more than "
-                     f"{FLOOR_POINTS:g} points: it follows the shortcut): {', '.join(below_untrained)}.")
-    if below_colour:
-        notes.append(f"*ID accuracy below what colour alone gives* ({colour_only:.2f}; last-{LAST_ROUNDS} mean): "
-                     f"{', '.join(below_colour)}.")
-    return notes
 
 
 def probe_table(runs: list[Run], probes: dict[str, dict[str, float]]) -> list[str]:
@@ -439,174 +359,24 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
     return "\n".join(out) + "\n"
 
 
-def _planned(manifest: dict[str, Any]) -> dict[str, dict[str, int]]:
-    """Planned seeds per setting and arm, in the grid's order."""
-    planned: dict[str, dict[str, int]] = defaultdict(dict)
-    for run in manifest["runs"]:
-        arms = planned[run["setting"]]
-        arms[run["strategy"]] = arms.get(run["strategy"], 0) + 1
-    return planned
 
 
-def _references(label: str, labels: Sequence[str]) -> list[tuple[str, str]]:
-    """A FedGMA arm's references in a setting that plans them: (role, arm)."""
-    control = NO_MASK_CONTROLS[label]
-    references = [("FedAvg and no-mask control" if control == BASELINE else "FedAvg", BASELINE)]
-    if control != BASELINE:
-        references.append(("no-mask control", control))
-    references.append(("random mask", RANDOM_CONTROLS[label]))
-    if label in STEP_CONTROLS:
-        references.append(("uniform step", STEP_CONTROLS[label]))
-    return [(role, reference) for role, reference in references if reference in labels]
 
 
-def _fraction(value: float | None) -> str:
-    return "-" if value is None else f"{value:.3f}"
 
 
-def _last(arm: list[Run], column: str) -> float | None:
-    return _mean([r.last_mean(column) for r in arm])
 
 
-@dataclass
-class SettingVerdict:
-    """What one setting of the when grid says about the mask."""
-
-    word: str  # helps, hurts, mixed, does nothing, not measurable, inconclusive, too few seeds, not run
-    decisive: list[str]  # the comparisons labelled helps or hurts
-    reasons: list[str]  # per FedGMA arm: kept fraction, labels against its controls
 
 
-def when_setting(runs: list[Run], setting: str, planned: dict[str, int]) -> tuple[list[str], SettingVerdict]:
-    """One setting of the when grid: its arms' table, its comparisons' table and its verdict."""
-    test = PRIMARY_TEST_SET[setting]
-    name = _test_title(test)
-    secondary = test != "ood"
-    arms = {label: select(runs, setting, label, "when") for label in planned}
-    lines = [f"| arm | seeds | {name} acc, last {LAST_ROUNDS} rounds | at best-ID round | final "
-             f"| ID acc, last {LAST_ROUNDS} |" + (f" OOD acc, last {LAST_ROUNDS} |" if secondary else "")
-             + f" mask kept, last {LAST_ROUNDS} | mask mean | kept red / green / blue |",
-             "|---|---|---|---|---|---|" + ("---|" if secondary else "") + "---|---|---|"]
-    for label, arm in arms.items():
-        if not arm:
-            lines.append(f"| {label} | not run (0 of {planned[label]}) | - | - | - | - |"
-                         + (" - |" if secondary else "") + " - | - | - |")
-            continue
-        channels = [_last(arm, c) for c in MASK_CHANNELS]
-        lines.append(f"| {label} | {len(arm)} of {planned[label]} | {mean_std([r.primary(test) for r in arm])} "
-                     f"| {mean_std([r.peak(test) for r in arm])} | {mean_std([r.final(test) for r in arm])} "
-                     f"| {mean_std([r.primary('id') for r in arm])} |"
-                     + (f" {mean_std([r.primary('ood') for r in arm])} |" if secondary else "")
-                     + f" {_fraction(_last(arm, 'mask-kept-fraction'))} | {_fraction(_last(arm, 'mask-mean'))} "
-                     f"| {' / '.join(_fraction(c) for c in channels) if any(channels) else '-'} |")
-    rows: list[tuple[str, str, str, Cell | None]] = []
-    for label in (a for a in RANDOM_CONTROLS if a in planned):
-        for role, reference in _references(label, list(planned)):
-            rows.append((label, role, reference, comparison(arms[label], arms[reference], setting)
-                         if arms[label] and arms[reference] else None))
-    cells = [cell for *_, cell in rows if cell is not None]
-    judged = iter(judge(cells))
-    table = [f"| FedGMA arm | against | as its | last-{LAST_ROUNDS} {name} diff (pts) | Holm p | label |",
-             "|---|---|---|---|---|---|"]
-    mask_labels: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    decisive = []
-    for label, role, reference, cell in rows:
-        if cell is None:
-            table.append(f"| {label} | {reference} | {role} | not run | - | - |")
-            continue
-        p, verdict = next(judged)
-        table.append(f"| {label} | {reference} | {role} | {cell.difference.format()} | {_p(p)} | {verdict} |")
-        if role != "FedAvg":  # the mask's comparisons: with its controls
-            role = role.removeprefix("FedAvg and ")
-            mask_labels[label].append((role, verdict))
-            if verdict in (HELPS, HURTS):
-                decisive.append(f"{label} vs its {role}: {cell.difference.format()} *{verdict}*")
-    reasons = []
-    for label, items in mask_labels.items():
-        kept, random_kept = _last(arms[label], "mask-kept-fraction"), _last(arms[RANDOM_CONTROLS[label]],
-                                                                            "mask-kept-fraction")
-        keeps = "" if kept is None else f" keeps {percent(kept)} of coordinates" + (
-            "" if random_kept is None else f" (its random mask {percent(random_kept)})") + ";"
-        reasons.append(f"{label}:{keeps} " + ", ".join(f"vs its {role} *{verdict}*" for role, verdict in items))
-    word = overall([v for items in mask_labels.values() for _, v in items]) if any(arms.values()) else "not run"
-    tested = sum(p is not None for p, _ in judge(cells))
-    out = [*lines, "", *table, "", f"Holm over this table's {tested} measurable comparisons with two or more seeds "
-           "(one family)."]
-    return out, SettingVerdict(word, decisive, reasons)
 
 
-WORDS = {HELPS: "the mask helps", HURTS: "the mask hurts", "mixed": "mixed (helps in one comparison, hurts in "
-         "another)", "does nothing": "the mask does nothing (every comparison equivalent)"}
 
 
-def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> tuple[str, str]:
-    """The when grid's tables (for docs/experiments.md and report.md) and its short summary (for
-    the README), as markdown; image links relative to ``relative_to``."""
-    if not (results_dir / "results.csv").is_file():
-        return when_not_run()
-    manifest = json.loads((results_dir / "grid.json").read_text())
-    runs = load_runs(results_dir)
-    if not runs:
-        return when_not_run()
-    config = grid_run_folders(results_dir)[runs[0].name].read_config()
-    dataset = config["dataset"]
-    planned = _planned(manifest)
-    settings = [s for s in WHEN_ORDER if s in planned]
-    out = [f"#### Grid `when` on colored {dataset}: {len(runs)} of {len(manifest['runs'])} runs finished", "",
-           f"Per setting, in the grid's order: each arm's primary metric (accuracy on the setting's primary test "
-           f"set, mean of the last {LAST_ROUNDS} rounds; mean ± std over seeds), the accuracy at the first round "
-           f"of best ID accuracy and after the last round, the mask's kept fraction and mean over the last "
-           f"{LAST_ROUNDS} rounds (and per input colour channel of the first convolution where recorded); then "
-           "each FedGMA arm minus FedAvg, its no-mask control, its random mask and (gma) its uniform step, in "
-           "points (paired seeds, mean [95 % interval]).", "", family_caption(None), ""]
-    verdicts: dict[str, SettingVerdict] = {}
-    for setting in settings:
-        some = next((r for r in runs if r.setting == setting), None)
-        if some is None:
-            out += [f"**{SETTING_TITLES[setting]}**: not run (0 of {sum(planned[setting].values())} runs).", ""]
-            verdicts[setting] = SettingVerdict("not run", [], [])
-            continue
-        out += [f"**{SETTING_TITLES[setting]}**, {len(some.trained)} rounds (primary test set: "
-                f"{PRIMARY_TEST_SET[setting]}; colored {dataset})", ""]
-        lines, verdicts[setting] = when_setting(runs, setting, planned[setting])
-        notes = caveats(runs, setting, list(planned[setting]), "when", colour_only_accuracy(setting, config))
-        out += [*lines, "", *(f"- {note}" for note in notes), *([""] if notes else [])]
-    present = tuple(s for s in settings if any(r.setting == s for r in runs))
-    plot_settings(runs, WHEN_LABELS, figures_dir / "when.png",
-                  f"Primary test set accuracy per round, colored {dataset} (mean over seeds, min-max shaded; "
-                  "dashed: no-mask controls)", study="when", settings=present)
-    link = Path(os.path.relpath(figures_dir / "when.png", relative_to)).as_posix()
-    out += [f"![Primary test set accuracy per round, the when grid]({link})", "",
-            "**When does the mask help?** (generated from the tables above: the labels of each FedGMA arm "
-            "against its no-mask control, random mask and uniform step)", ""]
-    summary = [f"**When does the mask help?** From the `when` grid on colored {dataset} ({len(runs)} of "
-               f"{len(manifest['runs'])} runs; FedGMA against its no-mask, random-mask and uniform-step "
-               f"controls, last-{LAST_ROUNDS}-round accuracy on each setting's primary test set, Holm per "
-               "setting; tables in [docs/experiments.md](docs/experiments.md)):", ""]
-    for setting, verdict in verdicts.items():
-        word = WORDS.get(verdict.word, verdict.word)
-        out.append(f"- **{SETTING_TITLES[setting]}**: {word}" + (f" ({'; '.join(verdict.reasons)})"
-                                                                 if verdict.reasons else ""))
-        summary.append(f"- **{SETTING_TITLES[setting]}**: {word}" + (f" ({'; '.join(verdict.decisive)})"
-                                                                     if verdict.decisive else ""))
-    return "\n".join(out) + "\n", "\n".join(summary) + "\n"
 
 
-def when_not_run() -> tuple[str, str]:
-    """The when grid's blocks before any of its runs has finished."""
-    return (f"The `when` grid has not run yet (no finished run in `results/when`); `{WHEN_COMMAND}` fills this "
-            "block from it.\n",
-            "**When does the mask help?** Not measured yet: the `when` grid (opposite, majority-sign and private "
-            "shortcuts, full and partial participation, with random-mask and uniform-step controls) has not "
-            "run. Its tables will be in [docs/experiments.md](docs/experiments.md).\n")
 
 
-def write_readme_block(readme: Path, block: str, begin: str = BEGIN, end: str = END) -> None:
-    """Put ``block`` between the README's markers (by default the results markers :data:`BEGIN`, :data:`END`)."""
-    try:
-        readme.write_text(replace_block(readme.read_text(), begin, end, block))
-    except ValueError as err:
-        raise ValueError(f"{readme}: {err}") from None
 
 
 def grid_name(results_dir: Path) -> str:
@@ -623,35 +393,14 @@ def write_report(results_dir: Path, figures_dir: Path | None = None, readme: Pat
     figures_dir = (figures_dir or results_dir / "figures").resolve()
     readmes = [] if readme is None else [readme] if isinstance(readme, Path) else list(readme)
     if grid_name(results_dir) == WHEN_GRID:
-        return _write_when_report(results_dir, figures_dir, [r.resolve() for r in readmes], markdown)
+        return write_when_report(results_dir, figures_dir, [r.resolve() for r in readmes], markdown)
     markdown = (markdown or results_dir / "report.md").resolve()
     text = build_markdown(results_dir, figures_dir, markdown.parent)
     markdown.write_text(text)
     print(f"report: {markdown}; figures in {figures_dir}")
     for path in (r.resolve() for r in readmes):
-        write_readme_block(path, build_markdown(results_dir, figures_dir, path.parent))
+        write_block(path, build_markdown(results_dir, figures_dir, path.parent), BEGIN, END)
         print(f"report: results block of {path} replaced")
     return markdown
 
 
-def _write_when_report(results_dir: Path, figures_dir: Path, readmes: list[Path],
-                       markdown: Path | None) -> Path | None:
-    written = None
-    if (results_dir / "results.csv").is_file():
-        written = (markdown or results_dir / "report.md").resolve()
-        tables, summary = build_when_markdown(results_dir, figures_dir, written.parent)
-        written.write_text(f"{summary}\n{tables}")
-        print(f"report: {written}; figures in {figures_dir}")
-    else:
-        print(f"report: {results_dir} holds no finished run of the when grid yet; the README blocks say so")
-    for path in readmes:
-        tables, summary = build_when_markdown(results_dir, figures_dir, path.parent)
-        text = path.read_text()
-        blocks = [(b, e, block) for b, e, block in ((WHEN_BEGIN, WHEN_END, tables),
-                                                    (SUMMARY_BEGIN, SUMMARY_END, summary)) if b in text]
-        if not blocks:
-            raise ValueError(f"{path}: no {WHEN_BEGIN} or {SUMMARY_BEGIN} block to replace")
-        for begin, end, block in blocks:
-            write_readme_block(path, block, begin, end)
-        print(f"report: when blocks of {path} replaced")
-    return written

@@ -78,6 +78,16 @@ class Run:
         steps = [abs(b - a) for a, b in itertools.pairwise(values)]
         return 100.0 * statistics.fmean(steps) if steps else None
 
+    def rise(self, test_set: str) -> float | None:
+        """How much the curve still rises: the mean accuracy on ``test_set`` over the last
+        :data:`LAST_ROUNDS` rounds minus the mean over the :data:`LAST_ROUNDS` before, in points;
+        None with fewer than twice that many rounds."""
+        values = [value for _, value in self.accuracies(test_set)]
+        if len(values) < 2 * LAST_ROUNDS:
+            return None
+        last, before = values[-LAST_ROUNDS:], values[-2 * LAST_ROUNDS:-LAST_ROUNDS]
+        return 100.0 * (statistics.fmean(last) - statistics.fmean(before))
+
     def last_mean(self, column: str) -> float | None:
         """Mean of ``column`` over the last :data:`LAST_ROUNDS` trained rounds that have it."""
         values = [r[column] for r in self.trained[-LAST_ROUNDS:] if r.get(column) is not None]

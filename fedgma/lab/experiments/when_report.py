@@ -1,0 +1,236 @@
+"""The when grid's report (``fedgma report results/when``): per setting, each arm's primary
+metric and mask statistics, each FedGMA arm against FedAvg, its no-mask control, its random mask
+and (gma) its uniform step, and the generated answer to "when does the mask help?" for
+docs/experiments.md and the README. Works on a partly finished grid."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .comparisons import (
+    caveats,
+    colour_only_accuracy,
+    comparison,
+    mean_or_none,
+    p_text,
+    rise_note,
+    test_title,
+    write_block,
+)
+from .figures import plot_settings
+from .grids import (
+    ABLATION_SETTING,
+    BASELINE,
+    NO_MASK_CONTROLS,
+    PRIMARY_TEST_SET,
+    RANDOM_CONTROLS,
+    SETTING_TITLES,
+    STEP_CONTROLS,
+    WHEN_LABELS,
+    WHEN_SETTINGS,
+)
+from .results import grid_run_folders, percent
+from .runs import LAST_ROUNDS, Run, load_runs, mean_std, select
+from .verdicts import HELPS, HURTS, Cell, family_caption, judge, overall
+
+WHEN_GRID = "when"
+# Its blocks: the tables (docs/experiments.md) and the summary (README.md).
+WHEN_BEGIN, WHEN_END = "<!-- when-results:begin -->", "<!-- when-results:end -->"
+SUMMARY_BEGIN, SUMMARY_END = "<!-- when-summary:begin -->", "<!-- when-summary:end -->"
+WHEN_COMMAND = "fedgma report results/when --readme README.md --readme docs/experiments.md --figures docs/figures"
+# The when grid's settings in its order: the binary relations, the full grid's binary non-IID, 10-class.
+WHEN_ORDER: tuple[str, ...] = (*(s for s in WHEN_SETTINGS if not s.startswith("ten-class")), ABLATION_SETTING,
+                               *(s for s in WHEN_SETTINGS if s.startswith("ten-class")))
+MASK_CHANNELS = ("mask-kept-red", "mask-kept-green", "mask-kept-blue")
+
+
+def _planned(manifest: dict[str, Any]) -> dict[str, dict[str, int]]:
+    """Planned seeds per setting and arm, in the grid's order."""
+    planned: dict[str, dict[str, int]] = defaultdict(dict)
+    for run in manifest["runs"]:
+        arms = planned[run["setting"]]
+        arms[run["strategy"]] = arms.get(run["strategy"], 0) + 1
+    return planned
+
+
+def _references(label: str, labels: Sequence[str]) -> list[tuple[str, str]]:
+    """A FedGMA arm's references in a setting that plans them: (role, arm)."""
+    control = NO_MASK_CONTROLS[label]
+    references = [("FedAvg and no-mask control" if control == BASELINE else "FedAvg", BASELINE)]
+    if control != BASELINE:
+        references.append(("no-mask control", control))
+    references.append(("random mask", RANDOM_CONTROLS[label]))
+    if label in STEP_CONTROLS:
+        references.append(("uniform step", STEP_CONTROLS[label]))
+    return [(role, reference) for role, reference in references if reference in labels]
+
+
+def _fraction(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _last(arm: list[Run], column: str) -> float | None:
+    return mean_or_none([r.last_mean(column) for r in arm])
+
+
+@dataclass
+class SettingVerdict:
+    """What one setting of the when grid says about the mask."""
+
+    word: str  # helps, hurts, mixed, does nothing, not measurable, inconclusive, too few seeds, not run
+    decisive: list[str]  # the comparisons labelled helps or hurts
+    reasons: list[str]  # per FedGMA arm: kept fraction, labels against its controls
+
+
+def when_setting(runs: list[Run], setting: str, planned: dict[str, int]) -> tuple[list[str], SettingVerdict]:
+    """One setting of the when grid: its arms' table, its comparisons' table and its verdict."""
+    test = PRIMARY_TEST_SET[setting]
+    name = test_title(test)
+    secondary = test != "ood"
+    arms = {label: select(runs, setting, label, "when") for label in planned}
+    lines = [f"| arm | seeds | {name} acc, last {LAST_ROUNDS} rounds | at best-ID round | final "
+             f"| ID acc, last {LAST_ROUNDS} |" + (f" OOD acc, last {LAST_ROUNDS} |" if secondary else "")
+             + f" mask kept, last {LAST_ROUNDS} | mask mean | kept red / green / blue |",
+             "|---|---|---|---|---|---|" + ("---|" if secondary else "") + "---|---|---|"]
+    for label, arm in arms.items():
+        if not arm:
+            lines.append(f"| {label} | not run (0 of {planned[label]}) | - | - | - | - |"
+                         + (" - |" if secondary else "") + " - | - | - |")
+            continue
+        channels = [_last(arm, c) for c in MASK_CHANNELS]
+        lines.append(f"| {label} | {len(arm)} of {planned[label]} | {mean_std([r.primary(test) for r in arm])} "
+                     f"| {mean_std([r.peak(test) for r in arm])} | {mean_std([r.final(test) for r in arm])} "
+                     f"| {mean_std([r.primary('id') for r in arm])} |"
+                     + (f" {mean_std([r.primary('ood') for r in arm])} |" if secondary else "")
+                     + f" {_fraction(_last(arm, 'mask-kept-fraction'))} | {_fraction(_last(arm, 'mask-mean'))} "
+                     f"| {' / '.join(_fraction(c) for c in channels) if any(channels) else '-'} |")
+    rows: list[tuple[str, str, str, Cell | None]] = []
+    for label in (a for a in RANDOM_CONTROLS if a in planned):
+        for role, reference in _references(label, list(planned)):
+            rows.append((label, role, reference, comparison(arms[label], arms[reference], setting)
+                         if arms[label] and arms[reference] else None))
+    cells = [cell for *_, cell in rows if cell is not None]
+    judged = iter(judge(cells))
+    table = [f"| FedGMA arm | against | as its | last-{LAST_ROUNDS} {name} diff (pts) | Holm p | label |",
+             "|---|---|---|---|---|---|"]
+    mask_labels: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    decisive = []
+    for label, role, reference, cell in rows:
+        if cell is None:
+            table.append(f"| {label} | {reference} | {role} | not run | - | - |")
+            continue
+        p, verdict = next(judged)
+        table.append(f"| {label} | {reference} | {role} | {cell.difference.format()} | {p_text(p)} | {verdict} |")
+        if role != "FedAvg":  # the mask's comparisons: with its controls
+            role = role.removeprefix("FedAvg and ")
+            mask_labels[label].append((role, verdict))
+            if verdict in (HELPS, HURTS):
+                decisive.append(f"{label} vs its {role}: {cell.difference.format()} *{verdict}*")
+    reasons = []
+    for label, items in mask_labels.items():
+        kept, random_kept = _last(arms[label], "mask-kept-fraction"), _last(arms[RANDOM_CONTROLS[label]],
+                                                                            "mask-kept-fraction")
+        keeps = "" if kept is None else f" keeps {percent(kept)} of coordinates" + (
+            "" if random_kept is None else f" (its random mask {percent(random_kept)})") + ";"
+        reasons.append(f"{label}:{keeps} " + ", ".join(f"vs its {role} *{verdict}*" for role, verdict in items))
+    word = overall([v for items in mask_labels.values() for _, v in items]) if any(arms.values()) else "not run"
+    tested = sum(p is not None for p, _ in judge(cells))
+    out = [*lines, "", *table, "", f"Holm over this table's {tested} measurable comparisons with two or more seeds "
+           "(one family)."]
+    return out, SettingVerdict(word, decisive, reasons)
+
+
+WORDS = {HELPS: "the mask helps", HURTS: "the mask hurts", "mixed": "mixed (helps in one comparison, hurts in "
+         "another)", "does nothing": "the mask does nothing (every comparison equivalent)"}
+
+
+def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> tuple[str, str]:
+    """The when grid's tables (for docs/experiments.md and report.md) and its short summary (for
+    the README), as markdown; image links relative to ``relative_to``."""
+    if not (results_dir / "results.csv").is_file():
+        return when_not_run()
+    manifest = json.loads((results_dir / "grid.json").read_text())
+    runs = load_runs(results_dir)
+    if not runs:
+        return when_not_run()
+    config = grid_run_folders(results_dir)[runs[0].name].read_config()
+    dataset = config["dataset"]
+    planned = _planned(manifest)
+    settings = [s for s in WHEN_ORDER if s in planned]
+    out = [f"#### Grid `when` on colored {dataset}: {len(runs)} of {len(manifest['runs'])} runs finished", "",
+           f"Per setting, in the grid's order: each arm's primary metric (accuracy on the setting's primary test "
+           f"set, mean of the last {LAST_ROUNDS} rounds; mean ± std over seeds), the accuracy at the first round "
+           f"of best ID accuracy and after the last round, the mask's kept fraction and mean over the last "
+           f"{LAST_ROUNDS} rounds (and per input colour channel of the first convolution where recorded); then "
+           "each FedGMA arm minus FedAvg, its no-mask control, its random mask and (gma) its uniform step, in "
+           "points (paired seeds, mean [95 % interval]).", "", family_caption(None), ""]
+    verdicts: dict[str, SettingVerdict] = {}
+    for setting in settings:
+        some = next((r for r in runs if r.setting == setting), None)
+        if some is None:
+            out += [f"**{SETTING_TITLES[setting]}**: not run (0 of {sum(planned[setting].values())} runs).", ""]
+            verdicts[setting] = SettingVerdict("not run", [], [])
+            continue
+        out += [f"**{SETTING_TITLES[setting]}**, {len(some.trained)} rounds (primary test set: "
+                f"{PRIMARY_TEST_SET[setting]}; colored {dataset})", ""]
+        lines, verdicts[setting] = when_setting(runs, setting, planned[setting])
+        notes = caveats(runs, setting, list(planned[setting]), "when", colour_only_accuracy(setting, config))
+        notes += [note] if (note := rise_note(runs, setting, list(planned[setting]), "when")) else []
+        out += [*lines, "", *(f"- {note}" for note in notes), *([""] if notes else [])]
+    present = tuple(s for s in settings if any(r.setting == s for r in runs))
+    plot_settings(runs, WHEN_LABELS, figures_dir / "when.png",
+                  f"Primary test set accuracy per round, colored {dataset} (mean over seeds, min-max shaded; "
+                  "dashed: no-mask controls)", study="when", settings=present)
+    link = Path(os.path.relpath(figures_dir / "when.png", relative_to)).as_posix()
+    out += [f"![Primary test set accuracy per round, the when grid]({link})", "",
+            "**When does the mask help?** (generated from the tables above: the labels of each FedGMA arm "
+            "against its no-mask control, random mask and uniform step)", ""]
+    summary = [f"**When does the mask help?** From the `when` grid on colored {dataset} ({len(runs)} of "
+               f"{len(manifest['runs'])} runs; FedGMA against its no-mask, random-mask and uniform-step "
+               f"controls, last-{LAST_ROUNDS}-round accuracy on each setting's primary test set, Holm per "
+               "setting; tables in [docs/experiments.md](docs/experiments.md)):", ""]
+    for setting, verdict in verdicts.items():
+        word = WORDS.get(verdict.word, verdict.word)
+        out.append(f"- **{SETTING_TITLES[setting]}**: {word}" + (f" ({'; '.join(verdict.reasons)})"
+                                                                 if verdict.reasons else ""))
+        summary.append(f"- **{SETTING_TITLES[setting]}**: {word}" + (f" ({'; '.join(verdict.decisive)})"
+                                                                     if verdict.decisive else ""))
+    return "\n".join(out) + "\n", "\n".join(summary) + "\n"
+
+
+def when_not_run() -> tuple[str, str]:
+    """The when grid's blocks before any of its runs has finished."""
+    return (f"The `when` grid has not run yet (no finished run in `results/when`); `{WHEN_COMMAND}` fills this "
+            "block from it.\n",
+            "**When does the mask help?** Not measured yet: the `when` grid (opposite, majority-sign and private "
+            "shortcuts, full and partial participation, with random-mask and uniform-step controls) has not "
+            "run. Its tables will be in [docs/experiments.md](docs/experiments.md).\n")
+
+
+def write_when_report(results_dir: Path, figures_dir: Path, readmes: list[Path],
+                       markdown: Path | None) -> Path | None:
+    written = None
+    if (results_dir / "results.csv").is_file():
+        written = (markdown or results_dir / "report.md").resolve()
+        tables, summary = build_when_markdown(results_dir, figures_dir, written.parent)
+        written.write_text(f"{summary}\n{tables}")
+        print(f"report: {written}; figures in {figures_dir}")
+    else:
+        print(f"report: {results_dir} holds no finished run of the when grid yet; the README blocks say so")
+    for path in readmes:
+        tables, summary = build_when_markdown(results_dir, figures_dir, path.parent)
+        text = path.read_text()
+        blocks = [(b, e, block) for b, e, block in ((WHEN_BEGIN, WHEN_END, tables),
+                                                    (SUMMARY_BEGIN, SUMMARY_END, summary)) if b in text]
+        if not blocks:
+            raise ValueError(f"{path}: no {WHEN_BEGIN} or {SUMMARY_BEGIN} block to replace")
+        for begin, end, block in blocks:
+            write_block(path, block, begin, end)
+        print(f"report: when blocks of {path} replaced")
+    return written
