@@ -29,8 +29,8 @@ RELATIONS: dict[str, dict[str, object]] = {
 }
 # ... and who takes part in a round: every client, or 10 of 50 (the paper's regime).
 PARTICIPATION: dict[str, dict[str, object]] = {
-    "full": {"clients": 10, "train-images": 5000, "fraction-train": 1.0, "min-nodes": 10},
     "partial": {"clients": 50, "train-images": 25000, "fraction-train": 0.2, "min-nodes": 10},
+    "full": {"clients": 10, "train-images": 5000, "fraction-train": 1.0, "min-nodes": 10},
 }
 WHEN_SETTINGS: dict[str, dict[str, object]] = {
     f"{relation}-{participation}": {
