@@ -128,7 +128,7 @@ def _probe(args: argparse.Namespace) -> int:
 
     environ = HostSettings(data_dir=args.data_dir, download=False if args.no_download else None).environment()
     source = data_source(environ={**os.environ, **environ})
-    probed = probe_grid(args.results_dir, source, app=args.app)
+    probed = probe_grid(args.results_dir, source, app=args.app, reruns=args.reruns)
     print(f"fedgma probe: {probed} 10-class runs with a final model probed in {args.results_dir}")
     return 0 if probed else 1
 
@@ -198,6 +198,8 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     probe.add_argument("--no-download", action="store_true", help="never download a missing data set")
     probe.add_argument("--app", type=Path, help="the Flower app folder whose default settings complete old "
                        "runs' config.json (default: the source checkout, else the current directory)")
+    probe.add_argument("--reruns", type=Path, help="a `fedgma grid reproduce --scratch` folder: its final models "
+                       "stand in for missing ones where its metrics equal the run's (the same model)")
     probe.set_defaults(func=_probe)
 
     toy = commands.add_parser("toy", help="the 'sewn optima' toy figure (FedAvg vs FedGMA on 2-D losses)")

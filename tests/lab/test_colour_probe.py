@@ -82,6 +82,38 @@ def test_probe_run_reads_a_finished_runs_files_and_writes_its_result(tmp_path, s
     assert not (tmp_path / "runs" / "two" / PROBE_FILE).exists()
 
 
+def test_a_reruns_model_stands_in_only_where_its_metrics_are_the_runs(tmp_path, shared_data_dir):
+    import json
+
+    import pytest
+
+    from fedgma.app.config import DataSource
+    from fedgma.app.settings import parse_run_config
+    from fedgma.app.task.colored.model import build_model
+    from fedgma.deployment.app_folder import app_defaults
+    from fedgma.lab.experiments.colour_probe import probe_grid
+    from fedgma.lab.experiments.results import PROBE_FILE
+
+    source = DataSource(shared_data_dir, download=False)
+    config = parse_run_config({**app_defaults(), "task": "ten-class", "test-images": 100})
+    header = "round,wall-seconds,id-accuracy\n"
+    for folder, rows in (("committed", "1,5.0,0.5\n"), ("rerun", "1,7.5,0.5\n"), ("other", "1,5.0,0.6\n")):
+        run_dir = tmp_path / folder / "runs" / "ten"
+        run_dir.mkdir(parents=True)
+        (run_dir / "config.json").write_text(json.dumps({**config.flat(), "run-id": 1}))
+        (run_dir / "metrics.csv").write_text(header + rows)
+        if folder != "committed":
+            torch.save(build_model(10, seed=0).state_dict(), run_dir / "final_model.pt")
+    said = []
+    assert probe_grid(tmp_path / "committed", source, echo=said.append) == 0  # no model, no reruns
+    # A rerun whose metrics are the run's (the timings aside) is the same model.
+    assert probe_grid(tmp_path / "committed", source, echo=said.append, reruns=tmp_path / "rerun") == 1
+    written = json.loads((tmp_path / "committed" / "runs" / "ten" / PROBE_FILE).read_text())
+    assert written["model"] == "a rerun's, metrics identical" and written["images"] == 100
+    with pytest.raises(ValueError, match="metrics differ"):
+        probe_grid(tmp_path / "committed", source, echo=said.append, reruns=tmp_path / "other")
+
+
 def test_the_reports_probe_table_has_one_cell_per_column():
     from fedgma.lab.experiments import report
 

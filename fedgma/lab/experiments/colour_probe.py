@@ -31,6 +31,7 @@ from fedgma.deployment.app_folder import app_defaults
 from fedgma.loop.atomic import atomic_write
 
 from .results import PROBE_FILE, grid_run_folders, percent, saved_settings
+from .runner import metrics_differences
 
 NUM_CLASSES = 10
 
@@ -68,42 +69,55 @@ def shape_or_colour(model: nn.Module, probe: SwappedColours, batch_size: int = 5
             "neither": 1.0 - shape - colour}
 
 
-def probe_run(folder: RunFolder, source: DataSource, defaults: dict[str, Any]) -> dict[str, object]:
+def probe_run(folder: RunFolder, source: DataSource, defaults: dict[str, Any],
+              weights: RunFolder | None = None) -> dict[str, object]:
     """Probe a finished 10-class run's final model on its own central test images; writes
     :data:`PROBE_FILE` in the run folder and returns what it wrote (``defaults``: the app's
-    default settings, for settings added after the run was made)."""
+    default settings, for settings added after the run was made). ``weights``: a rerun of the
+    same run (``fedgma grid reproduce``) whose final model stands in for a missing one; its
+    metrics must equal the run's (timings aside), so it is the same model."""
     config = RunConfig.from_flat(saved_settings(folder, defaults)).task
     if config.name != "ten-class":
         raise ValueError(f"{folder.path}: the colour probe is for the 10-class task, not {config.name!r}")
-    if not folder.model.is_file():
-        raise FileNotFoundError(f"{folder.model} does not exist: the probe needs the run's final model")
+    model_path = folder.model if weights is None else weights.model
+    if not model_path.is_file():
+        raise FileNotFoundError(f"{model_path} does not exist: the probe needs the run's final model")
+    if weights is not None and (differences := metrics_differences(folder, weights)):
+        raise ValueError(f"{weights.path} is not a rerun of {folder.path}: its metrics differ ({differences[0]})")
     test = load_test_set(config, source, ood=False)  # the run's own test images (rows and classes)
     grey = load_base_images(config.dataset, source.path, False, source.download)[0][test.rows]
     probe = swapped_colour_set(grey, test.labels, config.seed)
     model = build_model(NUM_CLASSES)
-    model.load_state_dict(torch.load(folder.model, map_location="cpu", weights_only=True))
-    result = {"run": folder.path.name, "dataset": config.dataset, **shape_or_colour(model, probe)}
+    model.load_state_dict(torch.load(model_path, map_location="cpu", weights_only=True))
+    result: dict[str, object] = {"run": folder.path.name, "dataset": config.dataset, **shape_or_colour(model, probe),
+              **({} if weights is None else {"model": "a rerun's, metrics identical"})}
     payload = (json.dumps(result, indent=2) + "\n").encode()
     atomic_write(folder.path / PROBE_FILE, lambda f: f.write(payload))
     return result
 
 
 def probe_grid(results_dir: Path, source: DataSource, echo: Callable[[str], object] = print,
-               app: Path | None = None) -> int:
+               app: Path | None = None, reruns: Path | None = None) -> int:
     """Probe every 10-class run of a grid that has its final model; returns how many, and says how
     many of the grid's 10-class runs (with saved settings) that is (``app``: the Flower app folder,
-    for its default settings)."""
+    for its default settings). ``reruns``: a ``fedgma grid reproduce`` scratch folder whose final
+    models stand in for the missing ones (see :func:`probe_run`)."""
     done = total = 0
     defaults = app_defaults(app)
+    rerun_folders = grid_run_folders(reruns) if reruns is not None and (reruns / "runs").is_dir() else {}
     for name, folder in grid_run_folders(results_dir).items():
         if not folder.config.is_file() or saved_settings(folder, defaults)["task"] != "ten-class":
             continue
         total += 1
+        weights = None
         if not folder.model.is_file():
-            continue
-        result = probe_run(folder, source, defaults)
+            weights = rerun_folders.get(name)
+            if weights is None or not weights.model.is_file():
+                continue
+        result = probe_run(folder, source, defaults, weights)
         echo(f"{name}: follows shape {percent(float(result['follows-shape']))}, "  # type: ignore[arg-type]
              f"colour {percent(float(result['follows-colour']))}")  # type: ignore[arg-type]
         done += 1
-    echo(f"probed {done} of {total} 10-class runs (the others have no final model here)")
+    echo(f"probed {done} of {total} 10-class runs (the others have no final model here"
+         f"{'' if reruns is None else ' or in ' + str(reruns)})")
     return done
