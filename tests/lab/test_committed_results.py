@@ -1,8 +1,9 @@
-"""The committed full-grid results: complete, made with the grid's settings, and what the docs show.
+"""The committed grid results (``results/full``, ``results/when``): made with the grid's settings,
+and what the docs show.
 
-These read ``results/full`` (committed CSVs and JSON, no weights) and rebuild the combined CSV and
-the results block of docs/experiments.md from them with the documented code, so a hand edit or a
-stale report fails.
+These read the committed CSVs and JSON (no weights) and rebuild the combined CSVs and the
+generated blocks of docs/experiments.md and README.md from them with the documented code, so a
+hand edit or a stale report fails.
 """
 
 import csv
@@ -19,19 +20,21 @@ from fedgma.lab.experiments.runner import GridRunner
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "results" / "full"
+GRIDS = ("full", "when")
 
 
-def finished_runs() -> list[Path]:
-    return sorted(p.parent for p in (RESULTS / "runs").glob("*/summary.json"))
+def finished_runs(grid: str = "full") -> list[Path]:
+    return sorted(p.parent for p in (ROOT / "results" / grid / "runs").glob("*/summary.json"))
 
 
 def test_some_full_grid_runs_are_committed():
     assert len(finished_runs()) >= 57  # stop 9 committed 57 of 123; runs are only ever added
 
 
-@pytest.mark.parametrize("run_dir", finished_runs(), ids=lambda p: p.name)
-def test_a_committed_run_matches_its_grid_settings_and_its_metrics(run_dir):
-    runner = GridRunner(grid_by_name("full"), RESULTS)
+@pytest.mark.parametrize(("grid", "run_dir"), [(g, r) for g in GRIDS for r in finished_runs(g)],
+                         ids=lambda value: value if isinstance(value, str) else value.name)
+def test_a_committed_run_matches_its_grid_settings_and_its_metrics(grid, run_dir):
+    runner = GridRunner(grid_by_name(grid), ROOT / "results" / grid)
     spec = next(s for s in runner.grid.runs if s.name == run_dir.name)
     assert runner.is_finished(spec)  # raises GridMismatch if made with other settings
     with (run_dir / "metrics.csv").open() as handle:
@@ -47,23 +50,31 @@ def test_a_committed_run_matches_its_grid_settings_and_its_metrics(run_dir):
     assert summary["peak-ood-accuracy"] == pytest.approx(max(float(r["ood-accuracy"]) for r in trained))
 
 
-def test_weights_and_checkpoints_of_grid_runs_are_never_committed():
+@pytest.mark.parametrize("grid", GRIDS)
+def test_weights_and_checkpoints_of_grid_runs_are_never_committed(grid):
     # A grid run in place writes these next to its CSVs; git must ignore them, and none may be tracked.
-    run = RESULTS.relative_to(ROOT) / "runs" / "any-run"
+    results = ROOT / "results" / grid
+    run = results.relative_to(ROOT) / "runs" / "any-run"
     for name in ("final_model.pt", "checkpoint.npz"):
         ignored = subprocess.run(["git", "check-ignore", "-q", str(run / name)], cwd=ROOT)
         assert ignored.returncode == 0, f"{run / name} is not ignored by git"
-    tracked = subprocess.run(["git", "ls-files", str(RESULTS.relative_to(ROOT))], cwd=ROOT,
+    tracked = subprocess.run(["git", "ls-files", str(results.relative_to(ROOT))], cwd=ROOT,
                              capture_output=True, text=True, check=True).stdout.split()
-    assert tracked and all(Path(f).suffix in {".csv", ".json", ".md"} for f in tracked)
+    assert all(Path(f).suffix in {".csv", ".json", ".md"} for f in tracked)
+    assert tracked or grid == "when"
 
 
-def test_the_combined_csv_is_rebuilt_from_the_runs(tmp_path):
-    copy = tmp_path / "full"
-    shutil.copytree(RESULTS, copy)
+@pytest.mark.parametrize("grid", GRIDS)
+def test_the_combined_csv_is_rebuilt_from_the_runs(grid, tmp_path):
+    results = ROOT / "results" / grid
+    if not (results / "results.csv").is_file():
+        assert grid == "when" and not finished_runs(grid), "finished runs without their combined CSV"
+        return
+    copy = tmp_path / grid
+    shutil.copytree(results, copy)
     (copy / "results.csv").unlink()
-    rebuilt = GridRunner(grid_by_name("full"), copy).write_combined()
-    assert rebuilt.read_text() == (RESULTS / "results.csv").read_text()
+    rebuilt = GridRunner(grid_by_name(grid), copy).write_combined()
+    assert rebuilt.read_text() == (results / "results.csv").read_text()
 
 
 RESULTS_DOC = ROOT / "docs" / "experiments.md"  # the one file that holds the results block
@@ -93,5 +104,7 @@ def test_the_when_blocks_are_the_reports_output(tmp_path):
         text = path.read_text()
         assert text.count(begin) == 1 and text.count(end) == 1
         block = text.split(begin, 1)[1].split(end, 1)[0].strip("\n")
-        expected = when_report.build_when_markdown(when, tmp_path / "docs" / "figures", path.parent)[part].strip("\n")
+        # Figures go to a scratch copy of docs/figures; links are relative to the document's folder.
+        relative_to = tmp_path / path.parent.relative_to(ROOT)
+        expected = when_report.build_when_markdown(when, tmp_path / "docs" / "figures", relative_to)[part].strip("\n")
         assert block == expected, f"the when block of {path.name} is stale: run `{when_report.WHEN_COMMAND}`"

@@ -139,13 +139,15 @@ def when_setting(runs: list[Run], setting: str, planned: dict[str, int]) -> tupl
         keeps = "" if kept is None else f" keeps {percent(kept)} of coordinates" + (
             "" if random_kept is None else f" (its random mask {percent(random_kept)})") + ";"
         reasons.append(f"{label}:{keeps} " + ", ".join(f"vs its {role} *{verdict}*" for role, verdict in items))
-    word = overall([v for items in mask_labels.values() for _, v in items]) if any(arms.values()) else "not run"
+    word = ("not run" if not any(arms.values()) else NO_CONTROL_YET if not mask_labels
+            else overall([v for items in mask_labels.values() for _, v in items]))
     tested = sum(p is not None for p, _ in judge(cells))
     out = [*lines, "", *table, "", f"Holm over this table's {tested} measurable comparisons with two or more seeds "
            "(one family)."]
     return out, SettingVerdict(word, decisive, reasons)
 
 
+NO_CONTROL_YET = "no control finished yet"
 WORDS = {HELPS: "the mask helps", HURTS: "the mask hurts", "mixed": "mixed (helps in one comparison, hurts in "
          "another)", "does nothing": "the mask does nothing (every comparison equivalent)"}
 
@@ -197,10 +199,12 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
                "setting; tables in [docs/experiments.md](docs/experiments.md)):", ""]
     for setting, verdict in verdicts.items():
         word = WORDS.get(verdict.word, verdict.word)
-        out.append(f"- **{SETTING_TITLES[setting]}**: {word}" + (f" ({'; '.join(verdict.reasons)})"
-                                                                 if verdict.reasons else ""))
-        summary.append(f"- **{SETTING_TITLES[setting]}**: {word}" + (f" ({'; '.join(verdict.decisive)})"
-                                                                     if verdict.decisive else ""))
+        made, planned_here = sum(r.setting == setting for r in runs), sum(planned[setting].values())
+        progress = "" if made == planned_here else f" [{made} of {planned_here} runs]"
+        out.append(f"- **{SETTING_TITLES[setting]}**: {word}{progress}" + (f" ({'; '.join(verdict.reasons)})"
+                                                                           if verdict.reasons else ""))
+        summary.append(f"- **{SETTING_TITLES[setting]}**: {word}{progress}" + (
+            f" ({'; '.join(verdict.decisive)})" if verdict.decisive else ""))
     return "\n".join(out) + "\n", "\n".join(summary) + "\n"
 
 
