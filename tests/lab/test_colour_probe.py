@@ -116,13 +116,15 @@ def test_a_reruns_model_stands_in_only_where_its_metrics_are_the_runs(tmp_path, 
 
 def test_the_reports_probe_table_has_one_cell_per_column():
     from fedgma.lab.experiments import report
+    from fedgma.lab.experiments.comparisons import probe_table
+    from fedgma.lab.experiments.runs import Run
 
     rounds = [{"round": 0, "ood-accuracy": 0.1, "id-accuracy": 0.1},
               {"round": 1, "ood-accuracy": 0.09, "id-accuracy": 1.0}]
-    runs = [report.Run(f"r{s}", "ten-class-iid", "FedAvg", s, ("main",), 3, None, 0.01, rounds) for s in (0, 1)]
+    runs = [Run(f"r{s}", "ten-class-iid", "FedAvg", s, ("main",), 3, None, 0.01, rounds) for s in (0, 1)]
     probes = {"r0": {"follows-shape": 0.0, "follows-colour": 1.0, "neither": 0.0},
               "r1": {"follows-shape": 0.02, "follows-colour": 0.96, "neither": 0.02}}
-    header, rule, row = report.probe_table(runs, probes)
+    header, rule, row = probe_table(runs, probes)
     assert header.count("|") == rule.count("|") == row.count("|") == 9
     assert row == ("| 10-class, IID | FedAvg | 2 | 1.0000 ± 0.0000 | 0.0900 ± 0.0000 | 0.0100 ± 0.0141 "
                    "| 0.9800 ± 0.0283 | 0.0100 ± 0.0141 |")

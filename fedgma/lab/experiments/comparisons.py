@@ -5,13 +5,14 @@ the data, and writing a generated block into a markdown file."""
 from __future__ import annotations
 
 import statistics
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, cast
 
 from ..markdown import replace_block
-from .grids import ALL_SETTINGS, PRIMARY_TEST_SET
-from .runs import LAST_ROUNDS, Run, seed_values, select
+from .grids import ALL_SETTINGS, ARMS, PRIMARY_TEST_SET, SETTING_TITLES
+from .runs import LAST_ROUNDS, Run, mean_std, seed_values, select
 from .verdicts import FLOOR_POINTS, Cell, at_floor, paired
 
 SWING_POINTS = 5.0  # a mean round-to-round change (points) over the last rounds that makes "final" a coin flip
@@ -134,3 +135,33 @@ def rise_note(runs: list[Run], setting: str, labels: Sequence[str], study: str) 
     largest = max(measured.values())
     return (f"*The curves have stopped rising*: {window} rises by at most {RISE_POINTS:g} point for every arm "
             f"(largest {largest:+.1f}).")
+
+
+def probe_table(runs: list[Run], probes: dict[str, dict[str, float]]) -> list[str]:
+    """The colour probe of the 10-class final models (``fedgma probe``), by setting and strategy."""
+    by_name = {r.name: r for r in runs}
+    groups: dict[tuple[str, str], list[tuple[Run, dict[str, float]]]] = defaultdict(list)
+    for name, probe in probes.items():
+        if name in by_name:
+            groups[(by_name[name].setting, by_name[name].strategy)].append((by_name[name], probe))
+    if not groups:
+        return []
+    lines = ["| setting | strategy | runs | final ID acc | final OOD acc | follows shape | follows colour "
+             "| neither |", "|---|---|---|---|---|---|---|---|"]
+    order = list(ALL_SETTINGS)
+    for (setting, strategy), members in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]),
+                                                                                  list(ARMS).index(kv[0][1]))):
+        chosen = [run for run, _ in members]
+        lines.append(f"| {SETTING_TITLES[setting]} | {strategy} | {len(members)} "
+                     f"| {mean_std([r.final_id for r in chosen])} | {mean_std([r.final('ood') for r in chosen])} | "
+                     + " | ".join(mean_std([p[k] for _, p in members]) for k in ("follows-shape", "follows-colour",
+                                                                                   "neither")) + " |")
+    return lines
+
+
+def probe_coverage(runs: list[Run], probes: dict[str, dict[str, float]]) -> str:
+    """How many of the finished 10-class runs the probe covered."""
+    ten_class = [r.name for r in runs if r.num_classes == 10]
+    probed = sum(name in probes for name in ten_class)
+    return (f"{probed} of the {len(ten_class)} finished 10-class runs were probed (`fedgma probe` probes every "
+            "10-class run whose final model is on the machine; weights are not committed)")

@@ -23,6 +23,8 @@ from .comparisons import (
     p_text,
     paired_text,
     primary_of,
+    probe_coverage,
+    probe_table,
     test_title,
     write_block,
 )
@@ -30,7 +32,6 @@ from .figures import plot_ablations, plot_settings
 from .grids import (
     ABLATION_SETTING,
     ABLATION_WS,
-    ALL_SETTINGS,
     ARMS,
     BASELINE,
     MAIN_LABELS,
@@ -146,34 +147,8 @@ def mask_comparisons(runs: list[Run], study: str) -> list[str]:
 
 
 
-def probe_table(runs: list[Run], probes: dict[str, dict[str, float]]) -> list[str]:
-    """The colour probe of the 10-class final models (``fedgma probe``), by setting and strategy."""
-    by_name = {r.name: r for r in runs}
-    groups: dict[tuple[str, str], list[tuple[Run, dict[str, float]]]] = defaultdict(list)
-    for name, probe in probes.items():
-        if name in by_name:
-            groups[(by_name[name].setting, by_name[name].strategy)].append((by_name[name], probe))
-    if not groups:
-        return []
-    lines = ["| setting | strategy | runs | final ID acc | final OOD acc | follows shape | follows colour "
-             "| neither |", "|---|---|---|---|---|---|---|---|"]
-    order = list(ALL_SETTINGS)
-    for (setting, strategy), members in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]),
-                                                                                  list(ARMS).index(kv[0][1]))):
-        chosen = [run for run, _ in members]
-        lines.append(f"| {SETTING_TITLES[setting]} | {strategy} | {len(members)} "
-                     f"| {mean_std([r.final_id for r in chosen])} | {mean_std([r.final('ood') for r in chosen])} | "
-                     + " | ".join(mean_std([p[k] for _, p in members]) for k in ("follows-shape", "follows-colour",
-                                                                                   "neither")) + " |")
-    return lines
 
 
-def probe_coverage(runs: list[Run], probes: dict[str, dict[str, float]]) -> str:
-    """How many of the finished 10-class runs the probe covered."""
-    ten_class = [r.name for r in runs if r.num_classes == 10]
-    probed = sum(name in probes for name in ten_class)
-    return (f"{probed} of the {len(ten_class)} finished 10-class runs were probed (`fedgma probe` probes every "
-            "10-class run whose final model is on the machine; weights are not committed)")
 
 
 def colour_only_note(runs: list[Run], probes: dict[str, dict[str, float]], setting: str) -> str:

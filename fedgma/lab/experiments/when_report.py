@@ -19,6 +19,8 @@ from .comparisons import (
     comparison,
     mean_or_none,
     p_text,
+    probe_coverage,
+    probe_table,
     rise_note,
     test_title,
     write_block,
@@ -35,7 +37,7 @@ from .grids import (
     WHEN_LABELS,
     WHEN_SETTINGS,
 )
-from .results import grid_run_folders, percent
+from .results import grid_run_folders, load_probes, percent
 from .runs import LAST_ROUNDS, Run, load_runs, mean_std, select
 from .verdicts import HELPS, HURTS, Cell, family_caption, judge, overall
 
@@ -185,6 +187,12 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
         notes = caveats(runs, setting, list(planned[setting]), "when", colour_only_accuracy(setting, config))
         notes += [note] if (note := rise_note(runs, setting, list(planned[setting]), "when")) else []
         out += [*lines, "", *(f"- {note}" for note in notes), *([""] if notes else [])]
+    probes = load_probes(results_dir)
+    if probe_lines := probe_table(runs, probes):
+        out += [f"**What the 10-class models learn** (colored {dataset}; `fedgma probe`): each probed run's "
+                "final model on its central test images, each painted in the training colours of another class. "
+                "*Follows shape*: it answers the image's class; *follows colour*: the class whose colours the "
+                f"image wears. {probe_coverage(runs, probes)}.", "", *probe_lines, ""]
     present = tuple(s for s in settings if any(r.setting == s for r in runs))
     plot_settings(runs, WHEN_LABELS, figures_dir / "when.png",
                   f"Primary test set accuracy per round, colored {dataset} (mean over seeds, min-max shaded; "
