@@ -20,6 +20,7 @@ from fedgma.lab.experiments.grids import (
 )
 from fedgma.lab.experiments.runner import START_UP_SECONDS, GridRunner
 from fedgma.lab.experiments.runs import Run
+from fedgma.lab.experiments.when_report import run_time
 
 RESULTS = Path(__file__).parents[2] / "results"
 
@@ -142,3 +143,17 @@ def test_a_curve_still_rising_is_named_and_a_flat_one_is_not():
     assert "eta_s=1" not in note
     assert rise_note([flat], "opposite-full", ["FedGMA ws, eta_s=1"], "when").startswith(
         "*The curves have stopped rising*")
+
+
+def test_the_reports_run_time_sums_the_runs_clocks_by_kind():
+    def run(name: str, setting: str, seconds: float, rounds: int) -> Run:
+        rows = [{"round": float(i), "wall-seconds": seconds * i / rounds} for i in range(rounds + 1)]
+        return Run(name, setting, BASELINE, 0, ("when",), 3, None, 0.01, rows)
+
+    runs = [run("a", "opposite-full", 100.0, 50), run("b", "same-full", 50.0, 50),
+            run("c", "opposite-partial", 30.0, 10), run("d", "ten-class-rho0.8", 3600.0, 100)]
+    line = run_time(runs)
+    assert line.startswith("Run time of these runs: 1:03:00 (h:mm:ss")
+    # binary with 10 clients: 150 s over 100 rounds; 50 clients: 3 s a round; 10-class: 36 s.
+    assert ("per round: 10-class, 10 clients 36.00 s (1 runs), binary, 10 clients 1.50 s (2 runs), "
+            "binary, 50 clients 3.00 s (1 runs).") in line

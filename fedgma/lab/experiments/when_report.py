@@ -28,6 +28,7 @@ from .comparisons import (
 from .figures import plot_settings
 from .grids import (
     ABLATION_SETTING,
+    ALL_SETTINGS,
     BASELINE,
     NO_MASK_CONTROLS,
     PRIMARY_TEST_SET,
@@ -38,6 +39,7 @@ from .grids import (
     WHEN_SETTINGS,
 )
 from .results import grid_run_folders, load_probes, percent
+from .runner import format_seconds
 from .runs import LAST_ROUNDS, Run, load_runs, mean_std, select
 from .verdicts import HELPS, HURTS, Cell, family_caption, judge, overall
 
@@ -168,6 +170,7 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
     planned = _planned(manifest)
     settings = [s for s in WHEN_ORDER if s in planned]
     out = [f"#### Grid `when` on colored {dataset}: {len(runs)} of {len(manifest['runs'])} runs finished", "",
+           run_time(runs), "",
            f"Per setting, in the grid's order: each arm's primary metric (accuracy on the setting's primary test "
            f"set, mean of the last {LAST_ROUNDS} rounds; mean ± std over seeds), the accuracy at the first round "
            f"of best ID accuracy and after the last round, the mask's kept fraction and mean over the last "
@@ -214,6 +217,26 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
         summary.append(f"- **{SETTING_TITLES[setting]}**: {word}{progress}" + (
             f" ({'; '.join(verdict.decisive)})" if verdict.decisive else ""))
     return "\n".join(out) + "\n", "\n".join(summary) + "\n"
+
+
+def run_time(runs: list[Run]) -> str:
+    """The finished runs' time (the sum of their own clocks: ``wall-seconds`` after the last round)
+    and the time per round by task and federation size, from which the grid's hours are planned."""
+    kinds: dict[str, list[tuple[float, int]]] = defaultdict(list)
+    for run in runs:
+        seconds = run.trained[-1].get("wall-seconds") if run.trained else None
+        if seconds is None:
+            continue
+        clients = ALL_SETTINGS[run.setting].get("clients", 10)
+        kinds[f"{'10-class' if run.num_classes == 10 else 'binary'}, {clients} clients"].append(
+            (seconds, len(run.trained)))
+    if not kinds:
+        return "Run time: not recorded."
+    total = sum(seconds for values in kinds.values() for seconds, _ in values)
+    per_round = ", ".join(f"{kind} {sum(s for s, _ in v) / sum(n for _, n in v):.2f} s ({len(v)} runs)"
+                          for kind, v in sorted(kinds.items()))
+    return (f"Run time of these runs: {format_seconds(total)} (h:mm:ss, the sum of the runs' own clocks; "
+            f"start-up between runs not counted); per round: {per_round}.")
 
 
 def when_not_run() -> tuple[str, str]:
