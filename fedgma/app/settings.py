@@ -362,6 +362,18 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
     if task.name == "binary" and task.shortcut == "marker" and partitions > MARKER_CELLS:
         raise ConfigError(f"run config: 'shortcut' = marker gives each client one of {MARKER_CELLS} marker "
                           f"positions, so at most {MARKER_CELLS} clients; got 'num-partitions' = {partitions}")
+    # A setting that the chosen strategy or task never reads would be recorded in config.json as if
+    # it had been applied (e.g. a FedAvg run labelled with a random mask): refused unless at its default.
+    mask_strategies = ("fedgma", "fedgma-adam")
+    if config.strategy.mask_control != "none" and config.strategy.name not in mask_strategies:
+        raise ConfigError(f"run config: 'mask-control' applies to {' and '.join(mask_strategies)} only, "
+                          f"not to 'strategy' = {config.strategy.name}")
+    binary_only = {"shortcut": (task.shortcut, "color"), "shortcut-reversed-share": (task.shortcut_reversed_share, 0.0),
+                   "marker-clients": (task.marker_clients, 0)}
+    ten_class_only = {"color-class-correlation": (task.color_class_correlation, 1.0)}
+    for key, (value, default) in (binary_only if task.name != "binary" else ten_class_only).items():
+        if value != default:
+            raise ConfigError(f"run config: {key!r} does not apply to 'task' = {task.name}; leave it at {default!r}")
     for key in ("max-weight-ratio", "max-norm-ratio"):
         ratio = raw[key]
         if 0 < ratio < 1:

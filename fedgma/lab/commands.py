@@ -27,6 +27,8 @@ from fedgma.app.settings import ConfigError, parse_run_config
 from fedgma.deployment.app_folder import AppFolderNotFound, app_defaults, app_dir, parse_override
 from fedgma.deployment.flower import HostSettings
 
+from .experiments.grids import GRID_NAMES
+
 # What the research tools need beyond the core (flwr, NumPy): the app and lab extras ...
 LAB_MODULES = ("torch", "torchvision", "flwr_datasets", "matplotlib", "scipy")
 # ... and, for the commands that run this repository's Flower app, its folder (``--app``, else a clone).
@@ -54,7 +56,11 @@ def _grid(args: argparse.Namespace) -> int:
     from .experiments.grids import grid_by_name
     from .experiments.runner import GridMismatch, GridRunner
 
-    grid = grid_by_name(args.name)
+    try:
+        grid = grid_by_name(args.name)
+    except KeyError as err:
+        print(f"fedgma grid: {err.args[0]}", file=sys.stderr)
+        return 2
     results_dir = args.results_dir or Path("results") / grid.name
     overrides = dict(args.overrides)
     data = HostSettings(data_dir=args.data_dir, download=False if args.no_download else None)
@@ -117,6 +123,11 @@ def _reproduce(args: argparse.Namespace, committed: GridRunner) -> int:
 def _report(args: argparse.Namespace) -> int:
     from .experiments.report import write_report
 
+    if not args.results_dir.is_dir():
+        print(f"fedgma report: {args.results_dir} is not a folder of grid results (fedgma grid run NAME "
+              "makes results/NAME)", file=sys.stderr)
+        return 2
+
     write_report(args.results_dir, figures_dir=args.figures, readme=args.readme, markdown=args.markdown)
     return 0
 
@@ -170,7 +181,7 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
     grid = commands.add_parser("grid", help="run or inspect a named experiment grid")
     grid.add_argument("action", choices=("run", "status", "reproduce"))
-    grid.add_argument("name", help="full | quick | smoke")
+    grid.add_argument("name", help=" | ".join(GRID_NAMES))
     grid.add_argument("--results-dir", type=Path, help="default: results/<name>")
     grid.add_argument("--run-timeout", type=float, default=3600.0, help="seconds allowed per run")
     grid.add_argument("--data-dir", type=Path, help="data sets and cached partitions "

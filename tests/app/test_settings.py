@@ -134,3 +134,16 @@ def test_resume_refuses_settings_that_change_the_result(tmp_path):
     with pytest.raises(checkpoint.CheckpointError, match="asks for 1 rounds but the checkpoint already has 2"):
         check(parse_run_config(settings(tau=0.6, seed=3, num_server_rounds=1)))
 
+
+
+@pytest.mark.parametrize(("overrides", "key"), [
+    ({"strategy": "fedavg", "mask-control": "random"}, "mask-control"),
+    ({"strategy": "fedprox", "mask-control": "uniform"}, "mask-control"),
+    ({"task": "ten-class", "shortcut": "marker"}, "shortcut"),
+    ({"task": "ten-class", "shortcut-reversed-share": 0.5}, "shortcut-reversed-share"),
+    ({"task": "binary", "color-class-correlation": 0.8}, "color-class-correlation"),
+])
+def test_a_setting_the_run_would_not_read_is_refused(overrides, key):
+    with pytest.raises(ConfigError, match=key):
+        parse_run_config({**defaults(), **overrides})
+    assert parse_run_config({**defaults(), "strategy": "fedgma-adam", "mask-control": "random"})

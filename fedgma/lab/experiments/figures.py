@@ -21,9 +21,16 @@ from .grids import (
 from .runs import LAST_ROUNDS, Run, select, tau_runs
 
 
+def _colours(labels: Sequence[str]) -> dict[str, str]:
+    """One colour per arm in every panel: FedAvg black, the others matplotlib's cycle in ``labels``' order."""
+    others = [label for label in labels if label != BASELINE]
+    return {BASELINE: "black", **{label: f"C{i % 10}" for i, label in enumerate(others)}}
+
+
 def _plot_curves(ax: Any, runs: list[Run], labels: Sequence[str], setting: str, study: str) -> None:
     test = PRIMARY_TEST_SET[setting]
     column = f"{test}-accuracy"
+    colours = _colours(labels)
     for label in labels:
         chosen = [r for r in select(runs, setting, label, study)
                   if all(row.get(column) is not None for row in r.rounds)]
@@ -35,7 +42,7 @@ def _plot_curves(ax: Any, runs: list[Run], labels: Sequence[str], setting: str, 
         mean = [statistics.fmean(col) for col in zip(*curves, strict=False)]
         low = [min(col) for col in zip(*curves, strict=False)]
         high = [max(col) for col in zip(*curves, strict=False)]
-        style: dict[str, Any] = {"color": "black", "linewidth": 2} if label == BASELINE else {"linewidth": 1.3}
+        style: dict[str, Any] = {"color": colours[label], "linewidth": 2 if label == BASELINE else 1.3}
         if label in NO_MASK_CONTROLS.values() and label != BASELINE:
             style["linestyle"] = "--"
         (line,) = ax.plot(rounds, mean, label=f"{label} (n={len(chosen)})", **style)
@@ -57,9 +64,12 @@ def plot_settings(runs: list[Run], labels: Sequence[str], path: Path, title: str
     fig, axes = plt.subplots(rows, 2, figsize=(12, 4.25 * rows + 0.5), squeeze=False)
     for ax, setting in zip(axes.flat, settings, strict=False):
         _plot_curves(ax, runs, labels, setting, study)
-    handles, names = axes.flat[0].get_legend_handles_labels()
-    fig.legend(handles, [n.rsplit(" (n=", 1)[0] for n in names], loc="lower center", ncol=(len(labels) + 1) // 2,
-               fontsize=8.5)
+    # Every arm drawn in any panel, once (panels may lack arms; each arm has one colour throughout).
+    legend: dict[str, Any] = {}
+    for ax in axes.flat:
+        for handle, name in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(name.rsplit(" (n=", 1)[0], handle)
+    fig.legend(list(legend.values()), list(legend), loc="lower center", ncol=(len(labels) + 1) // 2, fontsize=8.5)
     fig.suptitle(title)
     fig.tight_layout(rect=(0, 0.1 / rows, 1, 0.97))
     path.parent.mkdir(parents=True, exist_ok=True)
