@@ -151,7 +151,10 @@ def family_caption(tested: int | None) -> str:
             f"the mean is at least {THRESHOLD_POINTS:g} point; *equivalent within X points* when the 95 % "
             f"interval lies within ±X, X the smallest of {', '.join(f'{x:g}' for x in EQUIVALENCE_LADDER)}; "
             f"*not measurable* when both arms' mean is within {FLOOR_POINTS:g} points of chance or of the "
-            "untrained model (round 0) on that test set; else *inconclusive*.")
+            "untrained model (round 0) on that test set; *too few seeds* with one paired seed; else "
+            "*inconclusive* (not significant after Holm, or under a point, and not shown equivalent). A "
+            "setting's one word: *helps* or *hurts* if any comparison of its mask says so (*mixed* if both), "
+            "*does nothing* if every measurable one is equivalent, else the comparisons' common label.")
 
 
 def overall(labels: Sequence[str]) -> str:

@@ -37,6 +37,7 @@ from .grids import (
     STEP_CONTROLS,
     WHEN_LABELS,
     WHEN_SETTINGS,
+    grid_by_name,
 )
 from .results import grid_run_folders, load_probes, percent
 from .runner import format_seconds
@@ -152,6 +153,8 @@ def when_setting(runs: list[Run], setting: str, planned: dict[str, int]) -> tupl
 
 
 NO_CONTROL_YET = "no control finished yet"
+# Runs of the full grid that the when grid reuses as they are (binary non-IID references).
+FULL_GRID_RUNS = frozenset(spec.name for spec in grid_by_name("full").runs)
 WORDS = {HELPS: "the mask helps", HURTS: "the mask hurts", "mixed": "mixed (helps in one comparison, hurts in "
          "another)", "does nothing": "the mask does nothing (every comparison equivalent)"}
 
@@ -204,8 +207,11 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
     out += [f"![Primary test set accuracy per round, the when grid]({link})", "",
             "**When does the mask help?** (generated from the tables above: the labels of each FedGMA arm "
             "against its no-mask control, random mask and uniform step)", ""]
+    reused = sum(r.name in FULL_GRID_RUNS for r in runs)
+    controls = sum(r.strategy in (*RANDOM_CONTROLS.values(), *STEP_CONTROLS.values()) for r in runs)
     summary = [f"**When does the mask help?** From the `when` grid on colored {dataset} ({len(runs)} of "
-               f"{len(manifest['runs'])} runs; FedGMA against its no-mask, random-mask and uniform-step "
+               f"{len(manifest['runs'])} runs, {reused} of them the full grid's, reused; {controls} random-mask "
+               "or uniform-step runs so far; FedGMA against its no-mask, random-mask and uniform-step "
                f"controls, last-{LAST_ROUNDS}-round accuracy on each setting's primary test set, Holm per "
                "setting; tables in [docs/experiments.md](docs/experiments.md)):", ""]
     for setting, verdict in verdicts.items():
