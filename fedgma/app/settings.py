@@ -128,8 +128,8 @@ class StrategySettings:
     server_lr: float = setting("float", 1.0, "FedGMA eta_s; FedAvgM server learning rate", low=0.0)
     agreement_weighted: bool = setting("flag", False, "weight sign agreement by num-examples")
     mask_control: str = setting("choice", "none", "FedGMA research controls: none | random (the mask's kept count "
-                                "per array at random places, seeded by seed) | uniform (every coordinate the "
-                                "round's mean mask)", choices=MASK_CONTROLS)
+                                "per array at random places, seeded by seed) | uniform (every coordinate of the "
+                                "model's float arrays gets the round's model-wide mean mask)", choices=MASK_CONTROLS)
     server_momentum: float = setting("float", 0.9, "fedavgm", low=0.0, high=1.0)
     proximal_mu: float = setting("float", 0.01, "fedprox", low=0.0)
     adam_eta: float = setting("float", 0.01, "fedadam server learning rate", low=0.0, low_open=True)
