@@ -10,12 +10,14 @@ from __future__ import annotations
 import os
 import sys
 import time
+from logging import INFO
 from pathlib import Path
 from typing import cast
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
+from flwr.common.logger import log
 
 from fedgma.loop.partitions import NODE_RECORD
 
@@ -84,6 +86,10 @@ def train(msg: Message, context: Context) -> Message:
     }
     if started is not None:
         metrics["clientapp-start-seconds"] = started
+    # One line per message: in a simulation on a Ray cluster, Ray prefixes it with the node it ran on.
+    log(INFO, "fedgma client: round %s, partition %s of %s: %s examples trained in %.2f s on %s",
+        server_round, node.partition_id, node.num_partitions, len(data), metrics["train-seconds"],
+        next(model.parameters()).device)
     content = RecordDict(
         {
             "arrays": ArrayRecord(model.cpu().state_dict()),

@@ -130,15 +130,19 @@ class NodeIdentity:
 NODE_KEYS = ("partition-id", "num-partitions", "data-dir", "download", "device")
 
 
-def _device(raw: Mapping[str, Any], environ: Mapping[str, str]) -> str:
-    """``device`` from the node config, else ``$FEDGMA_DEVICE``, else ``auto``."""
-    value = raw["device"] if "device" in raw else environ.get(DEVICE_ENV, "") or "auto"
+def check_device(value: object, where: str = "node config") -> str:
+    """A device name: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``; raises ConfigError otherwise."""
     named = isinstance(value, str) and (
         value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit())
     )
     if not named:
-        raise ConfigError(f"node config: 'device' must be auto, cpu, cuda or cuda:N, got {value!r}")
-    return value
+        raise ConfigError(f"{where}: 'device' must be auto, cpu, cuda or cuda:N, got {value!r}")
+    return str(value)
+
+
+def _device(raw: Mapping[str, Any], environ: Mapping[str, str]) -> str:
+    """``device`` from the node config, else ``$FEDGMA_DEVICE``, else ``auto``."""
+    return check_device(raw["device"] if "device" in raw else environ.get(DEVICE_ENV, "") or "auto")
 
 
 def parse_node_config(raw: dict[str, Any], environ: Mapping[str, str] | None = None) -> NodeIdentity:

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fedgma.app.config import DATA_DIR_ENV, DOWNLOAD_ENV, OUTPUT_ROOT_ENV
+from fedgma.app.config import DATA_DIR_ENV, DEVICE_ENV, DOWNLOAD_ENV, OUTPUT_ROOT_ENV
 
 from .processes import BIN, free_port, start, stop, wait_for_http
 
@@ -24,14 +24,18 @@ from .processes import BIN, free_port, start, stop, wait_for_http
 @dataclass(frozen=True)
 class HostSettings:
     """What a host's operator sets for the app's processes there, as environment variables:
-    the output root (ServerApp) and the data directory and download permission (all)."""
+    the output root (ServerApp), the data directory and download permission (all) and the
+    device the ClientApps train on (``auto``, ``cpu``, ``cuda`` or ``cuda:N``)."""
 
     output_root: Path | None = None
     data_dir: Path | None = None
     download: bool | None = None
+    device: str | None = None
 
     def environment(self) -> dict[str, str]:
         env = {}
+        if self.device is not None:
+            env[DEVICE_ENV] = self.device
         if self.output_root is not None:
             env[OUTPUT_ROOT_ENV] = str(Path(self.output_root).resolve())
         if self.data_dir is not None:
@@ -56,6 +60,69 @@ def flower_env(flwr_home: Path, host: HostSettings | None = None) -> dict[str, s
     )
     env.update((host or HostSettings()).environment())
     return env
+
+
+RAY_ADDRESS_ENV = "RAY_ADDRESS"  # read by ray.init() in the simulation process
+
+
+@dataclass(frozen=True)
+class SimulationResources:
+    """Which Ray runs a simulation's ClientApps, and what each one gets from it.
+
+    Flower 1.39's ``--federation-config`` takes the client resources and a private Ray's
+    CPUs and GPUs, but no cluster address (``init-args-address`` is refused as an unknown
+    field); the simulation process calls ``ray.init()``, which reads ``RAY_ADDRESS``. So the
+    address goes into the SuperLink's environment and the rest into the federation config.
+
+    Attributes
+    ----------
+    ray_address : str
+        ``local``: a private Ray for each run, started and stopped with it (Flower's default
+        when no cluster is running here); ``auto``: the cluster started on this machine with
+        ``ray start``; ``HOST:PORT``: the cluster whose head is there (``ray start --head``).
+    client_cpus : int
+        CPUs each ClientApp reserves (Flower's default is 2).
+    client_gpus : float
+        GPUs, or a fraction of one, each ClientApp reserves; 0: none (Ray then hides the GPUs
+        from it, so ``device = auto`` trains on the CPU).
+    ray_cpus : int | None
+        CPUs of a private Ray (``local`` only); None: every core of the machine.
+    """
+
+    ray_address: str = "local"
+    client_cpus: int = 1
+    client_gpus: float = 0.0
+    ray_cpus: int | None = None
+
+    def __post_init__(self) -> None:
+        address = self.ray_address
+        if not address or any(c.isspace() for c in address) or (
+                address not in ("local", "auto") and ":" not in address):
+            raise ValueError(f"Ray address must be local, auto or HOST:PORT, got {address!r}")
+        if isinstance(self.client_cpus, bool) or not isinstance(self.client_cpus, int) or self.client_cpus < 1:
+            raise ValueError(f"CPUs per client must be an integer >= 1, got {self.client_cpus!r}")
+        if not 0.0 <= float(self.client_gpus) <= 64:
+            raise ValueError(f"GPUs per client must be between 0 and 64, got {self.client_gpus!r}")
+        if self.ray_cpus is not None and (self.ray_cpus < 1 or self.joins_cluster):
+            raise ValueError("a private Ray's CPUs must be >= 1, and only a private (local) Ray takes them; "
+                             f"got {self.ray_cpus!r} with Ray address {address!r}")
+
+    @property
+    def joins_cluster(self) -> bool:
+        """True unless each run starts its own Ray."""
+        return self.ray_address != "local"
+
+    def environment(self) -> dict[str, str]:
+        return {RAY_ADDRESS_ENV: self.ray_address}
+
+    def federation_config(self, num_supernodes: int) -> str:
+        """The ``--federation-config`` of a run with ``num_supernodes`` simulated nodes."""
+        parts = [f"num-supernodes={num_supernodes}", f"client-resources-num-cpus={self.client_cpus}"]
+        if self.client_gpus:
+            parts.append(f"client-resources-num-gpus={float(self.client_gpus)!r}")
+        if self.ray_cpus is not None:
+            parts.append(f"init-args-num-cpus={self.ray_cpus}")
+        return " ".join(parts)
 
 
 def write_connection(
@@ -203,15 +270,18 @@ class SimulationRuntime:
 
     It is what ``flwr run . local`` starts by itself, but on free ports and with a
     PID we stop on exit, so nothing is left running. The apps it runs start in ``cwd``
-    (default: ours): relative paths of an app's own resolve there.
+    (default: ours): relative paths of an app's own resolve there. Its runs' ClientApps run
+    on the Ray that ``resources`` names (default: a private one per run).
     """
 
-    def __init__(self, workdir: Path, settings: HostSettings | None = None, cwd: Path | None = None) -> None:
+    def __init__(self, workdir: Path, settings: HostSettings | None = None, cwd: Path | None = None,
+                 resources: SimulationResources | None = None) -> None:
         self.workdir = workdir
         self.cwd = cwd
         self.flwr_home = workdir / "flwr-home"
         self.port = free_port()
-        self.env = flower_env(self.flwr_home, settings)
+        self.resources = resources or SimulationResources()
+        self.env = {**flower_env(self.flwr_home, settings), **self.resources.environment()}
         self.process: subprocess.Popen[bytes] | None = None
         self.cli = FlowerCli(self.env, "sim")
 

@@ -23,9 +23,10 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedgma.app.config import check_device
 from fedgma.app.settings import ConfigError, parse_run_config
 from fedgma.deployment.app_folder import AppFolderNotFound, app_defaults, app_dir, parse_override
-from fedgma.deployment.flower import HostSettings
+from fedgma.deployment.flower import RAY_ADDRESS_ENV, HostSettings, SimulationResources
 
 from .experiments.grids import GRID_NAMES
 
@@ -63,8 +64,24 @@ def _grid(args: argparse.Namespace) -> int:
         return 2
     results_dir = args.results_dir or Path("results") / grid.name
     overrides = dict(args.overrides)
-    data = HostSettings(data_dir=args.data_dir, download=False if args.no_download else None)
-    runner = GridRunner(grid, results_dir, overrides, run_timeout=args.run_timeout, data=data, app=args.app)
+    only = None
+    if args.runs and args.action == "run":  # reproduce reads --runs itself
+        only = [n for n in args.runs.split(",") if n]
+        unknown = sorted(set(only) - {spec.name for spec in grid.runs})
+        if unknown:
+            print(f"fedgma grid: grid {grid.name} has no run {', '.join(unknown)} (fedgma grid status "
+                  f"{grid.name} lists them)", file=sys.stderr)
+            return 2
+    try:
+        device = None if args.device is None else check_device(args.device, where="--device")
+        data = HostSettings(data_dir=args.data_dir, download=False if args.no_download else None, device=device)
+        resources = SimulationResources(ray_address=args.ray_address or os.environ.get(RAY_ADDRESS_ENV) or "local",
+                                        client_cpus=args.client_cpus, client_gpus=args.client_gpus)
+        runner = GridRunner(grid, results_dir, overrides, run_timeout=args.run_timeout, data=data, app=args.app,
+                            jobs=args.jobs, resources=resources)
+    except (ValueError, ConfigError) as err:
+        print(f"fedgma grid: {err}", file=sys.stderr)
+        return 2
     try:
         if args.action == "status":
             status = runner.status()
@@ -78,7 +95,7 @@ def _grid(args: argparse.Namespace) -> int:
             return 0
         if args.action == "reproduce":
             return _reproduce(args, runner)
-        return 1 if runner.run() else 0
+        return 1 if runner.run(only) else 0
     except (ConfigError, GridMismatch) as err:
         print(f"fedgma grid: {err}", file=sys.stderr)
         return 2
@@ -105,7 +122,7 @@ def _reproduce(args: argparse.Namespace, committed: GridRunner) -> int:
     scratch = args.scratch or Path(tempfile.mkdtemp(prefix="fedgma-reproduce-"))
     subset = dataclasses.replace(committed.grid, runs=tuple(known[n] for n in names))
     rerun = GridRunner(subset, scratch, committed.overrides, run_timeout=committed.run_timeout,
-                       data=committed.host, app=committed.app)
+                       data=committed.host, app=committed.app, jobs=committed.jobs, resources=committed.resources)
     if rerun.run():
         return 1
     failed = 0
@@ -187,8 +204,20 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     grid.add_argument("--data-dir", type=Path, help="data sets and cached partitions "
                       "(default: $FEDGMA_DATA_DIR, else ~/.cache/fedgma)")
     grid.add_argument("--no-download", action="store_true", help="never download a missing data set")
-    grid.add_argument("--runs", help="reproduce: comma-separated names of finished runs")
+    grid.add_argument("--runs", help="comma-separated run names: run only these; reproduce: the finished runs "
+                      "to rerun")
     grid.add_argument("--scratch", type=Path, help="reproduce: where the reruns go (default: a new temp folder)")
+    grid.add_argument("--jobs", type=int, default=1,
+                      help="runs at once, each its own simulation; the machine's cores are split between them "
+                           "(a private Ray per run only)")
+    grid.add_argument("--ray-address", help="the Ray that runs the clients: local (a private Ray per run), auto "
+                      "(the cluster started here with `ray start`) or HOST:PORT of a cluster's head "
+                      "(default: $RAY_ADDRESS, else local)")
+    grid.add_argument("--client-cpus", type=int, default=1, help="CPUs each simulated client reserves")
+    grid.add_argument("--client-gpus", type=float, default=0.0,
+                      help="GPUs (or a fraction of one) each simulated client reserves; 0: none")
+    grid.add_argument("--device", help="where the clients train: auto | cpu | cuda | cuda:N (default: "
+                      "$FEDGMA_DEVICE, else auto: CUDA when the client was given a GPU)")
     grid.add_argument("--app", type=Path, help=APP_HELP)
     grid.add_argument("overrides", nargs="*", type=parse_override, metavar="key=value",
                       help="run settings for every run, e.g. dataset=mnist")

@@ -1,5 +1,5 @@
 """The experiment command end to end: the smoke grid through Flower's simulation runtime,
-resumed, then reported (the reduced form of the quick and full grids)."""
+resumed, made again two runs at once, then reported (the reduced form of the quick and full grids)."""
 
 import csv
 import json
@@ -7,6 +7,8 @@ import json
 import pytest
 
 from fedgma import cli
+from fedgma.app.run_folder import RunFolder
+from fedgma.lab.experiments.runner import metrics_differences
 
 pytestmark = pytest.mark.e2e
 
@@ -38,6 +40,20 @@ def test_smoke_grid_runs_resumes_and_reports(tmp_path, shared_data_dir, capsys):
     assert cli.main(["grid", "run", "smoke", "--results-dir", str(results), *data]) == 0
     assert "5 already finished, 0 to run" in capsys.readouterr().out
     assert {r: (results / "runs" / r / "summary.json").stat().st_mtime_ns for r in runs} == summaries_before
+
+    # Two runs at once, each its own simulation and Ray: the same metrics as one at a time.
+    parallel, pair = tmp_path / "parallel", runs[1:3]
+    assert cli.main(["grid", "run", "smoke", "--results-dir", str(parallel), "--jobs", "2",
+                     "--runs", ",".join(pair), *data]) == 0
+    printed = capsys.readouterr().out
+    assert "2 runs (2 of 5 named), 0 already finished, 2 to run" in printed
+    assert "2 runs at once, each with a private Ray (" in printed and "runs per hour, 2 at once" in printed
+    assert printed.count(" round 2/2 ") == 2  # each run's progress
+    for run in pair:
+        one_by_one, at_once = (RunFolder.at(folder / "runs", "", run) for folder in (results, parallel))
+        assert metrics_differences(one_by_one, at_once) == []
+    assert all((parallel / "runtime" / f"job-{n}" / "superlink.log").is_file() for n in (1, 2))
+    assert sorted(p.name for p in (parallel / "runs").iterdir()) == sorted(pair)
 
     # A grid over the same directory with a setting that changes results is refused.
     assert cli.main(["grid", "run", "smoke", "--results-dir", str(results), *data, "label-noise=0.1"]) == 2

@@ -11,7 +11,8 @@ Measured in one process, side by side, on identical replies:
 - seconds per round of FedGMA and FedAvg in the same simulation settings (not with ``--quick``);
 - what our client app imports beyond flwr and torch, now and before (``imports``);
 - where a round's time goes, deployed and simulated, before and after the round loop polled
-  for replies itself (``deployment``, :mod:`fedgma.lab.round_latency`).
+  for replies itself (``deployment``, :mod:`fedgma.lab.round_latency`);
+- a grid's runs per hour with one run at a time and two at once (``jobs``).
 
 Writes the tables to ``docs/benchmarks.md`` (between markers) and prints them.
 """
@@ -32,6 +33,7 @@ from ..markdown import bench_markers, replace_block
 from . import round_latency
 from .aggregation import _identity, memory_table, payload_bytes, time_table
 from .fleet import fleet_flood, fleet_messages, largest_honest_message
+from .jobs import BENCH_GRID, grid_throughput
 from .rounds import round_times, simulation_scale
 
 
@@ -78,7 +80,7 @@ def target_lines(times: list[dict[str, float]], peaks: dict[str, list[float]], p
     ]
 
 
-BENCH_PARTS = ("aggregation", "memory", "payload", "rounds", "scale", "imports", "deployment", "fleet")
+BENCH_PARTS = ("aggregation", "memory", "payload", "rounds", "scale", "imports", "deployment", "fleet", "jobs")
 QUICK_PARTS = ("aggregation", "memory", "payload", "imports")
 
 
@@ -88,7 +90,7 @@ def _keep(figures: dict[str, Any], key: str, result: tuple[list[str], object]) -
     return lines
 
 
-README_BLOCKS = ("imports", "deployment")  # also shown in the README, where it has their markers
+README_BLOCKS = ("imports", "deployment", "jobs")  # also shown in the README, where it has their markers
 
 
 def main(output: Path | None, quick: bool = False, parts: tuple[str, ...] | None = None,
@@ -158,6 +160,14 @@ def main(output: Path | None, quick: bool = False, parts: tuple[str, ...] | None
                         f"{app_defaults(app_dir(app))['reply-poll-interval']} s (the default). "
                         "Seconds (share of the round):", ""],
                  round_latency.table(*round_latency.measure(app_dir(app))), time.perf_counter() - started)
+        elif part == "jobs":
+            emit(part, ["**Grid runs per hour, one at a time and two at once** (`fedgma grid run --jobs`): the "
+                        f"first 4 runs of the `{BENCH_GRID}` grid (binary task, 50 clients, 10 sampled per round, "
+                        "3 local epochs), shortened to 10 rounds, made once with each number of jobs; every run "
+                        "is its own simulation (SuperLink and Ray), and the jobs split the machine's cores:", "",
+                        "| jobs | how | runs | seconds | runs per hour | ratio to 1 job |",
+                        "|---|---|---|---|---|---|"], _keep(figures, "jobs", grid_throughput(app_dir(app))),
+                 time.perf_counter() - started)
         elif part == "fleet":
             flood_header = [
                 "", "**A flood of concurrent unauthenticated messages to the Fleet API** (gRPC, no TLS, loopback; "

@@ -1,9 +1,9 @@
 """Run a grid through Flower's simulation runtime, resumably.
 
-Each run is a real ``flwr run`` of this app against one simulation SuperLink
-started for the grid. A run counts as finished when its ``summary.json``
-exists (the ServerApp writes it last) and its ``config.json`` agrees with
-the grid's settings; finished runs are never re-run. An interrupted run has no
+Each run is a real ``flwr run`` of this app against a simulation SuperLink
+started for the grid (one per job when several runs go at once). A run counts as
+finished when its ``summary.json`` exists (the ServerApp writes it last) and its
+``config.json`` agrees with the grid's settings; finished runs are never re-run. An interrupted run has no
 summary; it continues from its last round checkpoint (``resume``).
 
 Layout under the results directory::
@@ -20,15 +20,17 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from fedgma.app.run_folder import METRIC_COLUMNS, RunFolder
 from fedgma.app.settings import RunConfig, not_result_settings, parse_run_config
 from fedgma.deployment.app_folder import app_defaults, app_dir
-from fedgma.deployment.flower import HostSettings, SimulationRuntime
+from fedgma.deployment.flower import HostSettings, SimulationResources, SimulationRuntime
 from fedgma.loop.atomic import atomic_write
 
 from .grids import Grid, RunSpec
@@ -92,6 +94,19 @@ class GridRunner:
         The Flower app folder to submit (default: :func:`fedgma.deployment.app_folder.app_dir`).
     echo : callable
         Where progress lines go.
+    jobs : int
+        Runs made at once, each its own simulation (its own SuperLink and Ray). With a private
+        Ray per run, the machine's cores are split between them.
+    resources : SimulationResources
+        Which Ray the runs' ClientApps use and what each one reserves (default: a private Ray per
+        run, 1 CPU per client).
+
+    Raises
+    ------
+    ValueError
+        If ``jobs`` is not an integer >= 1, or is above 1 while the runs join a Ray cluster:
+        Flower 1.39 sizes each simulation's actor pool from the whole cluster
+        (``pool_size_from_resources``), so runs at once would wait on each other's actors.
     """
 
     def __init__(
@@ -103,7 +118,18 @@ class GridRunner:
         echo: Callable[[str], None] = print,
         data: HostSettings | None = None,
         app: Path | None = None,
+        jobs: int = 1,
+        resources: SimulationResources | None = None,
     ) -> None:
+        self.resources = resources or SimulationResources()
+        if isinstance(jobs, bool) or not isinstance(jobs, int) or jobs < 1:
+            raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+        if jobs > 1 and self.resources.joins_cluster:
+            raise ValueError(
+                f"--jobs {jobs} with a Ray cluster ({self.resources.ray_address}): Flower 1.39 sizes each "
+                "simulation's actor pool from the whole cluster, so runs at once would wait on each other's "
+                "clients (and time out); on a cluster, runs go one at a time, each spread over the cluster")
+        self.jobs = jobs
         self.grid = grid
         self.results_dir = results_dir.resolve()
         self.runs_dir = self.results_dir / "runs"
@@ -207,77 +233,153 @@ class GridRunner:
         atomic_write(path, lambda f: f.write(payload))
         return path
 
-    def run(self) -> int:
-        """Make every missing run; returns the number of runs that failed."""
+    def run(self, only: Collection[str] | None = None) -> int:
+        """Make every missing run (of those named in ``only``, if given), up to ``jobs`` at once;
+        returns the number of runs that failed. ``results.csv`` and ``grid.json`` cover the whole grid."""
         for spec in self.grid.runs:  # validate every run's settings before starting anything
             self.validated(spec)
-        todo = [spec for spec, finished in self.status() if not finished]
-        total = len(self.grid.runs)
+        status = [(spec, finished) for spec, finished in self.status() if only is None or spec.name in only]
+        todo = [spec for spec, finished in status if not finished]
+        total = len(status)
         self.results_dir.mkdir(parents=True, exist_ok=True)
         self.write_manifest()
-        self.echo(f"grid {self.grid.name}: {total} runs, {total - len(todo)} already finished, "
+        named = f" ({total} of {len(self.grid.runs)} named)" if only is not None else ""
+        self.echo(f"grid {self.grid.name}: {total} runs{named}, {total - len(todo)} already finished, "
                   f"{len(todo)} to run; results in {self.results_dir}")
         if not todo:
             self.write_combined()
             return 0
-        rounds_left = sum(s.rounds for s in todo)
-        started = time.monotonic()
-        rounds_done = 0
+        jobs = min(self.jobs, len(todo))
+        self.echo(f"grid {self.grid.name}: {self.resources_line(jobs)}")
+        progress = _Progress(sum(s.rounds for s in todo))
         failures: list[str] = []
-        with SimulationRuntime(self.results_dir / "runtime", self.host) as runtime:
-            for index, spec in enumerate(todo, start=total - len(todo) + 1):
-                rounds = spec.rounds
-                folder = self.folder(spec)
-                metrics_path = folder.metrics
-                # An interrupted run continues from its last checkpoint.
-                resume = folder.checkpoint.is_file()
-                if not resume and metrics_path.exists():
-                    metrics_path.unlink()  # an attempt that never finished a round
-                shown = [len([r for r in folder.rows() if r["round"] != "0"])]
+        lock = threading.Lock()
+        queue = list(enumerate(todo, start=total - len(todo) + 1))
+        attempted = [0]
 
-                def progress(spec: RunSpec = spec, index: int = index, rounds: int = rounds,
-                             folder: RunFolder = folder, shown: list[int] = shown, before: int = rounds_done) -> None:
-                    rows = [r for r in folder.rows() if r["round"] != "0"]
-                    for row in rows[shown[0]:]:
-                        done = before + int(row["round"])
-                        elapsed = time.monotonic() - started
-                        remaining = elapsed / done * (rounds_left - done)
-                        self.echo(
-                            f"[{index}/{total}] {spec.name} round {row['round']}/{rounds} "
-                            f"OOD {float(row['ood-accuracy']):.4f} ID {float(row['id-accuracy']):.4f} | "
-                            f"elapsed {format_seconds(elapsed)}, remaining ~{format_seconds(remaining)}"
-                        )
-                    shown[0] = len(rows)
+        def worker(slot: int) -> None:
+            workdir = self.results_dir / "runtime" / (f"job-{slot}" if jobs > 1 else "")
+            with SimulationRuntime(workdir, self.host, resources=self.resources_for(jobs)) as runtime:
+                while True:
+                    with lock:
+                        # Three failures in the first three runs: a broken set-up, not a bad run.
+                        if not queue or (len(failures) >= 3 and len(failures) == attempted[0]):
+                            return
+                        index, spec = queue.pop(0)
+                        attempted[0] += 1
+                    if not self._make(spec, f"[{index}/{total}]", runtime, progress):
+                        with lock:
+                            failures.append(spec.name)
+                    else:
+                        with lock:
+                            self.write_combined()
 
-                federation = f"num-supernodes={spec.clients} client-resources-num-cpus=1"
-                run_id = runtime.cli.submit(app_dir(self.app), self.run_config(spec, resume), federation)
-                self.echo(f"[{index}/{total}] {spec.name}: run {run_id} "
-                          f"{'resumed after round ' + str(shown[0]) if resume else 'started'}")
-                summary_path = folder.summary
+        if jobs == 1:
+            worker(1)
+        else:
+            errors: list[BaseException] = []
+
+            def guarded(slot: int) -> None:
                 try:
-                    outcome = runtime.cli.wait(run_id, self.run_timeout, poll=30.0, on_poll=progress,
-                                               check_now=summary_path.exists)
-                    ended = f"{outcome.status} {outcome.details}"
-                    completed = outcome.completed
-                except TimeoutError as err:
-                    runtime.cli.stop_run(run_id)
-                    ended, completed = str(err), False
-                progress()
-                rounds_done += rounds
-                if completed and self.is_finished(spec):
-                    self.write_combined()
-                    continue
-                failures.append(spec.name)
-                self.echo(f"[{index}/{total}] {spec.name}: FAILED ({ended}); "
-                          f"SuperLink log: {runtime.workdir / 'superlink.log'}")
-                if len(failures) >= 3 and len(failures) == index - (total - len(todo)):
-                    self.echo("the first three runs all failed: stopping the grid")
-                    break
+                    worker(slot)
+                except BaseException as err:  # re-raised below, after the other jobs end
+                    with lock:
+                        errors.append(err)
+                        queue.clear()  # the other jobs finish their current run, then stop
+
+            threads = [threading.Thread(target=guarded, args=(slot,), name=f"grid-job-{slot}")
+                       for slot in range(1, jobs + 1)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+            if errors:
+                raise errors[0]
+        if len(failures) >= 3 and len(failures) == attempted[0] < len(todo):
+            self.echo("the first three runs all failed: stopping the grid")
         self.write_combined()
-        elapsed = time.monotonic() - started
-        self.echo(f"grid {self.grid.name}: {len(todo) - len(failures)} runs made in {format_seconds(elapsed)}, "
+        elapsed = progress.elapsed()
+        made = attempted[0] - len(failures)
+        rate = f" ({made * 3600 / elapsed:.1f} runs per hour, {jobs} at once)" if elapsed > 0 and made else ""
+        self.echo(f"grid {self.grid.name}: {made} runs made in {format_seconds(elapsed)}{rate}, "
                   f"{len(failures)} failed{': ' + ', '.join(failures) if failures else ''}")
         return len(failures)
+
+    def resources_for(self, jobs: int) -> SimulationResources:
+        """Each run's Ray: with a private Ray per run and several jobs, the cores are split between them."""
+        if jobs > 1 and not self.resources.joins_cluster and self.resources.ray_cpus is None:
+            return replace(self.resources, ray_cpus=max(1, (os.cpu_count() or 1) // jobs))
+        return self.resources
+
+    def resources_line(self, jobs: int) -> str:
+        """Where the runs go, in words."""
+        resources = self.resources_for(jobs)
+        runs = "one run at a time" if jobs == 1 else f"{jobs} runs at once"
+        cpus = resources.ray_cpus
+        where = (f"each with a private Ray ({'all' if cpus is None else cpus} CPU{'' if cpus == 1 else 's'})"
+                 if not resources.joins_cluster else f"on the Ray cluster at {resources.ray_address}")
+        gpus = f", {resources.client_gpus:g} GPU" if resources.client_gpus else ""
+        return f"{runs}, {where}; each client {resources.client_cpus} CPU{gpus}"
+
+    def _make(self, spec: RunSpec, tag: str, runtime: SimulationRuntime, progress: _Progress) -> bool:
+        """One run through ``runtime``, resumed from its checkpoint if it was interrupted; True if
+        it finished."""
+        folder = self.folder(spec)
+        resume = folder.checkpoint.is_file()
+        if not resume and folder.metrics.exists():
+            folder.metrics.unlink()  # an attempt that never finished a round
+        shown = len([r for r in folder.rows() if r["round"] != "0"])
+        before = shown
+
+        def report() -> None:
+            nonlocal shown
+            rows = [r for r in folder.rows() if r["round"] != "0"]
+            for row in rows[shown:]:
+                self.echo(f"{tag} {spec.name} round {row['round']}/{spec.rounds} "
+                          f"OOD {float(row['ood-accuracy']):.4f} ID {float(row['id-accuracy']):.4f} | "
+                          f"{progress.add(1)}")
+            shown = len(rows)
+
+        progress.add(before, quiet=True)  # rounds an interrupted attempt already made
+        run_id = runtime.cli.submit(app_dir(self.app), self.run_config(spec, resume),
+                                    runtime.resources.federation_config(spec.clients))
+        self.echo(f"{tag} {spec.name}: run {run_id} {'resumed after round ' + str(before) if resume else 'started'}")
+        try:
+            outcome = runtime.cli.wait(run_id, self.run_timeout, poll=30.0, on_poll=report,
+                                       check_now=folder.summary.exists)
+            ended, completed = f"{outcome.status} {outcome.details}", outcome.completed
+        except TimeoutError as err:
+            runtime.cli.stop_run(run_id)
+            ended, completed = str(err), False
+        report()
+        progress.add(spec.rounds - shown, quiet=True)  # a failed run's rounds are not coming
+        if completed and self.is_finished(spec):
+            return True
+        self.echo(f"{tag} {spec.name}: FAILED ({ended}); SuperLink log: {runtime.workdir / 'superlink.log'}")
+        return False
+
+
+class _Progress:
+    """Rounds done across a grid's runs (one or several at once) and the time left at this pace."""
+
+    def __init__(self, rounds: int) -> None:
+        self.rounds = rounds
+        self.done = 0
+        self.started = time.monotonic()
+        self.lock = threading.Lock()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def add(self, rounds: int, quiet: bool = False) -> str:
+        """Count ``rounds`` more; the elapsed and remaining time as text."""
+        with self.lock:
+            self.done += rounds
+            if quiet or not self.done:
+                return ""
+            elapsed = self.elapsed()
+            return (f"elapsed {format_seconds(elapsed)}, "
+                    f"remaining ~{format_seconds(elapsed / self.done * max(0, self.rounds - self.done))}")
 
 
 def metrics_differences(committed: RunFolder, rerun: RunFolder) -> list[str]:

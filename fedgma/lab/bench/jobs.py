@@ -1,0 +1,84 @@
+"""A grid's throughput with one run at a time and several at once, and what more CPUs for the
+clients would give (``fedgma bench --parts jobs``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from fedgma.deployment.flower import HostSettings
+
+BENCH_GRID = "when"  # its first runs: the runs a grid spends its hours on here
+CLUSTER_CPUS = (10, 20)  # client CPUs of the clusters the estimate is for
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundSplit:
+    """A round's measured parts, means over rounds 2+ of the runs made one at a time."""
+
+    round_s: float
+    train_wait_s: float
+    client_train_s: float  # one client's set-up and training
+    sampled: float  # clients per round
+    actors: int  # clients that trained at once here
+
+    def estimate(self, cpus: int) -> float:
+        """Seconds per round with ``cpus`` clients training at once: the clients' part scales with
+        the waves of clients (ceil(sampled / cpus)), everything else stays as measured. An estimate:
+        it leaves out the network between hosts and any change in the server's own time."""
+        waves_here = math.ceil(self.sampled / self.actors)
+        dispatch = max(0.0, self.train_wait_s - waves_here * self.client_train_s)
+        return self.round_s - self.train_wait_s + dispatch + math.ceil(self.sampled / cpus) * self.client_train_s
+
+
+def grid_throughput(app: Path, runs: int = 4, rounds: int = 10,
+                    jobs: tuple[int, ...] = (1, 2)) -> tuple[list[str], dict[int, float]]:
+    """Make the first ``runs`` runs of the ``when`` grid, shortened to ``rounds`` rounds, once for
+    each number of ``jobs``; table rows (runs per hour, then the estimate for more client CPUs)
+    and the runs per hour by jobs."""
+    from fedgma.lab.experiments.grids import grid_by_name
+    from fedgma.lab.experiments.runner import GridRunner
+
+    grid = grid_by_name(BENCH_GRID)
+    specs = tuple(dataclasses.replace(spec, run_config={**spec.run_config, "num-server-rounds": rounds})
+                  for spec in grid.runs[:runs])
+    subset = dataclasses.replace(grid, runs=specs)
+    per_hour: dict[int, float] = {}
+    lines = []
+    split: RoundSplit | None = None
+    for count in jobs:
+        with tempfile.TemporaryDirectory() as tmp:
+            runner = GridRunner(subset, Path(tmp), app=app, jobs=count, data=HostSettings(download=False),
+                                echo=lambda line: None)
+            started = time.monotonic()
+            failed = runner.run()
+            seconds = time.monotonic() - started
+            if failed:
+                raise RuntimeError(f"benchmark grid with {count} job(s): {failed} run(s) failed")
+            if count == 1:
+                rows = [r for spec in specs for r in runner.folder(spec).rows() if int(r["round"]) >= 2]
+                mean = {c: statistics.fmean(float(r[c]) for r in rows)
+                        for c in ("round-seconds", "train-wait-seconds", "setup-seconds", "train-seconds",
+                                  "replies-sent")}
+                split = RoundSplit(mean["round-seconds"], mean["train-wait-seconds"],
+                                   mean["setup-seconds"] + mean["train-seconds"], mean["replies-sent"],
+                                   actors=os.cpu_count() or 1)
+        per_hour[count] = len(specs) * 3600 / seconds
+        lines.append(f"| {count} | {runner.resources_line(count)} | {len(specs)} | {seconds:.0f} "
+                     f"| {per_hour[count]:.1f} | {per_hour[count] / per_hour[jobs[0]]:.2f} |")
+    if split is not None:
+        lines += ["", f"Estimated seconds per round of these runs with more CPUs for the clients (a Ray cluster, one "
+                  f"run at a time; from the parts measured above with 1 job: round {split.round_s:.2f} s, of "
+                  f"which the wait for {split.sampled:.0f} clients {split.train_wait_s:.2f} s, one client's "
+                  f"set-up and training {split.client_train_s:.2f} s, {split.actors} at once; an estimate, "
+                  "not a measurement: the network between hosts is left out):", "",
+                  "| client CPUs | seconds per round | speed-up |", "|---|---|---|",
+                  f"| {split.actors} (measured) | {split.round_s:.2f} | 1.00 |"]
+        lines += [f"| {cpus} (estimate) | {split.estimate(cpus):.2f} | {split.round_s / split.estimate(cpus):.2f} |"
+                  for cpus in CLUSTER_CPUS]
+    return lines, per_hour

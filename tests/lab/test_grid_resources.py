@@ -1,0 +1,96 @@
+"""Where a grid's runs go: several at once, a Ray cluster, GPU clients (the options, not the runs;
+tests/e2e/test_e2e_grid.py and test_e2e_ray_cluster.py make real runs)."""
+
+import os
+
+import pytest
+
+from fedgma import cli
+from fedgma.deployment.flower import SimulationResources, SimulationRuntime
+from fedgma.lab.experiments.grids import grid_by_name
+from fedgma.lab.experiments.runner import GridRunner
+
+
+def test_federation_config_carries_the_client_resources_and_a_private_rays_cpus():
+    assert SimulationResources().federation_config(10) == "num-supernodes=10 client-resources-num-cpus=1"
+    gpu = SimulationResources(client_cpus=2, client_gpus=0.25, ray_cpus=4)
+    assert gpu.federation_config(50) == ("num-supernodes=50 client-resources-num-cpus=2 "
+                                         "client-resources-num-gpus=0.25 init-args-num-cpus=4")
+    # The cluster's address is no Flower 1.39 federation field: it reaches ray.init() as RAY_ADDRESS.
+    cluster = SimulationResources(ray_address="10.0.0.1:6379")
+    assert cluster.federation_config(2) == "num-supernodes=2 client-resources-num-cpus=1"
+    assert cluster.environment() == {"RAY_ADDRESS": "10.0.0.1:6379"} and cluster.joins_cluster
+    assert SimulationResources().environment() == {"RAY_ADDRESS": "local"}
+
+
+def test_the_simulation_runtime_hands_the_ray_address_to_the_superlink(tmp_path):
+    runtime = SimulationRuntime(tmp_path, resources=SimulationResources(ray_address="auto"))
+    assert runtime.env["RAY_ADDRESS"] == "auto"
+    assert SimulationRuntime(tmp_path).env["RAY_ADDRESS"] == "local"  # not a cluster found by chance
+
+
+@pytest.mark.parametrize("kwargs, problem", [
+    ({"ray_address": ""}, "Ray address"),
+    ({"ray_address": "head node"}, "Ray address"),
+    ({"ray_address": "headnode"}, "Ray address"),
+    ({"client_cpus": 0}, "CPUs per client"),
+    ({"client_cpus": 1.5}, "CPUs per client"),
+    ({"client_gpus": -0.5}, "GPUs per client"),
+    ({"ray_cpus": 0}, "private Ray"),
+    ({"ray_address": "auto", "ray_cpus": 2}, "private Ray"),
+])
+def test_bad_resources_are_refused_with_the_reason(kwargs, problem):
+    with pytest.raises(ValueError, match=problem):
+        SimulationResources(**kwargs)
+
+
+def test_jobs_split_a_private_rays_cores_and_are_refused_on_a_cluster(tmp_path):
+    grid = grid_by_name("smoke")
+    runner = GridRunner(grid, tmp_path, jobs=2)
+    assert runner.resources_for(1).ray_cpus is None  # one run at a time: Ray takes every core, as before
+    assert runner.resources_for(2).ray_cpus == max(1, (os.cpu_count() or 1) // 2)
+    assert runner.resources_line(1) == "one run at a time, each with a private Ray (all CPUs); each client 1 CPU"
+    assert runner.resources_line(2).startswith("2 runs at once, each with a private Ray (")
+    with pytest.raises(ValueError, match="jobs must be"):
+        GridRunner(grid, tmp_path, jobs=0)
+    with pytest.raises(ValueError, match="whole cluster"):
+        GridRunner(grid, tmp_path, jobs=2, resources=SimulationResources(ray_address="auto"))
+    one = GridRunner(grid, tmp_path, resources=SimulationResources(ray_address="10.0.0.1:6379", client_gpus=0.5))
+    assert one.resources_for(1).ray_address == "10.0.0.1:6379"
+    assert one.resources_line(1) == "one run at a time, on the Ray cluster at 10.0.0.1:6379; each client 1 CPU, 0.5 GPU"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--jobs", "0"], "jobs must be an integer >= 1"),
+    (["--jobs", "2", "--ray-address", "auto"], "whole cluster"),
+    (["--ray-address", "nowhere"], "Ray address must be local, auto or HOST:PORT"),
+    (["--client-gpus", "-1"], "GPUs per client"),
+    (["--device", "tpu"], "--device: 'device' must be auto, cpu, cuda or cuda:N"),
+    (["--runs", "binary-non-iid_fedavg_seed0,no-such-run"], "has no run no-such-run"),
+])
+def test_the_grid_command_refuses_bad_resource_options_before_starting(tmp_path, capsys, args, message):
+    code = cli.main(["grid", "run", "smoke", "--results-dir", str(tmp_path / "r"), *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()  # nothing started
+
+
+def test_the_ray_address_comes_from_the_environment_unless_given(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("RAY_ADDRESS", "auto")
+    # From the environment: a cluster, so two jobs are refused ...
+    assert cli.main(["grid", "run", "smoke", "--results-dir", str(tmp_path), "--jobs", "2"]) == 2
+    assert "cluster (auto)" in capsys.readouterr().err
+    # ... unless the command names a private Ray.
+    assert cli.main(["grid", "status", "smoke", "--results-dir", str(tmp_path), "--jobs", "2",
+                     "--ray-address", "local"]) == 0
+
+
+def test_the_cluster_estimate_scales_only_the_clients_waves():
+    from fedgma.lab.bench.jobs import RoundSplit
+
+    # Measured here: 10 clients on 2 CPUs (5 waves of 0.4 s) and 0.2 s of dispatch in a 2.2 s wait.
+    split = RoundSplit(round_s=2.7, train_wait_s=2.2, client_train_s=0.4, sampled=10, actors=2)
+    assert split.estimate(2) == pytest.approx(2.7)  # the measured machine: the measured round
+    assert split.estimate(10) == pytest.approx(2.7 - 2.2 + 0.2 + 0.4)  # one wave
+    assert split.estimate(20) == split.estimate(10)  # more CPUs than clients: nothing more to gain
+    assert split.estimate(4) == pytest.approx(0.5 + 0.2 + 3 * 0.4)
