@@ -3,12 +3,15 @@ host, ``ray start --address`` on the other, then ``fedgma grid run --ray-address
 as the README says. Its ClientApps run on both hosts (each host's own Ray log holds the clients'
 lines), and its metrics are those of the same run on one machine with a private Ray."""
 
+import contextlib
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -23,6 +26,22 @@ pytestmark = pytest.mark.e2e
 
 RUN = "binary-non-iid_ws-lr1_seed0"  # FedGMA, 2 clients, 2 rounds (the smoke grid)
 PORT = 6379  # a fresh namespace: no other program holds it
+
+
+def stop_namespace(namespace):
+    """Kill every process of a network namespace (the Ray processes ``ray start`` left there)."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), sig)
+        deadline = time.monotonic() + 15
+        while pids and time.monotonic() < deadline:
+            time.sleep(0.2)
+            pids = subprocess.run(["ip", "netns", "pids", namespace], capture_output=True, text=True).stdout.split()
+        if not pids:
+            return
+    raise AssertionError(f"processes of {namespace} outlived SIGKILL: {pids}")
 
 
 def trained(temp_dir):
@@ -68,9 +87,10 @@ def test_a_grid_run_spreads_its_clients_over_a_two_host_ray_cluster(tmp_path, sh
             assert on_cluster.returncode == 0, on_cluster.stdout[-3000:] + on_cluster.stderr[-3000:]
             assert f"on the Ray cluster at {head}:{PORT}" in on_cluster.stdout
         finally:
+            # Not `ray stop`: it stops every Ray on the machine, other people's too. Only this test's
+            # processes live in its namespaces.
             for name in ("worker", "head"):
-                subprocess.run([*hosts.prefix(name), str(BIN / "ray"), "stop", "--force"], env=env,
-                               capture_output=True, timeout=180)
+                stop_namespace(hosts.namespace(name))
     # Both hosts ran clients: each host's own Ray workers logged training messages.
     on_host = {name: trained(folder) for name, folder in temp.items()}
     assert on_host["head"] and on_host["worker"], on_host
