@@ -94,3 +94,4 @@ def test_the_cluster_estimate_scales_only_the_clients_waves():
     assert split.estimate(10) == pytest.approx(2.7 - 2.2 + 0.2 + 0.4)  # one wave
     assert split.estimate(20) == split.estimate(10)  # more CPUs than clients: nothing more to gain
     assert split.estimate(4) == pytest.approx(0.5 + 0.2 + 3 * 0.4)
+    assert split.bound() == pytest.approx(0.5 + 0.2)  # the clients' training taking no time

@@ -27,13 +27,21 @@ class RoundSplit:
     sampled: float  # clients per round
     actors: int  # clients that trained at once here
 
+    @property
+    def dispatch_s(self) -> float:
+        """The training wait beyond the waves of client training: Flower's dispatch and uploads."""
+        return max(0.0, self.train_wait_s - math.ceil(self.sampled / self.actors) * self.client_train_s)
+
+    def bound(self) -> float:
+        """Seconds per round if the clients' set-up and training took no time at all: what faster
+        clients (GPUs) can at most bring, the rest of the round staying as measured."""
+        return self.round_s - self.train_wait_s + self.dispatch_s
+
     def estimate(self, cpus: int) -> float:
         """Seconds per round with ``cpus`` clients training at once: the clients' part scales with
         the waves of clients (ceil(sampled / cpus)), everything else stays as measured. An estimate:
         it leaves out the network between hosts and any change in the server's own time."""
-        waves_here = math.ceil(self.sampled / self.actors)
-        dispatch = max(0.0, self.train_wait_s - waves_here * self.client_train_s)
-        return self.round_s - self.train_wait_s + dispatch + math.ceil(self.sampled / cpus) * self.client_train_s
+        return self.bound() + math.ceil(self.sampled / cpus) * self.client_train_s
 
 
 def grid_throughput(app: Path, runs: int = 4, rounds: int = 10,
@@ -81,4 +89,6 @@ def grid_throughput(app: Path, runs: int = 4, rounds: int = 10,
                   f"| {split.actors} (measured) | {split.round_s:.2f} | 1.00 |"]
         lines += [f"| {cpus} (estimate) | {split.estimate(cpus):.2f} | {split.round_s / split.estimate(cpus):.2f} |"
                   for cpus in CLUSTER_CPUS]
+        lines.append(f"| any, clients' training taking no time (a bound for faster clients such as GPUs; "
+                     f"not measured) | {split.bound():.2f} | {split.round_s / split.bound():.2f} |")
     return lines, per_hour
