@@ -65,7 +65,7 @@ def _grid(args: argparse.Namespace) -> int:
     results_dir = args.results_dir or Path("results") / grid.name
     overrides = dict(args.overrides)
     only = None
-    if args.runs and args.action == "run":  # reproduce reads --runs itself
+    if args.runs and args.action != "reproduce":  # reproduce reads --runs itself
         only = [n for n in args.runs.split(",") if n]
         unknown = sorted(set(only) - {spec.name for spec in grid.runs})
         if unknown:
@@ -85,8 +85,17 @@ def _grid(args: argparse.Namespace) -> int:
     try:
         if args.action == "status":
             status = runner.status()
-            for spec, finished in status:
-                print(f"{'done' if finished else '    '}  {spec.name}")
+            if only is not None:
+                for spec, finished in status:
+                    if spec.name in only:
+                        print(f"{'done' if finished else '    '}  {spec.name}")
+            else:  # one line per setting: a grid may hold hundreds of runs (--runs names them)
+                by_setting: dict[str, list[bool]] = {}
+                for spec, finished in status:
+                    by_setting.setdefault(spec.setting, []).append(finished)
+                width = max(map(len, by_setting))
+                for setting, flags in by_setting.items():
+                    print(f"  {setting:<{width}}  {sum(flags):>3}/{len(flags)} finished")
             done = sum(finished for _, finished in status)
             print(f"grid {grid.name}: {done}/{len(status)} runs finished in {runner.results_dir}")
             left = runner.time_left(status)
@@ -204,8 +213,8 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     grid.add_argument("--data-dir", type=Path, help="data sets and cached partitions "
                       "(default: $FEDGMA_DATA_DIR, else ~/.cache/fedgma)")
     grid.add_argument("--no-download", action="store_true", help="never download a missing data set")
-    grid.add_argument("--runs", help="comma-separated run names: run only these; reproduce: the finished runs "
-                      "to rerun")
+    grid.add_argument("--runs", help="comma-separated run names: run (or show the status of) only these; "
+                      "reproduce: the finished runs to rerun")
     grid.add_argument("--scratch", type=Path, help="reproduce: where the reruns go (default: a new temp folder)")
     grid.add_argument("--jobs", type=int, default=1,
                       help="runs at once, each its own simulation; the machine's cores are split between them "

@@ -136,6 +136,9 @@ class FedGMA(FedAvg):
         mask_metrics: MaskObserver | None = None,
         **kwargs: Any,
     ) -> None:
+        if "tau" in kwargs:  # FedAvg would refuse it without saying which name FedGMA uses
+            raise TypeError("FedGMA: the agreement threshold is mask_tau (tau is FedAdam's adaptivity "
+                            "constant), e.g. FedGMA(mask_tau=0.8)")
         reply_bounds = ReplyBounds.coerce(bounds)
         threshold = resolve_tau(variant, mask_tau)
         control, seed = resolve_mask_control(mask_control, mask_seed)

@@ -95,3 +95,13 @@ def test_the_cluster_estimate_scales_only_the_clients_waves():
     assert split.estimate(20) == split.estimate(10)  # more CPUs than clients: nothing more to gain
     assert split.estimate(4) == pytest.approx(0.5 + 0.2 + 3 * 0.4)
     assert split.bound() == pytest.approx(0.5 + 0.2)  # the clients' training taking no time
+
+
+def test_grid_status_counts_finished_runs_per_setting_and_lists_named_runs(tmp_path, capsys):
+    assert cli.main(["grid", "status", "when", "--results-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["opposite-partial", "0/50", "finished"]  # the grid's order
+    assert len(lines) == 1 + len({spec.setting for spec in grid_by_name("when").runs})  # no line per run
+    assert cli.main(["grid", "status", "when", "--results-dir", str(tmp_path),
+                     "--runs", "same-full_fedavg_seed2"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split() == ["same-full_fedavg_seed2"]

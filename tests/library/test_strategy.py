@@ -6,7 +6,7 @@ from flower_messages import configure, error_reply, raw_reply, train_reply
 from flwr.app import ArrayRecord, MetricRecord, RecordDict
 from flwr.serverapp.strategy import FedAvg
 
-from fedgma.strategy import FedGMA
+from fedgma.strategy import FedGMA, FedGMAAdam
 from fedgma.strategy.masking import resolve_tau
 from fedgma.strategy.validation import ReplyBounds, check_replies
 
@@ -142,6 +142,9 @@ def test_variant_default_thresholds():
         resolve_tau("fedsgd", 0.5)
     with pytest.raises(ValueError, match="mask_tau"):
         resolve_tau("ws", True)
+    with pytest.raises(TypeError, match=r"FedGMA\(mask_tau=0.8\)"):  # the name FedAdam uses, not FedGMA's
+        FedGMA(tau=0.8)
+    assert FedGMAAdam(tau=0.01).tau == 0.01  # FedAdam's own tau still reaches FedAdam
 
 
 def test_bounds_travel_as_one_reply_bounds():
