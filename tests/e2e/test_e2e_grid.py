@@ -1,16 +1,41 @@
 """The experiment command end to end: the smoke grid through Flower's simulation runtime,
-resumed, made again two runs at once, then reported (the reduced form of the quick and full grids)."""
+resumed, made again two runs at once (interrupted and resumed), then reported (the reduced form
+of the quick and full grids)."""
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
 
 import pytest
+from run_settings import ROOT
 
 from fedgma import cli
 from fedgma.app.run_folder import RunFolder
+from fedgma.deployment.processes import descendants
 from fedgma.lab.experiments.runner import metrics_differences
 
 pytestmark = pytest.mark.e2e
+
+
+def command(pid):
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def alive(pid):
+    """True while ``pid`` runs (a zombie awaiting its parent counts as ended)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def test_smoke_grid_runs_resumes_and_reports(tmp_path, shared_data_dir, capsys):
@@ -41,17 +66,43 @@ def test_smoke_grid_runs_resumes_and_reports(tmp_path, shared_data_dir, capsys):
     assert "5 already finished, 0 to run" in capsys.readouterr().out
     assert {r: (results / "runs" / r / "summary.json").stat().st_mtime_ns for r in runs} == summaries_before
 
-    # Two runs at once, each its own simulation and Ray: the same metrics as one at a time.
+    # Two runs at once, each its own simulation and Ray, stopped (SIGTERM) as soon as both have
+    # started and then resumed: every process they started ends, and the metrics are those of one
+    # run at a time.
     parallel, pair = tmp_path / "parallel", runs[1:3]
-    assert cli.main(["grid", "run", "smoke", "--results-dir", str(parallel), "--jobs", "2",
-                     "--runs", ",".join(pair), *data]) == 0
+    at_once = ["grid", "run", "smoke", "--results-dir", str(parallel), "--jobs", "2", "--runs", ",".join(pair), *data]
+    grid = subprocess.Popen([sys.executable, "-m", "fedgma", *at_once], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    started: dict[int, str] = {}
+
+    def watch():  # every process the grid starts, until it exits
+        while grid.poll() is None:
+            started.update({pid: command(pid) for pid in descendants(grid.pid) if pid not in started})
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    seen = []
+    while sum(": run " in line for line in seen) < 2:
+        line = grid.stdout.readline()
+        assert line, "".join(seen)
+        seen.append(line)
+    time.sleep(3)  # their simulations start
+    grid.send_signal(signal.SIGTERM)
+    assert grid.wait(timeout=180) == 143, "".join(seen) + grid.stdout.read()
+    watcher.join()
+    grid.stdout.close()
+    assert any("flwr-simulation" in line for line in started.values()), started
+    time.sleep(2)
+    assert [(pid, line) for pid, line in started.items() if alive(pid)] == []
+    assert cli.main(at_once) == 0
     printed = capsys.readouterr().out
-    assert "2 runs (2 of 5 named), 0 already finished, 2 to run" in printed
+    assert "2 runs (2 of 5 named), 0 already finished, 2 to run" in printed  # stopped before they ended
     assert "2 runs at once, each with a private Ray (" in printed and "runs per hour, 2 at once" in printed
     assert printed.count(" round 2/2 ") == 2  # each run's progress
     for run in pair:
-        one_by_one, at_once = (RunFolder.at(folder / "runs", "", run) for folder in (results, parallel))
-        assert metrics_differences(one_by_one, at_once) == []
+        one_by_one, both = (RunFolder.at(folder / "runs", "", run) for folder in (results, parallel))
+        assert metrics_differences(one_by_one, both) == []
     assert all((parallel / "runtime" / f"job-{n}" / "superlink.log").is_file() for n in (1, 2))
     assert sorted(p.name for p in (parallel / "runs").iterdir()) == sorted(pair)
 

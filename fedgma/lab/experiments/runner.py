@@ -254,6 +254,7 @@ class GridRunner:
         progress = _Progress(sum(s.rounds for s in todo))
         failures: list[str] = []
         lock = threading.Lock()
+        stop = threading.Event()  # set when the grid is interrupted: every job ends its run and stops
         queue = list(enumerate(todo, start=total - len(todo) + 1))
         attempted = [0]
 
@@ -267,21 +268,23 @@ class GridRunner:
                             return
                         index, spec = queue.pop(0)
                         attempted[0] += 1
-                    if not self._make(spec, f"[{index}/{total}]", runtime, progress):
-                        with lock:
-                            failures.append(spec.name)
-                    else:
-                        with lock:
+                    made = self._make(spec, f"[{index}/{total}]", runtime, progress, stop)
+                    with lock:
+                        if made:
                             self.write_combined()
+                        else:
+                            failures.append(spec.name)
 
         if jobs == 1:
-            worker(1)
+            worker(1)  # an interrupt unwinds through the runtime, which stops its processes
         else:
             errors: list[BaseException] = []
 
             def guarded(slot: int) -> None:
                 try:
                     worker(slot)
+                except _Stopped:
+                    pass
                 except BaseException as err:  # re-raised below, after the other jobs end
                     with lock:
                         errors.append(err)
@@ -291,8 +294,15 @@ class GridRunner:
                        for slot in range(1, jobs + 1)]
             for thread in threads:
                 thread.start()
-            for thread in threads:
-                thread.join()
+            try:
+                while any(thread.is_alive() for thread in threads):
+                    for thread in threads:
+                        thread.join(timeout=0.5)
+            except BaseException:  # Ctrl-C or SIGTERM (fedgma.cli): stop every job's run, then unwind
+                stop.set()
+                for thread in threads:
+                    thread.join()
+                raise
             if errors:
                 raise errors[0]
         if len(failures) >= 3 and len(failures) == attempted[0] < len(todo):
@@ -321,9 +331,10 @@ class GridRunner:
         gpus = f", {resources.client_gpus:g} GPU" if resources.client_gpus else ""
         return f"{runs}, {where}; each client {resources.client_cpus} CPU{gpus}"
 
-    def _make(self, spec: RunSpec, tag: str, runtime: SimulationRuntime, progress: _Progress) -> bool:
+    def _make(self, spec: RunSpec, tag: str, runtime: SimulationRuntime, progress: _Progress,
+              stop: threading.Event | None = None) -> bool:
         """One run through ``runtime``, resumed from its checkpoint if it was interrupted; True if
-        it finished."""
+        it finished. Raises :class:`_Stopped` soon after ``stop`` is set (the run resumes later)."""
         folder = self.folder(spec)
         resume = folder.checkpoint.is_file()
         if not resume and folder.metrics.exists():
@@ -333,6 +344,8 @@ class GridRunner:
 
         def report() -> None:
             nonlocal shown
+            if stop is not None and stop.is_set():
+                raise _Stopped(spec.name)
             rows = [r for r in folder.rows() if r["round"] != "0"]
             for row in rows[shown:]:
                 self.echo(f"{tag} {spec.name} round {row['round']}/{spec.rounds} "
@@ -357,6 +370,10 @@ class GridRunner:
             return True
         self.echo(f"{tag} {spec.name}: FAILED ({ended}); SuperLink log: {runtime.workdir / 'superlink.log'}")
         return False
+
+
+class _Stopped(Exception):
+    """A job's run was stopped because the grid was interrupted."""
 
 
 class _Progress:
