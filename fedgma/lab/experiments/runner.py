@@ -353,7 +353,7 @@ class GridRunner:
                           f"{progress.add(1)}")
             shown = len(rows)
 
-        progress.add(before, quiet=True)  # rounds an interrupted attempt already made
+        progress.skip(before)  # rounds an interrupted attempt already made: not this grid's pace
         run_id = runtime.cli.submit(app_dir(self.app), self.run_config(spec, resume),
                                     runtime.resources.federation_config(spec.clients))
         self.echo(f"{tag} {spec.name}: run {run_id} {'resumed after round ' + str(before) if resume else 'started'}")
@@ -365,7 +365,7 @@ class GridRunner:
             runtime.cli.stop_run(run_id)
             ended, completed = str(err), False
         report()
-        progress.add(spec.rounds - shown, quiet=True)  # a failed run's rounds are not coming
+        progress.skip(spec.rounds - shown)  # a failed run's rounds are not coming
         if completed and self.is_finished(spec):
             return True
         self.echo(f"{tag} {spec.name}: FAILED ({ended}); SuperLink log: {runtime.workdir / 'superlink.log'}")
@@ -388,11 +388,16 @@ class _Progress:
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def add(self, rounds: int, quiet: bool = False) -> str:
-        """Count ``rounds`` more; the elapsed and remaining time as text."""
+    def skip(self, rounds: int) -> None:
+        """Leave ``rounds`` out of the rounds to make (made before, or never coming)."""
+        with self.lock:
+            self.rounds -= rounds
+
+    def add(self, rounds: int) -> str:
+        """Count ``rounds`` more made; the elapsed and remaining time as text."""
         with self.lock:
             self.done += rounds
-            if quiet or not self.done:
+            if not self.done:
                 return ""
             elapsed = self.elapsed()
             return (f"elapsed {format_seconds(elapsed)}, "
