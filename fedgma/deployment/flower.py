@@ -96,8 +96,9 @@ class SimulationResources:
 
     def __post_init__(self) -> None:
         address = self.ray_address
-        if not address or any(c.isspace() for c in address) or (
-                address not in ("local", "auto") and ":" not in address):
+        host, _, port = address.removeprefix("ray://").rpartition(":")
+        if address not in ("local", "auto") and (
+                not host or not port.isdigit() or not 0 < int(port) < 65536 or any(c.isspace() for c in address)):
             raise ValueError(f"Ray address must be local, auto or HOST:PORT, got {address!r}")
         if isinstance(self.client_cpus, bool) or not isinstance(self.client_cpus, int) or self.client_cpus < 1:
             raise ValueError(f"CPUs per client must be an integer >= 1, got {self.client_cpus!r}")

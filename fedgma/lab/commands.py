@@ -17,6 +17,7 @@ the colour probe, the toy figure, benchmarks and the demo.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib.util
 import os
 import sys
@@ -66,16 +67,20 @@ def _grid(args: argparse.Namespace) -> int:
     overrides = dict(args.overrides)
     only = None
     if args.runs and args.action != "reproduce":  # reproduce reads --runs itself
-        only = [n for n in args.runs.split(",") if n]
-        unknown = sorted(set(only) - {spec.name for spec in grid.runs})
+        names = [spec.name for spec in grid.runs]
+        only = names if args.runs == "all" else [n for n in args.runs.split(",") if n]
+        unknown = [n for n in only if n not in names]
         if unknown:
-            print(f"fedgma grid: grid {grid.name} has no run {', '.join(unknown)} (fedgma grid status "
-                  f"{grid.name} lists them)", file=sys.stderr)
+            close = difflib.get_close_matches(unknown[0], names, n=3)
+            print(f"fedgma grid: grid {grid.name} has no run {', '.join(unknown)}"
+                  f"{' (did you mean ' + ', '.join(close) + '?)' if close else ''}; "
+                  f"fedgma grid status {grid.name} --runs all lists them", file=sys.stderr)
             return 2
     try:
         device = None if args.device is None else check_device(args.device, where="--device")
         data = HostSettings(data_dir=args.data_dir, download=False if args.no_download else None, device=device)
-        resources = SimulationResources(ray_address=args.ray_address or os.environ.get(RAY_ADDRESS_ENV) or "local",
+        address = args.ray_address if args.ray_address is not None else os.environ.get(RAY_ADDRESS_ENV) or "local"
+        resources = SimulationResources(ray_address=address,
                                         client_cpus=args.client_cpus, client_gpus=args.client_gpus)
         runner = GridRunner(grid, results_dir, overrides, run_timeout=args.run_timeout, data=data, app=args.app,
                             jobs=args.jobs, resources=resources)
@@ -213,20 +218,21 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     grid.add_argument("--data-dir", type=Path, help="data sets and cached partitions "
                       "(default: $FEDGMA_DATA_DIR, else ~/.cache/fedgma)")
     grid.add_argument("--no-download", action="store_true", help="never download a missing data set")
-    grid.add_argument("--runs", help="comma-separated run names: run (or show the status of) only these; "
-                      "reproduce: the finished runs to rerun")
+    grid.add_argument("--runs", help="comma-separated run names (or all): run, or show the status of, only "
+                      "these; reproduce: the finished runs to rerun")
     grid.add_argument("--scratch", type=Path, help="reproduce: where the reruns go (default: a new temp folder)")
     grid.add_argument("--jobs", type=int, default=1,
                       help="runs at once, each its own simulation; the machine's cores are split between them "
-                           "(a private Ray per run only)")
+                           "(a private Ray per run only; default: 1)")
     grid.add_argument("--ray-address", help="the Ray that runs the clients: local (a private Ray per run), auto "
                       "(the cluster started here with `ray start`) or HOST:PORT of a cluster's head "
                       "(default: $RAY_ADDRESS, else local)")
-    grid.add_argument("--client-cpus", type=int, default=1, help="CPUs each simulated client reserves")
+    grid.add_argument("--client-cpus", type=int, default=1, help="CPUs each simulated client reserves (default: 1)")
     grid.add_argument("--client-gpus", type=float, default=0.0,
                       help="GPUs (or a fraction of one) each simulated client reserves; 0: none")
-    grid.add_argument("--device", help="where the clients train: auto | cpu | cuda | cuda:N (default: "
-                      "$FEDGMA_DEVICE, else auto: CUDA when the client was given a GPU)")
+    grid.add_argument("--device", help="where the clients of a private Ray train: auto | cpu | cuda | cuda:N "
+                      "(default: $FEDGMA_DEVICE, else auto: CUDA when the client was given a GPU); on a cluster, "
+                      "each host's `ray start` environment sets it")
     grid.add_argument("--app", type=Path, help=APP_HELP)
     grid.add_argument("overrides", nargs="*", type=parse_override, metavar="key=value",
                       help="run settings for every run, e.g. dataset=mnist")

@@ -33,6 +33,8 @@ def test_the_simulation_runtime_hands_the_ray_address_to_the_superlink(tmp_path)
     ({"ray_address": ""}, "Ray address"),
     ({"ray_address": "head node"}, "Ray address"),
     ({"ray_address": "headnode"}, "Ray address"),
+    ({"ray_address": "head:port"}, "Ray address"),
+    ({"ray_address": ":6379"}, "Ray address"),
     ({"client_cpus": 0}, "CPUs per client"),
     ({"client_cpus": 1.5}, "CPUs per client"),
     ({"client_gpus": -0.5}, "GPUs per client"),
@@ -64,15 +66,36 @@ def test_jobs_split_a_private_rays_cores_and_are_refused_on_a_cluster(tmp_path):
     (["--jobs", "0"], "jobs must be an integer >= 1"),
     (["--jobs", "2", "--ray-address", "auto"], "whole cluster"),
     (["--ray-address", "nowhere"], "Ray address must be local, auto or HOST:PORT"),
+    (["--ray-address", ""], "Ray address must be local, auto or HOST:PORT"),
+    (["--device", "cpu", "--ray-address", "10.0.0.1:6379"], "--device does not reach a Ray cluster's clients"),
+    (["--device", "cuda"], "--device cuda needs --client-gpus above 0"),
     (["--client-gpus", "-1"], "GPUs per client"),
     (["--device", "tpu"], "--device: 'device' must be auto, cpu, cuda or cuda:N"),
-    (["--runs", "binary-non-iid_fedavg_seed0,no-such-run"], "has no run no-such-run"),
+    (["--runs", "binary-non-iid_fedavg_seed0,no-such-run"], "has no run no-such-run;"),
+    (["--runs", "binary-non-iid_fedavg_seed1"], "did you mean binary-non-iid_fedavg_seed0"),
 ])
 def test_the_grid_command_refuses_bad_resource_options_before_starting(tmp_path, capsys, args, message):
     code = cli.main(["grid", "run", "smoke", "--results-dir", str(tmp_path / "r"), *args])
     assert code == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "r").exists()  # nothing started
+
+
+def test_resources_a_private_ray_cannot_give_are_refused_before_any_run(tmp_path):
+    from fedgma.deployment.flower import HostSettings
+    from fedgma.lab.experiments.runner import usable_cores
+
+    grid = grid_by_name("smoke")
+    too_many = usable_cores() + 1  # each job's Ray gets 1 CPU, fewer than a client's 2
+    with pytest.raises(ValueError, match="fewer than the 2 each client reserves"):
+        GridRunner(grid, tmp_path, jobs=too_many, resources=SimulationResources(client_cpus=2))
+    import torch
+
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="this machine has no GPU"):
+            GridRunner(grid, tmp_path, resources=SimulationResources(client_gpus=0.5))
+        with pytest.raises(ValueError, match="no GPU"):
+            GridRunner(grid, tmp_path, resources=SimulationResources(client_gpus=0.5), data=HostSettings(device="cuda"))
 
 
 def test_the_ray_address_comes_from_the_environment_unless_given(tmp_path, capsys, monkeypatch):
@@ -83,6 +106,42 @@ def test_the_ray_address_comes_from_the_environment_unless_given(tmp_path, capsy
     # ... unless the command names a private Ray.
     assert cli.main(["grid", "status", "smoke", "--results-dir", str(tmp_path), "--jobs", "2",
                      "--ray-address", "local"]) == 0
+
+
+def test_a_run_in_which_no_round_updated_the_model_is_failed_moved_aside_and_its_log_kept(tmp_path):
+    """E.g. every client's training raised: the ServerApp ends the run (fewer rounds than
+    max-failed-rounds), but a grid must neither count it nor skip it next time."""
+    from types import SimpleNamespace
+
+    from fedgma.app.outputs import RunOutputs
+    from fedgma.app.server_app import run_directory
+    from fedgma.deployment.flower import RunStatus
+    from fedgma.lab.experiments.runner import _Progress
+
+    lines = []
+    runner = GridRunner(grid_by_name("smoke"), tmp_path, echo=lines.append)
+    spec = runner.grid.runs[0]
+    config = runner.validated(spec)
+
+    def run_ends_without_an_update(*args, **kwargs):  # what the ServerApp writes for such a run
+        outputs = RunOutputs(run_directory(config, 1, runner.runs_dir))
+        outputs.write_config(config, {"run-id": 1})
+        for round_number in range(3):
+            outputs.add_row({"round": round_number, "wall-seconds": round_number, "id-accuracy": 0.5,
+                             "ood-accuracy": 0.44, **({"model-updated": 0} if round_number else {})})
+        outputs.write_summary(spec.label)
+        assert runner.is_finished(spec)
+        return RunStatus(7, "finished:completed", "", {})
+
+    cli = SimpleNamespace(submit=lambda *a: 7, wait=run_ends_without_an_update,
+                          logs=lambda run_id: "INFO ...\nERROR : ValueError: node config: 'device' is 'cuda', but "
+                                              "this node has no CUDA device(s)\n")
+    runtime = SimpleNamespace(cli=cli, resources=SimulationResources(), workdir=tmp_path / "runtime")
+    assert runner._make(spec, "[1/5]", runtime, _Progress(spec.rounds)) is False
+    assert not runner.is_finished(spec)  # run again next time
+    assert [p.name.startswith(f"{spec.name}.no-update-") for p in runner.runs_dir.iterdir()] == [True]
+    assert "FAILED (no round updated the model" in lines[-1] and "no CUDA device" in lines[-1]
+    assert "CUDA" in (tmp_path / "runtime" / "failed" / f"{spec.name}.log").read_text()
 
 
 def test_the_cluster_estimate_scales_only_the_clients_waves():
@@ -105,3 +164,5 @@ def test_grid_status_counts_finished_runs_per_setting_and_lists_named_runs(tmp_p
     assert cli.main(["grid", "status", "when", "--results-dir", str(tmp_path),
                      "--runs", "same-full_fedavg_seed2"]) == 0
     assert capsys.readouterr().out.splitlines()[0].split() == ["same-full_fedavg_seed2"]
+    assert cli.main(["grid", "status", "smoke", "--results-dir", str(tmp_path), "--runs", "all"]) == 0
+    assert capsys.readouterr().out.splitlines()[:5] == [f"      {spec.name}" for spec in grid_by_name("smoke").runs]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import statistics
 import tempfile
 import time
@@ -50,7 +49,7 @@ def grid_throughput(app: Path, runs: int = 4, rounds: int = 10,
     each number of ``jobs``; table rows (runs per hour, then the estimate for more client CPUs)
     and the runs per hour by jobs."""
     from fedgma.lab.experiments.grids import grid_by_name
-    from fedgma.lab.experiments.runner import GridRunner
+    from fedgma.lab.experiments.runner import GridRunner, usable_cores
 
     grid = grid_by_name(BENCH_GRID)
     specs = tuple(dataclasses.replace(spec, run_config={**spec.run_config, "num-server-rounds": rounds})
@@ -75,7 +74,7 @@ def grid_throughput(app: Path, runs: int = 4, rounds: int = 10,
                                   "replies-sent")}
                 split = RoundSplit(mean["round-seconds"], mean["train-wait-seconds"],
                                    mean["setup-seconds"] + mean["train-seconds"], mean["replies-sent"],
-                                   actors=os.cpu_count() or 1)
+                                   actors=usable_cores())
         per_hour[count] = len(specs) * 3600 / seconds
         lines.append(f"| {count} | {runner.resources_line(count)} | {len(specs)} | {seconds:.0f} "
                      f"| {per_hour[count]:.1f} | {per_hour[count] / per_hour[jobs[0]]:.2f} |")

@@ -21,6 +21,7 @@ import csv
 import io
 import json
 import os
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -57,8 +58,8 @@ class TimeLeft:
 
     def format(self) -> str:
         measured = ", ".join(f"{kind} {value:.2f} s" for kind, value in sorted(self.per_round.items()))
-        return (f"{self.runs} runs left: about {format_seconds(self.seconds)} (h:mm:ss) at the measured time "
-                f"per round ({measured}) plus {START_UP_SECONDS:g} s per run")
+        return (f"{self.runs} runs left: about {format_seconds(self.seconds)} (h:mm:ss) one run at a time, at the "
+                f"measured time per round ({measured}) plus {START_UP_SECONDS:g} s per run")
 
 
 def _kind(spec: RunSpec) -> tuple[object, int]:
@@ -129,6 +130,7 @@ class GridRunner:
                 f"--jobs {jobs} with a Ray cluster ({self.resources.ray_address}): Flower 1.39 sizes each "
                 "simulation's actor pool from the whole cluster, so runs at once would wait on each other's "
                 "clients (and time out); on a cluster, runs go one at a time, each spread over the cluster")
+        _check_machine(self.resources_for(jobs), data or HostSettings())
         self.jobs = jobs
         self.grid = grid
         self.results_dir = results_dir.resolve()
@@ -318,7 +320,7 @@ class GridRunner:
     def resources_for(self, jobs: int) -> SimulationResources:
         """Each run's Ray: with a private Ray per run and several jobs, the cores are split between them."""
         if jobs > 1 and not self.resources.joins_cluster and self.resources.ray_cpus is None:
-            return replace(self.resources, ray_cpus=max(1, (os.cpu_count() or 1) // jobs))
+            return replace(self.resources, ray_cpus=max(1, usable_cores() // jobs))
         return self.resources
 
     def resources_line(self, jobs: int) -> str:
@@ -367,9 +369,62 @@ class GridRunner:
         report()
         progress.skip(spec.rounds - shown)  # a failed run's rounds are not coming
         if completed and self.is_finished(spec):
-            return True
-        self.echo(f"{tag} {spec.name}: FAILED ({ended}); SuperLink log: {runtime.workdir / 'superlink.log'}")
+            updated = [row.get("model-updated", "") for row in folder.rows() if row["round"] != "0"]
+            if not updated or any(value != "0" for value in updated):
+                return True
+            # Every round failed (e.g. every client's training raised), yet the run ended: its
+            # folder is moved aside, so the grid neither counts it nor skips it next time.
+            aside = folder.path.with_name(f"{folder.path.name}.no-update-{time.strftime('%Y%m%dT%H%M%S')}")
+            folder.path.rename(aside)
+            ended = f"no round updated the model: every reply failed; the run is kept in {aside}"
+        log = self._save_log(runtime, run_id, spec)
+        self.echo(f"{tag} {spec.name}: FAILED ({ended}); {log}")
         return False
+
+    def _save_log(self, runtime: SimulationRuntime, run_id: int, spec: RunSpec) -> str:
+        """Keep Flower's log of a failed run (the ServerApp's and the clients' errors are there,
+        not in the SuperLink's log); where it is, and its last error line."""
+        path = self.results_dir / "runtime" / "failed" / f"{spec.name}.log"
+        try:
+            text = runtime.cli.logs(run_id)
+        except (OSError, subprocess.SubprocessError) as err:
+            return f"Flower's log could not be read ({err}); SuperLink log: {runtime.workdir / 'superlink.log'}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        errors = [line.strip() for line in text.splitlines() if "Error" in line or "Exception" in line]
+        return f"Flower's log of the run: {path}" + (f" (last error: {errors[-1][:300]})" if errors else "")
+
+
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. a batch system's allocation)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _check_machine(resources: SimulationResources, host: HostSettings) -> None:
+    """Refuse, before any run starts, resources that would make every run fail (a client that
+    cannot be placed, or cannot train where it is told to)."""
+    device = host.device or ""
+    if resources.joins_cluster:
+        if host.device is not None:
+            raise ValueError("--device does not reach a Ray cluster's clients: each host's Ray workers take "
+                             "FEDGMA_DEVICE (and FEDGMA_DATA_DIR) from that host's `ray start`")
+        return
+    if resources.ray_cpus is not None and resources.ray_cpus < resources.client_cpus:
+        raise ValueError(f"each job's Ray has {resources.ray_cpus} CPU(s), fewer than the {resources.client_cpus} "
+                         "each client reserves: fewer --jobs or --client-cpus")
+    if resources.client_gpus or device.startswith("cuda"):
+        import torch
+
+        gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if resources.client_gpus and not gpus:
+            raise ValueError(f"--client-gpus {resources.client_gpus:g}: this machine has no GPU for Ray to give "
+                             "its clients")
+        if device.startswith("cuda") and not resources.client_gpus:
+            raise ValueError(f"--device {device} needs --client-gpus above 0: Ray hides the GPUs from clients "
+                             "given none")
 
 
 class _Stopped(Exception):
