@@ -356,8 +356,10 @@ def test_the_when_report_judges_each_fedgma_arm_and_shows_what_has_not_run(tmp_p
     assert f"| {ws} | {ws}, random mask | random mask | not run | - | - |" in lines
     assert "| FedGMA gma, tau=0.4 | FedGMA gma, tau=0.4, uniform step | uniform step | not run | - | - |" in lines
     summary_lines = summary.splitlines()
+    # Why: ws's kept share, and of the colour channels' first-layer weights the mean of red 0.5 and
+    # green 0.1 (blue carries only markers); no random mask has run, so no comparison with it.
     assert "- **opposite signs, partial participation**: the mask does nothing (every comparison equivalent) " \
-        "[9 of 50 runs]" in summary_lines
+        "[9 of 50 runs]. ws, eta_s=1 keeps 25.0 % (colour channels 30.0 %)" in summary_lines
     assert "- **private markers, full participation**: not run [0 of 50 runs]" in summary_lines
     assert f"{ws}: keeps 25.0 % of coordinates; vs its no-mask control *equivalent within 1 point*" in tables
     assert (tmp_path / "fig" / "when.png").stat().st_size > 10_000

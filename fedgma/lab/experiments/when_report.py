@@ -53,6 +53,12 @@ WHEN_COMMAND = "fedgma report results/when --readme README.md --readme docs/expe
 WHEN_ORDER: tuple[str, ...] = (*(s for s in WHEN_SETTINGS if not s.startswith("ten-class")), ABLATION_SETTING,
                                *(s for s in WHEN_SETTINGS if s.startswith("ten-class")))
 MASK_CHANNELS = ("mask-kept-red", "mask-kept-green", "mask-kept-blue")
+# The first convolution's input channels that carry a setting's shortcut: the markers are drawn in
+# blue alone; colour tints red and green (which carry the garment's shape as well).
+SHORTCUT_CHANNELS = {"marker": ("marker channel", ("mask-kept-blue",)),
+                     "color": ("colour channels", ("mask-kept-red", "mask-kept-green"))}
+# The FedGMA arms whose mask the README's summary explains: the workshop rule at the paper's step, gma.
+EXPLAINED_ARMS = ("FedGMA ws, eta_s=1", "FedGMA gma, tau=0.4")
 
 
 def _planned(manifest: dict[str, Any]) -> dict[str, dict[str, int]]:
@@ -91,6 +97,7 @@ class SettingVerdict:
     word: str  # helps, hurts, mixed, does nothing, not measurable, inconclusive, too few seeds, not run
     decisive: list[str]  # the comparisons labelled helps or hurts
     reasons: list[str]  # per FedGMA arm: kept fraction, labels against its controls
+    why: list[str]  # per explained arm: what its mask kept, and it against its random mask
 
 
 def when_setting(runs: list[Run], setting: str, planned: dict[str, int]) -> tuple[list[str], SettingVerdict]:
@@ -126,12 +133,15 @@ def when_setting(runs: list[Run], setting: str, planned: dict[str, int]) -> tupl
              "|---|---|---|---|---|---|"]
     mask_labels: dict[str, list[tuple[str, str]]] = defaultdict(list)
     decisive = []
+    against_random: dict[str, str] = {}
     for label, role, reference, cell in rows:
         if cell is None:
             table.append(f"| {label} | {reference} | {role} | not run | - | - |")
             continue
         p, verdict = next(judged)
         table.append(f"| {label} | {reference} | {role} | {cell.difference.format()} | {p_text(p)} | {verdict} |")
+        if role == "random mask":
+            against_random[label] = f"{cell.difference.format()} pts against its random mask"
         if role != "FedAvg":  # the mask's comparisons: with its controls
             role = role.removeprefix("FedAvg and ")
             mask_labels[label].append((role, verdict))
@@ -149,7 +159,23 @@ def when_setting(runs: list[Run], setting: str, planned: dict[str, int]) -> tupl
     tested = sum(p is not None for p, _ in judge(cells))
     out = [*lines, "", *table, "", f"Holm over this table's {tested} measurable comparisons with two or more seeds "
            "(one family)."]
-    return out, SettingVerdict(word, decisive, reasons)
+    return out, SettingVerdict(word, decisive, reasons, _why(arms, setting, against_random))
+
+
+def _why(arms: dict[str, list[Run]], setting: str, against_random: dict[str, str]) -> list[str]:
+    """What the explained arms' masks kept over the last rounds (of all coordinates and of the first
+    layer's weights on the shortcut's input channels) and how each did against its random mask."""
+    name, channels = SHORTCUT_CHANNELS[str(ALL_SETTINGS[setting].get("shortcut", "color"))]
+    why = []
+    for label in (a for a in EXPLAINED_ARMS if arms.get(a)):
+        kept = _last(arms[label], "mask-kept-fraction")
+        if kept is None:
+            continue
+        on_shortcut = [value for c in channels if (value := _last(arms[label], c)) is not None]
+        text = f"{label.removeprefix('FedGMA ')} keeps {percent(kept)}" + (
+            f" ({name} {percent(sum(on_shortcut) / len(on_shortcut))})" if on_shortcut else "")
+        why.append(text + (f", {against_random[label]}" if label in against_random else ""))
+    return why
 
 
 NO_CONTROL_YET = "no control finished yet"
@@ -185,7 +211,7 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
         some = next((r for r in runs if r.setting == setting), None)
         if some is None:
             out += [f"**{SETTING_TITLES[setting]}**: not run (0 of {sum(planned[setting].values())} runs).", ""]
-            verdicts[setting] = SettingVerdict("not run", [], [])
+            verdicts[setting] = SettingVerdict("not run", [], [], [])
             continue
         out += [f"**{SETTING_TITLES[setting]}**, {len(some.trained)} rounds (primary test set: "
                 f"{PRIMARY_TEST_SET[setting]}; colored {dataset})", ""]
@@ -213,7 +239,11 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
                f"{len(manifest['runs'])} runs, {reused} of them the full grid's, reused; {controls} random-mask "
                "or uniform-step runs so far; FedGMA against its no-mask, random-mask and uniform-step "
                f"controls, last-{LAST_ROUNDS}-round accuracy on each setting's primary test set, Holm per "
-               "setting; tables in [docs/experiments.md](docs/experiments.md)):", ""]
+               "setting; tables in [docs/experiments.md](docs/experiments.md)). Why: the share of coordinates "
+               f"that ws (eta_s=1) and gma keep over the last {LAST_ROUNDS} rounds (in brackets: of the first "
+               "layer's weights on the shortcut's input channels; blue carries only the markers, red and green "
+               "the colour and the garment) and each against its random mask, which keeps as many coordinates "
+               "per array:", ""]
     for setting, verdict in verdicts.items():
         word = WORDS.get(verdict.word, verdict.word)
         made, planned_here = sum(r.setting == setting for r in runs), sum(planned[setting].values())
@@ -221,7 +251,8 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
         out.append(f"- **{SETTING_TITLES[setting]}**: {word}{progress}" + (f" ({'; '.join(verdict.reasons)})"
                                                                            if verdict.reasons else ""))
         summary.append(f"- **{SETTING_TITLES[setting]}**: {word}{progress}" + (
-            f" ({'; '.join(verdict.decisive)})" if verdict.decisive else ""))
+            f" ({'; '.join(verdict.decisive)})" if verdict.decisive else "") + (
+            f". {'; '.join(verdict.why)}" if verdict.why else ""))
     return "\n".join(out) + "\n", "\n".join(summary) + "\n"
 
 
