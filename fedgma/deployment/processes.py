@@ -158,7 +158,11 @@ def stop_all(processes: Sequence[subprocess.Popen[bytes]], grace: float = 10.0) 
     running = [p for p in processes if p.poll() is None]
     stop_trees([p.pid for p in running], grace, reap=lambda: [p.poll() for p in running])
     for p in running:
-        p.wait(5)
+        try:
+            p.wait(30)  # a killed process on a loaded machine can take seconds to go
+        except subprocess.TimeoutExpired as err:
+            raise RuntimeError(f"process {p.pid} ({str(p.args)[:100]}) still runs {grace + 30:.0f} s "
+                               "after SIGTERM and SIGKILL") from err
 
 
 def stop_trees(pids: Sequence[int], grace: float = 10.0, reap: Callable[[], object] | None = None) -> None:

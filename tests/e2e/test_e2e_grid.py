@@ -74,9 +74,9 @@ def test_smoke_grid_runs_resumes_and_reports(tmp_path, shared_data_dir, capsys):
                             stderr=subprocess.STDOUT, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     started: dict[int, str] = {}
 
-    def watch():  # every process the grid starts, until it exits
-        while grid.poll() is None:
-            started.update({pid: command(pid) for pid in descendants(grid.pid) if pid not in started})
+    def watch():  # every process the grid starts, by its latest command line (one seen between fork and exec
+        while grid.poll() is None:  # still shows its parent's), until the grid exits
+            started.update({pid: command(pid) or started.get(pid, "") for pid in descendants(grid.pid)})
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch)
@@ -89,13 +89,16 @@ def test_smoke_grid_runs_resumes_and_reports(tmp_path, shared_data_dir, capsys):
     time.sleep(3)  # their simulations start
     grid.send_signal(signal.SIGTERM)
     assert grid.wait(timeout=180) == 143, "".join(seen) + grid.stdout.read()
+    seen.append(grid.stdout.read())  # what it printed while stopping
     watcher.join()
     grid.stdout.close()
     assert any("flwr-simulation" in line for line in started.values()), started
     # Both jobs' SuperLinks (and with them the runs) have ended. Not asserted: that every process
     # below them has; a simulation Flower's SuperExec starts while it is being stopped can outlive it.
     superlinks = [pid for pid, line in started.items() if "flower-superlink" in line]
-    assert len(superlinks) == 2 and not any(alive(pid) for pid in superlinks)
+    assert len(superlinks) == 2, started
+    left = {pid: Path(f"/proc/{pid}/status").read_text()[:400] for pid in superlinks if alive(pid)}
+    assert not left, (left, "".join(seen))
     assert cli.main(at_once) == 0
     printed = capsys.readouterr().out
     assert "2 runs (2 of 5 named), 0 already finished, 2 to run" in printed  # stopped before they ended

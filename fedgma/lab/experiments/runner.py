@@ -22,6 +22,7 @@ import io
 import json
 import os
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Collection
@@ -304,6 +305,8 @@ class GridRunner:
                 stop.set()
                 for thread in threads:
                     thread.join()
+                for err in errors:  # e.g. a process that would not stop: said, not lost in the unwinding
+                    print(f"grid {self.grid.name}: while stopping: {type(err).__name__}: {err}", file=sys.stderr)
                 raise
             if errors:
                 raise errors[0]
