@@ -29,6 +29,7 @@ from fedgma.app.settings import ConfigError, parse_run_config
 from fedgma.deployment.app_folder import AppFolderNotFound, app_defaults, app_dir, parse_override
 from fedgma.deployment.flower import RAY_ADDRESS_ENV, HostSettings, SimulationResources
 
+from .bench_parts import BENCH_PARTS, QUICK_PARTS, README_BLOCKS
 from .experiments.grids import GRID_NAMES
 
 # What the research tools need beyond the core (flwr, NumPy): the app and lab extras ...
@@ -266,13 +267,12 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                                               "times simulated and deployed")
     bench.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
     bench.add_argument("--no-write", action="store_true", help="print only")
-    bench.add_argument("--readme", type=Path, help="also rewrite the imports and deployment tables of this README "
-                                                   "(where it has their markers)")
+    bench.add_argument("--readme", type=Path, help=f"also rewrite the {', '.join(README_BLOCKS)} tables of this "
+                                                   "README (where it has their markers)")
     bench.add_argument("--quick", action="store_true",
-                       help="aggregation, memory, payload, imports; P = 1M, K in {10, 50}")
-    bench.add_argument("--parts", help="comma-separated subset of: aggregation, memory, payload, rounds, "
-                                       "scale, imports, deployment, fleet (default: all; only their tables "
-                                       "are rewritten)")
+                       help=f"{', '.join(QUICK_PARTS)}; P = 1M, K in {{10, 50}}")
+    bench.add_argument("--parts", help=f"comma-separated subset of: {', '.join(BENCH_PARTS)} (default: all; "
+                                       "only their tables are rewritten)")
     # The revision docs/benchmarks.md's imports table was measured against (scripts/bench.sh
     # passes it): the last commit before the round loop polled for replies itself and the
     # library packages imported lazily.

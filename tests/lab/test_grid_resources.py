@@ -156,6 +156,23 @@ def test_the_cluster_estimate_scales_only_the_clients_waves():
     assert split.bound() == pytest.approx(0.5 + 0.2)  # the clients' training taking no time
 
 
+def test_the_jobs_projection_splits_a_run_into_fixed_seconds_and_rounds():
+    from fedgma.lab.bench.jobs import JobsPace
+
+    # One job: 4 runs of 10 rounds in 200 s, 2.5 s per round 2+: 50 s a run, 27.5 s of it fixed.
+    one = JobsPace(jobs=1, runs=4, rounds=10, seconds=200.0, round_s=2.5)
+    assert one.fixed_s == pytest.approx(50 - 9 * 2.5)
+    assert one.runs_per_hour() == pytest.approx(72.0)
+    assert one.runs_per_hour(10) == pytest.approx(one.runs_per_hour())  # the measured length: the measurement
+    assert one.runs_per_hour(50) == pytest.approx(3600 / (27.5 + 49 * 2.5))
+    # Two jobs sharing the cores: a faster batch (start-ups overlap), each job's rounds 2.4x as slow.
+    two = JobsPace(jobs=2, runs=4, rounds=10, seconds=150.0, round_s=6.0)
+    assert two.fixed_s == pytest.approx(75 - 9 * 6.0)
+    assert two.runs_per_hour() > one.runs_per_hour()
+    assert two.runs_per_hour(50) == pytest.approx(2 * 3600 / (21 + 49 * 6.0))
+    assert two.runs_per_hour(50) < one.runs_per_hour(50)  # with long runs the overlap no longer pays
+
+
 def test_grid_status_counts_finished_runs_per_setting_and_lists_named_runs(tmp_path, capsys):
     assert cli.main(["grid", "status", "when", "--results-dir", str(tmp_path)]) == 0
     lines = capsys.readouterr().out.splitlines()

@@ -29,11 +29,12 @@ import numpy as np
 
 from fedgma.deployment.app_folder import app_defaults, app_dir
 
+from ..bench_parts import BENCH_PARTS, QUICK_PARTS, README_BLOCKS
 from ..markdown import bench_markers, replace_block
 from . import round_latency
 from .aggregation import _identity, memory_table, payload_bytes, time_table
 from .fleet import fleet_flood, fleet_messages, largest_honest_message
-from .jobs import BENCH_GRID, grid_throughput
+from .jobs import BENCH_GRID, PROJECTED_ROUNDS, grid_throughput
 from .rounds import round_times, simulation_scale
 
 
@@ -80,17 +81,11 @@ def target_lines(times: list[dict[str, float]], peaks: dict[str, list[float]], p
     ]
 
 
-BENCH_PARTS = ("aggregation", "memory", "payload", "rounds", "scale", "imports", "deployment", "fleet", "jobs")
-QUICK_PARTS = ("aggregation", "memory", "payload", "imports")
-
-
 def _keep(figures: dict[str, Any], key: str, result: tuple[list[str], object]) -> list[str]:
     """Store a part's figures under ``key``; return its table lines."""
     lines, figures[key] = result
     return lines
 
-
-README_BLOCKS = ("imports", "deployment", "jobs")  # also shown in the README, where it has their markers
 
 
 def main(output: Path | None, quick: bool = False, parts: tuple[str, ...] | None = None,
@@ -164,9 +159,15 @@ def main(output: Path | None, quick: bool = False, parts: tuple[str, ...] | None
             emit(part, ["**Grid runs per hour, one at a time and two at once** (`fedgma grid run --jobs`): the "
                         f"first 4 runs of the `{BENCH_GRID}` grid (binary task, 50 clients, 10 sampled per round, "
                         "3 local epochs), shortened to 10 rounds, made once with each number of jobs; every run "
-                        "is its own simulation (SuperLink and Ray), and the jobs split the machine's cores:", "",
-                        "| jobs | how | runs | seconds | runs per hour | ratio to 1 job |",
-                        "|---|---|---|---|---|---|"], _keep(figures, "jobs", grid_throughput(app_dir(app))),
+                        "is its own simulation (SuperLink and Ray), and the jobs split the machine's cores. "
+                        "Measured: the batch's seconds and runs per hour, each job's seconds per round (rounds "
+                        "2+) and a run's seconds beyond them (start-up, round 1, the end); projected from these "
+                        f"two parts to the grid's {PROJECTED_ROUNDS}-round runs (an estimate: with more rounds, "
+                        "start-up weighs less):", "",
+                        "| jobs | how | runs | seconds | runs per hour | ratio to 1 job | s per round | s per run "
+                        f"beyond rounds 2+ | runs per hour at {PROJECTED_ROUNDS} rounds (estimate) | ratio to 1 job |",
+                        "|---|---|---|---|---|---|---|---|---|---|"],
+                 _keep(figures, "jobs", grid_throughput(app_dir(app))),
                  time.perf_counter() - started)
         elif part == "fleet":
             flood_header = [
