@@ -226,8 +226,9 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                       help="runs at once, each its own simulation; the machine's cores are split between them "
                            "(a private Ray per run only; default: 1)")
     grid.add_argument("--ray-address", help="the Ray that runs the clients: local (a private Ray per run), auto "
-                      "(the cluster started here with `ray start`) or HOST:PORT of a cluster's head "
-                      "(default: $RAY_ADDRESS, else local)")
+                      "(Ray's own search: the cluster `ray start` recorded here, else any Ray running here, another "
+                      "user's too; prefer HOST:PORT) or HOST:PORT of a cluster's head (default: $RAY_ADDRESS, "
+                      "else local)")
     grid.add_argument("--client-cpus", type=int, default=1, help="CPUs each simulated client reserves (default: 1)")
     grid.add_argument("--client-gpus", type=float, default=0.0,
                       help="GPUs (or a fraction of one) each simulated client reserves; 0: none")
@@ -265,7 +266,8 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     # key=value settings may also follow the options (argparse stops at them otherwise).
     bench = commands.add_parser("bench", help="aggregation time, memory and payload against FedAvg; round "
                                               "times simulated and deployed")
-    bench.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"))
+    bench.add_argument("--output", type=Path, default=Path("docs/benchmarks.md"),
+                       help="the file whose tables are rewritten (default: docs/benchmarks.md)")
     bench.add_argument("--no-write", action="store_true", help="print only")
     bench.add_argument("--readme", type=Path, help=f"also rewrite the {', '.join(README_BLOCKS)} tables of this "
                                                    "README (where it has their markers)")

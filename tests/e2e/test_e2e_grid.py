@@ -51,6 +51,8 @@ def test_smoke_grid_runs_resumes_and_reports(tmp_path, shared_data_dir, capsys):
     for run in runs:
         summary = json.loads((results / "runs" / run / "summary.json").read_text())
         assert summary["rounds"] == 2
+        made = json.loads((results / "runs" / run / "made.json").read_text())  # how: one at a time, a private Ray
+        assert (made["jobs"], made["ray-address"], made["client-cpus"], made["resumed"]) == (1, "local", 1, False)
     with (results / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 5 * 3  # rounds 0, 1, 2 of every run
@@ -109,6 +111,9 @@ def test_smoke_grid_runs_resumes_and_reports(tmp_path, shared_data_dir, capsys):
         assert metrics_differences(one_by_one, both) == []
     assert all((parallel / "runtime" / f"job-{n}" / "superlink.log").is_file() for n in (1, 2))
     assert sorted(p.name for p in (parallel / "runs").iterdir()) == sorted(pair)
+    for run in pair:  # finished two at once, each job's Ray given its share of the cores
+        made = json.loads((parallel / "runs" / run / "made.json").read_text())
+        assert made["jobs"] == 2 and made["ray-cpus"] >= 1
 
     # A grid over the same directory with a setting that changes results is refused.
     assert cli.main(["grid", "run", "smoke", "--results-dir", str(results), *data, "label-noise=0.1"]) == 2

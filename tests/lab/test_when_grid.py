@@ -1,5 +1,6 @@
 """The "when does the mask help?" grid: its runs, their order, their controls, and its time plan."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from fedgma.lab.experiments.grids import (
     WHEN_LABELS,
     grid_by_name,
 )
-from fedgma.lab.experiments.runner import START_UP_SECONDS, GridRunner
+from fedgma.lab.experiments.runner import MADE_FILE, START_UP_SECONDS, GridRunner
 from fedgma.lab.experiments.runs import Run
 from fedgma.lab.experiments.when_report import run_time
 
@@ -112,6 +113,15 @@ def test_time_left_is_planned_from_the_measured_time_per_round(tmp_path):
                    for spec in todo)
     assert left.seconds == pytest.approx(expected)
     assert "binary, 50 clients 2.50 s" in left.format()
+    assert "ten-class, 10 clients: none finished yet, planned at the mean over all" in left.format()
+
+    # Where the grid recorded how runs were made, a kind's runs made one at a time are what count:
+    # a run made two at once (6 s per round) shares the cores and says little about one alone.
+    _finish(runner, partial[2], 300.0)
+    (runner.folder(partial[2]).path / MADE_FILE).write_text(json.dumps({"jobs": 2}))
+    assert runner.time_left(runner.status()).per_round["binary, 50 clients"] == pytest.approx((3 + 2 + 6) / 3)
+    (runner.folder(partial[0]).path / MADE_FILE).write_text(json.dumps({"jobs": 1}))
+    assert runner.time_left(runner.status()).per_round["binary, 50 clients"] == pytest.approx(3.0)
 
 
 def test_every_when_arm_is_a_valid_run(tmp_path):

@@ -164,8 +164,10 @@ def main(output: Path | None, quick: bool = False, parts: tuple[str, ...] | None
                         "2+) and a run's seconds beyond them (start-up, round 1, the end); projected from these "
                         f"two parts to the grid's {PROJECTED_ROUNDS}-round runs (an estimate: with more rounds, "
                         "start-up weighs less):", "",
-                        "| jobs | how | runs | seconds | runs per hour | ratio to 1 job | s per round | s per run "
-                        f"beyond rounds 2+ | runs per hour at {PROJECTED_ROUNDS} rounds (estimate) | ratio to 1 job |",
+                        "| jobs | how | runs | seconds, the batch | runs per hour | ratio to 1 job "
+                        "| seconds per round, each job | seconds per run outside rounds 2+ (start-up, round 1, end) "
+                        f"| runs per hour at {PROJECTED_ROUNDS} rounds (estimate) "
+                        f"| ratio to 1 job at {PROJECTED_ROUNDS} rounds |",
                         "|---|---|---|---|---|---|---|---|---|---|"],
                  _keep(figures, "jobs", grid_throughput(app_dir(app))),
                  time.perf_counter() - started)

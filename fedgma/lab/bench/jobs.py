@@ -112,7 +112,7 @@ def grid_throughput(app: Path, runs: int = 4, rounds: int = 10, jobs: tuple[int,
         lines += ["", f"Estimated seconds per round of these runs with more CPUs for the clients (a Ray cluster, one "
                   f"run at a time; from the parts measured above with 1 job: round {split.round_s:.2f} s, of "
                   f"which the wait for {split.sampled:.0f} clients {split.train_wait_s:.2f} s, one client's "
-                  f"set-up and training {split.client_train_s:.2f} s, {split.actors} at once; an estimate, "
+                  f"set-up and training {split.client_train_s:.2f} s, {split.actors} clients at a time; an estimate, "
                   "not a measurement: the network between hosts is left out):", "",
                   "| client CPUs | seconds per round | speed-up |", "|---|---|---|",
                   f"| {split.actors} (measured) | {split.round_s:.2f} | 1.00 |"]

@@ -29,6 +29,7 @@ from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from fedgma.app.config import DEVICE_ENV
 from fedgma.app.run_folder import METRIC_COLUMNS, RunFolder
 from fedgma.app.settings import RunConfig, not_result_settings, parse_run_config
 from fedgma.deployment.app_folder import app_defaults, app_dir
@@ -44,6 +45,11 @@ RUN_COLUMNS = ("run", "setting", "strategy", "seed", "studies", "dataset", "loca
 NOT_COMPARED = {key.replace("-", "_") for key in not_result_settings()} - {"num_server_rounds"}
 
 
+# How the grid made a finished run (jobs at once, its Ray, the clients' CPUs, GPUs and device): it does
+# not change a CPU run's metrics, but it does its seconds per round, and a GPU run is not bit-for-bit a
+# CPU run. Written by the grid into the run's folder when the run finishes.
+MADE_FILE = "made.json"
+
 # Seconds per run outside the run's own clock (flwr run's submission, the app's start): the
 # median over 90 runs of the full grid's log was 9.6 s.
 START_UP_SECONDS = 10.0
@@ -56,11 +62,16 @@ class TimeLeft:
     seconds: float
     runs: int
     per_round: dict[str, float]
+    unmeasured: tuple[str, ...] = ()  # kinds left with no finished run: planned at the mean over all
 
     def format(self) -> str:
         measured = ", ".join(f"{kind} {value:.2f} s" for kind, value in sorted(self.per_round.items()))
+        guessed = (f"; {', '.join(self.unmeasured)}: none finished yet, planned at the mean over all"
+                   if self.unmeasured else "")
         return (f"{self.runs} runs left: about {format_seconds(self.seconds)} (h:mm:ss) one run at a time, at the "
-                f"measured time per round ({measured}) plus {START_UP_SECONDS:g} s per run")
+                f"measured time per round ({measured}; runs made one at a time where the grid recorded it, "
+                f"else all){guessed}, plus {START_UP_SECONDS:g} s per run. Several at once: "
+                "`fedgma bench --parts jobs` measures their gain here (docs/scaling.md)")
 
 
 def _kind(spec: RunSpec) -> tuple[object, int]:
@@ -133,6 +144,7 @@ class GridRunner:
                 "clients (and time out); on a cluster, runs go one at a time, each spread over the cluster")
         _check_machine(self.resources_for(jobs), data or HostSettings())
         self.jobs = jobs
+        self._jobs_now = 1  # runs at once in the grid being made (at most ``jobs``)
         self.grid = grid
         self.results_dir = results_dir.resolve()
         self.runs_dir = self.results_dir / "runs"
@@ -182,20 +194,29 @@ class GridRunner:
     def time_left(self, status: list[tuple[RunSpec, bool]]) -> TimeLeft | None:
         """The unfinished runs' time, planned from the finished runs' measured time per round (by
         task and federation size: a run of another kind takes the mean over all), plus
-        :data:`START_UP_SECONDS` per run; None before any run has finished."""
-        per_round: dict[tuple[object, int], list[float]] = {}
+        :data:`START_UP_SECONDS` per run; None before any run has finished. Where the grid recorded
+        runs of a kind made one at a time, only those count: runs made several at once share the
+        cores, and each of their rounds takes longer."""
+        per_round: dict[tuple[object, int], list[tuple[bool, float]]] = {}
         for spec, finished in status:
             if finished:
-                summary = self.folder(spec).read_summary()
-                per_round.setdefault(_kind(spec), []).append(float(summary["wall-seconds"]) / int(summary["rounds"]))
+                folder = self.folder(spec)
+                summary = folder.read_summary()
+                alone = _made(folder.path).get("jobs") == 1
+                per_round.setdefault(_kind(spec), []).append(
+                    (alone, float(summary["wall-seconds"]) / int(summary["rounds"])))
         if not per_round:
             return None
-        measured = {kind: sum(values) / len(values) for kind, values in per_round.items()}
-        overall = sum(sum(v) for v in per_round.values()) / sum(len(v) for v in per_round.values())
+        chosen = {kind: [v for alone, v in values if alone] or [v for _, v in values]
+                  for kind, values in per_round.items()}
+        measured = {kind: sum(values) / len(values) for kind, values in chosen.items()}
+        overall = sum(sum(v) for v in chosen.values()) / sum(len(v) for v in chosen.values())
         todo = [spec for spec, finished in status if not finished]
         seconds = sum(spec.rounds * measured.get(_kind(spec), overall) + START_UP_SECONDS for spec in todo)
+        unmeasured = sorted({_kind(spec) for spec in todo} - measured.keys(), key=str)
         return TimeLeft(seconds, len(todo), {f"{task}, {clients} clients": value
-                                             for (task, clients), value in measured.items()})
+                                             for (task, clients), value in measured.items()},
+                        tuple(f"{task}, {clients} clients" for task, clients in unmeasured))
 
     def write_manifest(self) -> None:
         manifest = {
@@ -252,7 +273,7 @@ class GridRunner:
         if not todo:
             self.write_combined()
             return 0
-        jobs = min(self.jobs, len(todo))
+        jobs = self._jobs_now = min(self.jobs, len(todo))
         self.echo(f"grid {self.grid.name}: {self.resources_line(jobs)}")
         progress = _Progress(sum(s.rounds for s in todo))
         failures: list[str] = []
@@ -342,6 +363,11 @@ class GridRunner:
         it finished. Raises :class:`_Stopped` soon after ``stop`` is set (the run resumes later)."""
         folder = self.folder(spec)
         resume = folder.checkpoint.is_file()
+        resources = runtime.resources
+        made_by = {"jobs": self._jobs_now, "ray-address": resources.ray_address, "ray-cpus": resources.ray_cpus,
+                   "client-cpus": resources.client_cpus, "client-gpus": resources.client_gpus,
+                   "device": ("each host's `ray start` environment" if resources.joins_cluster
+                              else self.host.device or os.environ.get(DEVICE_ENV) or "auto")}
         if not resume and folder.metrics.exists():
             folder.metrics.unlink()  # an attempt that never finished a round
         shown = len([r for r in folder.rows() if r["round"] != "0"])
@@ -374,6 +400,8 @@ class GridRunner:
         if completed and self.is_finished(spec):
             updated = [row.get("model-updated", "") for row in folder.rows() if row["round"] != "0"]
             if not updated or any(value != "0" for value in updated):
+                made = json.dumps({**made_by, "resumed": resume}, indent=2).encode()
+                atomic_write(folder.path / MADE_FILE, lambda f: f.write(made))
                 return True
             # Every round failed (e.g. every client's training raised), yet the run ended: its
             # folder is moved aside, so the grid neither counts it nor skips it next time.
@@ -396,6 +424,15 @@ class GridRunner:
         path.write_text(text)
         errors = [line.strip() for line in text.splitlines() if "Error" in line or "Exception" in line]
         return f"Flower's log of the run: {path}" + (f" (last error: {errors[-1][:300]})" if errors else "")
+
+
+def _made(run_dir: Path) -> dict[str, object]:
+    """How the grid made a finished run (:data:`MADE_FILE`); empty where it was not recorded."""
+    try:
+        made = json.loads((run_dir / MADE_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return made if isinstance(made, dict) else {}
 
 
 def usable_cores() -> int:
