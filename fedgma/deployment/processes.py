@@ -113,13 +113,18 @@ def processes_named(root: int | None, fragment: str) -> list[int]:
     candidates = descendants(root) if root is not None else [
         int(p.name) for p in Path("/proc").glob("[0-9]*") if int(p.name) != os.getpid()]
     for pid in candidates:
-        try:
-            command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
-            continue
-        if fragment in command:
+        if fragment in command_line(pid):
             found.append(pid)
     return found
+
+
+def command_line(pid: int) -> str:
+    """The command line of process ``pid``, arguments joined by spaces; "" once it has ended.
+    Between fork and exec a process still shows its parent's."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def kill_tree(pid: int) -> None:
@@ -133,7 +138,8 @@ def _signal_all(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie awaiting its parent counts as ended)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:
@@ -171,11 +177,11 @@ def stop_trees(pids: Sequence[int], grace: float = 10.0, reap: Callable[[], obje
     tree = [pid for root in pids for pid in (root, *descendants(root))]
     _signal_all(tree, signal.SIGTERM)
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(pid) for pid in tree):
+    while time.monotonic() < deadline and any(alive(pid) for pid in tree):
         if reap is not None:
             reap()
         time.sleep(0.1)
-    _signal_all([pid for pid in tree if _alive(pid)], signal.SIGKILL)
+    _signal_all([pid for pid in tree if alive(pid)], signal.SIGKILL)
 
 
 def start(

@@ -17,25 +17,10 @@ from run_settings import ROOT
 
 from fedgma import cli
 from fedgma.app.run_folder import RunFolder
-from fedgma.deployment.processes import descendants
+from fedgma.deployment.processes import alive, command_line, descendants
 from fedgma.lab.experiments.runner import metrics_differences
 
 pytestmark = pytest.mark.e2e
-
-
-def command(pid):
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
-def alive(pid):
-    """True while ``pid`` runs (a zombie awaiting its parent counts as ended)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def test_smoke_grid_runs_resumes_and_reports(tmp_path, shared_data_dir, capsys):
@@ -78,7 +63,7 @@ def test_smoke_grid_runs_resumes_and_reports(tmp_path, shared_data_dir, capsys):
 
     def watch():  # every process the grid starts, by its latest command line (one seen between fork and exec
         while grid.poll() is None:  # still shows its parent's), until the grid exits
-            started.update({pid: command(pid) or started.get(pid, "") for pid in descendants(grid.pid)})
+            started.update({pid: command_line(pid) or started.get(pid, "") for pid in descendants(grid.pid)})
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch)
