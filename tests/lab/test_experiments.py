@@ -3,6 +3,7 @@
 import csv
 import json
 import statistics
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -303,7 +304,7 @@ def _when_grid_with_some_runs(results_dir):
               if spec.setting == "opposite-partial" and spec.label in plain and spec.seed <= 2]
     assert len(chosen) == 9
     (results_dir / "runs").mkdir(parents=True)
-    manifest = {"grid": grid.name, "description": grid.description, "scale": {}, "overrides": {},
+    manifest = {"grid": grid.name, "description": grid.description, "scale": asdict(grid.scale), "overrides": {},
                 "runs": [{"name": s.name, "folder": s.name, "setting": s.setting, "strategy": s.label, "seed": s.seed,
                           "studies": list(s.studies), "run-config": s.run_config} for s in grid.runs]}
     (results_dir / "grid.json").write_text(json.dumps(manifest))

@@ -20,7 +20,7 @@ from fedgma.lab.experiments.grids import (
     grid_by_name,
 )
 from fedgma.lab.experiments.runner import MADE_FILE, START_UP_SECONDS, GridRunner
-from fedgma.lab.experiments.runs import Run
+from fedgma.lab.experiments.runs import Run, load_runs
 from fedgma.lab.experiments.when_report import run_time
 
 RESULTS = Path(__file__).parents[2] / "results"
@@ -107,21 +107,26 @@ def test_time_left_is_planned_from_the_measured_time_per_round(tmp_path):
     left = runner.time_left(status)
     assert left is not None and left.runs == len(runs) - 3
     todo = [spec for spec, finished in status if not finished]
-    overall = (3.0 + 2.0 + 1.0) / 3  # ten-class runs: none measured, the mean over all
+    overall = (2.5 + 1.0) / 2  # ten-class runs: none measured, the mean of the kinds
     expected = sum(spec.rounds * (2.5 if spec.clients == 50 and spec.run_config["task"] == "binary" else
                                   1.0 if spec.run_config["task"] == "binary" else overall) + START_UP_SECONDS
                    for spec in todo)
     assert left.seconds == pytest.approx(expected)
-    assert "binary, 50 clients 2.50 s" in left.format()
-    assert "ten-class, 10 clients: none finished yet, planned at the mean over all" in left.format()
+    assert "binary, 50 clients 2.50 s (2 runs, jobs not recorded)" in left.format()
+    assert "ten-class, 10 clients: none finished yet, planned at the mean of the kinds" in left.format()
 
-    # Where the grid recorded how runs were made, a kind's runs made one at a time are what count:
-    # a run made two at once (6 s per round) shares the cores and says little about one alone.
-    _finish(runner, partial[2], 300.0)
+    # Where the grid recorded how runs were made, those runs are what count, each with its share
+    # of the machine: a run made two at once at 8 s per round took the grid 4 s per round.
+    _finish(runner, partial[2], 400.0)
     (runner.folder(partial[2]).path / MADE_FILE).write_text(json.dumps({"jobs": 2}))
-    assert runner.time_left(runner.status()).per_round["binary, 50 clients"] == pytest.approx((3 + 2 + 6) / 3)
+    made = runner.time_left(runner.status()).pace
+    assert made.per_round["binary, 50 clients"] == pytest.approx(4.0)
+    assert made.guessed == ("binary, 10 clients",)
     (runner.folder(partial[0]).path / MADE_FILE).write_text(json.dumps({"jobs": 1}))
-    assert runner.time_left(runner.status()).per_round["binary, 50 clients"] == pytest.approx(3.0)
+    made = runner.time_left(runner.status()).pace
+    assert made.per_round["binary, 50 clients"] == pytest.approx((150.0 + 400.0 / 2) / 100)
+    assert made.clock_seconds == pytest.approx(150 + 100 + 50 + 400)
+    assert made.wall_seconds == pytest.approx(150 + 100 + 50 + 200) and made.unrecorded == 2
 
 
 def test_every_when_arm_is_a_valid_run(tmp_path):
@@ -155,15 +160,21 @@ def test_a_curve_still_rising_is_named_and_a_flat_one_is_not():
         "*The curves have stopped rising*")
 
 
-def test_the_reports_run_time_sums_the_runs_clocks_by_kind():
-    def run(name: str, setting: str, seconds: float, rounds: int) -> Run:
-        rows = [{"round": float(i), "wall-seconds": seconds * i / rounds} for i in range(rounds + 1)]
-        return Run(name, setting, BASELINE, 0, ("when",), 3, None, 0.01, rows)
-
-    runs = [run("a", "opposite-full", 100.0, 50), run("b", "same-full", 50.0, 50),
-            run("c", "opposite-partial", 30.0, 10), run("d", "ten-class-rho0.8", 3600.0, 100)]
-    line = run_time(runs)
-    assert line.startswith("Run time of these runs: 1:03:00 (h:mm:ss")
-    # binary with 10 clients: 150 s over 100 rounds; 50 clients: 3 s a round; 10-class: 36 s.
-    assert ("per round: 10-class, 10 clients 36.00 s (1 runs), binary, 10 clients 1.50 s (2 runs), "
-            "binary, 50 clients 3.00 s (1 runs).") in line
+def test_the_reports_run_time_is_the_grids_pace(tmp_path):
+    runner = GridRunner(grid_by_name("when"), tmp_path)
+    runner.write_manifest()
+    by_setting = {spec.setting: spec for spec in reversed(runner.grid.runs)}
+    _finish(runner, by_setting["opposite-full"], 100.0)
+    _finish(runner, by_setting["same-full"], 50.0)
+    _finish(runner, by_setting["opposite-partial"], 300.0)
+    _finish(runner, by_setting["ten-class-rho0.8"], 3600.0)
+    (runner.folder(by_setting["opposite-partial"]).path / MADE_FILE).write_text(json.dumps({"jobs": 2}))
+    runner.write_combined()
+    line = run_time(tmp_path, load_runs(tmp_path))
+    # 4,050 s on the runs' clocks; the run made two at once counts half of its 300 s.
+    assert line.startswith("Run time: the grid's wall time about 1:05:00 (h:mm:ss")
+    assert "3 runs made before the grid recorded how many ran at once count in full" in line
+    assert "the runs' own clocks sum to 1:07:30" in line
+    # binary with 10 clients: 150 s over 100 rounds; 50 clients: 150 s over 50; 10-class: 36 s.
+    assert ("per round: binary, 10 clients 1.50 s (2 runs, jobs not recorded), binary, 50 clients 3.00 s "
+            "(1 runs), ten-class, 10 clients 36.00 s (1 runs, jobs not recorded).") in line

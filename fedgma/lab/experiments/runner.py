@@ -37,6 +37,7 @@ from fedgma.deployment.flower import HostSettings, SimulationResources, Simulati
 from fedgma.loop.atomic import atomic_write
 
 from .grids import Grid, RunSpec
+from .pace import MADE_FILE, Pace, RunClock, kind_of, pace
 from .results import saved_settings
 
 RUN_COLUMNS = ("run", "setting", "strategy", "seed", "studies", "dataset", "local-epochs", "tau", "server-lr",
@@ -45,11 +46,6 @@ RUN_COLUMNS = ("run", "setting", "strategy", "seed", "studies", "dataset", "loca
 NOT_COMPARED = {key.replace("-", "_") for key in not_result_settings()} - {"num_server_rounds"}
 
 
-# How the grid made a finished run (jobs at once, its Ray, the clients' CPUs, GPUs and device): it does
-# not change a CPU run's metrics, but it does its seconds per round, and a GPU run is not bit-for-bit a
-# CPU run. Written by the grid into the run's folder when the run finishes.
-MADE_FILE = "made.json"
-
 # Seconds per run outside the run's own clock (flwr run's submission, the app's start): the
 # median over 90 runs of the full grid's log was 9.6 s.
 START_UP_SECONDS = 10.0
@@ -57,25 +53,24 @@ START_UP_SECONDS = 10.0
 
 @dataclass(frozen=True)
 class TimeLeft:
-    """A grid's planned remaining time: seconds, runs, and the measured seconds per round used."""
+    """A grid's planned remaining time: seconds and runs, and the pace it was planned from."""
 
     seconds: float
     runs: int
-    per_round: dict[str, float]
-    unmeasured: tuple[str, ...] = ()  # kinds left with no finished run: planned at the mean over all
+    pace: Pace
+    unmeasured: tuple[str, ...] = ()  # kinds left with no finished run: planned at the pace's overall mean
 
     def format(self) -> str:
-        measured = ", ".join(f"{kind} {value:.2f} s" for kind, value in sorted(self.per_round.items()))
-        guessed = (f"; {', '.join(self.unmeasured)}: none finished yet, planned at the mean over all"
+        guessed = (f"; {', '.join(self.unmeasured)}: none finished yet, planned at the mean of the kinds"
                    if self.unmeasured else "")
-        return (f"{self.runs} runs left: about {format_seconds(self.seconds)} (h:mm:ss) one run at a time, at the "
-                f"measured time per round ({measured}; runs made one at a time where the grid recorded it, "
-                f"else all){guessed}, plus {START_UP_SECONDS:g} s per run. Several at once: "
-                "`fedgma bench --parts jobs` measures their gain here (docs/scaling.md)")
+        return (f"{self.runs} runs left: about {format_seconds(self.seconds)} (h:mm:ss) at the pace the grid made "
+                f"its runs: seconds per round, a run made with others at once counting its share "
+                f"({self.pace.describe()}){guessed}, plus {START_UP_SECONDS:g} s per run. How much several "
+                "at once gain here: `fedgma bench --parts jobs` (docs/scaling.md)")
 
 
-def _kind(spec: RunSpec) -> tuple[object, int]:
-    return spec.run_config.get("task"), spec.clients
+def _kind(spec: RunSpec) -> str:
+    return kind_of(str(spec.run_config.get("task")), spec.clients)
 
 
 class GridMismatch(RuntimeError):
@@ -192,31 +187,17 @@ class GridRunner:
         return [(spec, self.is_finished(spec)) for spec in self.grid.runs]
 
     def time_left(self, status: list[tuple[RunSpec, bool]]) -> TimeLeft | None:
-        """The unfinished runs' time, planned from the finished runs' measured time per round (by
-        task and federation size: a run of another kind takes the mean over all), plus
-        :data:`START_UP_SECONDS` per run; None before any run has finished. Where the grid recorded
-        runs of a kind made one at a time, only those count: runs made several at once share the
-        cores, and each of their rounds takes longer."""
-        per_round: dict[tuple[object, int], list[tuple[bool, float]]] = {}
-        for spec, finished in status:
-            if finished:
-                folder = self.folder(spec)
-                summary = folder.read_summary()
-                alone = _made(folder.path).get("jobs") == 1
-                per_round.setdefault(_kind(spec), []).append(
-                    (alone, float(summary["wall-seconds"]) / int(summary["rounds"])))
-        if not per_round:
+        """The unfinished runs' time at the finished runs' :func:`~.pace.pace` (by task and
+        federation size; a kind with none finished takes the mean of the kinds), plus
+        :data:`START_UP_SECONDS` per run; None before any run has finished."""
+        made = pace([RunClock.of(self.folder(spec), _kind(spec)) for spec, finished in status if finished])
+        if made is None:
             return None
-        chosen = {kind: [v for alone, v in values if alone] or [v for _, v in values]
-                  for kind, values in per_round.items()}
-        measured = {kind: sum(values) / len(values) for kind, values in chosen.items()}
-        overall = sum(sum(v) for v in chosen.values()) / sum(len(v) for v in chosen.values())
         todo = [spec for spec, finished in status if not finished]
-        seconds = sum(spec.rounds * measured.get(_kind(spec), overall) + START_UP_SECONDS for spec in todo)
-        unmeasured = sorted({_kind(spec) for spec in todo} - measured.keys(), key=str)
-        return TimeLeft(seconds, len(todo), {f"{task}, {clients} clients": value
-                                             for (task, clients), value in measured.items()},
-                        tuple(f"{task}, {clients} clients" for task, clients in unmeasured))
+        seconds = sum(spec.rounds * made.per_round.get(_kind(spec), made.overall) + START_UP_SECONDS
+                      for spec in todo)
+        unmeasured = tuple(sorted({_kind(spec) for spec in todo} - made.per_round.keys()))
+        return TimeLeft(seconds, len(todo), made, unmeasured)
 
     def write_manifest(self) -> None:
         manifest = {
@@ -424,15 +405,6 @@ class GridRunner:
         path.write_text(text)
         errors = [line.strip() for line in text.splitlines() if "Error" in line or "Exception" in line]
         return f"Flower's log of the run: {path}" + (f" (last error: {errors[-1][:300]})" if errors else "")
-
-
-def _made(run_dir: Path) -> dict[str, object]:
-    """How the grid made a finished run (:data:`MADE_FILE`); empty where it was not recorded."""
-    try:
-        made = json.loads((run_dir / MADE_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
-    return made if isinstance(made, dict) else {}
 
 
 def usable_cores() -> int:

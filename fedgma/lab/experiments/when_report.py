@@ -39,6 +39,7 @@ from .grids import (
     WHEN_SETTINGS,
     grid_by_name,
 )
+from .pace import RunClock, kind_of, pace
 from .results import grid_run_folders, load_probes, percent
 from .runner import format_seconds
 from .runs import LAST_ROUNDS, Run, load_runs, mean_std, select
@@ -199,7 +200,7 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
     planned = _planned(manifest)
     settings = [s for s in WHEN_ORDER if s in planned]
     out = [f"#### Grid `when` on colored {dataset}: {len(runs)} of {len(manifest['runs'])} runs finished", "",
-           run_time(runs), "",
+           run_time(results_dir, runs), "",
            f"Per setting, in the grid's order: each arm's primary metric (accuracy on the setting's primary test "
            f"set, mean of the last {LAST_ROUNDS} rounds; mean ± std over seeds), the accuracy at the first round "
            f"of best ID accuracy and after the last round, the mask's kept fraction and mean over the last "
@@ -256,24 +257,27 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
     return "\n".join(out) + "\n", "\n".join(summary) + "\n"
 
 
-def run_time(runs: list[Run]) -> str:
-    """The finished runs' time (the sum of their own clocks: ``wall-seconds`` after the last round)
-    and the time per round by task and federation size, from which the grid's hours are planned."""
-    kinds: dict[str, list[tuple[float, int]]] = defaultdict(list)
-    for run in runs:
-        seconds = run.trained[-1].get("wall-seconds") if run.trained else None
-        if seconds is None:
-            continue
-        clients = ALL_SETTINGS[run.setting].get("clients", 10)
-        kinds[f"{'10-class' if run.num_classes == 10 else 'binary'}, {clients} clients"].append(
-            (seconds, len(run.trained)))
-    if not kinds:
+def _kind(run: Run, scale_clients: int) -> str:
+    settings = ALL_SETTINGS[run.setting]
+    clients = settings.get("clients", scale_clients)  # as grids._run sizes the federation
+    assert isinstance(clients, int)
+    return kind_of(str(settings["task"]), clients)
+
+
+def run_time(results_dir: Path, runs: list[Run]) -> str:
+    """The finished runs' time: the sum of their own clocks, the grid's wall time and its seconds
+    per round by kind (:mod:`.pace`, as ``grid status`` plans from)."""
+    folders = grid_run_folders(results_dir)
+    scale_clients = int(json.loads((results_dir / "grid.json").read_text())["scale"]["clients"])
+    made = pace([RunClock.of(folders[run.name], _kind(run, scale_clients))
+                 for run in runs if folders[run.name].is_finished()])
+    if made is None:
         return "Run time: not recorded."
-    total = sum(seconds for values in kinds.values() for seconds, _ in values)
-    per_round = ", ".join(f"{kind} {sum(s for s, _ in v) / sum(n for _, n in v):.2f} s ({len(v)} runs)"
-                          for kind, v in sorted(kinds.items()))
-    return (f"Run time of these runs: {format_seconds(total)} (h:mm:ss, the sum of the runs' own clocks; "
-            f"start-up between runs not counted); per round: {per_round}.")
+    bound = (f"; {made.unrecorded} runs made before the grid recorded how many ran at once count in full, so "
+             "this is an upper bound" if made.unrecorded else "")
+    return (f"Run time: the grid's wall time about {format_seconds(made.wall_seconds)} (h:mm:ss; a run made "
+            f"with others at once counts its share of its clock{bound}; start-up between runs not counted); "
+            f"the runs' own clocks sum to {format_seconds(made.clock_seconds)}; per round: {made.describe()}.")
 
 
 def when_not_run() -> tuple[str, str]:
