@@ -179,7 +179,7 @@ def test_grid_status_counts_finished_runs_per_setting_and_lists_named_runs(tmp_p
     assert lines[0].split() == ["opposite-partial", "0/50", "finished"]  # the grid's order
     assert len(lines) == 1 + len({spec.setting for spec in grid_by_name("when").runs})  # no line per run
     assert cli.main(["grid", "status", "when", "--results-dir", str(tmp_path),
-                     "--runs", "same-full_fedavg_seed2"]) == 0
-    assert capsys.readouterr().out.splitlines()[0].split() == ["same-full_fedavg_seed2"]
+                     "--runs", "same-partial_fedavg_seed2"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].split() == ["same-partial_fedavg_seed2"]
     assert cli.main(["grid", "status", "smoke", "--results-dir", str(tmp_path), "--runs", "all"]) == 0
     assert capsys.readouterr().out.splitlines()[:5] == [f"      {spec.name}" for spec in grid_by_name("smoke").runs]

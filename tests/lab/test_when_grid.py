@@ -31,9 +31,14 @@ def test_the_most_informative_runs_come_first():
     settings = [spec.setting for spec in runs]
     first = {"opposite-partial", "majority-partial", "private-partial"}
     then = {"opposite-full", "majority-full", "private-full"}
-    assert set(settings[:150]) == first and set(settings[150:300]) == then
+    # Full participation without ws eta_s=0.1 and its two controls (cut to fit the budget): 7 arms,
+    # 3 seeds; its other 2 seeds come last, where the budget may end the grid.
+    assert set(settings[:150]) == first and set(settings[150:213]) == then == set(settings[-42:])
+    assert {spec.seed for spec in runs[150:213]} == {0, 1, 2} and {spec.seed for spec in runs[-42:]} == {3, 4}
+    assert not any("eta_s=0.1" in spec.label or "step 1.1" in spec.label for spec in runs if spec.setting in then)
     order = [s for i, s in enumerate(settings) if s not in settings[:i]]
-    assert order[6:] == ["same-partial", "same-full", "binary-non-iid", "ten-class-rho0.8", "ten-class-rho0.9"]
+    assert order[6:] == ["same-partial", "binary-non-iid", "ten-class-rho0.8", "ten-class-rho0.9"]
+    assert len(runs) == 150 + 63 + 18 + 21 + 24 + 42
     # Seed-major within a phase: an interrupted phase has all arms of its first seeds.
     assert [spec.seed for spec in runs[:30]] == [0] * 30
     assert len({spec.name for spec in runs}) == len(runs)
@@ -165,16 +170,19 @@ def test_the_reports_run_time_is_the_grids_pace(tmp_path):
     runner.write_manifest()
     by_setting = {spec.setting: spec for spec in reversed(runner.grid.runs)}
     _finish(runner, by_setting["opposite-full"], 100.0)
-    _finish(runner, by_setting["same-full"], 50.0)
+    _finish(runner, by_setting["binary-non-iid"], 50.0)
     _finish(runner, by_setting["opposite-partial"], 300.0)
     _finish(runner, by_setting["ten-class-rho0.8"], 3600.0)
     (runner.folder(by_setting["opposite-partial"]).path / MADE_FILE).write_text(json.dumps({"jobs": 2}))
     runner.write_combined()
     line = run_time(tmp_path, load_runs(tmp_path))
-    # 4,050 s on the runs' clocks; the run made two at once counts half of its 300 s.
-    assert line.startswith("Run time: the grid's wall time about 1:05:00 (h:mm:ss")
-    assert "3 runs made before the grid recorded how many ran at once count in full" in line
-    assert "the runs' own clocks sum to 1:07:30" in line
-    # binary with 10 clients: 150 s over 100 rounds; 50 clients: 150 s over 50; 10-class: 36 s.
+    # Of the runs this grid made (binary non-IID's FedAvg seed 0 is the full grid's, reused), 4,000 s
+    # on their clocks; the run made two at once counts half of its 300 s.
+    assert line.startswith("Run time: the grid's wall time about 1:04:10 (h:mm:ss")
+    assert "2 runs made before the grid recorded how many ran at once count in full" in line
+    assert "start-up between runs and the 1 runs reused from the full grid not counted" in line
+    assert "these runs' own clocks sum to 1:06:40" in line
+    # Every run's pace, as grid status plans from: binary with 10 clients 150 s over 100 rounds;
+    # 50 clients 150 s over 50; 10-class 36 s.
     assert ("per round: binary, 10 clients 1.50 s (2 runs, jobs not recorded), binary, 50 clients 3.00 s "
             "(1 runs), ten-class, 10 clients 36.00 s (1 runs, jobs not recorded).") in line

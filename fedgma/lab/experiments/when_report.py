@@ -265,19 +265,27 @@ def _kind(run: Run, scale_clients: int) -> str:
 
 
 def run_time(results_dir: Path, runs: list[Run]) -> str:
-    """The finished runs' time: the sum of their own clocks, the grid's wall time and its seconds
-    per round by kind (:mod:`.pace`, as ``grid status`` plans from)."""
+    """The finished runs' seconds per round by kind (:mod:`.pace`, as ``grid status`` plans from)
+    and, of the runs this grid made (not those reused from the full grid), the grid's wall time
+    and the sum of their own clocks."""
     folders = grid_run_folders(results_dir)
     scale_clients = int(json.loads((results_dir / "grid.json").read_text())["scale"]["clients"])
-    made = pace([RunClock.of(folders[run.name], _kind(run, scale_clients))
-                 for run in runs if folders[run.name].is_finished()])
-    if made is None:
+    clocks = {run.name: RunClock.of(folders[run.name], _kind(run, scale_clients))
+              for run in runs if folders[run.name].is_finished()}
+    every = pace(list(clocks.values()))
+    made_here = pace([clock for name, clock in clocks.items() if name not in FULL_GRID_RUNS])
+    if every is None:
         return "Run time: not recorded."
-    bound = (f"; {made.unrecorded} runs made before the grid recorded how many ran at once count in full, so "
-             "this is an upper bound" if made.unrecorded else "")
-    return (f"Run time: the grid's wall time about {format_seconds(made.wall_seconds)} (h:mm:ss; a run made "
-            f"with others at once counts its share of its clock{bound}; start-up between runs not counted); "
-            f"the runs' own clocks sum to {format_seconds(made.clock_seconds)}; per round: {made.describe()}.")
+    per_round = f"per round: {every.describe()}."
+    if made_here is None:
+        return f"Run time: every finished run was reused from the full grid; {per_round}"
+    reused = sum(name in FULL_GRID_RUNS for name in clocks)
+    bound = (f"; {made_here.unrecorded} runs made before the grid recorded how many ran at once count in full, "
+             "so this is an upper bound" if made_here.unrecorded else "")
+    left_out = "start-up between runs" + (f" and the {reused} runs reused from the full grid" if reused else "")
+    return (f"Run time: the grid's wall time about {format_seconds(made_here.wall_seconds)} (h:mm:ss; a run made "
+            f"with others at once counts its share of its clock{bound}; {left_out} not counted); these runs' "
+            f"own clocks sum to {format_seconds(made_here.clock_seconds)}; {per_round}")
 
 
 def when_not_run() -> tuple[str, str]:
