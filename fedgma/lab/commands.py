@@ -30,7 +30,7 @@ from fedgma.deployment.app_folder import AppFolderNotFound, app_defaults, app_di
 from fedgma.deployment.flower import RAY_ADDRESS_ENV, HostSettings, SimulationResources
 
 from .bench_parts import BENCH_PARTS, QUICK_PARTS, README_BLOCKS
-from .experiments.grids import GRID_NAMES
+from .experiments.grids import GRID_SUMMARIES
 
 # What the research tools need beyond the core (flwr, NumPy): the app and lab extras ...
 LAB_MODULES = ("torch", "torchvision", "flwr_datasets", "matplotlib", "scipy")
@@ -212,8 +212,10 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     """Add the research subcommands to ``fedgma``'s parser."""
 
     grid = commands.add_parser("grid", help="run or inspect a named experiment grid")
-    grid.add_argument("action", choices=("run", "status", "reproduce"))
-    grid.add_argument("name", help=" | ".join(GRID_NAMES))
+    grid.add_argument("action", choices=("run", "status", "reproduce"),
+                      help="run: make the grid's missing runs (an interrupted run resumes) | status: finished runs "
+                           "per setting and the time left | reproduce: rerun finished runs, compare their metrics")
+    grid.add_argument("name", help=" | ".join(f"{name} ({what})" for name, what in GRID_SUMMARIES.items()))
     grid.add_argument("--results-dir", type=Path, help="default: results/<name>")
     grid.add_argument("--run-timeout", type=float, default=3600.0, help="seconds allowed per run")
     grid.add_argument("--data-dir", type=Path, help="data sets and cached partitions "
@@ -223,16 +225,17 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                       "these; reproduce: the finished runs to rerun")
     grid.add_argument("--scratch", type=Path, help="reproduce: where the reruns go (default: a new temp folder)")
     grid.add_argument("--jobs", type=int, default=1,
-                      help="runs at once, each its own simulation; the machine's cores are split between them "
+                      help="run: runs at once, each its own simulation; the machine's cores are split between them "
                            "(a private Ray per run only; default: 1)")
-    grid.add_argument("--ray-address", help="the Ray that runs the clients: local (a private Ray per run), auto "
+    grid.add_argument("--ray-address", help="run: the Ray that runs the clients: local (a private Ray per run), auto "
                       "(Ray's own search: the cluster `ray start` recorded here, else any Ray running here, another "
                       "user's too; prefer HOST:PORT) or HOST:PORT of a cluster's head (default: $RAY_ADDRESS, "
                       "else local)")
-    grid.add_argument("--client-cpus", type=int, default=1, help="CPUs each simulated client reserves (default: 1)")
+    grid.add_argument("--client-cpus", type=int, default=1,
+                      help="run: CPUs each simulated client reserves (default: 1)")
     grid.add_argument("--client-gpus", type=float, default=0.0,
-                      help="GPUs (or a fraction of one) each simulated client reserves; 0: none")
-    grid.add_argument("--device", help="where the clients of a private Ray train: auto | cpu | cuda | cuda:N "
+                      help="run: GPUs (or a fraction of one) each simulated client reserves; 0: none")
+    grid.add_argument("--device", help="run: where the clients of a private Ray train: auto | cpu | cuda | cuda:N "
                       "(default: $FEDGMA_DEVICE, else auto: CUDA when the client was given a GPU); on a cluster, "
                       "each host's `ray start` environment sets it")
     grid.add_argument("--app", type=Path, help=APP_HELP)

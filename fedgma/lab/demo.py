@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from fedgma.app.run_folder import RunFolder
+from fedgma.app.settings import ConfigError, parse_run_config
 from fedgma.deployment.app_folder import app_defaults, app_dir, parse_override
 from fedgma.deployment.flower import HostSettings, SimulationRuntime
 
@@ -30,6 +31,10 @@ def run_folder(output_root: Path, app: Path, run_config: dict[str, object]) -> R
     """Where the ServerApp puts a run of ``app`` with ``run_config``:
     ``<output root>/<output-dir>/<run-name>`` (``output-dir``: the app's default unless set)."""
     return RunFolder.of_run(output_root, {"output-dir": app_defaults(app).get("output-dir", ""), **run_config})
+
+
+def _run_name(strategy: dict[str, str]) -> str:
+    return strategy["strategy"] + (f"-{strategy['variant']}" if "variant" in strategy else "")
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -57,6 +62,12 @@ def main(args: argparse.Namespace) -> int:
         "partitioning": "non-iid",
         **dict(args.overrides),
     }
+    for strategy in CONTENDERS.values():  # a bad setting fails here, naming it, before any runtime starts
+        try:
+            parse_run_config({**app_defaults(app), **settings, **strategy})
+        except ConfigError as err:
+            print(f"fedgma demo: {err}", file=sys.stderr)
+            return 2
     host = HostSettings(output_root=batch_dir, data_dir=args.data_dir,
                         download=False if args.no_download else None)
     print(f"FedGMA vs FedAvg: {args.clients} simulated clients, {args.rounds} rounds; "
@@ -64,8 +75,7 @@ def main(args: argparse.Namespace) -> int:
     summaries = {}
     with SimulationRuntime(batch_dir / "runtime", host) as runtime:
         for label, strategy in CONTENDERS.items():
-            run_name = strategy["strategy"] + (f"-{strategy['variant']}" if "variant" in strategy else "")
-            run_config = {**settings, **strategy, "run-name": run_name}
+            run_config = {**settings, **strategy, "run-name": _run_name(strategy)}
             folder = run_folder(batch_dir, app, run_config)
             shown = [0]
 
@@ -100,5 +110,7 @@ def main(args: argparse.Namespace) -> int:
     for label, s in summaries.items():
         print(f"{label:<12} {s['final-ood-accuracy']:>13.4f} {s['peak-ood-accuracy']:>12.4f} "
               f"{s['final-id-accuracy']:>12.4f} {s['seconds']:>7.1f}")
-    print(f"Per-round metrics: {folder.path.parent}/<strategy>/metrics.csv")
+    folders = ", ".join(run_folder(batch_dir, app, {**settings, **s, "run-name": _run_name(s)}).path.name
+                        for s in CONTENDERS.values())
+    print(f"Per-round metrics: metrics.csv in {folder.path.parent}/{{{folders}}}")
     return 0

@@ -173,6 +173,27 @@ def test_the_demo_finds_its_runs_where_the_app_puts_them(tmp_path):
         assert demo.run_folder(tmp_path, app_dir(), run_config).path == run_directory(config, 1, tmp_path)
 
 
+@pytest.mark.parametrize(("override", "named"), [("nosuchkey=1", "unknown key(s) ['nosuchkey']"),
+                                                   ("partitioning=bogus", "'partitioning' must be one of")])
+def test_the_demo_names_a_bad_setting_before_starting_flower(tmp_path, monkeypatch, capsys, override, named):
+    import argparse
+
+    from fedgma.deployment import flower
+    from fedgma.deployment.app_folder import parse_override
+    from fedgma.lab import demo
+
+    def no_runtime(*args, **kwargs):
+        raise AssertionError("a SuperLink was started for a run that cannot succeed")
+
+    monkeypatch.setattr(demo, "SimulationRuntime", no_runtime)
+    monkeypatch.setattr(flower, "SimulationRuntime", no_runtime)
+    parser = argparse.ArgumentParser()
+    demo.configure(parser)
+    assert demo.main(parser.parse_args(["--output-dir", str(tmp_path), override])) == 2
+    assert named in capsys.readouterr().err
+    parse_override(override)  # the key=value form itself is fine: the setting is what is refused
+
+
 def test_margin_is_the_mean_of_paired_seed_differences():
     def run(seed, final):
         return report.Run("r", "binary-iid", "x", seed, ("main",), 3, None, 0.01,
@@ -360,9 +381,9 @@ def test_the_when_report_judges_each_fedgma_arm_and_shows_what_has_not_run(tmp_p
     summary_lines = summary.splitlines()
     # Why: ws's kept share, and of the colour channels' first-layer weights the mean of red 0.5 and
     # green 0.1 (blue carries only markers); no random mask has run, so no comparison with it.
-    assert "- **opposite signs, partial participation**: the mask does nothing (every comparison equivalent) " \
-        "[9 of 50 runs]. ws, eta_s=1 keeps 25.0 % (colour channels 30.0 %)" in summary_lines
-    assert "- **private markers, full participation**: not run [0 of 35 runs]" in summary_lines
+    assert "- **opposite signs, partial participation**: the mask does nothing (every comparison equivalent, " \
+        "the widest within 1 point) [9 of 50 runs]. ws, eta_s=1 keeps 25.0 % (colour channels 30.0 %)" in summary_lines
+    assert "- **private markers, full participation**: not run yet [0 of 35 runs]" in summary_lines
     assert f"{ws}: keeps 25.0 % of coordinates; vs its no-mask control *equivalent within 1 point*" in tables
     assert (tmp_path / "fig" / "when.png").stat().st_size > 10_000
 

@@ -186,3 +186,18 @@ def test_the_reports_run_time_is_the_grids_pace(tmp_path):
     # 50 clients 150 s over 50; 10-class 36 s.
     assert ("per round: binary, 10 clients 1.50 s (2 runs, jobs not recorded), binary, 50 clients 3.00 s "
             "(1 runs), ten-class, 10 clients 36.00 s (1 runs, jobs not recorded).") in line
+
+
+def test_a_settings_word_shows_what_it_rests_on():
+    from fedgma.lab.experiments.when_report import SettingVerdict
+
+    nothing = SettingVerdict("does nothing", [], [], [], ["equivalent within 1 point", "equivalent within 5 points"])
+    assert nothing.wording() == "the mask does nothing (every comparison equivalent, the widest within 5 points)"
+    assert nothing.shown() == []
+    unsure = SettingVerdict("inconclusive", [], [], [], ["inconclusive", "equivalent within 1 point"],
+                            ["ws vs its no-mask control: +0.6 [-4.8, +5.9] (n=3) *inconclusive*"])
+    assert unsure.wording() == "inconclusive" and unsure.shown() == unsure.undecided
+    helps = SettingVerdict("helps", ["gma vs its random mask: +3.0 [+1.0, +5.0] (n=5) *helps*"], [], [],
+                           ["helps", "inconclusive"], ["ws vs its random mask: +0.1 [-4.0, +4.2] (n=5) *inconclusive*"])
+    assert helps.wording() == "the mask helps" and helps.shown() == helps.decisive
+    assert SettingVerdict("not run", [], [], []).wording() == "not run yet"

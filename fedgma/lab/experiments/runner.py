@@ -61,12 +61,19 @@ class TimeLeft:
     unmeasured: tuple[str, ...] = ()  # kinds left with no finished run: planned at the pace's overall mean
 
     def format(self) -> str:
-        guessed = (f"; {', '.join(self.unmeasured)}: none finished yet, planned at the mean of the kinds"
-                   if self.unmeasured else "")
-        return (f"{self.runs} runs left: about {format_seconds(self.seconds)} (h:mm:ss) at the pace the grid made "
-                f"its runs: seconds per round, a run made with others at once counting its share "
-                f"({self.pace.describe()}){guessed}, plus {START_UP_SECONDS:g} s per run. How much several "
-                "at once gain here: `fedgma bench --parts jobs` (docs/scaling.md)")
+        """Several lines: the estimate, then what it rests on."""
+        lines = [f"{self.runs} runs left: about {format_seconds(self.seconds)} (h:mm:ss) of wall time at the pace "
+                 "the grid made its finished runs",
+                 f"  seconds per round, a run made with others at once counting its share of its clock: "
+                 f"{self.pace.describe()}"]
+        if self.pace.guessed:
+            lines.append("  jobs not recorded: runs made before the grid wrote made.json count their whole clock "
+                         "(too much where two ran at once), and only where a kind has no recorded run")
+        if self.unmeasured:
+            lines.append(f"  {', '.join(self.unmeasured)}: none finished yet, planned at the mean of the kinds")
+        lines += [f"  plus {START_UP_SECONDS:g} s per run for its start-up (flwr run's submission, the app's start)",
+                  "  what several at once gain here: `fedgma bench --parts jobs` (docs/scaling.md)"]
+        return "\n".join(lines)
 
 
 def _kind(spec: RunSpec) -> str:

@@ -9,7 +9,7 @@ import json
 import os
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +43,7 @@ from .pace import RunClock, kind_of, pace
 from .results import grid_run_folders, load_probes, percent
 from .runner import format_seconds
 from .runs import LAST_ROUNDS, Run, load_runs, mean_std, select
-from .verdicts import HELPS, HURTS, Cell, family_caption, judge, overall
+from .verdicts import EQUIVALENT, HELPS, HURTS, INCONCLUSIVE, Cell, family_caption, judge, overall
 
 WHEN_GRID = "when"
 # Its blocks: the tables (docs/experiments.md) and the summary (README.md).
@@ -99,6 +99,21 @@ class SettingVerdict:
     decisive: list[str]  # the comparisons labelled helps or hurts
     reasons: list[str]  # per FedGMA arm: kept fraction, labels against its controls
     why: list[str]  # per explained arm: what its mask kept, and it against its random mask
+    labels: list[str] = field(default_factory=list)  # the labels of the mask's comparisons
+    undecided: list[str] = field(default_factory=list)  # the comparisons labelled inconclusive
+
+    def wording(self) -> str:
+        """The word as the README and the docs say it; "does nothing" with its widest equivalence."""
+        if self.word == "does nothing":
+            widest = max(float(v.removeprefix(EQUIVALENT).split()[0]) for v in self.labels if v.startswith(EQUIVALENT))
+            return (f"the mask does nothing (every comparison equivalent, the widest within {widest:g} "
+                    f"point{'' if widest == 1 else 's'})")
+        return WORDS.get(self.word, self.word)
+
+    def shown(self) -> list[str]:
+        """The comparisons behind the word: those labelled helps or hurts, else, where the word is
+        inconclusive, the inconclusive ones."""
+        return self.decisive or (self.undecided if self.word == INCONCLUSIVE else [])
 
 
 def when_setting(runs: list[Run], setting: str, planned: dict[str, int]) -> tuple[list[str], SettingVerdict]:
@@ -133,7 +148,8 @@ def when_setting(runs: list[Run], setting: str, planned: dict[str, int]) -> tupl
     table = [f"| FedGMA arm | against | as its | last-{LAST_ROUNDS} {name} diff (pts) | Holm p | label |",
              "|---|---|---|---|---|---|"]
     mask_labels: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    decisive = []
+    decisive: list[str] = []
+    undecided: list[str] = []
     against_random: dict[str, str] = {}
     for label, role, reference, cell in rows:
         if cell is None:
@@ -148,6 +164,8 @@ def when_setting(runs: list[Run], setting: str, planned: dict[str, int]) -> tupl
             mask_labels[label].append((role, verdict))
             if verdict in (HELPS, HURTS):
                 decisive.append(f"{label} vs its {role}: {cell.difference.format()} *{verdict}*")
+            elif verdict == INCONCLUSIVE:
+                undecided.append(f"{label} vs its {role}: {cell.difference.format()} *{verdict}*")
     reasons = []
     for label, items in mask_labels.items():
         kept, random_kept = _last(arms[label], "mask-kept-fraction"), _last(arms[RANDOM_CONTROLS[label]],
@@ -160,7 +178,8 @@ def when_setting(runs: list[Run], setting: str, planned: dict[str, int]) -> tupl
     tested = sum(p is not None for p, _ in judge(cells))
     out = [*lines, "", *table, "", f"Holm over this table's {tested} measurable comparisons with two or more seeds "
            "(one family)."]
-    return out, SettingVerdict(word, decisive, reasons, _why(arms, setting, against_random))
+    return out, SettingVerdict(word, decisive, reasons, _why(arms, setting, against_random),
+                               [v for items in mask_labels.values() for _, v in items], undecided)
 
 
 def _why(arms: dict[str, list[Run]], setting: str, against_random: dict[str, str]) -> list[str]:
@@ -183,7 +202,7 @@ NO_CONTROL_YET = "no control finished yet"
 # Runs of the full grid that the when grid reuses as they are (binary non-IID references).
 FULL_GRID_RUNS = frozenset(spec.name for spec in grid_by_name("full").runs)
 WORDS = {HELPS: "the mask helps", HURTS: "the mask hurts", "mixed": "mixed (helps in one comparison, hurts in "
-         "another)", "does nothing": "the mask does nothing (every comparison equivalent)"}
+         "another)", "not run": "not run yet"}
 
 
 def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> tuple[str, str]:
@@ -240,19 +259,20 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
                f"{len(manifest['runs'])} runs, {reused} of them the full grid's, reused; {controls} random-mask "
                "or uniform-step runs so far; FedGMA against its no-mask, random-mask and uniform-step "
                f"controls, last-{LAST_ROUNDS}-round accuracy on each setting's primary test set, Holm per "
-               "setting; tables in [docs/experiments.md](docs/experiments.md)). Why: the share of coordinates "
+               "setting; tables, and the runs cut to fit the grid's budget, in "
+               "[docs/experiments.md](docs/experiments.md)). Why: the share of coordinates "
                f"that ws (eta_s=1) and gma keep over the last {LAST_ROUNDS} rounds (in brackets: of the first "
                "layer's weights on the shortcut's input channels; blue carries only the markers, red and green "
                "the colour and the garment) and each against its random mask, which keeps as many coordinates "
                "per array:", ""]
     for setting, verdict in verdicts.items():
-        word = WORDS.get(verdict.word, verdict.word)
+        word = verdict.wording()
         made, planned_here = sum(r.setting == setting for r in runs), sum(planned[setting].values())
         progress = "" if made == planned_here else f" [{made} of {planned_here} runs]"
         out.append(f"- **{SETTING_TITLES[setting]}**: {word}{progress}" + (f" ({'; '.join(verdict.reasons)})"
                                                                            if verdict.reasons else ""))
         summary.append(f"- **{SETTING_TITLES[setting]}**: {word}{progress}" + (
-            f" ({'; '.join(verdict.decisive)})" if verdict.decisive else "") + (
+            f" ({'; '.join(verdict.shown())})" if verdict.shown() else "") + (
             f". {'; '.join(verdict.why)}" if verdict.why else ""))
     return "\n".join(out) + "\n", "\n".join(summary) + "\n"
 
