@@ -93,12 +93,9 @@ def wait_for_http(
 def descendants(pid: int) -> list[int]:
     """All processes below ``pid`` (Linux ``/proc``), children first found first."""
     children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    for entry in Path("/proc").glob("[0-9]*"):
+        if (fields := _stat(int(entry.name))) is not None:
+            children.setdefault(int(fields[1]), []).append(int(entry.name))
     found, queue = [], [pid]
     while queue:
         for child in children.get(queue.pop(), []):
@@ -138,13 +135,24 @@ def _signal_all(pids: list[int], sig: int) -> None:
             os.kill(pid, sig)
 
 
+def _stat(pid: int) -> list[str] | None:
+    """``/proc/<pid>/stat`` after the command name (state, parent pid, ...); None once it has ended."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
+def parent(pid: int) -> int | None:
+    """The parent's pid; None once ``pid`` has ended."""
+    fields = _stat(pid)
+    return None if fields is None else int(fields[1])
+
+
 def alive(pid: int) -> bool:
     """True while ``pid`` runs (a zombie awaiting its parent counts as ended)."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
 
 
 def stop(process: subprocess.Popen[bytes], grace: float = 10.0) -> None:

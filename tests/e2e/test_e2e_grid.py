@@ -17,7 +17,7 @@ from run_settings import ROOT
 
 from fedgma import cli
 from fedgma.app.run_folder import RunFolder
-from fedgma.deployment.processes import alive, command_line, descendants
+from fedgma.deployment.processes import alive, command_line, descendants, parent
 from fedgma.lab.experiments.runner import metrics_differences
 
 pytestmark = pytest.mark.e2e
@@ -60,13 +60,14 @@ def test_smoke_grid_runs_resumes_and_reports(tmp_path, shared_data_dir, capsys):
     grid = subprocess.Popen([sys.executable, "-m", "fedgma", *at_once], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     started: dict[int, str] = {}
-    parents: dict[int, int] = {}
+    parents: dict[int, int | None] = {}
 
     def watch():  # every process the grid starts, by its latest command line (one seen between fork and exec
         while grid.poll() is None:  # still shows its parent's), until the grid exits
             for pid in descendants(grid.pid):
                 started[pid] = command_line(pid) or started.get(pid, "")
-                parents.setdefault(pid, _parent(pid))
+                if pid not in parents:
+                    parents[pid] = parent(pid)
             time.sleep(0.05)
 
     watcher = threading.Thread(target=watch)
@@ -87,7 +88,7 @@ def test_smoke_grid_runs_resumes_and_reports(tmp_path, shared_data_dir, capsys):
     # below them has; a simulation Flower's SuperExec starts while it is being stopped can outlive it.
     # A SuperLink's child killed between fork and exec never shows its own command line: not counted.
     superlinks = [pid for pid, line in started.items()
-                  if "flower-superlink" in line and "flower-superlink" not in started.get(parents.get(pid, 0), "")]
+                  if "flower-superlink" in line and "flower-superlink" not in started.get(parents.get(pid) or 0, "")]
     assert len(superlinks) == 2, started
     left = {pid: Path(f"/proc/{pid}/status").read_text()[:400] for pid in superlinks if alive(pid)}
     assert not left, (left, "".join(seen))
@@ -116,10 +117,3 @@ def test_smoke_grid_runs_resumes_and_reports(tmp_path, shared_data_dir, capsys):
     for figure in ("figure2.png", "baselines.png", "client_step.png"):
         assert (results / "figures" / figure).stat().st_size > 10_000
 
-
-def _parent(pid: int) -> int:
-    """The parent's pid (0 once the process is gone)."""
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return 0
