@@ -63,7 +63,7 @@ def test_probe_run_reads_a_finished_runs_files_and_writes_its_result(tmp_path, s
     from fedgma.app.task.colored.model import build_model
     from fedgma.deployment.app_folder import app_defaults
     from fedgma.lab.experiments.colour_probe import probe_grid
-    from fedgma.lab.experiments.results import PROBE_FILE, load_probes
+    from fedgma.lab.experiments.results import PROBE_FILE, grid_run_folders, load_probes
 
     source = DataSource(shared_data_dir, download=False)
     for name, task in (("ten", "ten-class"), ("two", "binary")):
@@ -78,7 +78,7 @@ def test_probe_run_reads_a_finished_runs_files_and_writes_its_result(tmp_path, s
     written = json.loads((tmp_path / "runs" / "ten" / PROBE_FILE).read_text())
     assert written["images"] == 100 and written["dataset"] == "fashion-mnist"
     assert abs(written["follows-shape"] + written["follows-colour"] + written["neither"] - 1) < 1e-9
-    assert load_probes(tmp_path) == {"ten": written}
+    assert load_probes(grid_run_folders(tmp_path)) == {"ten": written}
     assert not (tmp_path / "runs" / "two" / PROBE_FILE).exists()
 
 

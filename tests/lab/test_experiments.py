@@ -356,10 +356,10 @@ def test_the_when_report_judges_each_fedgma_arm_and_shows_what_has_not_run(tmp_p
     tables, summary = when_report.build_when_markdown(tmp_path / "when", tmp_path / "fig", tmp_path)
     lines = tables.splitlines()
     assert lines[0] == f"#### Grid `when` on colored fashion-mnist: 9 of {len(grid_by_name('when').runs)} runs finished"
-    titles = [ln for ln in lines if ln.startswith("**") and ("(primary test set:" in ln or "not run (0 of" in ln)]
+    titles = [ln for ln in lines if ln.startswith("**") and ("(primary test set:" in ln or "not run yet (0 of" in ln)]
     planned = {spec.setting for spec in grid_by_name("when").runs}  # "same-full" was cut from the grid
     assert [t.split("**")[1] for t in titles] == [SETTING_TITLES[s] for s in when_report.WHEN_ORDER if s in planned]
-    assert "**majority sign (70/30), partial participation**: not run (0 of 50 runs)." in lines
+    assert "**majority sign (70/30), partial participation**: not run yet (0 of 50 runs)." in lines
     assert "**opposite signs, partial participation**, 11 rounds (primary test set: plain;" in tables
     # The arm's row: primary (plain, rounds 2-11) 0.712 mean over seeds 0-2, ID 0.9, secondary OOD 0.5,
     # the mask's kept fraction and the per-channel fractions (blank for the others: shown as absent).
@@ -367,7 +367,7 @@ def test_the_when_report_judges_each_fedgma_arm_and_shows_what_has_not_run(tmp_p
     row = next(ln for ln in lines if ln.startswith(f"| {ws} | 3 of 5 |"))
     assert row == (f"| {ws} | 3 of 5 | 0.7120 ± 0.0120 | 0.7120 ± 0.0120 | 0.7120 ± 0.0120 | 0.9000 ± 0.0000 "
                    "| 0.5000 ± 0.0000 | 0.250 | - | 0.500 / 0.100 / 0.200 |")
-    assert f"| {ws}, random mask | not run (0 of 5) |" in tables
+    assert f"| {ws}, random mask | not run yet (0 of 5) |" in tables
     # ws - FedAvg: 10.0, 10.2, 10.4 points; ws - its control: 0, -0.1, -0.2; Holm over these two.
     versus_avg, versus_control = PairedDifference((10.0, 10.2, 10.4)), PairedDifference((0.0, -0.1, -0.2))
     p_avg = min(1.0, 2 * min(versus_avg.p_value, versus_control.p_value))
@@ -376,8 +376,8 @@ def test_the_when_report_judges_each_fedgma_arm_and_shows_what_has_not_run(tmp_p
     row = next(ln for ln in lines if ln.startswith(f"| {ws} | {control} | no-mask control |"))
     assert row.startswith(f"| {ws} | {control} | no-mask control | {versus_control.format()} |")
     assert row.endswith("| equivalent within 1 point |")
-    assert f"| {ws} | {ws}, random mask | random mask | not run | - | - |" in lines
-    assert "| FedGMA gma, tau=0.4 | FedGMA gma, tau=0.4, uniform step | uniform step | not run | - | - |" in lines
+    assert f"| {ws} | {ws}, random mask | random mask | not run yet | - | - |" in lines
+    assert "| FedGMA gma, tau=0.4 | FedGMA gma, tau=0.4, uniform step | uniform step | not run yet | - | - |" in lines
     summary_lines = summary.splitlines()
     # Why: ws's kept share, and of the colour channels' first-layer weights the mean of red 0.5 and
     # green 0.1 (blue carries only markers); no random mask has run, so no comparison with it.

@@ -137,7 +137,7 @@ def test_a_run_in_which_no_round_updated_the_model_is_failed_moved_aside_and_its
                           logs=lambda run_id: "INFO ...\nERROR : ValueError: node config: 'device' is 'cuda', but "
                                               "this node has no CUDA device(s)\n")
     runtime = SimpleNamespace(cli=cli, resources=SimulationResources(), workdir=tmp_path / "runtime")
-    assert runner._make(spec, "[1/5]", runtime, _Progress(spec.rounds)) is False
+    assert runner._make(spec, "[1/5]", runtime, _Progress([spec])) is False
     assert not runner.is_finished(spec)  # run again next time
     assert [p.name.startswith(f"{spec.name}.no-update-") for p in runner.runs_dir.iterdir()] == [True]
     assert "FAILED (no round updated the model" in lines[-1] and "no CUDA device" in lines[-1]

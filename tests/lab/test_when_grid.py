@@ -19,6 +19,8 @@ from fedgma.lab.experiments.grids import (
     WHEN_LABELS,
     grid_by_name,
 )
+from fedgma.lab.experiments.pace import Pace
+from fedgma.lab.experiments.results import grid_run_folders
 from fedgma.lab.experiments.runner import MADE_FILE, START_UP_SECONDS, GridRunner
 from fedgma.lab.experiments.runs import Run, load_runs
 from fedgma.lab.experiments.when_report import run_time
@@ -134,6 +136,27 @@ def test_time_left_is_planned_from_the_measured_time_per_round(tmp_path):
     assert made.wall_seconds == pytest.approx(150 + 100 + 50 + 200) and made.unrecorded == 2
 
 
+def test_the_progress_line_counts_down_the_plan_grid_status_gives():
+    """One estimate, not two: a grid's progress line starts from the plan ``grid status`` prints
+    and takes off each round its kind's planned seconds."""
+    from fedgma.lab.experiments.runner import _Progress, format_seconds
+
+    runs = grid_by_name("when").runs
+    partial = [spec for spec in runs if spec.clients == 50][:2]
+    ten_class = next(spec for spec in runs if spec.run_config["task"] == "ten-class")
+    made = Pace({"binary, 50 clients": 4.0}, {"binary, 50 clients": 3}, (), 1.0, 1.0, 0)
+    todo = [*partial, ten_class]
+    progress = _Progress(todo, made)
+    planned = sum(spec.rounds * 4.0 + START_UP_SECONDS for spec in todo)  # ten-class: the kinds' mean, 4 s
+    assert progress.add(partial[0], 1).endswith(
+        f"remaining ~{format_seconds(planned - 4.0)} at the finished runs' pace")
+    progress.skip(partial[1], partial[1].rounds, ended=True)  # failed before its first round
+    assert f"remaining ~{format_seconds(planned - 8.0 - partial[1].rounds * 4.0 - START_UP_SECONDS)} " in (
+        progress.add(ten_class, 1))
+    # Before any run has finished there is no pace: the invocation's own rate.
+    assert "remaining ~" in _Progress(todo).add(partial[0], 1)
+
+
 def test_every_when_arm_is_a_valid_run(tmp_path):
     runner = GridRunner(grid_by_name("when"), tmp_path)
     labels = {spec.label for spec in runner.grid.runs}
@@ -175,7 +198,7 @@ def test_the_reports_run_time_is_the_grids_pace(tmp_path):
     _finish(runner, by_setting["ten-class-rho0.8"], 3600.0)
     (runner.folder(by_setting["opposite-partial"]).path / MADE_FILE).write_text(json.dumps({"jobs": 2}))
     runner.write_combined()
-    line = run_time(tmp_path, load_runs(tmp_path))
+    line = run_time(grid_run_folders(tmp_path), load_runs(tmp_path), runner.grid.scale.clients)
     # Of the runs this grid made (binary non-IID's FedAvg seed 0 is the full grid's, reused), 4,000 s
     # on their clocks; the run made two at once counts half of its 300 s.
     assert line.startswith("Run time: the grid's wall time about 1:04:10 (h:mm:ss")

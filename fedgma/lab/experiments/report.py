@@ -8,7 +8,6 @@ the margin over FedAvg is the mean +- std of the per-seed differences.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 from collections import defaultdict
@@ -43,7 +42,7 @@ from .grids import (
     SETTING_TITLES,
     SETTINGS,
 )
-from .results import grid_run_folders, load_probes, percent
+from .results import GRID_FILE, grid_run_folders, load_probes, percent, read_manifest
 from .runs import LAST_ROUNDS, Run, load_runs, margin, mean_std, select, tau_runs
 from .verdicts import Cell, family_caption, judge, overall
 from .when_report import WHEN_GRID, write_when_report
@@ -236,15 +235,18 @@ def _hyperparameters(manifest: dict[str, Any], config: dict[str, Any]) -> list[s
 
 def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> str:
     """The report as markdown; image links relative to ``relative_to``."""
-    manifest = json.loads((results_dir / "grid.json").read_text())
+    manifest = read_manifest(results_dir)
+    if manifest is None:
+        raise ValueError(f"{results_dir / GRID_FILE} does not exist: not a grid's results folder")
     runs = load_runs(results_dir)
     if not runs:
         raise ValueError(f"{results_dir / 'results.csv'} holds no finished run yet")
     reference = next((r for r in runs if "main" in r.studies), runs[0])
-    any_config = grid_run_folders(results_dir)[reference.name].read_config()
+    folders = grid_run_folders(results_dir, manifest)
+    any_config = folders[reference.name].read_config()
     dataset = any_config["dataset"]
     planned = len(manifest["runs"])
-    probes = load_probes(results_dir)
+    probes = load_probes(folders)
     default_tau = float(cast(float, ARMS[ABLATION_WS][1]["tau"]))
 
     def link(name: str) -> str:
@@ -355,9 +357,9 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
 
 
 def grid_name(results_dir: Path) -> str:
-    """The grid a results folder holds (its ``grid.json``; before that, the folder's name)."""
-    manifest = results_dir / "grid.json"
-    return str(json.loads(manifest.read_text())["grid"]) if manifest.is_file() else results_dir.name
+    """The grid a results folder holds (its manifest; before that, the folder's name)."""
+    manifest = read_manifest(results_dir)
+    return results_dir.name if manifest is None else str(manifest["grid"])
 
 
 def write_report(results_dir: Path, figures_dir: Path | None = None, readme: Path | Sequence[Path] | None = None,

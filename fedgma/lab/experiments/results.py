@@ -11,6 +11,7 @@ from fedgma.app.run_folder import RunFolder
 from fedgma.app.settings import parse_run_config
 
 PROBE_FILE = "colour_probe.json"  # in a run folder: what ``fedgma probe`` found
+GRID_FILE = "grid.json"  # in a results folder: the grid's name, scale, overrides and runs (their folders, settings)
 
 
 def percent(fraction: float) -> str:
@@ -31,20 +32,26 @@ def saved_settings(folder: RunFolder, defaults: dict[str, Any]) -> dict[str, Any
     return {key: saved.get(key, default) for key, default in parse_run_config(defaults).flat().items()}
 
 
-def grid_run_folders(results_dir: Path) -> dict[str, RunFolder]:
-    """The run folders of the grid in ``results_dir``, by run name, as its ``grid.json`` records
-    them (one written before the folders were recorded: ``runs/<output-dir>/<run-name>``;
-    without a ``grid.json``: every folder in ``runs``)."""
+def read_manifest(results_dir: Path) -> dict[str, Any] | None:
+    """The grid's :data:`GRID_FILE` in ``results_dir``; None where there is none."""
+    path = results_dir / GRID_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def grid_run_folders(results_dir: Path, manifest: dict[str, Any] | None = None) -> dict[str, RunFolder]:
+    """The run folders of the grid in ``results_dir``, by run name, as its manifest (:func:`read_manifest`,
+    unless given) records them (one written before the folders were recorded:
+    ``runs/<output-dir>/<run-name>``; without a manifest: every folder in ``runs``)."""
     runs_dir = results_dir / "runs"
-    if not (results_dir / "grid.json").is_file():
+    manifest = manifest if manifest is not None else read_manifest(results_dir)
+    if manifest is None:
         return {path.name: RunFolder(path) for path in sorted(runs_dir.iterdir()) if path.is_dir()}
-    manifest = json.loads((results_dir / "grid.json").read_text())
     output_dir = str(manifest.get("overrides", {}).get("output-dir") or "")
     return {run["name"]: RunFolder(runs_dir / run["folder"]) if "folder" in run
             else RunFolder.at(runs_dir, output_dir, run["name"]) for run in manifest["runs"]}
 
 
-def load_probes(results_dir: Path) -> dict[str, dict[str, float]]:
-    """The probe results committed in a grid's run folders, by run name."""
+def load_probes(folders: dict[str, RunFolder]) -> dict[str, dict[str, float]]:
+    """The probe results committed in a grid's run folders (:func:`grid_run_folders`), by run name."""
     return {name: json.loads((folder.path / PROBE_FILE).read_text())
-            for name, folder in grid_run_folders(results_dir).items() if (folder.path / PROBE_FILE).is_file()}
+            for name, folder in folders.items() if (folder.path / PROBE_FILE).is_file()}

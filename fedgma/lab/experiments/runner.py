@@ -25,7 +25,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -38,7 +38,7 @@ from fedgma.loop.atomic import atomic_write
 
 from .grids import Grid, RunSpec
 from .pace import MADE_FILE, Pace, RunClock, kind_of, pace
-from .results import saved_settings
+from .results import GRID_FILE, saved_settings
 
 RUN_COLUMNS = ("run", "setting", "strategy", "seed", "studies", "dataset", "local-epochs", "tau", "server-lr",
                "client-lr")
@@ -78,6 +78,11 @@ class TimeLeft:
 
 def _kind(spec: RunSpec) -> str:
     return kind_of(str(spec.run_config.get("task")), spec.clients)
+
+
+def _per_round(spec: RunSpec, made: Pace) -> float:
+    """The planned seconds per round of ``spec``: its kind's, or the kinds' mean for a kind not made yet."""
+    return made.per_round.get(_kind(spec), made.overall)
 
 
 class GridMismatch(RuntimeError):
@@ -201,8 +206,7 @@ class GridRunner:
         if made is None:
             return None
         todo = [spec for spec, finished in status if not finished]
-        seconds = sum(spec.rounds * made.per_round.get(_kind(spec), made.overall) + START_UP_SECONDS
-                      for spec in todo)
+        seconds = sum(spec.rounds * _per_round(spec, made) + START_UP_SECONDS for spec in todo)
         unmeasured = tuple(sorted({_kind(spec) for spec in todo} - made.per_round.keys()))
         return TimeLeft(seconds, len(todo), made, unmeasured)
 
@@ -220,7 +224,7 @@ class GridRunner:
             ],
         }
         payload = json.dumps(manifest, indent=2).encode()
-        atomic_write(self.results_dir / "grid.json", lambda f: f.write(payload))
+        atomic_write(self.results_dir / GRID_FILE, lambda f: f.write(payload))
 
     def write_combined(self) -> Path:
         """Rewrite ``results.csv`` from the finished runs' metrics files."""
@@ -263,7 +267,8 @@ class GridRunner:
             return 0
         jobs = self._jobs_now = min(self.jobs, len(todo))
         self.echo(f"grid {self.grid.name}: {self.resources_line(jobs)}")
-        progress = _Progress(sum(s.rounds for s in todo))
+        left = self.time_left(status)
+        progress = _Progress(todo, None if left is None else left.pace)
         failures: list[str] = []
         lock = threading.Lock()
         stop = threading.Event()  # set when the grid is interrupted: every job ends its run and stops
@@ -369,10 +374,10 @@ class GridRunner:
             for row in rows[shown:]:
                 self.echo(f"{tag} {spec.name} round {row['round']}/{spec.rounds} "
                           f"OOD {float(row['ood-accuracy']):.4f} ID {float(row['id-accuracy']):.4f} | "
-                          f"{progress.add(1)}")
+                          f"{progress.add(spec, 1)}")
             shown = len(rows)
 
-        progress.skip(before)  # rounds an interrupted attempt already made: not this grid's pace
+        progress.skip(spec, before)  # rounds an interrupted attempt already made: not this grid's pace
         run_id = runtime.cli.submit(app_dir(self.app), self.run_config(spec, resume),
                                     runtime.resources.federation_config(spec.clients))
         self.echo(f"{tag} {spec.name}: run {run_id} {'resumed after round ' + str(before) if resume else 'started'}")
@@ -384,7 +389,7 @@ class GridRunner:
             runtime.cli.stop_run(run_id)
             ended, completed = str(err), False
         report()
-        progress.skip(spec.rounds - shown)  # a failed run's rounds are not coming
+        progress.skip(spec, spec.rounds - shown, ended=True)  # a failed run's rounds are not coming
         if completed and self.is_finished(spec):
             updated = [row.get("model-updated", "") for row in folder.rows() if row["round"] != "0"]
             if not updated or any(value != "0" for value in updated):
@@ -451,31 +456,46 @@ class _Stopped(Exception):
 
 
 class _Progress:
-    """Rounds done across a grid's runs (one or several at once) and the time left at this pace."""
+    """Rounds made across a grid's runs (one or several at once) and the time left: planned at the
+    finished runs' pace, as ``grid status`` plans it, where the grid has finished a run; else at
+    this invocation's own rate."""
 
-    def __init__(self, rounds: int) -> None:
-        self.rounds = rounds
+    def __init__(self, todo: Sequence[RunSpec], made: Pace | None = None) -> None:
+        self.rounds = sum(spec.rounds for spec in todo)
         self.done = 0
+        self.per_round = {spec.name: _per_round(spec, made) for spec in todo} if made is not None else None
+        self.planned = (sum(spec.rounds * self.per_round[spec.name] for spec in todo)
+                        + START_UP_SECONDS * len(todo)) if self.per_round is not None else 0.0
         self.started = time.monotonic()
         self.lock = threading.Lock()
 
     def elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def skip(self, rounds: int) -> None:
-        """Leave ``rounds`` out of the rounds to make (made before, or never coming)."""
+    def _plan_less(self, spec: RunSpec, rounds: int, start_up: bool = False) -> None:
+        if self.per_round is not None:
+            self.planned -= rounds * self.per_round.get(spec.name, 0.0) + (START_UP_SECONDS if start_up else 0.0)
+
+    def skip(self, spec: RunSpec, rounds: int, *, ended: bool = False) -> None:
+        """Leave ``rounds`` of ``spec`` out of the rounds to make (made before, or never coming);
+        ``ended``: the run is over, its start-up no longer to come either."""
         with self.lock:
             self.rounds -= rounds
+            self._plan_less(spec, rounds, start_up=ended)
 
-    def add(self, rounds: int) -> str:
-        """Count ``rounds`` more made; the elapsed and remaining time as text."""
+    def add(self, spec: RunSpec, rounds: int) -> str:
+        """Count ``rounds`` more of ``spec`` made; the elapsed and remaining time as text."""
         with self.lock:
             self.done += rounds
+            self._plan_less(spec, rounds)
             if not self.done:
                 return ""
             elapsed = self.elapsed()
-            return (f"elapsed {format_seconds(elapsed)}, "
-                    f"remaining ~{format_seconds(elapsed / self.done * max(0, self.rounds - self.done))}")
+            if self.per_round is not None:
+                left = f"remaining ~{format_seconds(max(0.0, self.planned))} at the finished runs' pace"
+            else:
+                left = f"remaining ~{format_seconds(elapsed / self.done * max(0, self.rounds - self.done))}"
+            return f"elapsed {format_seconds(elapsed)}, {left}"
 
 
 def metrics_differences(committed: RunFolder, rerun: RunFolder) -> list[str]:

@@ -5,13 +5,14 @@ docs/experiments.md and the README. Works on a partly finished grid."""
 
 from __future__ import annotations
 
-import json
 import os
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from fedgma.app.run_folder import RunFolder
 
 from .comparisons import (
     caveats,
@@ -40,7 +41,7 @@ from .grids import (
     grid_by_name,
 )
 from .pace import RunClock, kind_of, pace
-from .results import grid_run_folders, load_probes, percent
+from .results import grid_run_folders, load_probes, percent, read_manifest
 from .runner import format_seconds
 from .runs import LAST_ROUNDS, Run, load_runs, mean_std, select
 from .verdicts import EQUIVALENT, HELPS, HURTS, INCONCLUSIVE, Cell, family_caption, judge, overall
@@ -128,7 +129,7 @@ def when_setting(runs: list[Run], setting: str, planned: dict[str, int]) -> tupl
              "|---|---|---|---|---|---|" + ("---|" if secondary else "") + "---|---|---|"]
     for label, arm in arms.items():
         if not arm:
-            lines.append(f"| {label} | not run (0 of {planned[label]}) | - | - | - | - |"
+            lines.append(f"| {label} | not run yet (0 of {planned[label]}) | - | - | - | - |"
                          + (" - |" if secondary else "") + " - | - | - |")
             continue
         channels = [_last(arm, c) for c in MASK_CHANNELS]
@@ -153,7 +154,7 @@ def when_setting(runs: list[Run], setting: str, planned: dict[str, int]) -> tupl
     against_random: dict[str, str] = {}
     for label, role, reference, cell in rows:
         if cell is None:
-            table.append(f"| {label} | {reference} | {role} | not run | - | - |")
+            table.append(f"| {label} | {reference} | {role} | not run yet | - | - |")
             continue
         p, verdict = next(judged)
         table.append(f"| {label} | {reference} | {role} | {cell.difference.format()} | {p_text(p)} | {verdict} |")
@@ -162,10 +163,11 @@ def when_setting(runs: list[Run], setting: str, planned: dict[str, int]) -> tupl
         if role != "FedAvg":  # the mask's comparisons: with its controls
             role = role.removeprefix("FedAvg and ")
             mask_labels[label].append((role, verdict))
+            said = f"{label} vs its {role}: {cell.difference.format()} *{verdict}*"
             if verdict in (HELPS, HURTS):
-                decisive.append(f"{label} vs its {role}: {cell.difference.format()} *{verdict}*")
+                decisive.append(said)
             elif verdict == INCONCLUSIVE:
-                undecided.append(f"{label} vs its {role}: {cell.difference.format()} *{verdict}*")
+                undecided.append(said)
     reasons = []
     for label, items in mask_labels.items():
         kept, random_kept = _last(arms[label], "mask-kept-fraction"), _last(arms[RANDOM_CONTROLS[label]],
@@ -210,16 +212,17 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
     the README), as markdown; image links relative to ``relative_to``."""
     if not (results_dir / "results.csv").is_file():
         return when_not_run()
-    manifest = json.loads((results_dir / "grid.json").read_text())
+    manifest = read_manifest(results_dir)
     runs = load_runs(results_dir)
-    if not runs:
+    if manifest is None or not runs:
         return when_not_run()
-    config = grid_run_folders(results_dir)[runs[0].name].read_config()
+    folders = grid_run_folders(results_dir, manifest)
+    config = folders[runs[0].name].read_config()
     dataset = config["dataset"]
     planned = _planned(manifest)
     settings = [s for s in WHEN_ORDER if s in planned]
     out = [f"#### Grid `when` on colored {dataset}: {len(runs)} of {len(manifest['runs'])} runs finished", "",
-           run_time(results_dir, runs), "",
+           run_time(folders, runs, int(manifest["scale"]["clients"])), "",
            f"Per setting, in the grid's order: each arm's primary metric (accuracy on the setting's primary test "
            f"set, mean of the last {LAST_ROUNDS} rounds; mean ± std over seeds), the accuracy at the first round "
            f"of best ID accuracy and after the last round, the mask's kept fraction and mean over the last "
@@ -230,7 +233,7 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
     for setting in settings:
         some = next((r for r in runs if r.setting == setting), None)
         if some is None:
-            out += [f"**{SETTING_TITLES[setting]}**: not run (0 of {sum(planned[setting].values())} runs).", ""]
+            out += [f"**{SETTING_TITLES[setting]}**: not run yet (0 of {sum(planned[setting].values())} runs).", ""]
             verdicts[setting] = SettingVerdict("not run", [], [], [])
             continue
         out += [f"**{SETTING_TITLES[setting]}**, {len(some.trained)} rounds (primary test set: "
@@ -239,7 +242,7 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
         notes = caveats(runs, setting, list(planned[setting]), "when", colour_only_accuracy(setting, config))
         notes += [note] if (note := rise_note(runs, setting, list(planned[setting]), "when")) else []
         out += [*lines, "", *(f"- {note}" for note in notes), *([""] if notes else [])]
-    probes = load_probes(results_dir)
+    probes = load_probes(folders)
     if probe_lines := probe_table(runs, probes):
         out += [f"**What the 10-class models learn** (colored {dataset}; `fedgma probe`): each probed run's "
                 "final model on its central test images, each painted in the training colours of another class. "
@@ -284,12 +287,11 @@ def _kind(run: Run, scale_clients: int) -> str:
     return kind_of(str(settings["task"]), clients)
 
 
-def run_time(results_dir: Path, runs: list[Run]) -> str:
+def run_time(folders: dict[str, RunFolder], runs: list[Run], scale_clients: int) -> str:
     """The finished runs' seconds per round by kind (:mod:`.pace`, as ``grid status`` plans from)
     and, of the runs this grid made (not those reused from the full grid), the grid's wall time
-    and the sum of their own clocks."""
-    folders = grid_run_folders(results_dir)
-    scale_clients = int(json.loads((results_dir / "grid.json").read_text())["scale"]["clients"])
+    and the sum of their own clocks; ``folders``: :func:`~.results.grid_run_folders`,
+    ``scale_clients``: the grid's federation size where a setting does not set its own."""
     clocks = {run.name: RunClock.of(folders[run.name], _kind(run, scale_clients))
               for run in runs if folders[run.name].is_finished()}
     every = pace(list(clocks.values()))
