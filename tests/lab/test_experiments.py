@@ -384,6 +384,8 @@ def test_the_when_report_judges_each_fedgma_arm_and_shows_what_has_not_run(tmp_p
     assert "- **opposite signs, partial participation**: the mask does nothing (every comparison equivalent, " \
         "the widest within 1 point) [9 of 50 runs]. ws, eta_s=1 keeps 25.0 % (colour channels 30.0 %)" in summary_lines
     assert "- **private markers, full participation**: not run yet [0 of 35 runs]" in summary_lines
+    # Its runs' client step, beside the one of the full grid's client-step study (a different question).
+    assert "every run at client step 0.01, where the full grid's client-step study uses the paper's 0.001;" in summary
     assert f"{ws}: keeps 25.0 % of coordinates; vs its no-mask control *equivalent within 1 point*" in tables
     assert (tmp_path / "fig" / "when.png").stat().st_size > 10_000
 

@@ -34,13 +34,14 @@ def test_the_most_informative_runs_come_first():
     first = {"opposite-partial", "majority-partial", "private-partial"}
     then = {"opposite-full", "majority-full", "private-full"}
     # Full participation without ws eta_s=0.1 and its two controls (cut to fit the budget): 7 arms,
-    # 3 seeds; its other 2 seeds come last, where the budget may end the grid.
-    assert set(settings[:150]) == first and set(settings[150:213]) == then == set(settings[-42:])
-    assert {spec.seed for spec in runs[150:213]} == {0, 1, 2} and {spec.seed for spec in runs[-42:]} == {3, 4}
+    # 3 seeds; its other 2 seeds come late, then the same-sign contrast: where the budget may end the grid.
+    assert set(settings[:150]) == first and set(settings[150:213]) == then == set(settings[-60:-18])
+    assert {spec.seed for spec in runs[150:213]} == {0, 1, 2} and {spec.seed for spec in runs[-60:-18]} == {3, 4}
+    assert set(settings[-18:]) == {"same-partial"}
     assert not any("eta_s=0.1" in spec.label or "step 1.1" in spec.label for spec in runs if spec.setting in then)
     order = [s for i, s in enumerate(settings) if s not in settings[:i]]
-    assert order[6:] == ["same-partial", "binary-non-iid", "ten-class-rho0.8", "ten-class-rho0.9"]
-    assert len(runs) == 150 + 63 + 18 + 21 + 24 + 42
+    assert order[6:] == ["binary-non-iid", "ten-class-rho0.8", "ten-class-rho0.9", "same-partial"]
+    assert len(runs) == 150 + 63 + 21 + 24 + 42 + 18
     # Seed-major within a phase: an interrupted phase has all arms of its first seeds.
     assert [spec.seed for spec in runs[:30]] == [0] * 30
     assert len({spec.name for spec in runs}) == len(runs)

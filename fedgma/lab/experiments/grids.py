@@ -278,7 +278,7 @@ WHEN_LABELS: tuple[str, ...] = (
 # leaves out ws eta_s=0.1 and its two controls: with partial participation (3-4 seeds in each of the
 # three settings) it sat within 0.6 points of FedAvg, of its no-mask control and of its random mask
 # (its extra step is a tenth of an 8-12 % mask), so its runs cannot tell one mask from another.
-# Its seeds past the contrast's 3 run last, where the budget may end the grid.
+# Its seeds past the contrast's 3 run late, where the budget may end the grid.
 FULL_PARTICIPATION_LABELS: tuple[str, ...] = tuple(
     label for label in WHEN_LABELS
     if label not in ("FedGMA ws, eta_s=0.1", NO_MASK_CONTROLS["FedGMA ws, eta_s=0.1"],
@@ -305,20 +305,22 @@ def build_when_grid(name: str, scale: Scale, description: str, seeds: tuple[int,
                     contrast_seeds: tuple[int, ...]) -> Grid:
     """The cases the AND-mask was designed for, most informative first (an interrupted grid
     has those): the three relation settings with partial participation, then with full
-    participation (``contrast_seeds``), then the same-sign contrast (partial), then the selectivity
-    controls in the full grid's binary settings, then 10-class with colour-class correlation below
-    1, and last full participation's other seeds. Seed-major within each."""
+    participation (``contrast_seeds``), then the selectivity controls in the full grid's binary
+    settings, then 10-class with colour-class correlation below 1, then full participation's other
+    seeds, and last the same-sign contrast (partial), the first to be cut. Seed-major within each."""
     runs: list[RunSpec] = []
     phases: list[tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]] = []
     partial, full = (tuple(f"{relation}-{participation}" for relation in ("opposite", "majority", "private"))
                      for participation in ("partial", "full"))
     phases.append((partial, WHEN_LABELS, seeds))
     phases.append((full, FULL_PARTICIPATION_LABELS, contrast_seeds))
-    phases.append((("same-partial",), CONTRAST_LABELS, contrast_seeds))
     phases.append(((ABLATION_SETTING,), FULL_GRID_CONTROLS, contrast_seeds))
     phases.append((tuple(f"ten-class-rho{rho:g}" for rho in CORRELATIONS), TEN_CLASS_LABELS, contrast_seeds))
-    # Last, where the budget may end the grid: full participation's other seeds.
+    # Last, where the budget may end the grid: full participation's other seeds, then the contrast
+    # (with the mask doing nothing in all three designed-for settings, a same-sign setting where it
+    # is expected to do nothing tells the least).
     phases.append((full, FULL_PARTICIPATION_LABELS, tuple(s for s in seeds if s not in contrast_seeds)))
+    phases.append((("same-partial",), CONTRAST_LABELS, contrast_seeds))
     for settings, labels, phase_seeds in phases:
         for seed in phase_seeds:
             for setting in settings:

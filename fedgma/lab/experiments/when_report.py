@@ -32,6 +32,7 @@ from .grids import (
     ALL_SETTINGS,
     BASELINE,
     NO_MASK_CONTROLS,
+    PAPER_CLIENT_LR,
     PRIMARY_TEST_SET,
     RANDOM_CONTROLS,
     SETTING_TITLES,
@@ -223,8 +224,9 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
     settings = [s for s in WHEN_ORDER if s in planned]
     out = [f"#### Grid `when` on colored {dataset}: {len(runs)} of {len(manifest['runs'])} runs finished", "",
            run_time(folders, runs, int(manifest["scale"]["clients"])), "",
-           f"Per setting, in the grid's order: each arm's primary metric (accuracy on the setting's primary test "
-           f"set, mean of the last {LAST_ROUNDS} rounds; mean ± std over seeds), the accuracy at the first round "
+           "Per setting (the designed-for settings, the contrasts, 10-class): each arm's primary metric "
+           f"(accuracy on the setting's primary test set, mean of the last {LAST_ROUNDS} rounds; mean ± std "
+           "over seeds), the accuracy at the first round "
            f"of best ID accuracy and after the last round, the mask's kept fraction and mean over the last "
            f"{LAST_ROUNDS} rounds (and per input colour channel of the first convolution where recorded); then "
            "each FedGMA arm minus FedAvg, its no-mask control, its random mask and (gma) its uniform step, in "
@@ -258,9 +260,13 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
             "against its no-mask control, random mask and uniform step)", ""]
     reused = sum(r.name in FULL_GRID_RUNS for r in runs)
     controls = sum(r.strategy in (*RANDOM_CONTROLS.values(), *STEP_CONTROLS.values()) for r in runs)
+    steps = sorted({r.client_lr for r in runs if r.client_lr is not None})
+    client_steps = (f"every run at client step {steps[0]:g}" if len(steps) == 1 else
+                    f"client steps {', '.join(f'{v:g}' for v in steps)}" if steps else "client step not recorded")
     summary = [f"**When does the mask help?** From the `when` grid on colored {dataset} ({len(runs)} of "
                f"{len(manifest['runs'])} runs, {reused} of them the full grid's, reused; {controls} random-mask "
-               "or uniform-step runs so far; FedGMA against its no-mask, random-mask and uniform-step "
+               f"or uniform-step runs so far; {client_steps}, where the full grid's client-step study uses the "
+               f"paper's {PAPER_CLIENT_LR:g}; FedGMA against its no-mask, random-mask and uniform-step "
                f"controls, last-{LAST_ROUNDS}-round accuracy on each setting's primary test set, Holm per "
                "setting; tables, and the runs cut to fit the grid's budget, in "
                "[docs/experiments.md](docs/experiments.md)). Why: the share of coordinates "
