@@ -7,7 +7,7 @@ the colour probe, the toy figure, benchmarks and the demo.
     fedgma grid status full         # which runs are finished
     fedgma grid reproduce full --runs A,B   # rerun committed runs elsewhere; compare their metrics
     fedgma probe results/full       # what its 10-class models learned: shape or colour
-    fedgma report results/full --readme docs/experiments.md --figures docs/figures
+    fedgma report results/full --readme README.md --readme docs/experiments.md --figures docs/figures
     fedgma report results/when --readme README.md --readme docs/experiments.md --figures docs/figures
     fedgma toy docs/figures/sewn-optima.png
     fedgma bench --parts imports --before 35abdab

@@ -88,8 +88,11 @@ def test_the_results_block_is_the_reports_output(tmp_path):
     # Figures go to a scratch copy of docs/figures so the committed PNGs are left alone;
     # links are relative to the document's folder (docs/) either way.
     expected = report.build_markdown(RESULTS, tmp_path / "docs" / "figures", tmp_path / "docs").strip("\n")
-    assert block == expected, ("results block of docs/experiments.md is stale: run "
-                               "`fedgma report results/full --readme docs/experiments.md --figures docs/figures`")
+    assert block == expected, f"results block of docs/experiments.md is stale: run `{report.FULL_COMMAND}`"
+    readme = (ROOT / "README.md").read_text()  # and the README's short answer
+    summary = readme.split(report.SUMMARY_BEGIN, 1)[1].split(report.SUMMARY_END, 1)[0].strip("\n")
+    assert summary == report.build_summary(RESULTS).strip("\n"), (
+        f"README's summary is stale: run `{report.FULL_COMMAND}`")
     paper_step = any("client-step" in run.studies for run in report.load_runs(RESULTS))
     for name in ("figure2.png", "baselines.png", "ablations.png") + (("client_step.png",) if paper_step else ()):
         assert (ROOT / "docs" / "figures" / name).is_file()

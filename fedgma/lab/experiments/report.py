@@ -54,6 +54,9 @@ STUDY_TITLES = {"main": "the grid's client step", "client-step": "the paper's cl
 BASELINE_LABELS = (BASELINE, "FedGMA ws, eta_s=1", "FedProx, mu=0.01", "FedAdam", "FedGMA gma + FedAdam")
 COLOUR_ONLY = 0.9  # share of probe images answered by colour above which a model "follows colour"
 BEGIN, END = "<!-- results:begin -->", "<!-- results:end -->"  # the full grid's block (docs/experiments.md)
+# The full grid's short answer (README.md).
+SUMMARY_BEGIN, SUMMARY_END = "<!-- full-summary:begin -->", "<!-- full-summary:end -->"
+FULL_COMMAND = "fedgma report results/full --readme README.md --readme docs/experiments.md --figures docs/figures"
 
 
 
@@ -94,11 +97,13 @@ def settings_table(runs: list[Run], setting: str, study: str = "main") -> list[s
 
 
 
-def mask_comparisons(runs: list[Run], study: str) -> list[str]:
-    """Per setting: each FedGMA run against FedAvg and against its no-mask control (paired
-    per-seed differences of the primary metric, 95 % intervals, Holm over the table), then a
-    one-line verdict on the mask from the comparisons with the controls."""
-    rows: list[tuple[str, str, str, Cell, str, str, bool]] = []
+_Row = tuple[str, str, str, Cell, str, str, bool]  # setting, FedGMA arm, reference, cell, peak, final, is control
+
+
+def _mask_rows(runs: list[Run], study: str) -> tuple[list[_Row], list[str]]:
+    """Each FedGMA run against FedAvg and against its no-mask control, and the table rows of
+    controls not run."""
+    rows: list[_Row] = []
     missing: list[str] = []
     for setting in SETTINGS:
         test = PRIMARY_TEST_SET[setting]
@@ -117,37 +122,67 @@ def mask_comparisons(runs: list[Run], study: str) -> list[str]:
                              paired_text(chosen, against, "final", test), reference == control))
             if control in STUDY_LABELS[study] and not select(runs, setting, control, study):
                 missing.append(f"| {SETTING_TITLES[setting]} | {label} | {control} | not run | - | - | - | - |")
+    return rows, missing
+
+
+def mask_verdicts(runs: list[Run], study: str) -> dict[str, tuple[str, list[str]]]:
+    """Per setting: the mask's verdict from FedGMA against its no-mask controls (labels judged with
+    Holm over :func:`mask_comparisons`' whole table), and the comparisons behind it."""
+    rows, _ = _mask_rows(runs, study)
+    evidence: dict[str, list[tuple[str, str]]] = defaultdict(list)
+    for (setting, label, reference, cell, *_, is_control), (_, verdict) in zip(
+            rows, judge([row[3] for row in rows]), strict=True):
+        if is_control:
+            evidence[setting].append((verdict, f"{label} vs {reference}: {cell.difference.format()} *{verdict}*"))
+    return {setting: (overall([v for v, _ in items]), [text for _, text in items])
+            for setting, items in evidence.items()}
+
+
+def mask_comparisons(runs: list[Run], study: str) -> list[str]:
+    """Per setting: each FedGMA run against FedAvg and against its no-mask control (paired
+    per-seed differences of the primary metric, 95 % intervals, Holm over the table), then a
+    one-line verdict on the mask from the comparisons with the controls."""
+    rows, missing = _mask_rows(runs, study)
     if not rows:
         return []
     judged = judge([row[3] for row in rows])
     lines = [f"| setting | FedGMA | against | last-{LAST_ROUNDS} OOD diff (pts) | Holm p | label "
              "| diff at best-ID round | final OOD diff |", "|---|---|---|---|---|---|---|---|"]
-    evidence: dict[str, list[tuple[str, str]]] = defaultdict(list)
     for (setting, label, reference, cell, peak, final, is_control), (p, verdict) in zip(rows, judged, strict=True):
         lines.append(f"| {SETTING_TITLES[setting]} | {label} | {reference}"
                      f"{' (its no-mask control)' if is_control and reference == BASELINE else ''} "
                      f"| {cell.difference.format()} | {p_text(p)} | {verdict} | {peak} | {final} |")
-        if is_control:
-            evidence[setting].append((verdict, f"{label} vs {reference}: {cell.difference.format()} *{verdict}*"))
     lines += missing
     tested = sum(p is not None for p, _ in judged)
     out = [*lines, "", f"{family_caption(tested)} Family: this table ({STUDY_TITLES[study]}). "
            "gma's no-mask control is FedAvg (its mask only shrinks FedAvg's step)."]
-    if not evidence:
+    verdicts = mask_verdicts(runs, study)
+    if not verdicts:
         return [*out, "", "No FedGMA run here has its no-mask control, so there is no verdict on the mask."]
     out += ["", f"The mask ({STUDY_TITLES[study]}), FedGMA against its no-mask control:", ""]
-    for setting, items in evidence.items():
-        out.append(f"- **{SETTING_TITLES[setting]}**: {overall([v for v, _ in items])} "
-                   f"({'; '.join(text for _, text in items)})")
+    for setting, (word, texts) in verdicts.items():
+        out.append(f"- **{SETTING_TITLES[setting]}**: {word} ({'; '.join(texts)})")
     return out
 
 
-
-
-
-
-
-
+def full_summary(runs: list[Run], dataset: str) -> str:
+    """The README's short answer from the full grid: per client step, each setting's verdict on the
+    mask (FedGMA against its no-mask control), the comparisons labelled helps or hurts spelled out."""
+    out = [f"**Does the mask matter?** From the full grid on colored {dataset} (FedGMA against its no-mask "
+           f"control, OOD accuracy averaged over the last {LAST_ROUNDS} rounds, paired seeds, Holm per table; "
+           "tables and the labels' meaning in [docs/experiments.md](docs/experiments.md)):", ""]
+    for study in STUDY_LABELS:
+        verdicts = mask_verdicts(runs, study)
+        steps = sorted({r.client_lr for r in runs if study in r.studies and r.client_lr is not None})
+        if not verdicts:
+            continue
+        words = "; ".join(f"{SETTING_TITLES[setting]} *{word}*" for setting, (word, _) in verdicts.items())
+        decisive = [text for _, texts in verdicts.values() for text in texts if "*helps*" in text or "*hurts*" in text]
+        step = f" ({', '.join(f'{v:g}' for v in steps)})" if steps else ""
+        out.append(f"- {STUDY_TITLES[study].capitalize()}{step}: {words}"
+                   + (f". Decisive: {'; '.join(decisive)}" if decisive else ". No comparison is labelled *helps* "
+                      "or *hurts*") + ".")
+    return "\n".join(out) + "\n"
 
 
 def colour_only_note(runs: list[Run], probes: dict[str, dict[str, float]], setting: str) -> str:
@@ -259,6 +294,7 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
         "",
         "```bash",
         f"fedgma grid run {manifest['grid']}" + "".join(f" {k}={v}" for k, v in manifest["overrides"].items()),
+        FULL_COMMAND if manifest["grid"] == "full" else
         f"fedgma report results/{manifest['grid']} --readme docs/experiments.md --figures docs/figures",
         "```",
         "",
@@ -356,6 +392,14 @@ def build_markdown(results_dir: Path, figures_dir: Path, relative_to: Path) -> s
 
 
 
+def build_summary(results_dir: Path) -> str:
+    """:func:`full_summary` of the grid in ``results_dir``."""
+    runs = load_runs(results_dir)
+    if not runs:
+        raise ValueError(f"{results_dir / 'results.csv'} holds no finished run yet")
+    return full_summary(runs, str(grid_run_folders(results_dir)[runs[0].name].read_config()["dataset"]))
+
+
 def grid_name(results_dir: Path) -> str:
     """The grid a results folder holds (its manifest; before that, the folder's name)."""
     manifest = read_manifest(results_dir)
@@ -376,8 +420,15 @@ def write_report(results_dir: Path, figures_dir: Path | None = None, readme: Pat
     markdown.write_text(text)
     print(f"report: {markdown}; figures in {figures_dir}")
     for path in (r.resolve() for r in readmes):
-        write_block(path, build_markdown(results_dir, figures_dir, path.parent), BEGIN, END)
-        print(f"report: results block of {path} replaced")
+        text = path.read_text()
+        if BEGIN not in text and SUMMARY_BEGIN not in text:
+            raise ValueError(f"{path}: no {BEGIN} or {SUMMARY_BEGIN} block to replace")
+        if BEGIN in text:
+            write_block(path, build_markdown(results_dir, figures_dir, path.parent), BEGIN, END)
+            print(f"report: results block of {path} replaced")
+        if SUMMARY_BEGIN in text:
+            write_block(path, build_summary(results_dir), SUMMARY_BEGIN, SUMMARY_END)
+            print(f"report: summary block of {path} replaced")
     return markdown
 
 
