@@ -73,9 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     # SIGTERM unwinds like Ctrl-C, so the SuperLinks, SuperNodes and simulations a tool started
     # are stopped by their context managers.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    if args.command == "compose":
-        return compose.main(args)
-    return lab.run(args, extra, top)
+    try:
+        if args.command == "compose":
+            return compose.main(args)
+        return lab.run(args, extra, top)
+    except KeyboardInterrupt:  # the processes it started are stopped by now (their context managers)
+        print(f"fedgma {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -103,7 +103,8 @@ def _grid(args: argparse.Namespace) -> int:
                 for setting, flags in by_setting.items():
                     print(f"  {setting:<{width}}  {sum(flags):>3}/{len(flags)} finished")
             done = sum(finished for _, finished in status)
-            print(f"grid {grid.name}: {done}/{len(status)} runs finished in {runner.results_dir}")
+            where = "" if runner.results_dir.is_dir() else " (a folder that does not exist: nothing has run there)"
+            print(f"grid {grid.name}: {done}/{len(status)} runs finished in {runner.results_dir}{where}")
             left = runner.time_left(status)
             if left is not None and left.runs:
                 print(f"grid {grid.name}: {left.format()}")
@@ -160,7 +161,11 @@ def _report(args: argparse.Namespace) -> int:
               "makes results/NAME)", file=sys.stderr)
         return 2
 
-    write_report(args.results_dir, figures_dir=args.figures, readme=args.readme, markdown=args.markdown)
+    try:
+        write_report(args.results_dir, figures_dir=args.figures, readme=args.readme, markdown=args.markdown)
+    except (OSError, ValueError) as err:  # e.g. a --readme without the blocks to replace
+        print(f"fedgma report: {err}", file=sys.stderr)
+        return 2
     return 0
 
 

@@ -21,6 +21,7 @@ from fedgma.app.settings import ConfigError, parse_run_config
 from fedgma.deployment.app_folder import app_defaults, app_dir, parse_override
 from fedgma.deployment.flower import HostSettings, SimulationRuntime
 
+DEFAULT_ROUNDS = 5
 CONTENDERS = {
     "FedGMA (ws)": {"strategy": "fedgma", "variant": "ws"},
     "FedAvg": {"strategy": "fedavg"},
@@ -40,14 +41,16 @@ def _run_name(strategy: dict[str, str]) -> str:
 def configure(parser: argparse.ArgumentParser) -> None:
     """``fedgma demo``'s options."""
     parser.add_argument("--clients", type=int, default=10, help="simulated SuperNodes (default 10)")
-    parser.add_argument("--rounds", type=int, default=5, help="server rounds (default 5)")
+    parser.add_argument("--rounds", type=int, help=f"server rounds (default {DEFAULT_ROUNDS}; "
+                        "num-server-rounds=N says the same)")
     parser.add_argument("--output-dir", type=Path, help="this machine's output root (default: outputs in the "
                         "app folder)")
     parser.add_argument("--data-dir", type=Path, help="data sets and cached partitions "
                         "(default: $FEDGMA_DATA_DIR, else ~/.cache/fedgma)")
     parser.add_argument("--no-download", action="store_true", help="never download a missing data set")
     parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per run")
-    parser.add_argument("overrides", nargs="*", type=parse_override, metavar="key=value")
+    parser.add_argument("overrides", nargs="*", type=parse_override, metavar="key=value",
+                        help="run settings for both runs, e.g. partitioning=iid (docs/settings.md)")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -55,8 +58,14 @@ def main(args: argparse.Namespace) -> int:
     app = app_dir(getattr(args, "app", None))
     stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
     batch_dir = ((args.output_dir or app / "outputs") / f"demo-{stamp}").resolve()
+    given = dict(args.overrides).get("num-server-rounds")
+    if given is not None and args.rounds is not None and given != args.rounds:
+        print(f"fedgma demo: num-server-rounds={given} and --rounds {args.rounds} disagree: give the rounds once",
+              file=sys.stderr)
+        return 2
+    rounds = args.rounds if args.rounds is not None else given if given is not None else DEFAULT_ROUNDS
     settings = {
-        "num-server-rounds": args.rounds,
+        "num-server-rounds": rounds,
         "min-nodes": min(2, args.clients),
         "task": "binary",
         "partitioning": "non-iid",
@@ -70,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
             return 2
     host = HostSettings(output_root=batch_dir, data_dir=args.data_dir,
                         download=False if args.no_download else None)
-    print(f"FedGMA vs FedAvg: {args.clients} simulated clients, {args.rounds} rounds; "
+    print(f"FedGMA vs FedAvg: {args.clients} simulated clients, {rounds} rounds; "
           f"outputs in {batch_dir}", flush=True)
     summaries = {}
     with SimulationRuntime(batch_dir / "runtime", host) as runtime:
@@ -82,7 +91,7 @@ def main(args: argparse.Namespace) -> int:
             def progress(label: str = label, folder: RunFolder = folder, shown: list[int] = shown) -> None:
                 rows = folder.rows()
                 for row in rows[shown[0]:]:
-                    print(f"  {label:<12} round {row['round']:>3}/{args.rounds}: "
+                    print(f"  {label:<12} round {row['round']:>3}/{rounds}: "
                           f"OOD acc {float(row['ood-accuracy']):.4f}  ID acc {float(row['id-accuracy']):.4f}  "
                           f"({float(row['wall-seconds']):.0f} s)", flush=True)
                 shown[0] = len(rows)
@@ -92,7 +101,13 @@ def main(args: argparse.Namespace) -> int:
                 app, run_config, f"num-supernodes={args.clients} client-resources-num-cpus=1"
             )
             print(f"{label}: run {run_id} started", flush=True)
-            outcome = runtime.cli.wait(run_id, args.timeout, on_poll=progress)
+            try:
+                outcome = runtime.cli.wait(run_id, args.timeout, on_poll=progress)
+            except TimeoutError as err:
+                runtime.cli.stop_run(run_id)
+                print(f"fedgma demo: {label}: {err} (--timeout {args.timeout:g}); stopped. SuperLink log: "
+                      f"{runtime.workdir / 'superlink.log'}", file=sys.stderr)
+                return 1
             progress()
             if not outcome.completed:
                 print(f"{label}: run {run_id} ended {outcome.status} ({outcome.details}); "
@@ -105,12 +120,12 @@ def main(args: argparse.Namespace) -> int:
 
     print()
     print(f"Colored {dataset}, {settings['task']} task, {settings['partitioning']} split, "
-          f"{args.clients} clients, {args.rounds} rounds")
+          f"{args.clients} clients, {rounds} rounds")
     print(f"{'strategy':<12} {'final OOD acc':>13} {'peak OOD acc':>12} {'final ID acc':>12} {'wall s':>7}")
     for label, s in summaries.items():
         print(f"{label:<12} {s['final-ood-accuracy']:>13.4f} {s['peak-ood-accuracy']:>12.4f} "
               f"{s['final-id-accuracy']:>12.4f} {s['seconds']:>7.1f}")
-    folders = ", ".join(run_folder(batch_dir, app, {**settings, **s, "run-name": _run_name(s)}).path.name
-                        for s in CONTENDERS.values())
-    print(f"Per-round metrics: metrics.csv in {folder.path.parent}/{{{folders}}}")
+    folders = [run_folder(batch_dir, app, {**settings, **s, "run-name": _run_name(s)}).path
+               for s in CONTENDERS.values()]
+    print(f"Per-round metrics: {' and '.join(str(f / 'metrics.csv') for f in folders)}")
     return 0

@@ -194,6 +194,55 @@ def test_the_demo_names_a_bad_setting_before_starting_flower(tmp_path, monkeypat
     parse_override(override)  # the key=value form itself is fine: the setting is what is refused
 
 
+def test_the_demo_refuses_two_different_round_counts_and_ends_a_timed_out_run_in_one_line(tmp_path, monkeypatch,
+                                                                                          capsys):
+    import argparse
+    from types import SimpleNamespace
+
+    from fedgma.lab import demo
+
+    stopped = []
+
+    class TimingOut:  # a runtime whose run never finishes within --timeout
+        workdir = tmp_path / "runtime"
+        cli = SimpleNamespace(submit=lambda *a: 7, stop_run=stopped.append,
+                              wait=lambda run_id, timeout, **kw: (_ for _ in ()).throw(
+                                  TimeoutError(f"run {run_id} still running after {timeout:.0f} s")))
+
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(demo, "SimulationRuntime", TimingOut)
+    parser = argparse.ArgumentParser()
+    demo.configure(parser)
+    args = ["--output-dir", str(tmp_path), "--timeout", "30"]
+    assert demo.main(parser.parse_args([*args, "--rounds", "1", "num-server-rounds=3"])) == 2
+    assert "num-server-rounds=3 and --rounds 1 disagree" in capsys.readouterr().err and not stopped
+    assert demo.main(parser.parse_args([*args, "num-server-rounds=3"])) == 1  # the same as --rounds 3
+    out, err = capsys.readouterr()
+    assert "3 rounds" in out and stopped == [7]
+    assert err.splitlines() == [f"fedgma demo: FedGMA (ws): run 7 still running after 30 s (--timeout 30); stopped. "
+                                f"SuperLink log: {tmp_path / 'runtime' / 'superlink.log'}"]
+
+
+def test_ctrl_c_ends_a_command_in_one_line_with_130(monkeypatch, capsys):
+    from fedgma import cli
+    from fedgma.lab import commands
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(commands, "run", interrupted)
+    assert cli.main(["grid", "status", "smoke"]) == 130
+    assert capsys.readouterr().err == "fedgma grid: interrupted\n"
+
+
 def test_margin_is_the_mean_of_paired_seed_differences():
     def run(seed, final):
         return report.Run("r", "binary-iid", "x", seed, ("main",), 3, None, 0.01,
@@ -388,6 +437,18 @@ def test_the_when_report_judges_each_fedgma_arm_and_shows_what_has_not_run(tmp_p
     assert "every run at client step 0.01, where the full grid's client-step study uses the paper's 0.001;" in summary
     assert f"{ws}: keeps 25.0 % of coordinates; vs its no-mask control *equivalent within 1 point*" in tables
     assert (tmp_path / "fig" / "when.png").stat().st_size > 10_000
+
+
+def test_a_readme_without_the_blocks_is_refused_before_anything_is_written(tmp_path, capsys):
+    from fedgma import cli
+
+    _when_grid_with_some_runs(tmp_path / "when")
+    plain = tmp_path / "plain.md"
+    plain.write_text("no blocks here\n")
+    assert cli.main(["report", str(tmp_path / "when"), "--readme", str(plain)]) == 2
+    assert capsys.readouterr().err == (f"fedgma report: {plain.resolve()}: no {when_report.WHEN_BEGIN} or "
+                                       f"{when_report.SUMMARY_BEGIN} block to replace\n")
+    assert not (tmp_path / "when" / "report.md").exists() and plain.read_text() == "no blocks here\n"
 
 
 def test_the_when_reports_blocks_before_and_after_the_grid_has_run(tmp_path, capsys):

@@ -183,3 +183,8 @@ def test_grid_status_counts_finished_runs_per_setting_and_lists_named_runs(tmp_p
     assert capsys.readouterr().out.splitlines()[0].split() == ["same-partial_fedavg_seed2"]
     assert cli.main(["grid", "status", "smoke", "--results-dir", str(tmp_path), "--runs", "all"]) == 0
     assert capsys.readouterr().out.splitlines()[:5] == [f"      {spec.name}" for spec in grid_by_name("smoke").runs]
+    # A results folder that does not exist (a typo?) is said so, not just counted as empty.
+    assert cli.main(["grid", "status", "smoke", "--results-dir", str(tmp_path / "nosuch")]) == 0
+    assert "0/5 runs finished in" in (out := capsys.readouterr().out) and "does not exist: nothing has run there" in out
+    assert "does not exist" not in (cli.main(["grid", "status", "smoke", "--results-dir", str(tmp_path)]),
+                                    capsys.readouterr().out)[1]

@@ -45,7 +45,8 @@ from .grids import (
 from .results import GRID_FILE, grid_run_folders, load_probes, percent, read_manifest
 from .runs import LAST_ROUNDS, Run, load_runs, margin, mean_std, select, tau_runs
 from .verdicts import Cell, family_caption, judge, overall
-from .when_report import WHEN_GRID, write_when_report
+from .when_report import SUMMARY_BEGIN as WHEN_SUMMARY_BEGIN
+from .when_report import WHEN_BEGIN, WHEN_GRID, write_when_report
 
 FIGURE2_LABELS = (BASELINE, "FedGMA ws, eta_s=0.01", "FedGMA ws, eta_s=0.1", "FedGMA ws, eta_s=1",
                   "FedGMA gma, tau=0.4", NO_MASK_CONTROLS["FedGMA ws, eta_s=1"])
@@ -413,7 +414,12 @@ def write_report(results_dir: Path, figures_dir: Path | None = None, readme: Pat
     results_dir = results_dir.resolve()
     figures_dir = (figures_dir or results_dir / "figures").resolve()
     readmes = [] if readme is None else [readme] if isinstance(readme, Path) else list(readme)
-    if grid_name(results_dir) == WHEN_GRID:
+    when = grid_name(results_dir) == WHEN_GRID
+    for path in readmes:  # before anything is written
+        begins = (WHEN_BEGIN, WHEN_SUMMARY_BEGIN) if when else (BEGIN, SUMMARY_BEGIN)
+        if not any(begin in path.read_text() for begin in begins):
+            raise ValueError(f"{path}: no {' or '.join(begins)} block to replace")
+    if when:
         return write_when_report(results_dir, figures_dir, [r.resolve() for r in readmes], markdown)
     markdown = (markdown or results_dir / "report.md").resolve()
     text = build_markdown(results_dir, figures_dir, markdown.parent)
@@ -421,8 +427,6 @@ def write_report(results_dir: Path, figures_dir: Path | None = None, readme: Pat
     print(f"report: {markdown}; figures in {figures_dir}")
     for path in (r.resolve() for r in readmes):
         text = path.read_text()
-        if BEGIN not in text and SUMMARY_BEGIN not in text:
-            raise ValueError(f"{path}: no {BEGIN} or {SUMMARY_BEGIN} block to replace")
         if BEGIN in text:
             write_block(path, build_markdown(results_dir, figures_dir, path.parent), BEGIN, END)
             print(f"report: results block of {path} replaced")

@@ -269,15 +269,16 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
                f"paper's {PAPER_CLIENT_LR:g}; FedGMA against its no-mask, random-mask and uniform-step "
                f"controls, last-{LAST_ROUNDS}-round accuracy on each setting's primary test set, Holm per "
                "setting; tables, and the runs cut to fit the grid's budget, in "
-               "[docs/experiments.md](docs/experiments.md)). Why: the share of coordinates "
-               f"that ws (eta_s=1) and gma keep over the last {LAST_ROUNDS} rounds (in brackets: of the first "
+               "[docs/experiments.md](docs/experiments.md)). What the masks kept: the share of coordinates "
+               f"that ws (eta_s=1) and gma keep over the last {LAST_ROUNDS} rounds (in parentheses: of the first "
                "layer's weights on the shortcut's input channels; blue carries only the markers, red and green "
-               "the colour and the garment) and each against its random mask, which keeps as many coordinates "
-               "per array:", ""]
+               "the colour and the garment), and each arm against its random mask, which keeps each round as "
+               "many coordinates per array as the agreement mask would (its run is a run of its own, so its "
+               "share differs a little):", ""]
     for setting, verdict in verdicts.items():
         word = verdict.wording()
         made, planned_here = sum(r.setting == setting for r in runs), sum(planned[setting].values())
-        progress = "" if made == planned_here else f" [{made} of {planned_here} runs]"
+        progress = f" [{made} of {planned_here} runs]"
         out.append(f"- **{SETTING_TITLES[setting]}**: {word}{progress}" + (f" ({'; '.join(verdict.reasons)})"
                                                                            if verdict.reasons else ""))
         summary.append(f"- **{SETTING_TITLES[setting]}**: {word}{progress}" + (
