@@ -23,6 +23,9 @@ def test_main_job_compares_fedgma_and_fedavg(tmp_path, shared_data_dir, capsys):
         summary = json.loads((batch / name / "summary.json").read_text())
         assert summary["rounds"] == 1
         assert f"{summary['final-ood-accuracy']:.4f}" in printed
+    # The last line names both runs' metrics files, as paths a shell can use.
+    named = printed.splitlines()[-1].removeprefix("Per-round metrics: ").split(" and ")
+    assert named == [str(batch / name / "metrics.csv") for name in ("fedgma-ws", "fedavg")]
 
 
 def test_main_job_reports_a_failed_run_and_exits_non_zero(tmp_path, shared_data_dir, capsys):
