@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -167,6 +168,10 @@ class RunStatus:
         return self.status == "finished:completed"
 
 
+# Status polls of a run (``flwr ls``) that may fail in a row before :meth:`FlowerCli.wait` gives up.
+STATUS_TRIES = 5
+
+
 class FlowerCli:
     """Calls the ``flwr`` CLI against one connection of a private FLWR_HOME."""
 
@@ -248,18 +253,32 @@ class FlowerCli:
         ``flwr ls`` is asked every ``poll`` seconds (each call costs about 0.8 s of
         CPU, which a 2-core machine running the clients feels), and at once
         whenever ``check_now()`` is true (e.g. the run's summary file exists);
-        ``on_poll`` runs every second.
+        ``on_poll`` runs every second. A poll that fails (``flwr ls`` past its timeout on a
+        busy machine, or an unreadable answer) is said on stderr and asked again at the next
+        poll; :data:`STATUS_TRIES` failures in a row raise RuntimeError.
         """
         deadline = time.monotonic() + timeout
         next_status = time.monotonic()
+        failed: list[str] = []  # the status polls failed in a row
         while True:
-            if time.monotonic() >= next_status or (check_now is not None and check_now()):
-                record = self.status(run_id)
-                status = str(record.get("status", ""))
-                if status.startswith("finished:"):
+            if time.monotonic() >= next_status or (check_now is not None and check_now() and not failed):
+                try:
+                    record: dict[str, Any] | None = self.status(run_id)
+                    failed.clear()
+                except (subprocess.TimeoutExpired, RuntimeError) as err:
+                    # A machine busy enough can keep `flwr ls` past its timeout; the run goes on.
+                    failed.append(str(err).splitlines()[0] if str(err) else type(err).__name__)
+                    if len(failed) >= STATUS_TRIES:
+                        raise RuntimeError(f"run {run_id}: its status could not be read {len(failed)} times in "
+                                           f"a row; the last: {failed[-1]}") from err
+                    print(f"run {run_id}: status not read ({failed[-1]}); asking again in {poll:.0f} s",
+                          file=sys.stderr, flush=True)
+                    record = None
+                status = "" if record is None else str(record.get("status", ""))
+                if record is not None and status.startswith("finished:"):
                     return RunStatus(run_id, status, str(record.get("status-details", "")), record)
                 if time.monotonic() > deadline:
-                    raise TimeoutError(f"run {run_id} still {status} after {timeout:.0f} s")
+                    raise TimeoutError(f"run {run_id} still {status or 'unread'} after {timeout:.0f} s")
                 next_status = time.monotonic() + poll
             if on_poll is not None:
                 on_poll()

@@ -188,3 +188,49 @@ def test_grid_status_counts_finished_runs_per_setting_and_lists_named_runs(tmp_p
     assert "0/5 runs finished in" in (out := capsys.readouterr().out) and "does not exist: nothing has run there" in out
     assert "does not exist" not in (cli.main(["grid", "status", "smoke", "--results-dir", str(tmp_path)]),
                                     capsys.readouterr().out)[1]
+
+
+def test_a_status_poll_past_its_timeout_is_asked_again_and_only_a_run_of_them_gives_up(monkeypatch, capsys):
+    """On a busy machine `flwr ls` once took over its 120 s and ended a whole grid; the run was fine."""
+    import subprocess
+
+    from fedgma.deployment import flower
+
+    monkeypatch.setattr(flower.time, "sleep", lambda seconds: None)
+    answers: list[object] = []
+
+    def status(run_id):
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    cli = flower.FlowerCli({}, "sim")
+    monkeypatch.setattr(cli, "status", status)
+    slow = subprocess.TimeoutExpired(["flwr", "ls"], 120)
+    answers[:] = [slow, RuntimeError("flwr ls failed (1): busy"), {"status": "running"}, slow,
+                  {"status": "finished:completed", "status-details": ""}]
+    assert cli.wait(7, timeout=3600, poll=0).completed and not answers
+    said = capsys.readouterr().err.splitlines()
+    assert len(said) == 3 and said[0].startswith("run 7: status not read (Command '['flwr', 'ls']' timed out")
+    answers[:] = [slow] * flower.STATUS_TRIES
+    with pytest.raises(RuntimeError, match=f"status could not be read {flower.STATUS_TRIES} times in a row"):
+        cli.wait(7, timeout=3600, poll=0)
+
+
+def test_a_run_whose_status_cannot_be_read_fails_alone_not_the_grid(tmp_path):
+    from types import SimpleNamespace
+
+    from fedgma.lab.experiments.runner import _Progress
+
+    lines, stopped = [], []
+    runner = GridRunner(grid_by_name("smoke"), tmp_path, echo=lines.append)
+    spec = runner.grid.runs[0]
+
+    def unreadable(*args, **kwargs):
+        raise RuntimeError("run 7: its status could not be read 5 times in a row; the last: timed out")
+
+    cli = SimpleNamespace(submit=lambda *a: 7, wait=unreadable, stop_run=stopped.append, logs=lambda run_id: "")
+    runtime = SimpleNamespace(cli=cli, resources=SimulationResources(), workdir=tmp_path / "runtime")
+    assert runner._make(spec, "[1/5]", runtime, _Progress([spec])) is False
+    assert stopped == [7] and "FAILED (run 7: its status could not be read 5 times in a row" in lines[-1]

@@ -385,7 +385,7 @@ class GridRunner:
             outcome = runtime.cli.wait(run_id, self.run_timeout, poll=30.0, on_poll=report,
                                        check_now=folder.summary.exists)
             ended, completed = f"{outcome.status} {outcome.details}", outcome.completed
-        except TimeoutError as err:
+        except (TimeoutError, RuntimeError) as err:  # past run_timeout, or its status unreadable
             runtime.cli.stop_run(run_id)
             ended, completed = str(err), False
         report()
