@@ -6,7 +6,8 @@ which metric columns ``metrics.csv`` has, and reading them back. The ServerApp w
 - ``config.json``: the validated run settings and facts such as the run id;
 - ``metrics.csv``: one row per round (round 0 is the initial model), :data:`METRIC_COLUMNS`;
 - ``summary.json``: the last row and the best OOD accuracy;
-- ``final_model.pt``: the final global ``state_dict``.
+- ``final_model.pt``: the final global ``state_dict``;
+- ``.writer.lock``: locked by the ServerApp writing the run (:mod:`fedgma.app.run_lock`).
 
 Needs neither torch nor Flower: the host-side tools read run folders with it.
 """
@@ -28,6 +29,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.csv"
 SUMMARY_FILE = "summary.json"
 MODEL_FILE = "final_model.pt"
+LOCK_FILE = ".writer.lock"
 
 METRIC_COLUMNS = (
     "round",

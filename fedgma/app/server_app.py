@@ -11,13 +11,15 @@ from typing import Any
 import torch
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
+from flwr.serverapp.strategy import FedAvg
 from flwr.supercore import log
 
 from fedgma.loop import Checkpoint, CheckpointError, RoundLoop, RoundOutcome, resume_point
 
-from .config import data_source, output_root, partition_bindings
+from .config import DataSource, data_source, output_root, partition_bindings
 from .outputs import RunOutputs, outcome_row
 from .run_folder import RunFolder
+from .run_lock import hold_run_folder
 from .settings import ConfigError, RunConfig, parse_run_config
 from .strategies import build_strategy, describe
 from .task import Task, TaskData, make_task
@@ -103,6 +105,14 @@ def main(grid: Grid, context: Context) -> None:
     source = data_source()  # the server's own: its environment, never the run config
     test_sets = task.test_sets(source)
     bindings = partition_bindings()  # the operator's, from the server's environment
+    with hold_run_folder(run_dir):  # before anything is written: one ServerApp per run folder
+        _run(grid, context, config, task, strategy, run_dir, checkpoint, source, test_sets, bindings)
+
+
+def _run(grid: Grid, context: Context, config: RunConfig, task: Task, strategy: FedAvg, run_dir: Path,
+         checkpoint: Checkpoint | None, source: DataSource, test_sets: Mapping[str, TaskData],
+         bindings: dict[int, int] | None) -> None:
+    """The run, its folder held (see :func:`main`)."""
     model = task.model(seed=config.task.seed)
     # Resuming: the checkpoint's rounds are the record (rows written after it are dropped).
     outputs = RunOutputs(run_dir, rows=None if checkpoint is None else
