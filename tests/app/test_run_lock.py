@@ -25,9 +25,9 @@ def test_a_second_writer_is_refused_naming_the_folder_and_a_killed_one_frees_it(
     writer = subprocess.Popen([sys.executable, "-c", HOLD, str(run_dir)], stdout=subprocess.PIPE, text=True)
     try:
         assert writer.stdout is not None and writer.stdout.readline() == "held\n"
-        with pytest.raises(RunFolderBusy, match=f"{run_dir} is being written by another run"):
-            with hold_run_folder(run_dir):
-                pytest.fail("a second writer got the folder")
+        with pytest.raises(RunFolderBusy, match=f"{run_dir} is being written by another run"), \
+                hold_run_folder(run_dir):
+            pytest.fail("a second writer got the folder")
     finally:
         writer.kill()  # SIGKILL: no clean-up of its own
         writer.wait(30)
