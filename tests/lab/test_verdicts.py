@@ -127,14 +127,19 @@ def _run(setting, strategy, seed, values, study="main", untrained=0.5):
     return report.Run(f"{setting}_{strategy}_{seed}", setting, strategy, seed, (study,), 3, None, 0.01, rounds)
 
 
+def _binary_iid(seed, base, ws, control):
+    """ws gains 8 points over FedAvg, and so does its no-mask control."""
+    return [_run("binary-iid", "FedAvg", seed, [base + 0.05, base]),
+            _run("binary-iid", ws, seed, [base + 0.13, base + 0.08 + 0.002 * seed]),
+            _run("binary-iid", control, seed, [base + 0.13, base + 0.08])]
+
+
 def test_mask_comparisons_judge_fedgma_against_its_control_not_fedavg():
     # ws gains 8 points over FedAvg everywhere, but its no-mask control gains 8 too.
     ws, control = "FedGMA ws, eta_s=1", "FedAvg, server step 2 (no mask)"
     runs = []
     for seed, base in enumerate((0.60, 0.65, 0.62)):
-        runs += [_run("binary-iid", "FedAvg", seed, [base + 0.05, base]),
-                 _run("binary-iid", ws, seed, [base + 0.13, base + 0.08 + 0.002 * seed]),
-                 _run("binary-iid", control, seed, [base + 0.13, base + 0.08])]
+        runs += _binary_iid(seed, base, ws, control)
     lines = report.mask_comparisons(runs, "main")
     against_fedavg = next(ln for ln in lines if ln.startswith(f"| binary, IID | {ws} | FedAvg |"))
     against_control = next(ln for ln in lines if ln.startswith(f"| binary, IID | {ws} | {control} |"))
@@ -151,9 +156,7 @@ def test_the_readme_summary_gives_each_settings_verdict_and_spells_out_the_decis
     ws, control = "FedGMA ws, eta_s=1", "FedAvg, server step 2 (no mask)"
     runs = []
     for seed, base in enumerate((0.60, 0.65, 0.62)):
-        runs += [_run("binary-iid", "FedAvg", seed, [base + 0.05, base]),
-                 _run("binary-iid", ws, seed, [base + 0.13, base + 0.08 + 0.002 * seed]),
-                 _run("binary-iid", control, seed, [base + 0.13, base + 0.08]),
+        runs += [*_binary_iid(seed, base, ws, control),
                  # At the paper's step the mask holds ws 10 points below its control.
                  _run("binary-non-iid", ws, seed, [base, base - 0.001 * seed], "client-step"),
                  _run("binary-non-iid", control, seed, [base + 0.1, base + 0.1], "client-step")]

@@ -130,9 +130,13 @@ def mask_verdicts(runs: list[Run], study: str) -> dict[str, tuple[str, list[str]
     """Per setting: the mask's verdict from FedGMA against its no-mask controls (labels judged with
     Holm over :func:`mask_comparisons`' whole table), and the comparisons behind it."""
     rows, _ = _mask_rows(runs, study)
+    return _verdicts(rows, judge([row[3] for row in rows]))
+
+
+def _verdicts(rows: list[_Row], judged: list[tuple[float | None, str]]) -> dict[str, tuple[str, list[str]]]:
+    """:func:`mask_verdicts` from rows already judged."""
     evidence: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for (setting, label, reference, cell, *_, is_control), (_, verdict) in zip(
-            rows, judge([row[3] for row in rows]), strict=True):
+    for (setting, label, reference, cell, *_, is_control), (_, verdict) in zip(rows, judged, strict=True):
         if is_control:
             evidence[setting].append((verdict, f"{label} vs {reference}: {cell.difference.format()} *{verdict}*"))
     return {setting: (overall([v for v, _ in items]), [text for _, text in items])
@@ -157,7 +161,7 @@ def mask_comparisons(runs: list[Run], study: str) -> list[str]:
     tested = sum(p is not None for p, _ in judged)
     out = [*lines, "", f"{family_caption(tested)} Family: this table ({STUDY_TITLES[study]}). "
            "gma's no-mask control is FedAvg (its mask only shrinks FedAvg's step)."]
-    verdicts = mask_verdicts(runs, study)
+    verdicts = _verdicts(rows, judged)
     if not verdicts:
         return [*out, "", "No FedGMA run here has its no-mask control, so there is no verdict on the mask."]
     out += ["", f"The mask ({STUDY_TITLES[study]}), FedGMA against its no-mask control:", ""]
