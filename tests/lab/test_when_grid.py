@@ -37,6 +37,12 @@ def test_the_most_informative_runs_come_first():
     # 3 seeds; its other 2 seeds come late, then the same-sign contrast: where the budget may end the grid.
     assert set(settings[:150]) == first and set(settings[150:213]) == then == set(settings[-60:-18])
     assert {spec.seed for spec in runs[150:213]} == {0, 1, 2} and {spec.seed for spec in runs[-60:-18]} == {3, 4}
+    # Within seeds 0-2, ws eta_s=1 with FedAvg, its no-mask control and its random mask (36 runs) before gma's.
+    ws_first = {BASELINE, "FedGMA ws, eta_s=1", NO_MASK_CONTROLS["FedGMA ws, eta_s=1"],
+                RANDOM_CONTROLS["FedGMA ws, eta_s=1"]}
+    assert {spec.label for spec in runs[150:186]} == ws_first
+    assert not ws_first & {spec.label for spec in runs[186:213]}
+    assert [spec.seed for spec in runs[150:162]] == [0] * 12
     assert set(settings[-18:]) == {"same-partial"}
     assert not any("eta_s=0.1" in spec.label or "step 1.1" in spec.label for spec in runs if spec.setting in then)
     order = [s for i, s in enumerate(settings) if s not in settings[:i]]
