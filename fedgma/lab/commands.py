@@ -105,6 +105,9 @@ def _grid(args: argparse.Namespace) -> int:
             done = sum(finished for _, finished in status)
             where = "" if runner.results_dir.is_dir() else " (a folder that does not exist: nothing has run there)"
             print(f"grid {grid.name}: {done}/{len(status)} runs finished in {runner.results_dir}{where}")
+            if grid.cut:
+                print(f"grid {grid.name}: {len(grid.cut)} more runs were planned and cut to fit the grid's budget "
+                      "of machine time (docs/experiments.md says which)")
             left = runner.time_left(status)
             if left is not None and left.runs:
                 print(f"grid {grid.name}: {left.format()}")

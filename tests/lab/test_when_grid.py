@@ -16,7 +16,9 @@ from fedgma.lab.experiments.grids import (
     PARTICIPATION,
     RANDOM_CONTROLS,
     STEP_CONTROLS,
+    WHEN_BUDGET_RUNS,
     WHEN_LABELS,
+    build_when_grid,
     grid_by_name,
 )
 from fedgma.lab.experiments.pace import Pace
@@ -29,7 +31,8 @@ RESULTS = Path(__file__).parents[2] / "results"
 
 
 def test_the_most_informative_runs_come_first():
-    runs = grid_by_name("when").runs
+    grid = grid_by_name("when")
+    runs = grid.runs + grid.cut  # the whole plan: the budget keeps its first runs
     settings = [spec.setting for spec in runs]
     first = {"opposite-partial", "majority-partial", "private-partial"}
     then = {"opposite-full", "majority-full", "private-full"}
@@ -51,6 +54,18 @@ def test_the_most_informative_runs_come_first():
     # Seed-major within a phase: an interrupted phase has all arms of its first seeds.
     assert [spec.seed for spec in runs[:30]] == [0] * 30
     assert len({spec.name for spec in runs}) == len(runs)
+
+
+def test_the_budget_keeps_the_plans_first_runs_whole_setting_by_setting():
+    grid = grid_by_name("when")
+    plan = build_when_grid("when", grid.scale, grid.description, seeds=(0, 1, 2, 3, 4), contrast_seeds=(0, 1, 2))
+    assert not plan.cut and grid.runs + grid.cut == plan.runs
+    if WHEN_BUDGET_RUNS is not None:
+        assert len(grid.runs) == WHEN_BUDGET_RUNS
+    # The cut falls between two settings' blocks of a seed, never inside one (an arm without its references).
+    if grid.runs and grid.cut:
+        last, first_cut = grid.runs[-1], grid.cut[0]
+        assert (last.setting, last.seed) != (first_cut.setting, first_cut.seed)
 
 
 def test_every_fedgma_arm_runs_beside_its_controls():
@@ -87,7 +102,8 @@ def test_the_full_grids_binary_non_iid_runs_can_stand_as_references(tmp_path):
     """The when grid's binary non-IID references are the full grid's runs, unchanged, so their
     committed folders count as finished there (they are copied, not run again)."""
     full = {spec.name: spec for spec in grid_by_name("full").runs}
-    shared = [spec for spec in grid_by_name("when").runs if spec.name in full]
+    when = grid_by_name("when")
+    shared = [spec for spec in when.runs + when.cut if spec.name in full]  # its plan, cut runs included
     assert {spec.label for spec in shared} == {BASELINE, "FedGMA ws, eta_s=1", "FedAvg, server step 2 (no mask)",
                                                "FedGMA gma, tau=0.4"}
     assert len(shared) == 12
@@ -109,7 +125,7 @@ def _finish(runner: GridRunner, spec, wall_seconds: float) -> None:
 
 
 def test_time_left_is_planned_from_the_measured_time_per_round(tmp_path):
-    runner = GridRunner(grid_by_name("when"), tmp_path)
+    runner = GridRunner(grid_by_name("when").uncut(), tmp_path)
     runs = runner.grid.runs
     assert runner.time_left(runner.status()) is None
     partial = [spec for spec in runs if spec.clients == 50 and spec.run_config["task"] == "binary"]
@@ -148,7 +164,7 @@ def test_the_progress_line_counts_down_the_plan_grid_status_gives():
     and takes off each round its kind's planned seconds."""
     from fedgma.lab.experiments.runner import _Progress, format_seconds
 
-    runs = grid_by_name("when").runs
+    runs = grid_by_name("when").uncut().runs
     partial = [spec for spec in runs if spec.clients == 50][:2]
     ten_class = next(spec for spec in runs if spec.run_config["task"] == "ten-class")
     made = Pace({"binary, 50 clients": 4.0}, {"binary, 50 clients": 3}, (), 1.0, 1.0, 0)
@@ -165,7 +181,7 @@ def test_the_progress_line_counts_down_the_plan_grid_status_gives():
 
 
 def test_every_when_arm_is_a_valid_run(tmp_path):
-    runner = GridRunner(grid_by_name("when"), tmp_path)
+    runner = GridRunner(grid_by_name("when").uncut(), tmp_path)
     labels = {spec.label for spec in runner.grid.runs}
     assert set(WHEN_LABELS) <= labels
     for spec in runner.grid.runs:
@@ -196,7 +212,7 @@ def test_a_curve_still_rising_is_named_and_a_flat_one_is_not():
 
 
 def test_the_reports_run_time_is_the_grids_pace(tmp_path):
-    runner = GridRunner(grid_by_name("when"), tmp_path)
+    runner = GridRunner(grid_by_name("when").uncut(), tmp_path)
     runner.write_manifest()
     by_setting = {spec.setting: spec for spec in reversed(runner.grid.runs)}
     _finish(runner, by_setting["opposite-full"], 100.0)

@@ -8,7 +8,7 @@ the main comparison) is one run, run once.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # The paper's four settings (the full grid).
 SETTINGS: dict[str, dict[str, object]] = {
@@ -188,6 +188,11 @@ class Grid:
     description: str
     scale: Scale
     runs: tuple[RunSpec, ...]
+    cut: tuple[RunSpec, ...] = ()  # planned, left out to fit the grid's budget of machine time
+
+    def uncut(self) -> Grid:
+        """This grid with its cut runs back in, in their planned order."""
+        return replace(self, runs=self.runs + self.cut, cut=())
 
 
 def _run(scale: Scale, setting: str, label: str, seed: int, study: str, **extra: object) -> RunSpec:
@@ -307,20 +312,22 @@ FULL_GRID_CONTROLS: tuple[str, ...] = (BASELINE, "FedGMA ws, eta_s=1", "FedAvg, 
 
 
 def build_when_grid(name: str, scale: Scale, description: str, seeds: tuple[int, ...],
-                    contrast_seeds: tuple[int, ...]) -> Grid:
+                    contrast_seeds: tuple[int, ...], budget_runs: int | None = None) -> Grid:
     """The cases the AND-mask was designed for, most informative first (an interrupted grid
     has those): the three relation settings with partial participation, then with full
-    participation (``contrast_seeds``; ws eta_s=1 with its references first, then gma's), then the selectivity controls in the full grid's binary
-    settings, then 10-class with colour-class correlation below 1, then full participation's other
-    seeds, and last the same-sign contrast (partial), the first to be cut. Seed-major within each."""
+    participation (``contrast_seeds``; ws eta_s=1 with its references first, then gma's), then
+    the selectivity controls in the full grid's binary settings, then 10-class with colour-class
+    correlation below 1, then full participation's other seeds, and last the same-sign contrast
+    (partial), the first to be cut. Seed-major within each.
+    ``budget_runs``: how many of these runs the budget allowed (the rest are ``cut``; None: all)."""
     runs: list[RunSpec] = []
     phases: list[tuple[tuple[str, ...], tuple[str, ...], tuple[int, ...]]] = []
     partial, full = (tuple(f"{relation}-{participation}" for relation in ("opposite", "majority", "private"))
                      for participation in ("partial", "full"))
     phases.append((partial, WHEN_LABELS, seeds))
     phases.append((full, FULL_PARTICIPATION_FIRST, contrast_seeds))
-    phases.append((full, tuple(label for label in FULL_PARTICIPATION_LABELS if label not in FULL_PARTICIPATION_FIRST),
-                   contrast_seeds))
+    gma_arms = tuple(label for label in FULL_PARTICIPATION_LABELS if label not in FULL_PARTICIPATION_FIRST)
+    phases.append((full, gma_arms, contrast_seeds))
     phases.append(((ABLATION_SETTING,), FULL_GRID_CONTROLS, contrast_seeds))
     phases.append((tuple(f"ten-class-rho{rho:g}" for rho in CORRELATIONS), TEN_CLASS_LABELS, contrast_seeds))
     # Last, where the budget may end the grid: full participation's other seeds, then the contrast
@@ -332,7 +339,14 @@ def build_when_grid(name: str, scale: Scale, description: str, seeds: tuple[int,
         for seed in phase_seeds:
             for setting in settings:
                 runs += [_run(scale, setting, label, seed, "when") for label in labels]
-    return Grid(name, description, scale, tuple(runs))
+    kept = runs if budget_runs is None else runs[:budget_runs]
+    return Grid(name, description, scale, tuple(kept), tuple(runs[len(kept):]))
+
+
+# The when grid's runs that its budget (about 15 hours of grid time on these machines) allowed:
+# the first ones of its plan, which puts the most informative first (docs/experiments.md, "Order,
+# seeds and budget", says what the end of the budget cut).
+WHEN_BUDGET_RUNS: int | None = None
 
 
 def grid_by_name(name: str) -> Grid:
@@ -354,7 +368,8 @@ def grid_by_name(name: str) -> Grid:
         return build_when_grid("when", FULL_SCALE, "when does the mask help: opposite, majority and private "
                                "shortcuts with partial and full participation (and the same-sign contrast), "
                                "random-mask and step-matched controls, 10-class with colour-class correlation "
-                               "0.8 and 0.9", seeds=(0, 1, 2, 3, 4), contrast_seeds=(0, 1, 2))
+                               "0.8 and 0.9", seeds=(0, 1, 2, 3, 4), contrast_seeds=(0, 1, 2),
+                               budget_runs=WHEN_BUDGET_RUNS)
     raise KeyError(f"unknown grid {name!r}; choose one of {', '.join(GRID_NAMES)}")
 
 
