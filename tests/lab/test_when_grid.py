@@ -247,3 +247,41 @@ def test_a_settings_word_shows_what_it_rests_on():
                            ["helps", "inconclusive"], ["ws vs its random mask: +0.1 [-4.0, +4.2] (n=5) *inconclusive*"])
     assert helps.wording() == "the mask helps" and helps.shown() == helps.decisive
     assert SettingVerdict("not run", [], [], []).wording() == "not run yet"
+
+
+def test_the_answer_in_short_groups_the_settings_by_their_verdict():
+    from fedgma.lab.experiments.when_report import SettingVerdict, in_short
+
+    def verdict(word: str) -> SettingVerdict:
+        return SettingVerdict(word, [], [], [])
+
+    verdicts = {"opposite-partial": verdict("does nothing"), "private-partial": verdict("does nothing"),
+                "majority-full": verdict("hurts"), "same-partial": verdict("not run")}
+    assert in_short(verdicts) == (
+        "**In short:** of the 3 settings with finished runs, the mask helps in none and hurts in 1 (majority "
+        "sign (70/30), full participation). It does nothing in 2 (opposite signs, partial participation; "
+        "private markers, partial participation) and has not run in 1 (same sign, partial participation).")
+    assert in_short({"opposite-full": verdict("helps")}) == (
+        "**In short:** of the 1 setting with finished runs, the mask helps in 1 (opposite signs, full "
+        "participation) and hurts in none.")
+
+
+def test_the_manifest_names_the_cut_runs_and_the_answer_says_what_was_cut(tmp_path):
+    from dataclasses import replace
+
+    from fedgma.lab.experiments.results import read_manifest
+    from fedgma.lab.experiments.when_report import cut_by_budget
+
+    plan = grid_by_name("when").uncut()
+    kept = [spec for spec in plan.runs if spec.setting == "opposite-partial" and spec.seed < 4]
+    cut = [spec for spec in plan.runs if spec.setting == "same-partial" or
+           (spec.setting == "opposite-partial" and spec.seed == 4)]
+    runner = GridRunner(replace(plan, runs=tuple(kept), cut=tuple(cut)), tmp_path)
+    runner.write_manifest()
+    manifest = read_manifest(tmp_path)
+    assert manifest is not None and len(manifest["runs"]) == 40
+    assert [run["name"] for run in manifest["cut"]] == [spec.name for spec in cut]
+    assert cut_by_budget(manifest) == (
+        " Cut before they ran, to fit the grid's budget of machine time (28 runs): every run of same sign, "
+        "partial participation (18 runs), and some seeds or arms of opposite signs, partial participation (10 runs).")
+    assert cut_by_budget({**manifest, "cut": []}) == "" and cut_by_budget({"runs": []}) == ""

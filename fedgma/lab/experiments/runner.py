@@ -222,6 +222,7 @@ class GridRunner:
                  "studies": list(s.studies), "run-config": s.run_config}
                 for s in self.grid.runs
             ],
+            "cut": [{"name": s.name, "setting": s.setting} for s in self.grid.cut],
         }
         payload = json.dumps(manifest, indent=2).encode()
         atomic_write(self.results_dir / GRID_FILE, lambda f: f.write(payload))

@@ -45,7 +45,18 @@ from .pace import RunClock, kind_of, pace
 from .results import grid_run_folders, load_probes, percent, read_manifest
 from .runner import format_seconds
 from .runs import LAST_ROUNDS, Run, load_runs, mean_std, select
-from .verdicts import EQUIVALENT, HELPS, HURTS, INCONCLUSIVE, Cell, family_caption, judge, overall
+from .verdicts import (
+    EQUIVALENT,
+    HELPS,
+    HURTS,
+    INCONCLUSIVE,
+    NOT_MEASURABLE,
+    TOO_FEW,
+    Cell,
+    family_caption,
+    judge,
+    overall,
+)
 
 WHEN_GRID = "when"
 # Its blocks: the tables (docs/experiments.md) and the summary (README.md).
@@ -263,8 +274,9 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
     steps = sorted({r.client_lr for r in runs if r.client_lr is not None})
     client_steps = (f"every run at client step {steps[0]:g}" if len(steps) == 1 else
                     f"client steps {', '.join(f'{v:g}' for v in steps)}" if steps else "client step not recorded")
+    reused_said = f", {reused} of them the full grid's, reused" if reused else ""
     summary = [f"**When does the mask help?** From the `when` grid on colored {dataset} ({len(runs)} of "
-               f"{len(manifest['runs'])} runs, {reused} of them the full grid's, reused; {controls} random-mask "
+               f"{len(manifest['runs'])} runs{reused_said}; {controls} random-mask "
                f"or uniform-step runs so far; {client_steps}, where the full grid's client-step study uses the "
                f"paper's {PAPER_CLIENT_LR:g}; FedGMA against its no-mask, random-mask and uniform-step "
                f"controls, last-{LAST_ROUNDS}-round accuracy on each setting's primary test set, Holm per "
@@ -284,7 +296,46 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
         summary.append(f"- **{SETTING_TITLES[setting]}**: {word}{progress}" + (
             f" ({'; '.join(verdict.shown())})" if verdict.shown() else "") + (
             f". {'; '.join(verdict.why)}" if verdict.why else ""))
-    return "\n".join(out) + "\n", "\n".join(summary) + "\n"
+    answer = in_short(verdicts) + cut_by_budget(manifest)
+    return "\n".join([*out, "", answer]) + "\n", "\n".join([*summary, "", answer]) + "\n"
+
+
+# How the one-sentence answer says each verdict, in its order.
+IN_SHORT = {HELPS: "helps in", HURTS: "hurts in", "mixed": "helps in one comparison and hurts in another in",
+            "does nothing": "does nothing in", INCONCLUSIVE: "is undecided (inconclusive) in",
+            TOO_FEW: "has too few seeds to judge in", NO_CONTROL_YET: "has no control finished yet in",
+            NOT_MEASURABLE: "is not measurable in", "not run": "has not run in"}
+
+
+def in_short(verdicts: dict[str, SettingVerdict]) -> str:
+    """The plain answer in one sentence: the settings grouped by their verdict on the mask."""
+    groups: dict[str, list[str]] = defaultdict(list)
+    for setting, verdict in verdicts.items():
+        groups[verdict.word].append(SETTING_TITLES[setting])
+    measured = len(verdicts) - len(groups.get("not run", []))
+    said = {word: f"{IN_SHORT[word]} {len(groups[word])} ({'; '.join(groups[word])})" if groups.get(word)
+            else f"{IN_SHORT[word]} none" for word in IN_SHORT}
+    others = [said[word] for word in IN_SHORT if word not in (HELPS, HURTS) and groups.get(word)]
+    rest = f" It {', '.join(others[:-1])}{' and ' if len(others) > 1 else ''}{others[-1]}." if others else ""
+    settings = f"{measured} setting{'' if measured == 1 else 's'}"
+    return (f"**In short:** of the {settings} with finished runs, the mask {said[HELPS]} and "
+            f"{said[HURTS]}.{rest}")
+
+
+def cut_by_budget(manifest: dict[str, Any]) -> str:
+    """What the grid planned and cut to fit its budget (its manifest's ``cut``), by setting; "" if nothing."""
+    cut: dict[str, int] = defaultdict(int)
+    for run in manifest.get("cut", []):
+        cut[run["setting"]] += 1
+    if not cut:
+        return ""
+    kept = {run["setting"] for run in manifest["runs"]}
+    whole = [f"{SETTING_TITLES[s]} ({n} runs)" for s, n in cut.items() if s not in kept]
+    part = [f"{SETTING_TITLES[s]} ({n} runs)" for s, n in cut.items() if s in kept]
+    said = ([f"every run of {'; '.join(whole)}"] if whole else []) + (
+        [f"some seeds or arms of {'; '.join(part)}"] if part else [])
+    return (f" Cut before they ran, to fit the grid's budget of machine time ({sum(cut.values())} runs): "
+            f"{', and '.join(said)}.")
 
 
 def _kind(run: Run, scale_clients: int) -> str:
