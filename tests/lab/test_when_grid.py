@@ -258,11 +258,11 @@ def test_the_answer_in_short_groups_the_settings_by_their_verdict():
     verdicts = {"opposite-partial": verdict("does nothing"), "private-partial": verdict("does nothing"),
                 "majority-full": verdict("hurts"), "same-partial": verdict("not run")}
     assert in_short(verdicts) == (
-        "**In short:** of the 3 settings with finished runs, the mask helps in none and hurts in 1 (majority "
-        "sign (70/30), full participation). It does nothing in 2 (opposite signs, partial participation; "
+        "**In short:** of the when grid's 3 settings with finished runs, the mask helps in none and hurts in 1 "
+        "(majority sign (70/30), full participation). It does nothing in 2 (opposite signs, partial participation; "
         "private markers, partial participation) and has not run in 1 (same sign, partial participation).")
     assert in_short({"opposite-full": verdict("helps")}) == (
-        "**In short:** of the 1 setting with finished runs, the mask helps in 1 (opposite signs, full "
+        "**In short:** of the when grid's 1 setting with finished runs, the mask helps in 1 (opposite signs, full "
         "participation) and hurts in none.")
 
 

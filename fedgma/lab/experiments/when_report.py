@@ -171,7 +171,7 @@ def when_setting(runs: list[Run], setting: str, planned: dict[str, int]) -> tupl
         p, verdict = next(judged)
         table.append(f"| {label} | {reference} | {role} | {cell.difference.format()} | {p_text(p)} | {verdict} |")
         if role == "random mask":
-            against_random[label] = f"{cell.difference.format()} pts against its random mask"
+            against_random[label] = cell.difference.format()
         if role != "FedAvg":  # the mask's comparisons: with its controls
             role = role.removeprefix("FedAvg and ")
             mask_labels[label].append((role, verdict))
@@ -208,7 +208,11 @@ def _why(arms: dict[str, list[Run]], setting: str, against_random: dict[str, str
         on_shortcut = [value for c in channels if (value := _last(arms[label], c)) is not None]
         text = f"{label.removeprefix('FedGMA ')} keeps {percent(kept)}" + (
             f" ({name} {percent(sum(on_shortcut) / len(on_shortcut))})" if on_shortcut else "")
-        why.append(text + (f", {against_random[label]}" if label in against_random else ""))
+        if label in against_random:
+            random_kept = _last(arms.get(RANDOM_CONTROLS[label], []), "mask-kept-fraction")
+            text += f", {against_random[label]} pts against its random mask" + (
+                "" if random_kept is None else f" (which kept {percent(random_kept)})")
+        why.append(text)
     return why
 
 
@@ -279,14 +283,18 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
                f"{len(manifest['runs'])} runs{reused_said}; {controls} random-mask "
                f"or uniform-step runs so far; {client_steps}, where the full grid's client-step study uses the "
                f"paper's {PAPER_CLIENT_LR:g}; FedGMA against its no-mask, random-mask and uniform-step "
-               f"controls, last-{LAST_ROUNDS}-round accuracy on each setting's primary test set, Holm per "
-               "setting; tables, and the runs cut to fit the grid's budget, in "
+               f"controls, last-{LAST_ROUNDS}-round accuracy on each setting's primary test set (`plain` for "
+               "the designed-for settings: images no client saw, the colour neutral, half red and half green, "
+               "or no marker; `ood` for binary non-IID and 10-class), Holm per "
+               "setting; tables, the secondary test sets and the runs cut to fit the grid's budget, in "
                "[docs/experiments.md](docs/experiments.md)). What the masks kept: the share of coordinates "
                f"that ws (eta_s=1) and gma keep over the last {LAST_ROUNDS} rounds (in parentheses: of the first "
                "layer's weights on the shortcut's input channels; blue carries only the markers, red and green "
                "the colour and the garment), and each arm against its random mask, which keeps each round as "
-               "many coordinates per array as the agreement mask would (its run is a run of its own, so its "
-               "share differs a little):", ""]
+               "many coordinates per array as the agreement mask of its own run would (a run of its own, "
+               "whose model, and so whose agreement, differs: its share is given beside). *Does nothing*: "
+               "every comparison's interval lies within the margin given, so no effect that large, either way:",
+               ""]
     for setting, verdict in verdicts.items():
         word = verdict.wording()
         made, planned_here = sum(r.setting == setting for r in runs), sum(planned[setting].values())
@@ -318,7 +326,7 @@ def in_short(verdicts: dict[str, SettingVerdict]) -> str:
     others = [said[word] for word in IN_SHORT if word not in (HELPS, HURTS) and groups.get(word)]
     rest = f" It {', '.join(others[:-1])}{' and ' if len(others) > 1 else ''}{others[-1]}." if others else ""
     settings = f"{measured} setting{'' if measured == 1 else 's'}"
-    return (f"**In short:** of the {settings} with finished runs, the mask {said[HELPS]} and "
+    return (f"**In short:** of the when grid's {settings} with finished runs, the mask {said[HELPS]} and "
             f"{said[HURTS]}.{rest}")
 
 
