@@ -45,6 +45,7 @@ Flower leaves to the app:
 from __future__ import annotations
 
 import io
+import math
 import random
 import statistics
 import time
@@ -148,6 +149,12 @@ def config_for(source: ConfigSource, server_round: int) -> ConfigRecord:
     return ConfigRecord(dict(source))
 
 
+def _check_integer(name: str, value: object, low: int | None, may_be: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or (low is not None and value < low):
+        raise ValueError(f"RoundLoop: {name} must be {may_be}an integer{'' if low is None else f' >= {low}'}, "
+                         f"got {value!r}")
+
+
 @dataclass
 class RoundLoop:
     """Runs the rounds of a FedAvg-family strategy on a grid, as ``Strategy.start`` does,
@@ -212,19 +219,22 @@ class RoundLoop:
     skip_timed_out_rounds: int = 0
 
     def __post_init__(self) -> None:
+        for name, low in (("skip_timed_out_rounds", 0), ("min_train_replies", 0), ("seed", None)):
+            _check_integer(name, getattr(self, name), low)
+        for name in ("max_failed_rounds", "num_partitions"):
+            if getattr(self, name) is not None:
+                _check_integer(name, getattr(self, name), 1, "None or ")
+        for name in ("timeout", "poll_interval"):
+            value = getattr(self, name)
+            if value is None and name == "poll_interval":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+                raise ValueError(f"RoundLoop: {name} must be {'None or ' if name == 'poll_interval' else ''}"
+                                 f"a finite number of seconds > 0, got {value!r}")
         self.claims = PartitionClaims(self.num_partitions, self.partition_bindings)
         self._bounds = ReplyBounds.coerce(self.bounds)
-        if isinstance(self.skip_timed_out_rounds, bool) or not isinstance(self.skip_timed_out_rounds, int) \
-                or self.skip_timed_out_rounds < 0:
-            raise ValueError(f"RoundLoop: skip_timed_out_rounds must be an integer >= 0, "
-                             f"got {self.skip_timed_out_rounds!r}")
         self.resting: dict[int, int] = {}  # node id -> the last round it is left out of
         self.update_norms: list[float] = []  # of the rounds that moved the model
-        if self.max_failed_rounds is not None and (
-                isinstance(self.max_failed_rounds, bool) or not isinstance(self.max_failed_rounds, int)
-                or self.max_failed_rounds < 1):
-            raise ValueError(f"RoundLoop: max_failed_rounds must be None or an integer >= 1, "
-                             f"got {self.max_failed_rounds!r}")
 
     # --- one round -----------------------------------------------------------------
 

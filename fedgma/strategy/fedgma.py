@@ -143,6 +143,8 @@ class FedGMA(FedAvg):
         threshold = resolve_tau(variant, mask_tau)
         control, seed = resolve_mask_control(mask_control, mask_seed)
         check_mask_metrics(mask_metrics)
+        if not isinstance(agreement_weighted, (bool, np.bool_)):
+            raise TypeError(f"FedGMA: agreement_weighted must be True or False, got {agreement_weighted!r}")
         if (
             isinstance(server_lr, bool)
             or not isinstance(server_lr, (int, float))

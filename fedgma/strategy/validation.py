@@ -285,8 +285,9 @@ class ReplyBounds:
         return bounds
 
     def __post_init__(self) -> None:
+        # A weight or norm bound of 0 would zero every reply: no round could move the model.
         for name in ("max_num_examples", "max_update_norm"):
-            _check_bound(name, getattr(self, name), 0.0)
+            _check_bound(name, getattr(self, name), 0.0, above=True)
         for name in ("max_weight_ratio", "max_norm_ratio"):
             _check_bound(name, getattr(self, name), 1.0)
 
@@ -355,11 +356,14 @@ class ReplyBounds:
         return CheckedReply(reply.message, arrays, weight, reply.cast, tuple(clipped))
 
 
-def _check_bound(name: str, value: float | None, low: float) -> None:
+def _check_bound(name: str, value: float | None, low: float, above: bool = False) -> None:
+    """``value`` is None or a finite number >= ``low`` (> ``low`` where ``above``)."""
     if value is None:
         return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < low:
-        raise ValueError(f"FedGMA: {name} must be None or a finite number >= {low:g}, got {value!r}")
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or value < low or (above and value == low)):
+        raise ValueError(f"FedGMA: {name} must be None or a finite number {'>' if above else '>='} {low:g}, "
+                         f"got {value!r}")
 
 
 def check_replies(

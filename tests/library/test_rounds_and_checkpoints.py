@@ -4,6 +4,7 @@ Result) and its checkpoints, without processes."""
 import io
 import logging
 import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -252,6 +253,10 @@ def test_update_norm_and_weight_bounds_clip_instead_of_dropping():
         ReplyBounds(max_weight_ratio=0.5)
     with pytest.raises(ValueError, match="max_norm_ratio"):
         ReplyBounds(max_norm_ratio=0.9)
+    # A bound of 0 would zero every reply's weight or update: refused when made, not at the first round.
+    for name in ("max_num_examples", "max_update_norm"):
+        with pytest.raises(ValueError, match=f"{name} must be None or a finite number > 0, got 0"):
+            ReplyBounds(**{name: 0})
 
 
 @pytest.mark.parametrize("strategy", [FedGMA, FedGMAAdam, FedAvg])
@@ -660,3 +665,29 @@ def test_a_kill_between_the_checkpoint_and_after_round_never_repeats_a_round(tmp
                                           after_round=lambda r, a, o: reported.append(r))
     assert reported == [3, 4]
     assert [r["round"] for r in ckpt.load_checkpoint(run_dir).history] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize(("argument", "message"), [
+    ({"seed": "x"}, "seed must be an integer, got 'x'"),
+    ({"timeout": -1}, "timeout must be a finite number of seconds > 0, got -1"),
+    ({"timeout": float("inf")}, "timeout must be a finite number of seconds > 0"),
+    ({"poll_interval": 0}, "poll_interval must be None or a finite number of seconds > 0, got 0"),
+    ({"min_train_replies": -1}, "min_train_replies must be an integer >= 0, got -1"),
+    ({"min_train_replies": 1.5}, "min_train_replies must be an integer >= 0"),
+    ({"max_failed_rounds": 0}, "max_failed_rounds must be None or an integer >= 1, got 0"),
+    ({"num_partitions": 0}, "num_partitions must be None or an integer >= 1, got 0"),
+    ({"skip_timed_out_rounds": True}, "skip_timed_out_rounds must be an integer >= 0, got True"),
+])
+def test_the_loop_refuses_a_bad_argument_when_made_naming_it(argument, message):
+    """As FedGMA does: a bad argument is refused when the loop is made, not met as a
+    TypeError in some later round."""
+    with pytest.raises(ValueError, match=re.escape(f"RoundLoop: {message}")):
+        RoundLoop(FedGMA(), ScriptedGrid({1: "ok"}, np.random.default_rng(0)), **argument)
+    RoundLoop(FedGMA(), ScriptedGrid({1: "ok"}, np.random.default_rng(0)), seed=7, timeout=0.5, poll_interval=None,
+              min_train_replies=0, max_failed_rounds=None, num_partitions=None)
+
+
+def test_fedgma_refuses_a_non_boolean_agreement_weighted():
+    with pytest.raises(TypeError, match="agreement_weighted must be True or False, got 'yes'"):
+        FedGMA(agreement_weighted="yes")  # type: ignore[arg-type]
+    assert FedGMA(agreement_weighted=np.True_).agreement_weighted is True
