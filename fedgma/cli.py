@@ -51,7 +51,10 @@ def _superlink(argv: list[str]) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """``fedgma``'s argument parser (``superlink`` passes its arguments to flower-superlink)."""
+    from fedgma import __version__
+
     top = argparse.ArgumentParser(prog="fedgma", description="FedGMA on Flower: deployment and research tools")
+    top.add_argument("--version", action="version", version=f"fedgma {__version__}")
     commands = top.add_subparsers(dest="command", required=True)
     commands.add_parser("superlink", add_help=False,
                         help="flower-superlink with its Fleet API hardened (message and call bounds, activation "

@@ -9,6 +9,7 @@ bare word that is not valid TOML (``strategy=fedavg``) is taken as a string.
 from __future__ import annotations
 
 import argparse
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -73,6 +74,28 @@ def parse_override(item: str) -> tuple[str, Any]:
         return key, tomllib.loads(f"v = {value}")["v"]
     except tomllib.TOMLDecodeError:
         return key, value
+
+
+def positive_seconds(text: str) -> float:
+    """An argparse type: a finite number of seconds > 0 (a timeout of 0 would stop a run at once)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def positive_count(text: str) -> int:
+    """An argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
 
 
 def parse_overrides(text: str) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from typing import Any
 
 from fedgma.loop.atomic import atomic_write
 
-from .app_folder import AppFolderNotFound, app_defaults, app_dir, parse_overrides
+from .app_folder import AppFolderNotFound, app_defaults, app_dir, parse_overrides, positive_seconds
 from .flower import FlowerCli, flower_env, write_connection
 from .processes import wait_for_http
 from .resume import Attempt, checkpoint_state, decide
@@ -230,14 +230,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
                                      "the current directory)")
             action.add_argument("--run-config", type=parse_overrides, default="",
                                 help="run settings, as for flwr run --run-config")
-            action.add_argument("--timeout", type=float, default=24 * 3600,
+            action.add_argument("--timeout", type=positive_seconds, default=24 * 3600,
                                 help="seconds allowed for the run, resumes included")
             action.add_argument("--outputs", type=Path, default=None,
                                 help="the SuperLink's output root as seen here (read-only is enough): the "
                                      "run's checkpoint then decides between resuming and starting over")
             action.add_argument("--max-resumes", type=int, default=3,
                                 help="resubmissions after the ServerApp was lost with the SuperLink (default 3)")
-            action.add_argument("--superlink-wait", type=float, default=600,
+            action.add_argument("--superlink-wait", type=positive_seconds, default=600,
                                 help="seconds to wait for a SuperLink that went away to answer again")
             action.add_argument("--poll", type=float, default=5.0, help="seconds between flwr ls calls")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from fedgma.app.run_folder import RunFolder
 from fedgma.app.settings import ConfigError, parse_run_config
-from fedgma.deployment.app_folder import app_defaults, app_dir, parse_override
+from fedgma.deployment.app_folder import app_defaults, app_dir, parse_override, positive_count, positive_seconds
 from fedgma.deployment.flower import HostSettings, SimulationRuntime
 
 DEFAULT_ROUNDS = 5
@@ -40,15 +40,15 @@ def _run_name(strategy: dict[str, str]) -> str:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     """``fedgma demo``'s options."""
-    parser.add_argument("--clients", type=int, default=10, help="simulated SuperNodes (default 10)")
-    parser.add_argument("--rounds", type=int, help=f"server rounds (default {DEFAULT_ROUNDS}; "
+    parser.add_argument("--clients", type=positive_count, default=10, help="simulated SuperNodes (default 10)")
+    parser.add_argument("--rounds", type=positive_count, help=f"server rounds (default {DEFAULT_ROUNDS}; "
                         "num-server-rounds=N says the same)")
     parser.add_argument("--output-dir", type=Path, help="this machine's output root (default: outputs in the "
                         "app folder)")
     parser.add_argument("--data-dir", type=Path, help="data sets and cached partitions "
                         "(default: $FEDGMA_DATA_DIR, else ~/.cache/fedgma)")
     parser.add_argument("--no-download", action="store_true", help="never download a missing data set")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds allowed per run")
+    parser.add_argument("--timeout", type=positive_seconds, default=1800, help="seconds allowed per run")
     parser.add_argument("overrides", nargs="*", type=parse_override, metavar="key=value",
                         help="run settings for both runs, e.g. partitioning=iid (docs/settings.md)")
 

@@ -223,6 +223,10 @@ def test_the_demo_refuses_two_different_round_counts_and_ends_a_timed_out_run_in
     parser = argparse.ArgumentParser()
     demo.configure(parser)
     args = ["--output-dir", str(tmp_path), "--timeout", "30"]
+    for bad in (["--timeout", "0"], ["--timeout", "nan"], ["--clients", "0"], ["--rounds", "-1"]):
+        with pytest.raises(SystemExit):  # argparse's usage error (exit 2), naming the option
+            parser.parse_args(bad)
+        assert f"argument {bad[0]}: expected" in capsys.readouterr().err
     assert demo.main(parser.parse_args([*args, "--rounds", "1", "num-server-rounds=3"])) == 2
     assert "num-server-rounds=3 and --rounds 1 disagree" in capsys.readouterr().err and not stopped
     assert demo.main(parser.parse_args([*args, "num-server-rounds=3"])) == 1  # the same as --rounds 3

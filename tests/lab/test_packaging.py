@@ -139,3 +139,15 @@ def test_the_installed_wheel_runs_the_fedgma_command_outside_a_checkout(distribu
     assert status.returncode == 2 and status.stderr.count("\n") == 1 and "--app DIR" in status.stderr
     status = fedgma("grid", "status", "smoke", "--results-dir", str(work / "r"), "--app", str(ROOT))
     assert status.returncode == 0 and "runs finished in" in status.stdout, status.stderr
+
+
+def test_fedgma_version_prints_the_packages_version(capsys):
+    import tomllib
+
+    import fedgma
+
+    with pytest.raises(SystemExit) as done:
+        cli.main(["--version"])
+    assert done.value.code == 0
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert capsys.readouterr().out == f"fedgma {version}\n" and fedgma.__version__ == version
