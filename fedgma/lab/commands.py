@@ -252,7 +252,8 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     grid.set_defaults(func=_grid)
 
     report = commands.add_parser("report", help="tables and plots from a grid's results.csv")
-    report.add_argument("results_dir", type=Path)
+    report.add_argument("results_dir", type=Path, help="a grid's results folder (e.g. results/when): its "
+                        "grid.json, results.csv and runs/")
     report.add_argument("--figures", type=Path, help="PNG directory (default: <results_dir>/figures)")
     report.add_argument("--readme", type=Path, action="append",
                         help="replace the grid's generated blocks of this markdown file (repeatable)")
@@ -261,7 +262,8 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
 
     probe = commands.add_parser("probe", help="shape or colour: the 10-class final models on test images "
                                               "painted in another class's training colours")
-    probe.add_argument("results_dir", type=Path)
+    probe.add_argument("results_dir", type=Path, help="a grid's results folder whose 10-class runs kept "
+                       "their final model")
     probe.add_argument("--data-dir", type=Path, help="data sets (default: $FEDGMA_DATA_DIR, else ~/.cache/fedgma)")
     probe.add_argument("--no-download", action="store_true", help="never download a missing data set")
     probe.add_argument("--app", type=Path, help="the Flower app folder whose default settings complete old "
@@ -271,7 +273,8 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     probe.set_defaults(func=_probe)
 
     toy = commands.add_parser("toy", help="the 'sewn optima' toy figure (FedAvg vs FedGMA on 2-D losses)")
-    toy.add_argument("output", type=Path, nargs="?", default=Path("docs/figures/sewn-optima.png"))
+    toy.add_argument("output", type=Path, nargs="?", default=Path("docs/figures/sewn-optima.png"),
+                     help="the figure to write (default: docs/figures/sewn-optima.png)")
     toy.set_defaults(func=_toy)
 
     # key=value settings may also follow the options (argparse stops at them otherwise).
