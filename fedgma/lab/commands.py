@@ -61,6 +61,7 @@ def _grid(args: argparse.Namespace) -> int:
 
     try:
         grid = grid_by_name(args.name)
+        grid = grid.uncut() if args.uncut else grid
     except KeyError as err:
         print(f"fedgma grid: {err.args[0]}", file=sys.stderr)
         return 2
@@ -107,7 +108,7 @@ def _grid(args: argparse.Namespace) -> int:
             print(f"grid {grid.name}: {done}/{len(status)} runs finished in {runner.results_dir}{where}")
             if grid.cut:
                 print(f"grid {grid.name}: {len(grid.cut)} more runs were planned and cut to fit the grid's budget "
-                      "of machine time (docs/experiments.md says which)")
+                      "of machine time (docs/experiments.md says which; --uncut counts and runs them too)")
             left = runner.time_left(status)
             if left is not None and left.runs:
                 print(f"grid {grid.name}: {left.format()}")
@@ -231,6 +232,8 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     grid.add_argument("--no-download", action="store_true", help="never download a missing data set")
     grid.add_argument("--runs", help="comma-separated run names (or all): run, or show the status of, only "
                       "these; reproduce: the finished runs to rerun")
+    grid.add_argument("--uncut", action="store_true", help="run or count the whole plan, with the runs cut to "
+                      "fit the grid's budget of machine time (docs/experiments.md names them)")
     grid.add_argument("--scratch", type=Path, help="reproduce: where the reruns go (default: a new temp folder)")
     grid.add_argument("--jobs", type=int, default=1,
                       help="run: runs at once, each its own simulation; the machine's cores are split between them "

@@ -182,7 +182,12 @@ def test_grid_status_counts_finished_runs_per_setting_and_lists_named_runs(tmp_p
     assert len(lines) == 1 + settings + bool(when.cut)  # no line per run
     if when.cut:  # runs planned past the budget are counted apart, and pointed to
         assert lines[-1] == (f"grid when: {len(when.cut)} more runs were planned and cut to fit the grid's budget "
-                             "of machine time (docs/experiments.md says which)")
+                             "of machine time (docs/experiments.md says which; --uncut counts and runs them too)")
+    # --uncut: the whole plan, its cut runs included (how a bigger budget resumes the plan).
+    assert cli.main(["grid", "status", "when", "--uncut", "--results-dir", str(tmp_path)]) == 0
+    uncut = capsys.readouterr().out.splitlines()
+    assert f"grid when: 0/{len(when.runs) + len(when.cut)} runs finished in {tmp_path}" in uncut
+    assert not any("cut to fit" in line for line in uncut)
     last = when.runs[-1].name
     assert cli.main(["grid", "status", "when", "--results-dir", str(tmp_path), "--runs", last]) == 0
     assert capsys.readouterr().out.splitlines()[0].split() == [last]
