@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+import weakref
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -170,7 +171,8 @@ def stop_all(processes: Sequence[subprocess.Popen[bytes]], grace: float = 10.0) 
     stopped one by one took minutes).
     """
     running = [p for p in processes if p.poll() is None]
-    stop_trees([p.pid for p in running], grace, reap=lambda: [p.poll() for p in running])
+    stop_trees([p.pid for p in running], grace, reap=lambda: [p.poll() for p in running],
+               tags=[_TAGS[p] for p in processes if p in _TAGS])  # ended ones' too: their orphans
     for p in running:
         try:
             p.wait(30)  # a killed process on a loaded machine can take seconds to go
@@ -179,27 +181,74 @@ def stop_all(processes: Sequence[subprocess.Popen[bytes]], grace: float = 10.0) 
                                "after SIGTERM and SIGKILL") from err
 
 
-def stop_trees(pids: Sequence[int], grace: float = 10.0, reap: Callable[[], object] | None = None) -> None:
-    """SIGTERM the processes ``pids`` and everything below them, all at once; SIGKILL what
-    outlives ``grace``. ``reap`` is called while waiting (to collect our own children)."""
-    tree = [pid for root in pids for pid in (root, *descendants(root))]
-    _signal_all(tree, signal.SIGTERM)
+def stop_trees(pids: Sequence[int], grace: float = 10.0, reap: Callable[[], object] | None = None,
+               tags: Sequence[str] = ()) -> None:
+    """SIGTERM the processes ``pids``, everything below them and every process carrying one of
+    ``tags`` (what :func:`start` started, wherever it went), all at once; SIGKILL what outlives
+    ``grace``. ``reap`` is called while waiting (to collect our own children).
+
+    The tags catch what a process starts while it is being stopped: a simulation Flower's
+    SuperExec launched just before its SIGTERM outlived it, orphaned, still holding its run."""
+    def members() -> set[int]:
+        return {pid for root in pids for pid in (root, *descendants(root))} | set(tagged(tags))
+
+    signalled: set[int] = set()
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(alive(pid) for pid in tree):
+    while True:
+        tree = {pid for pid in members() if alive(pid)}
+        _signal_all(sorted(tree - signalled), signal.SIGTERM)
+        signalled |= tree
+        if not tree or time.monotonic() >= deadline:
+            break
         if reap is not None:
             reap()
         time.sleep(0.1)
-    _signal_all([pid for pid in tree if alive(pid)], signal.SIGKILL)
+    # Until nothing is left: what SIGKILL leaves a moment to fork before it lands is found next time.
+    for _ in range(50):
+        tree = {pid for pid in members() if alive(pid)}
+        if not tree:
+            return
+        _signal_all(sorted(tree), signal.SIGKILL)
+        if reap is not None:
+            reap()
+        time.sleep(0.1)
+
+
+# Each process :func:`start` started: the value of TREE_TAG in its environment, which everything
+# it starts inherits (Flower passes its environment on to the apps, Ray to its workers).
+TREE_TAG = "FEDGMA_PROCESS_TREE"
+_TAGS: weakref.WeakKeyDictionary[subprocess.Popen[bytes], str] = weakref.WeakKeyDictionary()
+
+
+def tagged(tags: Sequence[str]) -> list[int]:
+    """The processes on this machine (of ours: others' environments cannot be read) whose
+    environment holds one of ``tags`` as :data:`TREE_TAG`."""
+    wanted = {f"{TREE_TAG}={tag}".encode() for tag in tags}
+    if not wanted:
+        return []
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            environment = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if wanted.intersection(environment):
+            found.append(int(entry.name))
+    return found
 
 
 def start(
     command: Sequence[str], env: dict[str, str], log_path: Path, cwd: Path | None = None
 ) -> subprocess.Popen[bytes]:
     """Start a Flower process in its own process group, output to ``log_path``, in ``cwd``
-    (default: ours), which the ServerApp and ClientApps it starts inherit."""
+    (default: ours), which the ServerApp and ClientApps it starts inherit. It and what it
+    starts carry a tag of their own (:data:`TREE_TAG`), by which :func:`stop_all` finds them."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
+    tag = f"{os.getpid()}-{time.monotonic_ns()}-{random.getrandbits(32):08x}"
     with log_path.open("ab") as log:
-        return subprocess.Popen(
-            list(command), env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=cwd
+        process = subprocess.Popen(
+            list(command), env={**env, TREE_TAG: tag}, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, cwd=cwd
         )
-
+    _TAGS[process] = tag
+    return process

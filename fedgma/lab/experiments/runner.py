@@ -297,6 +297,7 @@ class GridRunner:
             worker(1)  # an interrupt unwinds through the runtime, which stops its processes
         else:
             errors: list[BaseException] = []
+            ended = [threading.Event() for _ in range(jobs)]
 
             def guarded(slot: int) -> None:
                 try:
@@ -307,22 +308,31 @@ class GridRunner:
                     with lock:
                         errors.append(err)
                         queue.clear()  # the other jobs finish their current run, then stop
+                finally:
+                    ended[slot - 1].set()
+
+            # The main thread waits on events, never in Thread.join: Python 3.11's join, interrupted
+            # by the SIGTERM handler's exception, marks the thread it waits for as ended, and the
+            # interpreter then exits without it, mid-way through stopping its run's processes.
+            def wait_for_jobs() -> None:
+                for event in ended:
+                    while not event.wait(0.5):
+                        pass
 
             threads = [threading.Thread(target=guarded, args=(slot,), name=f"grid-job-{slot}")
                        for slot in range(1, jobs + 1)]
             for thread in threads:
                 thread.start()
             try:
-                while any(thread.is_alive() for thread in threads):
-                    for thread in threads:
-                        thread.join(timeout=0.5)
+                wait_for_jobs()
             except BaseException:  # Ctrl-C or SIGTERM (fedgma.cli): stop every job's run, then unwind
                 stop.set()
-                for thread in threads:
-                    thread.join()
+                wait_for_jobs()
                 for err in errors:  # e.g. a process that would not stop: said, not lost in the unwinding
                     print(f"grid {self.grid.name}: while stopping: {type(err).__name__}: {err}", file=sys.stderr)
                 raise
+            for thread in threads:
+                thread.join()  # each has ended its work
             if errors:
                 raise errors[0]
         if len(failures) >= 3 and len(failures) == attempted[0] < len(todo):
