@@ -55,7 +55,7 @@ def test_weights_and_checkpoints_of_grid_runs_are_never_committed(grid):
     # A grid run in place writes these next to its CSVs; git must ignore them, and none may be tracked.
     results = ROOT / "results" / grid
     run = results.relative_to(ROOT) / "runs" / "any-run"
-    for name in ("final_model.pt", "checkpoint.npz"):
+    for name in ("final_model.pt", "checkpoint.npz", ".writer.lock"):
         ignored = subprocess.run(["git", "check-ignore", "-q", str(run / name)], cwd=ROOT)
         assert ignored.returncode == 0, f"{run / name} is not ignored by git"
     tracked = subprocess.run(["git", "ls-files", str(results.relative_to(ROOT))], cwd=ROOT,
@@ -110,4 +110,6 @@ def test_the_when_blocks_are_the_reports_output(tmp_path):
         # Figures go to a scratch copy of docs/figures; links are relative to the document's folder.
         relative_to = tmp_path / path.parent.relative_to(ROOT)
         expected = when_report.build_when_markdown(when, tmp_path / "docs" / "figures", relative_to)[part].strip("\n")
+        if cut := grid_by_name("when").cut:  # the summary says how many runs the budget cut
+            assert f"({len(cut)} more were planned and cut to fit the grid's budget)" in block
         assert block == expected, f"the when block of {path.name} is stale: run `{when_report.WHEN_COMMAND}`"

@@ -237,7 +237,9 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
     dataset = config["dataset"]
     planned = _planned(manifest)
     settings = [s for s in WHEN_ORDER if s in planned]
-    out = [f"#### Grid `when` on colored {dataset}: {len(runs)} of {len(manifest['runs'])} runs finished", "",
+    cut = len(manifest.get("cut", []))
+    cut_said = f" ({cut} more were planned and cut to fit the grid's budget)" if cut else ""
+    out = [f"#### Grid `when` on colored {dataset}: {len(runs)} of {len(manifest['runs'])} runs finished{cut_said}", "",
            run_time(folders, runs, int(manifest["scale"]["clients"])), "",
            "Per setting (the designed-for settings, the contrasts, 10-class): each arm's primary metric "
            f"(accuracy on the setting's primary test set, mean of the last {LAST_ROUNDS} rounds; mean ± std "
@@ -280,8 +282,8 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
                     f"client steps {', '.join(f'{v:g}' for v in steps)}" if steps else "client step not recorded")
     reused_said = f", {reused} of them the full grid's, reused" if reused else ""
     summary = [f"**When does the mask help?** From the `when` grid on colored {dataset} ({len(runs)} of "
-               f"{len(manifest['runs'])} runs{reused_said}; {controls} random-mask "
-               f"or uniform-step runs so far; {client_steps}, where the full grid's client-step study uses the "
+               f"{len(manifest['runs'])} runs{reused_said}{cut_said}; {controls} of them random-mask "
+               f"or uniform-step runs; {client_steps}, where the full grid's client-step study uses the "
                f"paper's {PAPER_CLIENT_LR:g}; FedGMA against its no-mask, random-mask and uniform-step "
                f"controls, last-{LAST_ROUNDS}-round accuracy on each setting's primary test set (`plain` for "
                "the designed-for settings: images no client saw, the colour neutral, half red and half green, "
