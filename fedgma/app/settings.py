@@ -11,6 +11,7 @@ bounds and the one-line doc. From these declarations come the validation
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, fields
 from pathlib import PurePosixPath
@@ -342,6 +343,17 @@ def _group(cls: Callable[..., T], raw: dict[str, Any]) -> T:
     return cls(**values)
 
 
+def _near_misses(unknown: list[str]) -> str:
+    """"; did you mean ..." for unknown keys that are close to known ones (``server_lr``: ``server-lr``)."""
+    known = list(specs())
+    # FedGMA's own argument for the threshold (mask_tau) is `tau` here; difflib would offer adam-tau.
+    library = {"mask-tau": "tau"}
+    guesses = {key: library.get(name) or match[0] for key in unknown
+               if (name := key.replace("_", "-")) in library
+               or (match := difflib.get_close_matches(name, known, n=1, cutoff=0.6))}
+    return "; did you mean " + ", ".join(f"{g!r} for {k!r}" for k, g in guesses.items()) if guesses else ""
+
+
 def parse_run_config(raw: dict[str, Any]) -> RunConfig:
     """Validate ``context.run_config`` and return it as a :class:`RunConfig`.
 
@@ -352,7 +364,7 @@ def parse_run_config(raw: dict[str, Any]) -> RunConfig:
     """
     unknown = sorted(set(raw) - set(specs()))
     if unknown:
-        raise ConfigError(f"run config: unknown key(s) {unknown}")
+        raise ConfigError(f"run config: unknown key(s) {unknown}{_near_misses(unknown)}")
     config = RunConfig(**{name: _group(cls, raw) for name, cls in GROUPS.items()})
     task = config.task
     if task.color_flip_min > task.color_flip_max:

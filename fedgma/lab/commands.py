@@ -254,7 +254,12 @@ def configure(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
                       help="run settings for every run, e.g. dataset=mnist")
     grid.set_defaults(func=_grid)
 
-    report = commands.add_parser("report", help="tables and plots from a grid's results.csv")
+    report = commands.add_parser(
+        "report", help="tables and plots from a grid's results.csv",
+        description="Write a grid's report (markdown tables, verdicts, figures) from its finished runs. "
+                    "By default it rewrites <results_dir>/report.md and <results_dir>/figures: for the "
+                    "committed results/full and results/when, that regenerates tracked files (unchanged "
+                    "if the runs are); --markdown and --figures write elsewhere.")
     report.add_argument("results_dir", type=Path, help="a grid's results folder (e.g. results/when): its "
                         "grid.json, results.csv and runs/")
     report.add_argument("--figures", type=Path, help="PNG directory (default: <results_dir>/figures)")

@@ -243,6 +243,10 @@ def model_signature(arrays: Mapping[str, Any]) -> dict[str, str]:
     return {name: f"{value.dtype} {tuple(value.shape)}" for name, value in arrays.items()}
 
 
+# What a refused resume adds: the checkpoint is never overwritten by a run it does not belong to.
+AFRESH = "; to start afresh, give the run another folder or delete this one"
+
+
 def check_resumable(checkpoint: Checkpoint, settings: dict[str, Any], num_rounds: int,
                     identity: dict[str, Any] | None = None, model: Mapping[str, Any] | None = None) -> None:
     """Refuse to resume with ``settings`` (or a run ``identity``: strategy, loop; or a ``model``
@@ -250,17 +254,18 @@ def check_resumable(checkpoint: Checkpoint, settings: dict[str, Any], num_rounds
     checkpoint's, naming them, or with fewer rounds than it already has."""
     differing = _differences(checkpoint.settings, settings)
     if differing:
-        raise CheckpointError(f"cannot resume: these settings differ from the checkpoint's ({', '.join(differing)})")
+        raise CheckpointError(f"cannot resume: these settings differ from the checkpoint's ({', '.join(differing)})"
+                              f"{AFRESH}")
     if model is not None:
         differing = _differences(model_signature(checkpoint.arrays), model_signature(model))
         if differing:
             raise CheckpointError("cannot resume: the model differs from the checkpoint's (array: dtype and shape; "
-                                  f"{', '.join(differing)})")
+                                  f"{', '.join(differing)}){AFRESH}")
     if identity is not None:
         differing = _differences(checkpoint.identity, identity)
         if differing:
             raise CheckpointError("cannot resume: the strategy or the round loop differs from the checkpoint's "
-                                  f"({', '.join(differing)})")
+                                  f"({', '.join(differing)}){AFRESH}")
     if num_rounds < checkpoint.round:
         raise CheckpointError(
             f"cannot resume: the run asks for {num_rounds} rounds but the checkpoint already has "

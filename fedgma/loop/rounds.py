@@ -219,6 +219,10 @@ class RoundLoop:
     skip_timed_out_rounds: int = 0
 
     def __post_init__(self) -> None:
+        if not isinstance(self.strategy, FedAvg):
+            given = f"the class {self.strategy.__name__}" if isinstance(self.strategy, type) else repr(self.strategy)
+            raise TypeError(f"RoundLoop: strategy must be an instance of a FedAvg-family strategy, e.g. "
+                            f"FedGMA(...) or FedAvg(...), got {given}"[:300])
         for name, low in (("skip_timed_out_rounds", 0), ("min_train_replies", 0), ("seed", None)):
             _check_integer(name, getattr(self, name), low)
         for name in ("max_failed_rounds", "num_partitions"):

@@ -147,3 +147,14 @@ def test_a_setting_the_run_would_not_read_is_refused(overrides, key):
     with pytest.raises(ConfigError, match=key):
         parse_run_config({**defaults(), **overrides})
     assert parse_run_config({**defaults(), "strategy": "fedgma-adam", "mask-control": "random"})
+
+
+@pytest.mark.parametrize(("key", "said"), [
+    ("server_lr", "unknown key(s) ['server_lr']; did you mean 'server-lr' for 'server_lr'"),
+    ("mask-tau", "unknown key(s) ['mask-tau']; did you mean 'tau' for 'mask-tau'"),  # FedGMA's mask_tau
+    ("nosuchkey", "unknown key(s) ['nosuchkey']"),
+])
+def test_an_unknown_run_config_key_is_refused_with_the_key_it_is_close_to(key, said):
+    with pytest.raises(ConfigError) as refused:
+        parse_run_config({**DEFAULTS, key: 1})
+    assert str(refused.value) == f"run config: {said}"

@@ -440,8 +440,9 @@ def test_the_when_report_judges_each_fedgma_arm_and_shows_what_has_not_run(tmp_p
     # Why: ws's kept share, and of the colour channels' first-layer weights the mean of red 0.5 and
     # green 0.1 (blue carries only markers); against its random mask (one seed: too few to judge, left out
     # of the word) 0.700 - 0.696 at seed 0, with the share that random run kept.
-    assert "- **opposite signs, partial participation**: the mask does nothing (every comparison equivalent, " \
-        "the widest within 1 point) [10 of 50 runs]. ws, eta_s=1 keeps 25.0 % (colour channels 30.0 %), " \
+    assert "- **opposite signs, partial participation**: the mask does nothing (every comparison with two or more " \
+        "seeds equivalent, the widest within 1 point; 1 with one seed, not judged) [10 of 50 runs]. " \
+        "ws, eta_s=1 keeps 25.0 % (colour channels 30.0 %), " \
         "+0.4 (n=1) pts against its random mask (which kept 15.0 %)" in summary_lines
     assert "- **private markers, full participation**: not run yet [0 of 35 runs]" in summary_lines
     # Its runs' client step, beside the one of the full grid's client-step study (a different question).

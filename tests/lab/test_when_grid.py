@@ -240,6 +240,10 @@ def test_a_settings_word_shows_what_it_rests_on():
     nothing = SettingVerdict("does nothing", [], [], [], ["equivalent within 1 point", "equivalent within 5 points"])
     assert nothing.wording() == "the mask does nothing (every comparison equivalent, the widest within 5 points)"
     assert nothing.shown() == []
+    one_seed = SettingVerdict("does nothing", [], [], [],
+                              ["equivalent within 2 points", "too few seeds", "too few seeds"])
+    assert one_seed.wording() == ("the mask does nothing (every comparison with two or more seeds equivalent, the "
+                                  "widest within 2 points; 2 with one seed, not judged)")
     unsure = SettingVerdict("inconclusive", [], [], [], ["inconclusive", "equivalent within 1 point"],
                             ["ws vs its no-mask control: +0.6 [-4.8, +5.9] (n=3) *inconclusive*"])
     assert unsure.wording() == "inconclusive" and unsure.shown() == unsure.undecided

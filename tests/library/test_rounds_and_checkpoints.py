@@ -608,7 +608,7 @@ def test_a_checkpoint_resumes_only_with_the_same_strategy_and_loop(tmp_path):
         loop = RoundLoop(strategy, ScriptedGrid(behaviour, np.random.default_rng(0)), timeout=5, **loop_settings)
         with pytest.raises(ckpt.CheckpointError, match="the strategy or the round loop differs") as refused:
             loop.run_checkpointed(initial(), 4, tmp_path, resume_from=saved, train_config=ConfigRecord({"lr": 0.1}))
-        assert difference in str(refused.value)
+        assert difference in str(refused.value) and str(refused.value).endswith(ckpt.AFRESH)
     loop = RoundLoop(FedGMA(mask_tau=0.8, min_available_nodes=1), ScriptedGrid(behaviour, np.random.default_rng(0)),
                      timeout=5)
     with pytest.raises(ckpt.CheckpointError, match=r"train_config.lr: 0.1 -> 0.2"):
@@ -685,6 +685,15 @@ def test_the_loop_refuses_a_bad_argument_when_made_naming_it(argument, message):
         RoundLoop(FedGMA(), ScriptedGrid({1: "ok"}, np.random.default_rng(0)), **argument)
     RoundLoop(FedGMA(), ScriptedGrid({1: "ok"}, np.random.default_rng(0)), seed=7, timeout=0.5, poll_interval=None,
               min_train_replies=0, max_failed_rounds=None, num_partitions=None)
+
+
+@pytest.mark.parametrize(("strategy", "given"), [(FedGMA, "the class FedGMA"), ("FedGMA", "'FedGMA'")])
+def test_the_loop_refuses_a_strategy_that_is_not_a_strategy_instance(strategy, given):
+    """The class instead of an instance failed in round 1 as 'configure_train() missing ... grid',
+    after a checkpoint of round 0 was written that then blocked the corrected app."""
+    with pytest.raises(TypeError, match=re.escape(f"instance of a FedAvg-family strategy, e.g. FedGMA(...) or "
+                                                  f"FedAvg(...), got {given}")):
+        RoundLoop(strategy, ScriptedGrid({1: "ok"}, np.random.default_rng(0)))
 
 
 def test_fedgma_refuses_a_non_boolean_agreement_weighted():

@@ -119,8 +119,11 @@ class SettingVerdict:
         """The word as the README and the docs say it; "does nothing" with its widest equivalence."""
         if self.word == "does nothing":
             widest = max(float(v.removeprefix(EQUIVALENT).split()[0]) for v in self.labels if v.startswith(EQUIVALENT))
-            return (f"the mask does nothing (every comparison equivalent, the widest within {widest:g} "
-                    f"point{'' if widest == 1 else 's'})")
+            few = sum(v == TOO_FEW for v in self.labels)  # not counted: an arm with one seed so far
+            which = "every comparison with two or more seeds" if few else "every comparison"
+            unjudged = f"; {few} with one seed, not judged" if few else ""
+            return (f"the mask does nothing ({which} equivalent, the widest within {widest:g} "
+                    f"point{'' if widest == 1 else 's'}{unjudged})")
         return WORDS.get(self.word, self.word)
 
     def shown(self) -> list[str]:
@@ -281,8 +284,11 @@ def build_when_markdown(results_dir: Path, figures_dir: Path, relative_to: Path)
     client_steps = (f"every run at client step {steps[0]:g}" if len(steps) == 1 else
                     f"client steps {', '.join(f'{v:g}' for v in steps)}" if steps else "client step not recorded")
     reused_said = f", {reused} of them the full grid's, reused" if reused else ""
-    summary = [f"**When does the mask help?** From the `when` grid on colored {dataset} ({len(runs)} of "
-               f"{len(manifest['runs'])} runs{reused_said}{cut_said}; {controls} of them random-mask "
+    planned_said = (f"the first {len(runs)} of the {len(runs) + cut} runs it planned, the other {cut} cut to fit "
+                    "its budget" if cut and len(runs) == len(manifest["runs"]) else
+                    f"{len(runs)} of {len(manifest['runs'])} runs{cut_said}")
+    summary = [f"**When does the mask help?** From the `when` grid on colored {dataset} ({planned_said}"
+               f"{reused_said}; {controls} of them random-mask "
                f"or uniform-step runs; {client_steps}, where the full grid's client-step study uses the "
                f"paper's {PAPER_CLIENT_LR:g}; FedGMA against its no-mask, random-mask and uniform-step "
                f"controls, last-{LAST_ROUNDS}-round accuracy on each setting's primary test set (`plain` for "
