@@ -91,13 +91,13 @@ def wait_for_http(
     raise TimeoutError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def descendants(pid: int) -> list[int]:
-    """All processes below ``pid`` (Linux ``/proc``), children first found first."""
+def descendants(*pids: int) -> list[int]:
+    """All processes below ``pids`` (Linux ``/proc``, read once), children first found first."""
     children: dict[int, list[int]] = {}
     for entry in Path("/proc").glob("[0-9]*"):
         if (fields := _stat(int(entry.name))) is not None:
             children.setdefault(int(fields[1]), []).append(int(entry.name))
-    found, queue = [], [pid]
+    found, queue = [], list(pids)
     while queue:
         for child in children.get(queue.pop(), []):
             found.append(child)
@@ -189,8 +189,8 @@ def stop_trees(pids: Sequence[int], grace: float = 10.0, reap: Callable[[], obje
 
     The tags catch what a process starts while it is being stopped: a simulation Flower's
     SuperExec launched just before its SIGTERM outlived it, orphaned, still holding its run."""
-    def members() -> set[int]:
-        return {pid for root in pids for pid in (root, *descendants(root))} | set(tagged(tags))
+    def members() -> set[int]:  # read afresh each time: polled every 0.1 s, with up to 20 roots
+        return {*pids, *descendants(*pids), *tagged(tags)}
 
     signalled: set[int] = set()
     deadline = time.monotonic() + grace
